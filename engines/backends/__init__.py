@@ -1,0 +1,1 @@
+"""Backends: one file each, all implementing `vecq.engines.base.Engine`."""

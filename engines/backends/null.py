@@ -1,0 +1,47 @@
+"""A deterministic engine with no model: vectors are a function of each row's real tokens.
+
+Used by tests (exact, model-free expectations) and by queue-overhead benchmarks (`vecq worker
+--backend null`), where any real compute would hide the cost being measured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..base import Batch
+from ..errors import ShapeError
+from ..shapes import ShapeSet
+
+_MOD = np.int64(2_147_483_647)
+
+
+class NullEngine:
+    """Unit vectors derived from a hash of the row's unpadded token ids."""
+
+    def __init__(self, *, shapes: ShapeSet, dim: int) -> None:
+        self.shapes = shapes
+        self.dim = dim
+        self._freqs = np.linspace(1.0, 2.0, dim, dtype=np.float64)
+        self.calls = 0
+
+    def warmup(self) -> None:
+        return None
+
+    def run(self, batch: Batch) -> np.ndarray:
+        if batch.shape not in self.shapes:
+            raise ShapeError(f"batch shape {batch.shape} is not one of the engine's shapes (vecq bug)")
+        self.calls += 1
+        return null_vectors(batch.input_ids, batch.attention_mask, self._freqs)
+
+    def close(self) -> None:
+        return None
+
+
+def null_vectors(input_ids: np.ndarray, attention_mask: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """The null engine's vectors, exposed so tests can compute the expected values themselves."""
+    ids = input_ids.astype(np.int64) * attention_mask.astype(np.int64)
+    weights = (np.arange(1, ids.shape[1] + 1, dtype=np.int64) * 7919) % _MOD
+    h = ((ids % _MOD) * weights).sum(axis=1) % _MOD
+    v = np.sin(np.outer(h.astype(np.float64) / 1000.0 + 0.5, freqs))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v.astype(np.float32)

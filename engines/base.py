@@ -1,0 +1,54 @@
+"""The one narrow interface every backend implements.
+
+A backend knows nothing about texts, tokenizers, Redis or jobs: it receives a padded batch whose
+shape is one of those it was built for and returns one float32 vector per row, pooling and
+normalization already applied (inside the exported graph where there is one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .shapes import Shape, ShapeSet
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids and attention mask of exactly one declared shape (padding rows included).
+
+    Padding rows carry a minimal `[CLS] [SEP]` sequence rather than an all-zero mask, so that no
+    backend divides by zero or softmaxes an all-masked row; their vectors are simply dropped.
+    """
+
+    input_ids: np.ndarray  # int64, (batch, seq_len)
+    attention_mask: np.ndarray  # int64, (batch, seq_len)
+    rows: int  # how many leading rows are real texts
+
+    @property
+    def shape(self) -> Shape:
+        b, L = self.input_ids.shape
+        return Shape(int(b), int(L))
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask[: self.rows].sum())
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the embedder and the worker need from a backend, and nothing more."""
+
+    shapes: ShapeSet
+    dim: int
+
+    def warmup(self) -> None:
+        """Run (and, on GPU, capture or build) every declared shape once, before serving."""
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """Vectors for every row of `batch`, as a (batch, dim) float32 array."""
+
+    def close(self) -> None:
+        """Release sessions, buffers and device memory."""

@@ -1,0 +1,164 @@
+"""The fixed set of (batch, seq_len) shapes an engine is built and warmed for.
+
+Engines on GPU (CUDA graphs, TensorRT profiles) pay a capture or build per shape, so vecq
+declares the shapes once, in the bundle, and every batch is padded up to one of them: no request
+can ever trigger a rebuild or a re-warm.  The same object plans batches for `Embedder.embed`
+(all texts known up front) and answers "which shape fits" for the worker's planner.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+DEFAULT_SEQ_LENS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+# On CPU a shape costs nothing to "warm", and compute follows padded tokens, so finer is faster.
+CPU_BATCH_SIZES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+CPU_SEQ_STEP = 8
+
+
+@dataclass(frozen=True, order=True)
+class Shape:
+    """One (batch, seq_len) an engine accepts."""
+
+    batch: int
+    seq_len: int
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq_len
+
+    def __str__(self) -> str:
+        return f"{self.batch}x{self.seq_len}"
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """Rows of an input (by index) that go together through one engine call of `shape`."""
+
+    indices: np.ndarray
+    shape: Shape
+
+
+class ShapeSet:
+    """An immutable, sorted set of shapes with the lookups batching needs."""
+
+    def __init__(self, shapes: Iterable[Shape]) -> None:
+        unique = sorted(set(shapes))
+        if not unique:
+            raise ValueError("a shape set needs at least one shape")
+        for s in unique:
+            if s.batch < 1 or s.seq_len < 1:
+                raise ValueError(f"shape {s}: batch and seq_len must be >= 1")
+        self._shapes = tuple(unique)
+        self.seq_lens: tuple[int, ...] = tuple(sorted({s.seq_len for s in unique}))
+        self._batches: dict[int, tuple[int, ...]] = {
+            L: tuple(sorted(s.batch for s in unique if s.seq_len == L)) for L in self.seq_lens
+        }
+
+    @classmethod
+    def grid(
+        cls,
+        batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+        seq_lens: Sequence[int] = DEFAULT_SEQ_LENS,
+        *,
+        max_seq_len: int,
+        max_batch_tokens: int | None = None,
+    ) -> ShapeSet:
+        """Every batch × seq_len with seq_len capped at the model's max and batch × seq_len at the
+        token budget (like text-embeddings-inference's `--max-batch-tokens`).
+
+        The model's own max length is always a seq_len, so that no text that the tokenizer
+        accepts is ever left without a shape.
+        """
+        lens = sorted({min(L, max_seq_len) for L in seq_lens} | {max_seq_len})
+        lens = [L for L in lens if L <= max_seq_len]
+        shapes = [
+            Shape(b, L)
+            for L in lens
+            for b in batch_sizes
+            if max_batch_tokens is None or b * L <= max_batch_tokens or b == min(batch_sizes)
+        ]
+        return cls(shapes)
+
+    @classmethod
+    def for_cpu(cls, *, max_seq_len: int, step: int = CPU_SEQ_STEP) -> ShapeSet:
+        """Fine shapes for CPU engines: batches of up to 8, lengths in steps of `step` tokens."""
+        lens = list(range(step, max_seq_len, step))
+        return cls.grid(CPU_BATCH_SIZES, lens, max_seq_len=max_seq_len)
+
+    # --- lookups ---------------------------------------------------------------------------
+    def __iter__(self):
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def __contains__(self, shape: object) -> bool:
+        return shape in self._shapes
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ShapeSet) and self._shapes == other._shapes
+
+    def __repr__(self) -> str:
+        return f"ShapeSet({len(self)} shapes, seq_lens={self.seq_lens})"
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.seq_lens[-1]
+
+    def batch_sizes(self, seq_len: int) -> tuple[int, ...]:
+        return self._batches[seq_len]
+
+    def max_batch(self, seq_len: int) -> int:
+        return self._batches[seq_len][-1]
+
+    def seq_len_for(self, length: int) -> int:
+        """The smallest declared seq_len that holds `length` tokens."""
+        i = bisect.bisect_left(self.seq_lens, length)
+        if i == len(self.seq_lens):
+            raise ValueError(f"length {length} is over the largest declared seq_len {self.max_seq_len}")
+        return self.seq_lens[i]
+
+    def fit(self, n: int, seq_len: int) -> Shape:
+        """The smallest declared shape of this seq_len that holds `n` rows (at most the largest)."""
+        sizes = self._batches[seq_len]
+        i = bisect.bisect_left(sizes, n)
+        return Shape(sizes[min(i, len(sizes) - 1)], seq_len)
+
+    # --- planning --------------------------------------------------------------------------
+    def plan(self, lengths: Sequence[int] | np.ndarray) -> list[PlannedBatch]:
+        """Cut rows of known token lengths into batches of declared shapes, padding kept small.
+
+        Rows are sorted by length and grouped by the seq_len bucket they need; each bucket is cut
+        into full batches of the largest size, and its remainder goes in the smallest shape that
+        holds it.  Every row appears in exactly one batch.
+        """
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.size == 0:
+            return []
+        order = np.argsort(lengths, kind="stable")
+        buckets = np.searchsorted(np.asarray(self.seq_lens), lengths[order], side="left")
+        if buckets[-1] >= len(self.seq_lens):
+            raise ValueError(f"length {int(lengths.max())} is over the largest declared seq_len")
+        out: list[PlannedBatch] = []
+        for b in np.unique(buckets):
+            rows = order[buckets == b]
+            L = self.seq_lens[int(b)]
+            step = self.max_batch(L)
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
+                out.append(PlannedBatch(chunk, self.fit(len(chunk), L)))
+        return out
+
+    # --- manifest form ---------------------------------------------------------------------
+    def to_list(self) -> list[list[int]]:
+        return [[s.batch, s.seq_len] for s in self._shapes]
+
+    @classmethod
+    def from_list(cls, items: Iterable[Sequence[int]]) -> ShapeSet:
+        return cls(Shape(int(b), int(L)) for b, L in items)

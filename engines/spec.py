@@ -1,0 +1,104 @@
+"""What vecq must know about a model beyond its weights: dim, pooling, normalization, max length.
+
+Read from the sentence-transformers layout when there is one (modules.json, 1_Pooling,
+sentence_bert_config.json, a Normalize module), else from config.json with CLS pooling — the
+SimCSE convention vecq's seed write-up used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import ModelNotFound
+
+Pooling = Literal["cls", "mean"]
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+class ModelSpec(BaseModel):
+    """The model facts that shape the exported graph and the batches fed to it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    dim: int
+    pooling: Pooling
+    normalize: bool
+    max_seq_len: int
+
+
+def read_spec(
+    model_dir: str | Path,
+    *,
+    name: str | None = None,
+    pooling: Pooling | None = None,
+    normalize: bool | None = None,
+    max_seq_len: int | None = None,
+) -> ModelSpec:
+    """The spec of a Hugging Face / sentence-transformers model dir; arguments override the files."""
+    root = Path(model_dir)
+    config = _load_json(root / "config.json", what="config.json")
+    st_pooling, st_normalize = _sentence_transformers_head(root)
+    st_max = _load_json(root / "sentence_bert_config.json", required=False).get("max_seq_length")
+    positions = int(config.get("max_position_embeddings", 512))
+    limit = min(int(max_seq_len or st_max or positions), positions, 512)
+    return ModelSpec(
+        name=name or _default_name(root),
+        dim=int(config["hidden_size"]),
+        pooling=pooling or st_pooling or "cls",
+        normalize=st_normalize if normalize is None else normalize,
+        max_seq_len=limit,
+    )
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """The model dir, or `ModelNotFound` naming the first missing piece."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ModelNotFound(f"{root}: not a directory")
+    if not (root / "config.json").is_file():
+        raise ModelNotFound(f"{root}: no config.json (not a Hugging Face model dir)")
+    if not any((root / w).is_file() for w in _WEIGHTS):
+        raise ModelNotFound(f"{root}: no weights (expected one of {', '.join(_WEIGHTS[:2])})")
+    if not (root / "tokenizer.json").is_file():
+        raise ModelNotFound(f"{root}: no tokenizer.json (vecq needs the fast-tokenizer file)")
+    return root
+
+
+def _sentence_transformers_head(root: Path) -> tuple[Pooling | None, bool]:
+    modules = _load_json(root / "modules.json", required=False, default=[])
+    pooling: Pooling | None = None
+    normalize = False
+    for module in modules:
+        kind = str(module.get("type", ""))
+        if kind.endswith("Pooling"):
+            cfg = _load_json(root / module.get("path", "") / "config.json", required=False)
+            if cfg.get("pooling_mode_mean_tokens"):
+                pooling = "mean"
+            elif cfg.get("pooling_mode_cls_token"):
+                pooling = "cls"
+        elif kind.endswith("Normalize"):
+            normalize = True
+    return pooling, normalize
+
+
+def _default_name(root: Path) -> str:
+    name = root.resolve().name
+    if name == "model":  # packaged models keep their files in .../<package>/model
+        name = root.resolve().parent.name
+    return name.lower().replace("_", "-")
+
+
+def _load_json(path: Path, *, what: str = "", required: bool = True, default=None):
+    if not path.is_file():
+        if required:
+            raise ModelNotFound(f"{path.parent}: no {what or path.name}")
+        return {} if default is None else default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(f"{path}: unreadable ({exc})") from None

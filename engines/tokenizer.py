@@ -1,0 +1,86 @@
+"""Texts → token ids with the model's own `tokenizers` tokenizer, and token ids → padded batches.
+
+The `tokenizers` library is called directly (`encode_batch` runs in Rust threads); the
+transformers wrapper costs more host time than a small GPU batch takes to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .base import Batch
+from .errors import ModelNotFound, TextTooLong
+from .shapes import Shape
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Token ids of several texts, unpadded, with `[CLS]`/`[SEP]` already in place."""
+
+    ids: list[np.ndarray]  # one int64 array per text
+    lengths: np.ndarray  # int64, len(ids)
+
+
+class TextTokenizer:
+    """The model's tokenizer with truncation at `max_seq_len` and padding left to vecq."""
+
+    def __init__(self, tokenizer: Tokenizer, *, max_seq_len: int) -> None:
+        self._tok = tokenizer
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=max_seq_len)
+        self.max_seq_len = max_seq_len
+        self.pad_id = _token_id(tokenizer, ("[PAD]", "<pad>"), default=0)
+        cls_id = _token_id(tokenizer, ("[CLS]", "<s>"), default=101)
+        sep_id = _token_id(tokenizer, ("[SEP]", "</s>"), default=102)
+        self.filler = np.array([cls_id, sep_id], dtype=np.int64)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, *, max_seq_len: int) -> TextTokenizer:
+        file = Path(path) / "tokenizer.json"
+        if not file.is_file():
+            raise ModelNotFound(f"{path}: no tokenizer.json (vecq needs the fast-tokenizer file)")
+        return cls(Tokenizer.from_file(str(file)), max_seq_len=max_seq_len)
+
+    def encode(self, texts: Sequence[str], *, truncate: bool = True) -> Tokenized:
+        """Token ids of each text; over-long texts are cut to `max_seq_len`, or refused with
+        `TextTooLong` naming the first one when `truncate` is False."""
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=True)
+        if not truncate:
+            for i, enc in enumerate(encodings):
+                if enc.overflowing:
+                    raise TextTooLong(
+                        f"texts[{i}]: longer than the model's max of {self.max_seq_len} tokens "
+                        "(truncation is off)"
+                    )
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
+        return Tokenized(ids=ids, lengths=lengths)
+
+    def make_batch(self, rows: Sequence[np.ndarray], shape: Shape) -> Batch:
+        """A `Batch` of exactly `shape`: rows right-padded, spare rows filled with `[CLS] [SEP]`."""
+        if len(rows) > shape.batch:
+            raise ValueError(f"{len(rows)} rows do not fit shape {shape} (vecq bug)")
+        input_ids = np.full((shape.batch, shape.seq_len), self.pad_id, dtype=np.int64)
+        mask = np.zeros((shape.batch, shape.seq_len), dtype=np.int64)
+        for r, ids in enumerate(rows):
+            n = len(ids)
+            input_ids[r, :n] = ids
+            mask[r, :n] = 1
+        if len(rows) < shape.batch:
+            k = len(self.filler)
+            input_ids[len(rows) :, :k] = self.filler
+            mask[len(rows) :, :k] = 1
+        return Batch(input_ids=input_ids, attention_mask=mask, rows=len(rows))
+
+
+def _token_id(tok: Tokenizer, candidates: tuple[str, ...], *, default: int) -> int:
+    for c in candidates:
+        i = tok.token_to_id(c)
+        if i is not None:
+            return int(i)
+    return default

@@ -1,0 +1,149 @@
+"""The wire contract between producers and workers: names, limits, request schema.
+
+Everything both sides must agree on lives here and only here.  A job is an ordinary rq job:
+function `JOB_FUNCTION`, args `[texts]`, kwargs the request options, serialized with
+`MsgpackSerializer`, on queue `queue_name(model, lane)`.  Its result is a float32 array of shape
+(len(texts), dim).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import BadRequest
+
+#: rq imports this to run a vecq job in a plain `rq worker`; vecq's BatchWorker recognises it.
+JOB_FUNCTION = "vecq.worker.tasks.embed"
+#: Jobs carry this in `job.meta`, so a worker can tell vecq's jobs from anything else.
+META_KEY = "vecq"
+WIRE_VERSION = 1
+
+DEFAULT_MODEL = "all-minilm-l6-v2"
+Lane = Literal["interactive", "bulk"]
+LANES: tuple[Lane, ...] = ("interactive", "bulk")  # priority order: interactive first
+
+MAX_TEXTS_PER_JOB = 4096
+MAX_CHARS_PER_TEXT = 100_000
+MAX_CHARS_PER_JOB = 4_000_000
+
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def model_name(name: str) -> str:
+    """Canonical model name (lower case); queue names are derived from it."""
+    if not isinstance(name, str):
+        raise BadRequest(f"model: expected str, got {type(name).__name__}")
+    canon = name.strip().lower()
+    if not _MODEL_NAME.match(canon):
+        raise BadRequest(f"model: {name!r} is not a valid model name (a-z, 0-9, '.', '_', '-'; max 64)")
+    return canon
+
+
+def queue_name(model: str, lane: str) -> str:
+    """The rq queue of one model and lane, e.g. `vecq.all-minilm-l6-v2.interactive`."""
+    if lane not in LANES:
+        raise BadRequest(f"lane: {lane!r} is not one of {', '.join(LANES)}")
+    return f"vecq.{model_name(model)}.{lane}"
+
+
+def queue_names(model: str, lanes: Iterable[str] = LANES) -> list[str]:
+    """Queue names in priority order (interactive before bulk), as a worker listens to them."""
+    chosen = set(lanes)
+    return [queue_name(model, lane) for lane in LANES if lane in chosen]
+
+
+def check_texts(texts: Any) -> list[str]:
+    """Refuse unusable texts with one line naming the first bad item and the limit it breaks."""
+    if not isinstance(texts, (list, tuple)):
+        raise BadRequest(f"texts: expected a list of str, got {type(texts).__name__}")
+    if not texts:
+        raise BadRequest("texts: empty list (send at least one text)")
+    if len(texts) > MAX_TEXTS_PER_JOB:
+        raise BadRequest(f"texts: {len(texts)} texts in one job, over the limit of {MAX_TEXTS_PER_JOB}")
+    total = 0
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise BadRequest(f"texts[{i}]: expected str, got {type(t).__name__}")
+        if len(t) > MAX_CHARS_PER_TEXT:
+            raise BadRequest(f"texts[{i}]: {len(t)} characters, over the limit of {MAX_CHARS_PER_TEXT}")
+        total += len(t)
+    if total > MAX_CHARS_PER_JOB:
+        raise BadRequest(f"texts: {total} characters in one job, over the limit of {MAX_CHARS_PER_JOB}")
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"texts[{i}]: not valid Unicode ({exc.reason} at {exc.start})") from None
+    return list(texts)
+
+
+class EmbedRequest(BaseModel):
+    """One job's request, validated on submit and again in the worker (Redis is not trusted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    texts: list[str] = Field(min_length=1)
+    model: str = DEFAULT_MODEL
+    lane: Lane = "interactive"
+    #: True: cut texts over the model's max length (sentence-transformers' behaviour).
+    #: False: fail the job with `TextTooLong` instead.
+    truncate: bool = True
+
+    @field_validator("texts", mode="before")
+    @classmethod
+    def _texts(cls, v: Any) -> list[str]:
+        return check_texts(v)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, v: Any) -> str:
+        return model_name(v)
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.model, self.lane)
+
+    def job_kwargs(self) -> dict[str, Any]:
+        """The rq kwargs of this request (everything but the texts, which are the one arg)."""
+        return {"model": self.model, "lane": self.lane, "truncate": self.truncate}
+
+
+OPTION_NAMES = frozenset({"model", "lane", "truncate"})
+
+
+def parse_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> EmbedRequest:
+    """Rebuild and validate a request from a job's args/kwargs, raising `BadRequest` in one line."""
+    if not isinstance(args, (list, tuple)) or len(args) != 1:
+        raise BadRequest("job args: expected exactly one argument, the list of texts")
+    if not isinstance(kwargs, Mapping):
+        raise BadRequest(f"job kwargs: expected a map of options, got {type(kwargs).__name__}")
+    unknown = sorted(str(k) for k in kwargs if k not in OPTION_NAMES)
+    if unknown:
+        raise BadRequest(f"options: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(OPTION_NAMES))}")
+    return build_request(args[0], **kwargs)
+
+
+def build_request(texts: Any, **options: Any) -> EmbedRequest:
+    """`EmbedRequest(texts=..., **options)` with pydantic's errors folded into one `BadRequest` line."""
+    try:
+        return EmbedRequest(texts=texts, **options)
+    except BadRequest:
+        raise
+    except ValidationError as exc:
+        raise BadRequest(one_line(exc)) from None
+    except TypeError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def one_line(exc: ValidationError) -> str:
+    """`field[index]: message` for the first error of a pydantic ValidationError."""
+    err = exc.errors(include_url=False)[0]
+    loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"]))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if loc and msg.startswith(loc) and msg[len(loc) : len(loc) + 1] in (":", "["):
+        return msg
+    return f"{loc or 'request'}: {msg}"
