@@ -13,20 +13,24 @@ REDIS_HOST = os.environ.get("VECQ_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("VECQ_TEST_REDIS_PORT", "6379"))
 
 
-def _find_empty_db() -> int:
-    """Like rq's test helper: the first database with no keys (db 0 is left to humans)."""
+def _claim_empty_db() -> int:
+    """Like rq's test helper, the first database with no keys (db 0 is left to humans), claimed
+    with a lock key in db 0 so that concurrent test runs never share one."""
+    lock = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
     for db in range(1, 16):
-        conn = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
-        if conn.dbsize() == 0:
+        if not lock.set(f"vecq-test-lock:{db}", os.getpid(), nx=True, ex=900):
+            continue
+        if redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).dbsize() == 0:
             return db
-    raise RuntimeError("no empty Redis database in 1..15 for the test run")
+        lock.delete(f"vecq-test-lock:{db}")
+    raise RuntimeError("no free, empty Redis database in 1..15 for the test run")
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """URL of a real Redis database, empty at the start of the test and flushed after it."""
     try:
-        db = _find_empty_db()
+        db = _claim_empty_db()
     except redis.ConnectionError:
         pytest.fail(f"the tests need a Redis server on {REDIS_HOST}:{REDIS_PORT}")
     conn = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
@@ -36,6 +40,7 @@ def redis_url() -> Iterator[str]:
     finally:
         conn.flushdb()
         conn.close()
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0).delete(f"vecq-test-lock:{db}")
 
 
 @pytest.fixture
