@@ -1,0 +1,38 @@
+"""The rq job function behind `vecq.producer.contract.JOB_FUNCTION`.
+
+vecq's BatchWorker never calls it (it batches across jobs instead), but a stock `rq worker` with
+vecq installed can run vecq jobs through it — slowly, one job at a time, correctly.  The model is
+loaded once per process: the default model, or the bundle / model dir named by `VECQ_BUNDLE` /
+`VECQ_MODEL`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from vecq.engines import Embedder
+from vecq.producer.contract import build_request
+
+_lock = threading.Lock()
+_loaded: dict[str, Embedder] = {}
+
+
+def embed(texts: list[str], **options: object) -> np.ndarray:
+    """Vectors for one job's texts, validated against the wire contract first."""
+    request = build_request(texts, **options)
+    embedder = _embedder_for(request.model)
+    return embedder.embed(request.texts, truncate=request.truncate)
+
+
+def _embedder_for(model: str) -> Embedder:
+    with _lock:
+        if model not in _loaded:
+            path = os.environ.get("VECQ_BUNDLE") or os.environ.get("VECQ_MODEL") or None
+            embedder = Embedder.load(path, backend=os.environ.get("VECQ_BACKEND") or None)
+            if embedder.name != model:
+                raise LookupError(f"unknown model {model!r}: this worker serves {embedder.name!r}")
+            _loaded[model] = embedder
+        return _loaded[model]
