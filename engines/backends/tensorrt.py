@@ -126,8 +126,10 @@ def build_plan(
 
 
 def _add_profile(builder: trt.Builder, config: trt.IBuilderConfig, shape: Shape) -> None:
+    import tensorrt as trt
+
     profile = builder.create_optimization_profile()
-    dims = (shape.batch, shape.seq_len)
+    dims = trt.Dims2(shape.batch, shape.seq_len)
     for name in INPUTS:
         profile.set_shape(name, dims, dims, dims)
     config.add_optimization_profile(profile)
@@ -163,6 +165,7 @@ class TensorRTEngine:
         self._scratch = torch.empty(self._engine.device_memory_size_v2, dtype=torch.uint8, device=self.device)
         self._stream = torch.cuda.Stream(device=self.device)
         self._contexts: dict[Shape, Any] = {}
+        self._buffers: dict[Shape, dict[str, Any]] = {}  # device tensors bound to each context
 
     def _context(self, shape: Shape) -> Any:
         ctx = self._contexts.get(shape)
@@ -180,7 +183,7 @@ class TensorRTEngine:
             ctx.set_input_shape(name, dims)
         for name, tensor in buffers.items():
             ctx.set_tensor_address(name, tensor.data_ptr())
-        ctx.vecq_buffers = buffers  # keep the tensors alive as long as the context
+        self._buffers[shape] = buffers
         self._contexts[shape] = ctx
         return ctx
 
@@ -208,6 +211,7 @@ class TensorRTEngine:
 
     def close(self) -> None:
         self._contexts.clear()
+        self._buffers.clear()
 
 
 def _io_names(engine: trt.ICudaEngine) -> list[str]:
