@@ -108,55 +108,78 @@ def run_id(path: Path, *, model: str, chunk_size: int) -> str:
 
 
 class WorkArea:
-    """`OUT.vecq-partial/`: the vectors memmap, one done-byte per chunk, and what run they belong to."""
+    """`OUT.vecq-partial/`: the vectors memmap, one done-byte per chunk, and which run they are of.
 
-    def __init__(self, out: Path, *, run: str, rows: int, dim: int, chunk_size: int) -> None:
+    The vector width is learnt from the first finished chunk, so the producer side never needs
+    the model; a work area left by another input, model or chunking is discarded.
+    """
+
+    def __init__(self, out: Path, *, run: str, rows: int, chunk_size: int) -> None:
         self.dir = out.with_name(out.name + ".vecq-partial")
-        self.rows, self.dim, self.chunk_size = rows, dim, chunk_size
+        self.run, self.rows, self.chunk_size = run, rows, chunk_size
         self.chunks = (rows + chunk_size - 1) // chunk_size
-        meta = {"run": run, "rows": rows, "dim": dim, "chunk_size": chunk_size}
-        meta_file = self.dir / "run.json"
-        if meta_file.is_file() and json.loads(meta_file.read_text()) != meta:
-            shutil.rmtree(self.dir)  # another input, model or chunking: its work is not ours
-        self.resumed = meta_file.is_file()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        mode = "r+" if self.resumed else "w+"
-        self.vectors = np.lib.format.open_memmap(
-            self.dir / "vectors.npy", mode=mode, dtype=np.float32, shape=(rows, dim)
-        )
-        self._done = self._open_done(self.dir / "done.bin", resume=self.resumed)
-        if not self.resumed:
-            meta_file.write_text(json.dumps(meta))
+        self.vectors: np.ndarray | None = None
+        self._done: np.ndarray | None = None
+        meta = self._read_meta()
+        if meta and (meta["run"], meta["rows"], meta["chunk_size"]) == (run, rows, chunk_size):
+            self._open(int(meta["dim"]), create=False)
+        elif self.dir.exists():
+            shutil.rmtree(self.dir)
 
-    def _open_done(self, file: Path, *, resume: bool) -> np.memmap:
-        if not resume or not file.is_file():
-            np.zeros(max(self.chunks, 1), dtype=np.uint8).tofile(file)
-        return np.memmap(file, dtype=np.uint8, mode="r+", shape=(max(self.chunks, 1),))
+    @property
+    def resumed(self) -> bool:
+        return self.vectors is not None
+
+    def _read_meta(self) -> dict | None:
+        try:
+            return json.loads((self.dir / "run.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _open(self, dim: int, *, create: bool) -> None:
+        mode = "w+" if create else "r+"
+        if create:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            np.zeros(max(self.chunks, 1), dtype=np.uint8).tofile(self.dir / "done.bin")
+        self.vectors = np.lib.format.open_memmap(
+            self.dir / "vectors.npy", mode=mode, dtype=np.float32, shape=(self.rows, dim)
+        )
+        self._done = np.memmap(self.dir / "done.bin", dtype=np.uint8, mode="r+", shape=(max(self.chunks, 1),))
+        if create:  # written last: a work area without run.json is never resumed
+            meta = {"run": self.run, "rows": self.rows, "chunk_size": self.chunk_size, "dim": dim}
+            (self.dir / "run.json").write_text(json.dumps(meta))
 
     def done_chunks(self) -> set[int]:
+        if self._done is None:
+            return set()
         return {int(i) for i in np.flatnonzero(self._done[: self.chunks])}
 
     def write(self, chunk: int, vectors: np.ndarray) -> None:
         """Rows of one chunk, flushed before the chunk counts as done."""
+        if self.vectors is None:
+            self._open(int(vectors.shape[1]), create=True)
+        assert self.vectors is not None and self._done is not None
         start = chunk * self.chunk_size
-        expected = min(self.chunk_size, self.rows - start)
-        if vectors.shape != (expected, self.dim):
-            raise AssertionError(f"chunk {chunk}: {vectors.shape} != {(expected, self.dim)} (vecq bug)")
-        self.vectors[start : start + expected] = vectors
-        self.vectors.flush()
+        expected = (min(self.chunk_size, self.rows - start), self.vectors.shape[1])
+        if vectors.shape != expected:
+            raise AssertionError(f"chunk {chunk}: {vectors.shape} != {expected} (vecq bug)")
+        self.vectors[start : start + expected[0]] = vectors
+        self.vectors.flush()  # type: ignore[attr-defined]
         self._done[chunk] = 1
-        self._done.flush()
+        self._done.flush()  # type: ignore[attr-defined]
 
     def finish(self, out: Path, ids: list[object] | None) -> None:
         """Write the final file atomically and drop the work area."""
+        if self.vectors is None or len(self.done_chunks()) != self.chunks:
+            raise AssertionError("finish() before every chunk is written (vecq bug)")
         tmp = out.with_name(out.name + ".tmp")
         if out.suffix.lower() == ".npy":
             with tmp.open("wb") as f:
                 np.save(f, np.asarray(self.vectors))
         else:
-            write_parquet(tmp, self.vectors, ids)
+            write_parquet(tmp, np.asarray(self.vectors), ids)
         os.replace(tmp, out)
-        del self.vectors, self._done
+        self.vectors = self._done = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
