@@ -32,6 +32,19 @@ MAX_CHARS_PER_JOB = 4_000_000
 
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
+#: Texts waiting in a model's queue lists (both lanes), as a Redis integer at
+#: `queued_texts_key(model)`.  Producers INCRBY it by len(texts) in the same MULTI/EXEC as the
+#: enqueue; a worker DECRBYs it by len(texts) for each job it moves out of a queue list, and
+#: INCRBYs it when it pushes a job back (retry, requeue).  A counter rather than LLEN because a
+#: job holds 1..MAX_TEXTS_PER_JOB texts, so LLEN alone is off by up to 4096x; and it is O(1) to
+#: read.  Producers treat it as an estimate: clamped to [jobs, jobs * MAX_TEXTS_PER_JOB] of the
+#: queue lists and reset to 0 whenever both lists are empty, so a worker that never decrements
+#: (a stock `rq worker`, a crash, an expired job) cannot wedge producers.
+QUEUED_TEXTS_PREFIX = "vecq:queued_texts:"
+#: rq's key prefix for queue lists (`rq.Queue.redis_queue_namespace_prefix`), copied so the
+#: contract reads without importing rq.
+RQ_QUEUE_PREFIX = "rq:queue:"
+
 
 def model_name(name: str) -> str:
     """Canonical model name (lower case); queue names are derived from it."""
@@ -54,6 +67,16 @@ def queue_names(model: str, lanes: Iterable[str] = LANES) -> list[str]:
     """Queue names in priority order (interactive before bulk), as a worker listens to them."""
     chosen = set(lanes)
     return [queue_name(model, lane) for lane in LANES if lane in chosen]
+
+
+def queue_keys(model: str) -> list[str]:
+    """Redis keys of the model's rq queue lists, both lanes, priority order."""
+    return [RQ_QUEUE_PREFIX + name for name in queue_names(model)]
+
+
+def queued_texts_key(model: str) -> str:
+    """The per-model queued-texts counter (see `QUEUED_TEXTS_PREFIX` for who writes it)."""
+    return QUEUED_TEXTS_PREFIX + model_name(model)
 
 
 def check_texts(texts: Any) -> list[str]:

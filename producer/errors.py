@@ -21,12 +21,25 @@ class QueueFull(VecqError):
 
 
 class JobFailed(VecqError):
-    """The worker failed the job; `reason` is the job's one-line `exc_string` tail."""
+    """The worker failed the job; `reason` is the job's one-line `exc_string` tail.
 
-    def __init__(self, job_id: str, reason: str) -> None:
-        super().__init__(f"job {job_id} failed: {reason}")
+    `chunk` is set when the job was one chunk of a bulk run, so the caller knows which rows.
+    """
+
+    def __init__(self, job_id: str, reason: str, *, chunk: int | None = None) -> None:
+        where = f"job {job_id}" if chunk is None else f"chunk {chunk} (job {job_id})"
+        super().__init__(f"{where} failed: {reason}")
         self.job_id = job_id
         self.reason = reason
+        self.chunk = chunk
+
+
+class JobNotFound(VecqError, LookupError):
+    """Neither the job nor a result exists: a wrong id, or it expired (ttl) or was deleted."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found (never enqueued, expired or deleted)")
+        self.job_id = job_id
 
 
 class JobTimeout(VecqError, TimeoutError):

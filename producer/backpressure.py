@@ -1,0 +1,63 @@
+"""Backpressure: how many texts wait in a model's queues, and whether a new job may join them.
+
+The count is `contract.queued_texts_key(model)` (INCRBY'd with every enqueue, DECRBY'd by the
+worker), read together with the LLEN of both lane lists in one Lua call.  The counter is exact
+while every party keeps it; the LLENs bound it when one does not: each job holds at least one and
+at most MAX_TEXTS_PER_JOB texts, and empty lists mean zero texts (the script then resets a
+drifted counter).  The limit is soft: two producers checking at once may both get in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .contract import MAX_TEXTS_PER_JOB, queue_keys, queued_texts_key
+from .errors import QueueFull
+
+# KEYS[1] = counter, KEYS[2..] = queue lists.  Returns {jobs, counter}.
+COUNT_SCRIPT = """
+local jobs = 0
+for i = 2, #KEYS do jobs = jobs + redis.call('LLEN', KEYS[i]) end
+local texts = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if jobs == 0 and texts ~= 0 then
+  redis.call('SET', KEYS[1], 0)
+  texts = 0
+end
+return {jobs, texts}
+"""
+
+
+def count_keys(model: str) -> list[str]:
+    """The keys COUNT_SCRIPT reads, in its KEYS order."""
+    return [queued_texts_key(model), *queue_keys(model)]
+
+
+def estimate(jobs: int, counter: int) -> int:
+    """Queued texts: the counter, kept within what `jobs` queued jobs can possibly hold."""
+    return min(max(int(counter), int(jobs)), int(jobs) * MAX_TEXTS_PER_JOB)
+
+
+def has_room(queued: int, n_texts: int, limit: int | None) -> bool:
+    """True if a job of `n_texts` may be enqueued.
+
+    Empty queues always admit one job, so a job larger than the limit is slow, not impossible.
+    """
+    return limit is None or queued == 0 or queued + n_texts <= limit
+
+
+def queue_full(model: str, queued: int, limit: int, waited: float | None) -> QueueFull:
+    """The one-line error for a refused submit."""
+    tail = f" after waiting {waited:g}s" if waited else "; pass wait_for_room=SECONDS to wait"
+    return QueueFull(
+        f"queues of model {model!r} hold {queued} texts, limit {limit} (max_queued_texts){tail}",
+        queued=queued,
+        limit=limit,
+    )
+
+
+def poll_delays(first: float = 0.02, cap: float = 0.5) -> Iterator[float]:
+    """Waits between re-checks while waiting for room: short at first, then every `cap` s."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)

@@ -1,0 +1,139 @@
+"""Writing vecq jobs into Redis through rq's own enqueue path, many per round trip.
+
+rq builds and writes the jobs (`Queue.prepare_data` + `Queue.enqueue_many` on a pipeline), so
+stock rq tools (`rq info`, `rq requeue`, dashboards) see ordinary jobs and an rq upgrade changes
+vecq's writes with it.  vecq adds only the queued-texts counter, in the same MULTI/EXEC.
+
+A MULTI/EXEC either lands whole or not at all, and every job id is chosen before the write, so
+after a connection error the enqueuer asks Redis whether the first job carries this attempt's
+`enqueued_at`: if so the write landed and is not repeated (no job is ever enqueued twice).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job
+from rq.queue import EnqueueData
+from rq.utils import utcformat
+
+from .connection import RetryPolicy, call, is_transient, unavailable
+from .contract import JOB_FUNCTION, META_KEY, WIRE_VERSION, EmbedRequest, queued_texts_key
+from .serializer import MsgpackSerializer
+from .settings import ProducerSettings
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """The rq job options vecq sets on every job (from `ProducerSettings`)."""
+
+    retries: int = 3
+    result_ttl: int = 3600
+    failure_ttl: int = 7 * 86400
+    ttl: int | None = None
+    timeout: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ProducerSettings) -> JobOptions:
+        return cls(
+            retries=settings.job_retries,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.failure_ttl,
+            ttl=settings.job_ttl,
+            timeout=settings.job_timeout,
+        )
+
+
+def new_job_id() -> str:
+    """A fresh job id, known before the write so a retried write can be checked for."""
+    return str(uuid.uuid4())
+
+
+class Enqueuer:
+    """Writes batches of (request, job id) as rq jobs, one MULTI/EXEC per batch."""
+
+    def __init__(self, connection: redis.Redis, *, url: str, options: JobOptions, policy: RetryPolicy) -> None:
+        self.connection = connection
+        self.url = url
+        self.options = options
+        self.policy = policy
+        self._queues: dict[str, Queue] = {}
+
+    def queue(self, name: str) -> Queue:
+        """One rq Queue per name, kept so rq asks the server version once, not per job."""
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.connection, serializer=MsgpackSerializer)
+        return self._queues[name]
+
+    def enqueue(self, items: Sequence[tuple[EmbedRequest, str]]) -> list[Job]:
+        """Enqueue every item in one round trip; returns the rq Jobs in the order given."""
+        assert items, "Enqueuer.enqueue called with nothing to enqueue (vecq bug)"
+        delays = self.policy.delays()
+        while True:
+            jobs, pipe = call(self.policy, self.url, lambda: self._prepare(items))
+            try:
+                pipe.execute()
+                return jobs
+            except Exception as exc:
+                if not is_transient(exc):
+                    if isinstance(exc, redis.ConnectionError):  # credentials, permissions
+                        raise unavailable(self.url, exc) from None
+                    raise
+                # The reply was lost, maybe not the write: repeat only what did not land.
+                if call(self.policy, self.url, lambda: self._landed(jobs[0])):
+                    return jobs
+                delay = next(delays, None)
+                if delay is None:
+                    raise unavailable(self.url, exc) from None
+                time.sleep(delay)
+            finally:
+                pipe.reset()
+
+    def _prepare(self, items: Sequence[tuple[EmbedRequest, str]]) -> tuple[list[Job], redis.client.Pipeline]:
+        pipe = self.connection.pipeline(transaction=True)
+        jobs: list[Job] = []
+        texts_per_model: dict[str, int] = {}
+        for queue_name, group in _by_queue(items).items():
+            datas = [self._job_data(request, job_id) for request, job_id in group]
+            jobs += self.queue(queue_name).enqueue_many(datas, pipeline=pipe)
+            for request, _ in group:
+                texts_per_model[request.model] = texts_per_model.get(request.model, 0) + len(request.texts)
+        for model, n in texts_per_model.items():
+            pipe.incrby(queued_texts_key(model), n)
+        order = {job_id: i for i, (_, job_id) in enumerate(items)}
+        jobs.sort(key=lambda job: order[job.id])
+        return jobs, pipe
+
+    def _job_data(self, request: EmbedRequest, job_id: str) -> EnqueueData:
+        o = self.options
+        return Queue.prepare_data(
+            JOB_FUNCTION,
+            args=[request.texts],
+            kwargs=request.job_kwargs(),
+            timeout=o.timeout,
+            result_ttl=o.result_ttl,
+            ttl=o.ttl,
+            failure_ttl=o.failure_ttl,
+            # rq's default description embeds the texts: keep them out of dashboards and logs.
+            description=f"vecq embed {len(request.texts)} texts ({request.model}, {request.lane})",
+            job_id=job_id,
+            meta={META_KEY: WIRE_VERSION},
+            retry=Retry(max=o.retries) if o.retries else None,
+        )
+
+    def _landed(self, job: Job) -> bool:
+        stored = self.connection.hget(job.key, "enqueued_at")
+        return stored is not None and job.enqueued_at is not None and stored.decode() == utcformat(job.enqueued_at)
+
+
+def _by_queue(items: Sequence[tuple[EmbedRequest, str]]) -> dict[str, list[tuple[EmbedRequest, str]]]:
+    groups: dict[str, list[tuple[EmbedRequest, str]]] = {}
+    for request, job_id in items:
+        groups.setdefault(request.queue, []).append((request, job_id))
+    return groups
+

@@ -1,0 +1,170 @@
+"""Reading job results from rq's result streams (`rq:results:<job id>`), sync and async.
+
+rq 3.0 writes each execution's outcome as an entry of a Redis stream, so waiting is one
+`XREAD BLOCK` (no polling).  `Job.latest_result(timeout=)` does the same but takes whole seconds
+and stops at the first entry, while an entry can be a RETRIED marker with the real outcome still
+to come; so vecq runs the XREAD itself and decodes each entry with rq's own `Result.restore`,
+always through `MsgpackSerializer` (never pickle).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import redis
+import redis.asyncio
+from rq.job import Job
+from rq.results import Result
+
+from .connection import RetryPolicy, acall, call
+from .errors import JobFailed, JobNotFound, JobTimeout
+from .serializer import MsgpackSerializer
+
+#: Longest single XREAD BLOCK: a dead connection is noticed at least this often.
+MAX_BLOCK_MS = 10_000
+Entry = tuple[bytes, Mapping[bytes, bytes]]
+
+
+def result_key(job_id: str) -> str:
+    """rq's result stream key of a job."""
+    return Result.get_key(job_id)
+
+
+def job_key(job_id: str) -> str:
+    """rq's job hash key."""
+    return Job.key_for(job_id)
+
+
+def last_line(exc_string: str | None) -> str:
+    """The one-line reason of a traceback: its last non-empty line."""
+    lines = [line.strip() for line in (exc_string or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "failed without a message"
+
+
+def decode_entry(job_id: str, entry_id: bytes, payload: Mapping[bytes, bytes]) -> np.ndarray | None:
+    """The vectors of a successful entry; None for a RETRIED marker; `JobFailed` for a failure."""
+    try:
+        result = Result.restore(job_id, entry_id.decode(), dict(payload), connection=None, serializer=MsgpackSerializer)  # type: ignore[arg-type]
+    except Exception as exc:  # a foreign or corrupted entry must not look like success
+        raise JobFailed(job_id, f"undecodable result ({type(exc).__name__}: {exc})") from None
+    kind = result.type
+    if kind == Result.Type.SUCCESSFUL:
+        return as_vectors(job_id, result.return_value)
+    if kind == Result.Type.RETRIED:
+        return None
+    if kind == Result.Type.MAX_RETRIES_EXCEEDED:
+        raise JobFailed(job_id, "gave up after its last retry")
+    if kind == Result.Type.STOPPED:
+        raise JobFailed(job_id, "stopped before it finished")
+    raise JobFailed(job_id, last_line(result.exc_string))
+
+
+def as_vectors(job_id: str, value: Any) -> np.ndarray:
+    """The job's return value as a writable float32 (n, dim) array, or `JobFailed` if it is not one."""
+    if not isinstance(value, np.ndarray) or value.ndim != 2:
+        shape = getattr(value, "shape", None)
+        raise JobFailed(job_id, f"result is not a 2-D array ({type(value).__name__}, shape {shape})")
+    return np.require(value, dtype=np.float32, requirements=["C", "W"])
+
+
+def entries_of(response: Any) -> list[tuple[str, list[Entry]]]:
+    """XREAD's reply as [(stream key, entries)], for RESP2 (list) and RESP3 (dict) alike."""
+    if not response:
+        return []
+    items = response.items() if isinstance(response, dict) else response
+    out = []
+    for key, entries in items:
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if entries and isinstance(entries[0], list) and len(entries) == 1 and isinstance(entries[0][0], list):
+            entries = entries[0]  # RESP3 nests each stream's entries one level deeper
+        out.append((name, [(e[0], e[1]) for e in entries]))
+    return out
+
+
+def scan(job_id: str, entries: Sequence[Entry]) -> tuple[np.ndarray | None, bytes | None]:
+    """The outcome among `entries` (vectors or None for "still waiting") and the last id seen."""
+    last = None
+    for entry_id, payload in entries:
+        last = entry_id
+        vectors = decode_entry(job_id, entry_id, payload)
+        if vectors is not None:
+            return vectors, last
+    return None, last
+
+
+def _block_ms(deadline: float | None) -> int:
+    if deadline is None:
+        return MAX_BLOCK_MS
+    return max(1, min(MAX_BLOCK_MS, int((deadline - time.monotonic()) * 1000)))
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def wait(
+    conn: redis.Redis, job_id: str, timeout: float | None, *, policy: RetryPolicy, url: str
+) -> np.ndarray:
+    """Block until the job's outcome: vectors, `JobFailed`, `JobNotFound` or `JobTimeout`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    key = result_key(job_id)
+
+    def first() -> tuple[Any, Any]:
+        pipe = conn.pipeline(transaction=False)
+        pipe.xread({key: b"0-0"})
+        pipe.exists(job_key(job_id))
+        return tuple(pipe.execute())
+
+    response, exists = call(policy, url, first)
+    vectors, last = _from(job_id, response)
+    if vectors is not None:
+        return vectors
+    if not exists and last is None:
+        raise JobNotFound(job_id)
+    cursor = last or b"0-0"
+    while not _expired(deadline):
+        block = _block_ms(deadline)
+        response = call(policy, url, lambda c=cursor, b=block: conn.xread({key: c}, block=b))  # type: ignore[misc]
+        vectors, last = _from(job_id, response)
+        if vectors is not None:
+            return vectors
+        cursor = last or cursor
+    raise JobTimeout(job_id, timeout or 0.0)
+
+
+async def await_result(
+    conn: redis.asyncio.Redis, job_id: str, timeout: float | None, *, policy: RetryPolicy, url: str
+) -> np.ndarray:
+    """`wait` for redis.asyncio: the event loop runs while XREAD blocks."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    key = result_key(job_id)
+
+    async def first() -> tuple[Any, Any]:
+        pipe = conn.pipeline(transaction=False)
+        pipe.xread({key: b"0-0"})
+        pipe.exists(job_key(job_id))
+        return tuple(await pipe.execute())
+
+    response, exists = await acall(policy, url, first)
+    vectors, last = _from(job_id, response)
+    if vectors is not None:
+        return vectors
+    if not exists and last is None:
+        raise JobNotFound(job_id)
+    cursor = last or b"0-0"
+    while not _expired(deadline):
+        block = _block_ms(deadline)
+        response = await acall(policy, url, lambda c=cursor, b=block: conn.xread({key: c}, block=b))  # type: ignore[misc]
+        vectors, last = _from(job_id, response)
+        if vectors is not None:
+            return vectors
+        cursor = last or cursor
+    raise JobTimeout(job_id, timeout or 0.0)
+
+
+def _from(job_id: str, response: Any) -> tuple[np.ndarray | None, bytes | None]:
+    streams = entries_of(response)
+    return scan(job_id, streams[0][1]) if streams else (None, None)
