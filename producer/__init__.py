@@ -3,9 +3,23 @@
 Installs with redis, rq, numpy, pydantic and msgpack only — never torch.
 """
 
+from .async_client import AsyncClient
+from .bulk import BulkStats, BulkSubmitter
+from .client import Client
+from .connection import mask_url
 from .contract import DEFAULT_MODEL, JOB_FUNCTION, LANES, EmbedRequest, queue_name, queue_names
-from .errors import BadRequest, JobFailed, JobTimeout, QueueFull, RedisUnavailable, VecqError
+from .errors import (
+    BadRequest,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    QueueFull,
+    RedisUnavailable,
+    VecqError,
+)
 from .serializer import MsgpackSerializer
+from .settings import ProducerSettings
+from .similarity import similarity
 
 __version__ = "0.1.0"
 
@@ -13,14 +27,22 @@ __all__ = [
     "DEFAULT_MODEL",
     "JOB_FUNCTION",
     "LANES",
+    "AsyncClient",
     "BadRequest",
+    "BulkStats",
+    "BulkSubmitter",
+    "Client",
     "EmbedRequest",
     "JobFailed",
+    "JobNotFound",
     "JobTimeout",
     "MsgpackSerializer",
+    "ProducerSettings",
     "QueueFull",
     "RedisUnavailable",
     "VecqError",
+    "mask_url",
     "queue_name",
     "queue_names",
+    "similarity",
 ]

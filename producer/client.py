@@ -49,7 +49,9 @@ class Client:
         else:
             self.url = url or self.settings.redis_url
             self.connection = open_sync(self.url, connect_timeout=self.settings.socket_connect_timeout)
-        self.policy = RetryPolicy(attempts=self.settings.connect_attempts, cap=self.settings.retry_backoff_cap)
+        self.policy = RetryPolicy(
+            attempts=self.settings.connect_attempts, cap=self.settings.retry_backoff_cap
+        )
         self.enqueuer = Enqueuer(
             self.connection, url=self.url, options=JobOptions.from_settings(self.settings), policy=self.policy
         )
@@ -100,7 +102,12 @@ class Client:
 
     # --- helpers also used by the bulk submitter ------------------------------------------------
     def request(
-        self, texts: Sequence[str], *, model: str | None = None, lane: str = "interactive", truncate: bool = True
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        lane: str = "interactive",
+        truncate: bool = True,
     ) -> EmbedRequest:
         """The validated request (`BadRequest` in one line), before anything touches Redis."""
         return build_request(texts, model=model or DEFAULT_MODEL, lane=lane, truncate=truncate)

@@ -46,7 +46,9 @@ def mask_url(url: str) -> str:
         netloc = f"{user}:***@{host}" if colon else f"{userinfo}@{host}"
     query = parts.query
     if query:
-        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        pairs = [
+            (k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)
+        ]
         query = urlencode(pairs, safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 

@@ -146,7 +146,9 @@ def parse_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> EmbedReques
         raise BadRequest(f"job kwargs: expected a map of options, got {type(kwargs).__name__}")
     unknown = sorted(str(k) for k in kwargs if k not in OPTION_NAMES)
     if unknown:
-        raise BadRequest(f"options: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(OPTION_NAMES))}")
+        raise BadRequest(
+            f"options: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(OPTION_NAMES))}"
+        )
     return build_request(args[0], **kwargs)
 
 
@@ -165,7 +167,9 @@ def build_request(texts: Any, **options: Any) -> EmbedRequest:
 def one_line(exc: ValidationError) -> str:
     """`field[index]: message` for the first error of a pydantic ValidationError."""
     err = exc.errors(include_url=False)[0]
-    loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"]))
+    loc = "".join(
+        f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"])
+    )
     msg = str(err["msg"]).removeprefix("Value error, ")
     if loc and msg.startswith(loc) and msg[len(loc) : len(loc) + 1] in (":", "["):
         return msg

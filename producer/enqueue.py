@@ -57,7 +57,9 @@ def new_job_id() -> str:
 class Enqueuer:
     """Writes batches of (request, job id) as rq jobs, one MULTI/EXEC per batch."""
 
-    def __init__(self, connection: redis.Redis, *, url: str, options: JobOptions, policy: RetryPolicy) -> None:
+    def __init__(
+        self, connection: redis.Redis, *, url: str, options: JobOptions, policy: RetryPolicy
+    ) -> None:
         self.connection = connection
         self.url = url
         self.options = options
@@ -85,7 +87,7 @@ class Enqueuer:
                         raise unavailable(self.url, exc) from None
                     raise
                 # The reply was lost, maybe not the write: repeat only what did not land.
-                if call(self.policy, self.url, lambda: self._landed(jobs[0])):
+                if call(self.policy, self.url, lambda: self._landed(jobs[0])):  # noqa: B023 (called at once)
                     return jobs
                 delay = next(delays, None)
                 if delay is None:
@@ -128,7 +130,11 @@ class Enqueuer:
 
     def _landed(self, job: Job) -> bool:
         stored = self.connection.hget(job.key, "enqueued_at")
-        return stored is not None and job.enqueued_at is not None and stored.decode() == utcformat(job.enqueued_at)
+        return (
+            stored is not None
+            and job.enqueued_at is not None
+            and stored.decode() == utcformat(job.enqueued_at)
+        )
 
 
 def _by_queue(items: Sequence[tuple[EmbedRequest, str]]) -> dict[str, list[tuple[EmbedRequest, str]]]:
@@ -136,4 +142,3 @@ def _by_queue(items: Sequence[tuple[EmbedRequest, str]]) -> dict[str, list[tuple
     for request, job_id in items:
         groups.setdefault(request.queue, []).append((request, job_id))
     return groups
-

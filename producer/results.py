@@ -47,7 +47,9 @@ def last_line(exc_string: str | None) -> str:
 def decode_entry(job_id: str, entry_id: bytes, payload: Mapping[bytes, bytes]) -> np.ndarray | None:
     """The vectors of a successful entry; None for a RETRIED marker; `JobFailed` for a failure."""
     try:
-        result = Result.restore(job_id, entry_id.decode(), dict(payload), connection=None, serializer=MsgpackSerializer)  # type: ignore[arg-type]
+        result = Result.restore(
+            job_id, entry_id.decode(), dict(payload), connection=None, serializer=MsgpackSerializer
+        )  # type: ignore[arg-type]
     except Exception as exc:  # a foreign or corrupted entry must not look like success
         raise JobFailed(job_id, f"undecodable result ({type(exc).__name__}: {exc})") from None
     kind = result.type
