@@ -1,0 +1,122 @@
+"""Producer fixtures: a null-engine rq worker to drain queues, clients, a password-protected Redis."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import redis
+from rq import Queue, SimpleWorker
+from vecq.producer import Client, MsgpackSerializer, ProducerSettings
+from vecq.producer.contract import DEFAULT_MODEL, queue_names
+
+Drain = Callable[..., None]
+
+
+@pytest.fixture(autouse=True)
+def null_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs run by `vecq.worker.tasks.embed` use the deterministic null engine."""
+    monkeypatch.setenv("VECQ_BACKEND", "null")
+    monkeypatch.delenv("VECQ_BUNDLE", raising=False)
+    monkeypatch.delenv("VECQ_MODEL", raising=False)
+    monkeypatch.delenv("VECQ_MAX_QUEUED_TEXTS", raising=False)
+    from vecq.worker import tasks
+
+    if isinstance(getattr(tasks, "_loaded", None), dict):  # its per-process model cache
+        monkeypatch.setattr(tasks, "_loaded", {})
+
+
+@pytest.fixture(scope="session")
+def null_embedder():  # type: ignore[no-untyped-def]
+    from vecq.engines import Embedder
+
+    return Embedder.load(backend="null")
+
+
+@pytest.fixture
+def expected(null_embedder) -> Callable[[list[str]], np.ndarray]:  # type: ignore[no-untyped-def]
+    """The vectors a job of these texts must come back with."""
+    return lambda texts: null_embedder.embed(texts)
+
+
+@pytest.fixture
+def drain(redis_url: str) -> Iterator[Drain]:
+    """Run a stock rq SimpleWorker in burst mode over a model's queues (main thread only)."""
+    conn = redis.Redis.from_url(redis_url)
+
+    def run(model: str = DEFAULT_MODEL) -> None:
+        queues = [Queue(name, connection=conn, serializer=MsgpackSerializer) for name in queue_names(model)]
+        SimpleWorker(queues, connection=conn, serializer=MsgpackSerializer).work(burst=True)
+
+    yield run
+    conn.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[Client]:
+    with Client(redis_url) as c:
+        yield c
+
+
+def fast_settings(**overrides: object) -> ProducerSettings:
+    """Settings whose connection retries give up quickly (tests of unreachable servers)."""
+    values: dict[str, object] = {"connect_attempts": 2, "retry_backoff_cap": 0.05}
+    values.update(overrides)
+    return ProducerSettings(**values)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class SpawnedRedis:
+    port: int
+    password: str
+    proc: subprocess.Popen[bytes]
+
+    def url(self, password: str | None = None, db: int = 0, user: str = "") -> str:
+        return f"redis://{user}:{self.password if password is None else password}@127.0.0.1:{self.port}/{db}"
+
+
+def start_redis(port: int, password: str) -> subprocess.Popen[bytes]:
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password]
+    args += ["--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conn = redis.Redis(port=port, password=password)
+    for _ in range(200):
+        try:
+            if conn.ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"redis-server on port {port} did not start")
+
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def secret_redis() -> Iterator[SpawnedRedis]:
+    """A throwaway `redis-server --requirepass secret` on a free port, stopped by its pid."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    port = free_port()
+    server = SpawnedRedis(port=port, password="secret", proc=start_redis(port, "secret"))
+    yield server
+    stop_redis(server.proc)
