@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 import redis.asyncio
@@ -50,7 +50,11 @@ def mask_url(url: str) -> str:
             (k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)
         ]
         query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # Not urlunsplit: it drops the empty host of `unix:///path`.
+    tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return f"{parts.scheme}://{netloc}{parts.path}{tail}"
 
 
 def _password(url: str) -> str | None:
@@ -101,6 +105,11 @@ class RetryPolicy:
 def is_transient(exc: BaseException) -> bool:
     """Connection trouble worth retrying; wrong credentials and permissions never are."""
     return isinstance(exc, _TRANSIENT_ERRORS) and not isinstance(exc, _AUTH_ERRORS)
+
+
+def is_refused(exc: BaseException) -> bool:
+    """Wrong credentials or missing ACL permissions: no retry will help."""
+    return isinstance(exc, _AUTH_ERRORS)
 
 
 def call(policy: RetryPolicy, url: str, fn: Callable[[], T]) -> T:

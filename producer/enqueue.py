@@ -22,7 +22,7 @@ from rq.job import Job
 from rq.queue import EnqueueData
 from rq.utils import utcformat
 
-from .connection import RetryPolicy, call, is_transient, unavailable
+from .connection import RetryPolicy, call, is_refused, is_transient, unavailable
 from .contract import JOB_FUNCTION, META_KEY, WIRE_VERSION, EmbedRequest, queued_texts_key
 from .serializer import MsgpackSerializer
 from .settings import ProducerSettings
@@ -83,7 +83,7 @@ class Enqueuer:
                 return jobs
             except Exception as exc:
                 if not is_transient(exc):
-                    if isinstance(exc, redis.ConnectionError):  # credentials, permissions
+                    if is_refused(exc):  # credentials, permissions
                         raise unavailable(self.url, exc) from None
                     raise
                 # The reply was lost, maybe not the write: repeat only what did not land.

@@ -50,8 +50,9 @@ def drain(redis_url: str) -> Iterator[Drain]:
     """Run a stock rq SimpleWorker in burst mode over a model's queues (main thread only)."""
     conn = redis.Redis.from_url(redis_url)
 
-    def run(model: str = DEFAULT_MODEL) -> None:
-        queues = [Queue(name, connection=conn, serializer=MsgpackSerializer) for name in queue_names(model)]
+    def run(model: str = DEFAULT_MODEL, lanes: tuple[str, ...] = ("interactive", "bulk")) -> None:
+        names = queue_names(model, lanes)
+        queues = [Queue(name, connection=conn, serializer=MsgpackSerializer) for name in names]
         SimpleWorker(queues, connection=conn, serializer=MsgpackSerializer).work(burst=True)
 
     yield run
