@@ -1,0 +1,255 @@
+"""Taking jobs from Redis: many at once, each validated alone, the good ones started together.
+
+The worker blocks on its highest-priority queue only when it has nothing else to do; otherwise
+it takes every waiting job up to its prefetch budget in one script call (LMOVE queue →
+intermediate list + the job-hash fields, for each job).  Redis is not trusted: every job is
+decoded with vecq's msgpack serializer (never pickle) and its request re-validated against the
+wire contract, and a bad job -- garbage data, a pickle, a hash without `data`, someone else's
+function, an unknown option -- fails alone with a one-line reason while the rest go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from redis import Redis
+from rq.defaults import DEFAULT_FAILURE_TTL
+from rq.results import Result
+from vecq.producer.contract import JOB_FUNCTION, EmbedRequest, parse_request
+from vecq.producer.errors import BadRequest
+from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer, SerializationError
+
+from .jobstore import JOB_FIELDS, JobStore, Running, Taken
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class WorkItem:
+    """A validated, started job: what the planner, the engine and the writer need of it."""
+
+    running: Running
+    lane: str
+    texts: list[str]
+    truncate: bool
+    result_ttl: int
+    started_at: float  # wall clock, seconds
+    taken_at: float  # monotonic
+    queue_wait: float | None  # seconds from enqueue to start, when the job says when it was enqueued
+
+    @property
+    def job_id(self) -> str:
+        return self.running.job_id
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A job refused at intake: it fails at once, alone, with `reason` as its exc_string."""
+
+    queue: str
+    raw_id: bytes
+    reason: str
+    kind: str  # metrics label: missing, undecodable, pickle, not_vecq, bad_request, wrong_model
+
+
+class JobRefused(Exception):
+    """Internal: why a taken job cannot run (`kind`, one-line message)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Intake:
+    """Takes, validates and starts jobs of one model's queues (in priority order)."""
+
+    connection: Redis
+    store: JobStore
+    queue_names: list[str]
+    lanes: list[str]
+    model: str
+    heartbeat_ttl: int
+    default_result_ttl: int
+    _texts_per_job: float = field(default=4.0, init=False)
+
+    def take(self, budget_texts: int, *, block_s: float) -> list[Taken]:
+        """Every waiting job up to about `budget_texts` texts; blocks up to `block_s` when none waits."""
+        max_jobs = max(1, min(1024, int(budget_texts / max(self._texts_per_job, 1.0))))
+        taken = self.store.take(self.queue_names, max_jobs)
+        if taken or block_s <= 0:
+            return taken
+        first = self.queue_names[0]
+        wait = block_s if len(self.queue_names) == 1 else min(block_s, 0.05)
+        job_id = self.connection.blmove(
+            self.store.keys.queue + first, self.store.keys.intermediate(first), wait, "LEFT", "RIGHT"
+        )
+        if job_id is None:
+            return self.store.take(self.queue_names, max_jobs) if len(self.queue_names) > 1 else []
+        fields = self.connection.hmget(
+            self.store.keys.job + job_id.decode("utf-8", "replace"), list(JOB_FIELDS)
+        )
+        return [Taken(0, job_id, fields), *self.store.take(self.queue_names, max_jobs - 1)]
+
+    def admit(self, taken: list[Taken], *, now_wall: float) -> tuple[list[WorkItem], list[Rejected]]:
+        """Validate each taken job alone; never raises for a bad job."""
+        items: list[WorkItem] = []
+        rejected: list[Rejected] = []
+        mono = time.monotonic()
+        for t in taken:
+            queue = self.queue_names[t.queue_index]
+            try:
+                request, _meta = self._validate(t)
+            except JobRefused as exc:
+                log.warning("job %s refused: %s", t.job_id, exc)
+                rejected.append(Rejected(queue, t.raw_id, f"{_label(exc.kind)}: {exc}", exc.kind))
+                continue
+            run = Running(t.job_id, queue, uuid.uuid4().hex)
+            enq = _timestamp(t.fields[3])
+            result_ttl = _int(t.fields[2])
+            items.append(
+                WorkItem(
+                    running=run,
+                    lane=self.lanes[t.queue_index],
+                    texts=request.texts,
+                    truncate=request.truncate,
+                    result_ttl=self.default_result_ttl if result_ttl is None else result_ttl,
+                    started_at=now_wall,
+                    taken_at=mono,
+                    queue_wait=None if enq is None else max(0.0, now_wall - enq),
+                )
+            )
+        if items:
+            n = sum(len(i.texts) for i in items)
+            self._texts_per_job = 0.7 * self._texts_per_job + 0.3 * (n / len(items))
+        return items, rejected
+
+    def begin(
+        self, items: list[WorkItem], rejected: list[Rejected], *, now_wall: float, now_iso: str
+    ) -> list[WorkItem]:
+        """Start the good jobs (one script call) and fail the refused ones (one pipeline); returns the
+        jobs started (a job put back on its queue by recovery meanwhile is left out)."""
+        started: set[str] = set()
+        if items:  # one script call: a pipeline holding a script would add a SCRIPT EXISTS round trip
+            ids = self.store.start(
+                [i.running for i in items], ttl=self.heartbeat_ttl, now=now_wall, now_iso=now_iso
+            )
+            started = set(ids)
+        if rejected:
+            self._refuse(rejected, now_wall=now_wall, now_iso=now_iso)
+        if len(started) < len(items):
+            log.warning("%d taken job(s) were reclaimed before they started", len(items) - len(started))
+        return [i for i in items if i.job_id in started]
+
+    # --- validation --------------------------------------------------------------------------
+    def _validate(self, t: Taken) -> tuple[EmbedRequest, dict]:
+        data, meta_raw = t.fields[0], t.fields[1]
+        if data is None:
+            raise JobRefused("missing", "job hash missing or without a 'data' field (not an rq job)")
+        payload = decode_payload(data)
+        if not isinstance(payload, (list, tuple)) or len(payload) != 4:
+            raise JobRefused("undecodable", "job data: expected (function, instance, args, kwargs)")
+        func_name, instance, args, kwargs = payload
+        if func_name != JOB_FUNCTION:
+            raise JobRefused(
+                "not_vecq", f"job function: {str(func_name)[:100]!r} is not vecq's ({JOB_FUNCTION})"
+            )
+        if instance is not None:
+            raise JobRefused("not_vecq", "job instance: vecq jobs call a function, not a method")
+        meta = decode_payload(meta_raw, what="job meta") if meta_raw else {}
+        if not isinstance(meta, dict):
+            raise JobRefused("undecodable", f"job meta: expected a map, got {type(meta).__name__}")
+        try:
+            request = parse_request(args, kwargs)
+        except BadRequest as exc:
+            raise JobRefused("bad_request", str(exc)) from None
+        if request.model != self.model:
+            raise JobRefused(
+                "wrong_model", f"model: {request.model!r} is not served here (this queue is {self.model!r})"
+            )
+        return request, meta
+
+    def _refuse(self, rejected: list[Rejected], *, now_wall: float, now_iso: str) -> None:
+        """rq's failure bookkeeping, lean, in one pipeline: status, exc_info, failed registry and
+        a failure result -- for ids with a job hash; an id without one is only dropped."""
+        keys = self.store.keys
+        with self.connection.pipeline(transaction=False) as pipe:
+            for rej in rejected:
+                pipe.hget(keys.job + rej.raw_id.decode("utf-8", "replace"), "failure_ttl")
+                pipe.exists(keys.job + rej.raw_id.decode("utf-8", "replace"))
+            found = pipe.execute()
+        with self.connection.pipeline(transaction=False) as pipe:
+            for n, rej in enumerate(rejected):
+                pipe.lrem(keys.intermediate(rej.queue), 1, rej.raw_id)
+                if found[2 * n + 1]:
+                    self._write_refusal(pipe, rej, _int(found[2 * n]), now_wall=now_wall, now_iso=now_iso)
+            pipe.execute()
+
+    def _write_refusal(
+        self, pipe, rej: Rejected, failure_ttl: int | None, *, now_wall: float, now_iso: str
+    ) -> None:
+        keys = self.store.keys
+        job_id = rej.raw_id.decode("utf-8", "replace")
+        ttl = DEFAULT_FAILURE_TTL if failure_ttl is None else failure_ttl
+        pipe.hset(
+            keys.job + job_id,
+            mapping={
+                "status": "failed",
+                "ended_at": now_iso,
+                "exc_info": zlib.compress(rej.reason.encode()),
+            },
+        )
+        if ttl > 0:
+            pipe.expire(keys.job + job_id, ttl)
+        pipe.zadd(keys.failed + rej.queue, {job_id: "+inf" if ttl < 0 else now_wall + ttl})
+        Result(
+            job_id,
+            Result.Type.FAILED,
+            connection=self.connection,
+            exc_string=rej.reason,
+            worker_name=self.store.worker_name,
+            serializer=MsgpackSerializer,
+        ).save(ttl=ttl, pipeline=pipe)
+        pipe.hincrby(self.store.worker_key, "failed_job_count", 1)
+
+
+def decode_payload(raw: bytes, *, what: str = "job data") -> object:
+    """A job field through vecq's msgpack (rq may have zlib-compressed it); pickles are named, not run."""
+    with contextlib.suppress(zlib.error):
+        raw = zlib.decompress(raw)
+    if raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise JobRefused(
+            "pickle", f"{what}: a pickle payload; vecq never unpickles (producers must use {SERIALIZER_PATH})"
+        )
+    try:
+        return MsgpackSerializer.loads(raw)
+    except SerializationError as exc:
+        raise JobRefused("undecodable", f"{what}: not vecq msgpack ({exc})") from None
+
+
+def _int(raw: bytes | None) -> int | None:
+    try:
+        return int(raw) if raw is not None and raw != b"" else None
+    except ValueError:
+        return None
+
+
+def _timestamp(raw: bytes | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw.decode()).timestamp()
+    except ValueError:
+        return None
+
+
+def _label(kind: str) -> str:
+    return {"bad_request": "BadRequest", "wrong_model": "BadRequest", "pickle": "UnsafePayload"}.get(
+        kind, "InvalidJob"
+    )

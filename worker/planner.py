@@ -1,0 +1,225 @@
+"""The single owner of pending texts: tokenized on arrival, cut into batches of declared shapes.
+
+Like text-embeddings-inference's queue task, one object holds every text that is waiting for the
+engine and answers "what is the next batch?".  A batch is always exactly one of the engine's
+shapes, so no request can ever cause a rebuild or re-warm:
+
+- texts are grouped by the seq_len bucket their token count needs (so bulk texts of similar
+  length travel together and padding stays small);
+- a bucket holding a full batch (the largest batch size of its seq_len) goes at once;
+- a partial batch goes when its oldest text has waited `max_wait_s`, padded up to the nearest
+  declared batch size; its spare rows are filled with shorter texts that are waiting anyway
+  (a padding row costs the same as a real one);
+- interactive texts go before bulk texts.
+
+Pure logic, no Redis and no threads: the worker calls it from its main thread only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from vecq.engines.errors import TextTooLong
+from vecq.engines.shapes import Shape, ShapeSet
+from vecq.engines.tokenizer import Tokenized
+from vecq.producer.contract import LANES
+
+
+class Encoder(Protocol):
+    """The tokenizer surface the planner needs (`vecq.engines.TextTokenizer` has it)."""
+
+    def encode(self, texts: Sequence[str], *, truncate: bool = True) -> Tokenized: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One text waiting for the engine: whose it is, which of its texts, its token ids."""
+
+    owner: Hashable
+    index: int
+    ids: np.ndarray
+    since: float  # monotonic time its job arrived
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """Rows that go through one engine call of `shape` (len(rows) <= shape.batch)."""
+
+    shape: Shape
+    rows: list[Row]
+    isolated: bool = False  # all rows of one owner, after a failed mixed batch
+
+    @property
+    def owners(self) -> list[Hashable]:
+        """Distinct owners, in row order."""
+        return list(dict.fromkeys(r.owner for r in self.rows))
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job handed to the planner: `owner` is opaque to it (the worker's WorkItem)."""
+
+    owner: Hashable
+    texts: Sequence[str]
+    lane: str = "interactive"
+    truncate: bool = True
+
+
+class Planner:
+    """Pending texts by lane and seq_len bucket, and the rule that cuts them into batches."""
+
+    def __init__(self, shapes: ShapeSet, encoder: Encoder, *, max_wait_s: float) -> None:
+        self.shapes = shapes
+        self.encoder = encoder
+        self.max_wait_s = max_wait_s
+        self._buckets: dict[str, dict[int, deque[Row]]] = {
+            lane: {L: deque() for L in shapes.seq_lens} for lane in LANES
+        }
+        self._isolated: deque[list[Row]] = deque()
+        self._dropped: set[Hashable] = set()
+        self._pending = 0
+
+    # --- intake ------------------------------------------------------------------------------
+    def add(self, jobs: Sequence[NewJob], *, now: float) -> list[tuple[Hashable, str]]:
+        """Tokenize and queue the texts of `jobs`; returns (owner, message) for jobs refused whole
+        (an over-long text with truncation off).  Jobs that truncate share one tokenizer call."""
+        refused: list[tuple[Hashable, str]] = []
+        cutting = [j for j in jobs if j.truncate]
+        if cutting:
+            flat = [t for j in cutting for t in j.texts]
+            tok = self.encoder.encode(flat, truncate=True)
+            start = 0
+            for j in cutting:
+                self._queue(j, tok.ids[start : start + len(j.texts)], now)
+                start += len(j.texts)
+        for j in jobs:
+            if j.truncate:
+                continue
+            try:
+                tok = self.encoder.encode(j.texts, truncate=False)
+            except TextTooLong as exc:
+                refused.append((j.owner, f"TextTooLong: {exc}"))
+                continue
+            self._queue(j, tok.ids, now)
+        return refused
+
+    def _queue(self, job: NewJob, ids: Sequence[np.ndarray], now: float) -> None:
+        lane = job.lane if job.lane in self._buckets else LANES[0]
+        buckets = self._buckets[lane]
+        for i, row_ids in enumerate(ids):
+            L = self.shapes.seq_len_for(len(row_ids))
+            buckets[L].append(Row(job.owner, i, row_ids, now))
+        self._pending += len(ids)
+
+    def retry_isolated(self, batch: PlannedBatch) -> None:
+        """Queue the rows of a failed mixed batch again, one owner per batch, ahead of new work,
+        so that one poison text fails only its own job."""
+        by_owner: dict[Hashable, list[Row]] = {}
+        for r in batch.rows:
+            by_owner.setdefault(r.owner, []).append(r)
+        for rows in by_owner.values():
+            self._isolated.append(rows)
+            self._pending += len(rows)
+
+    def drop(self, owner: Hashable) -> None:
+        """Forget every pending row of `owner` (its job failed); done lazily as rows come up."""
+        self._dropped.add(owner)
+
+    # --- planning ----------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Texts still waiting (rows of dropped owners included until they are skipped)."""
+        return self._pending
+
+    def next_batch(self, now: float, *, flush: bool = False) -> PlannedBatch | None:
+        """The next batch to run, or None if nothing is due yet (`flush`: everything is due)."""
+        if self._isolated:
+            return self._next_isolated()
+        for lane in LANES:
+            full = self._full_bucket(lane)
+            if full is not None:
+                return self._cut(lane, full, self.shapes.max_batch(full))
+        due = self._due_bucket(now, flush)
+        if due is not None:
+            lane, L = due
+            return self._cut(lane, L, len(self._buckets[lane][L]))
+        return None
+
+    def next_deadline(self) -> float | None:
+        """When the oldest pending text becomes due (monotonic), None if nothing is pending."""
+        if self._isolated:
+            return 0.0
+        heads = [b[0].since for lane in LANES for b in self._buckets[lane].values() if b]
+        return min(heads) + self.max_wait_s if heads else None
+
+    def _full_bucket(self, lane: str) -> int | None:
+        best: tuple[float, int] | None = None
+        for L, rows in self._buckets[lane].items():
+            self._skip_dropped(rows)
+            if rows and len(rows) >= self.shapes.max_batch(L) and (best is None or rows[0].since < best[0]):
+                best = (rows[0].since, L)
+        return None if best is None else best[1]
+
+    def _due_bucket(self, now: float, flush: bool) -> tuple[str, int] | None:
+        for lane in LANES:
+            oldest: tuple[float, int] | None = None
+            for L, rows in self._buckets[lane].items():
+                self._skip_dropped(rows)
+                if rows and (oldest is None or rows[0].since < oldest[0]):
+                    oldest = (rows[0].since, L)
+            if oldest is not None and (flush or now - oldest[0] >= self.max_wait_s):
+                return lane, oldest[1]
+        return None
+
+    def _cut(self, lane: str, L: int, n: int) -> PlannedBatch:
+        rows = self._take(self._buckets[lane][L], min(n, self.shapes.max_batch(L)))
+        shape = self.shapes.fit(len(rows), L)
+        spare = shape.batch - len(rows)
+        for lane2 in LANES:  # fill padding rows with shorter texts already waiting
+            for L2 in self.shapes.seq_lens:
+                if spare <= 0 or L2 >= L:
+                    break
+                extra = self._take(self._buckets[lane2][L2], spare)
+                rows += extra
+                spare -= len(extra)
+        assert len(rows) <= shape.batch and shape in self.shapes, "planner cut an undeclared shape (vecq bug)"
+        return PlannedBatch(shape, rows)
+
+    def _take(self, rows: deque[Row], n: int) -> list[Row]:
+        out: list[Row] = []
+        while rows and len(out) < n:
+            r = rows.popleft()
+            self._pending -= 1
+            if r.owner not in self._dropped:
+                out.append(r)
+        return out
+
+    def _next_isolated(self) -> PlannedBatch | None:
+        while self._isolated:
+            rows = self._isolated.popleft()
+            self._pending -= len(rows)
+            rows = [r for r in rows if r.owner not in self._dropped]
+            if not rows:
+                continue
+            L = self.shapes.seq_len_for(max(len(r.ids) for r in rows))
+            cap = self.shapes.max_batch(L)
+            if len(rows) > cap:  # put the rest back, still isolated
+                self._isolated.appendleft(rows[cap:])
+                self._pending += len(rows) - cap
+                rows = rows[:cap]
+            return PlannedBatch(self.shapes.fit(len(rows), L), rows, isolated=True)
+        return None
+
+    def _skip_dropped(self, rows: deque[Row]) -> None:
+        while rows and rows[0].owner in self._dropped:
+            rows.popleft()
+            self._pending -= 1
+
+    def forget_dropped(self) -> None:
+        """Release the drop list once no pending row can refer to it (called when idle)."""
+        if self._pending == 0:
+            self._dropped.clear()

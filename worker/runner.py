@@ -1,0 +1,126 @@
+"""The engine thread: the one owner of the model, fed one prefetched batch at a time.
+
+The worker's main thread does Redis I/O and planning; this thread pads each planned batch to its
+shape and runs the engine.  The hand-off queue holds exactly one batch, so while batch k runs,
+batch k+1 is ready and the main thread is already tokenizing and writing back around it.
+Nothing here can die silently: an engine error becomes that batch's `Done.error`, and anything
+else that escapes is reported as `Crashed` on the results queue before the thread ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from vecq.engines.base import Batch, Engine
+from vecq.engines.tokenizer import TextTokenizer
+
+from .planner import PlannedBatch
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class Done:
+    """A batch back from the engine: vectors for its real rows, or the one-line error."""
+
+    planned: PlannedBatch
+    vectors: np.ndarray | None
+    seconds: float
+    real_tokens: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """The engine thread itself failed (a vecq bug or a broken engine): the worker must exit."""
+
+    error: BaseException
+
+
+class EngineRunner:
+    """Runs planned batches on `engine` in one daemon thread."""
+
+    def __init__(self, engine: Engine, tokenizer: TextTokenizer) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.handoff: queue.Queue[object] = queue.Queue(maxsize=1)
+        self.results: queue.Queue[Done | Crashed] = queue.Queue()
+        self.in_flight = 0
+        self._thread = threading.Thread(target=self._main, name="vecq-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, planned: PlannedBatch) -> bool:
+        """Hand `planned` over if the hand-off slot is free; False if the engine is still behind."""
+        try:
+            self.handoff.put_nowait(planned)
+        except queue.Full:
+            return False
+        self.in_flight += 1
+        return True
+
+    @property
+    def slot_free(self) -> bool:
+        return not self.handoff.full()
+
+    def wait(self, timeout: float) -> Done | Crashed | None:
+        """The next finished batch, waiting up to `timeout` seconds."""
+        try:
+            item = self.results.get(timeout=timeout) if timeout > 0 else self.results.get_nowait()
+        except queue.Empty:
+            return None
+        if isinstance(item, Done):
+            self.in_flight -= 1
+        return item
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread.is_alive():
+            try:
+                self.handoff.put(_STOP, timeout=timeout)
+            except queue.Full:
+                return
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            while True:
+                planned = self.handoff.get()
+                if planned is _STOP:
+                    return
+                self.results.put(self._run(planned))  # type: ignore[arg-type]
+        except BaseException as exc:  # report, never die silently
+            log.exception("engine thread crashed")
+            self.results.put(Crashed(exc))
+
+    def _run(self, planned: PlannedBatch) -> Done:
+        t0 = time.perf_counter()
+        batch: Batch | None = None
+        try:
+            batch = self.tokenizer.make_batch([r.ids for r in planned.rows], planned.shape)
+            out = self.engine.run(batch)
+            vectors = np.asarray(out[: batch.rows], dtype=np.float32)
+            if vectors.shape != (batch.rows, self.engine.dim):
+                raise ValueError(
+                    f"engine returned shape {vectors.shape}, expected {(batch.rows, self.engine.dim)}"
+                )
+        except Exception as exc:
+            log.warning("batch %s of %d rows failed: %s", planned.shape, len(planned.rows), _one_line(exc))
+            return Done(planned, None, time.perf_counter() - t0, 0, error=_one_line(exc))
+        return Done(planned, vectors, time.perf_counter() - t0, batch.real_tokens)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text[:500]}"

@@ -1,0 +1,410 @@
+"""`BatchWorker`: an rq `SimpleWorker` that takes many jobs at once and batches their texts.
+
+The loop flows one way: take → validate → tokenize/plan → run → write back.  The main thread
+does all Redis I/O and planning; the engine runs in its own thread (`runner.EngineRunner`)
+with exactly one prefetched batch waiting, so tokenizing batch k+1 and writing batch k-1
+overlap running batch k.  rq's keys, registries, worker registration and result stream are
+kept, so `rq info`, `rq requeue` and `Job.fetch(...).return_value()` work on vecq jobs.
+
+Failures, per job: a bad job fails alone at intake; a text over the limit with truncation off
+fails its job; an engine error on a batch of several jobs re-runs each of its jobs alone (one
+job per batch), so a poison text fails only its own job -- through rq `Retry` first -- while
+its batch-mates finish.  An error of the worker itself (engine thread crash, bug) ends `work()`
+with an exception, so the process exits non-zero rather than hang; its started jobs are then
+recovered by the other workers.  SIGTERM/SIGINT: stop taking, finish and write everything
+in flight, exit 0; a second signal exits at once (recovery retries what was in flight).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import redis
+from redis import Redis
+from rq.utils import now as rq_now
+from rq.utils import utcformat
+from rq.worker import SimpleWorker, WorkerStatus
+from vecq.engines import Embedder, ShapeSet
+from vecq.producer.contract import model_name, queue_names
+from vecq.producer.serializer import MsgpackSerializer
+
+from .intake import Intake, WorkItem
+from .jobstore import JobStore
+from .metrics import WorkerMetrics
+from .planner import NewJob, PlannedBatch, Planner
+from .recovery import Recovery
+from .runner import Crashed, Done, EngineRunner
+from .settings import WorkerSettings
+from .writeback import Assembler, Failure, Writer
+
+log = logging.getLogger(__name__)
+
+HEALTH_PREFIX = "vecq:health:"
+_WRITE_CHUNK = 512
+
+
+class WorkerCrashed(RuntimeError):
+    """The engine thread or the loop failed in a way the worker cannot serve through."""
+
+
+class BatchWorker(SimpleWorker):
+    """One process, one model, loaded once; many jobs per Redis round trip."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        settings: WorkerSettings,
+        connection: Redis | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.model = model_name(settings.name or embedder.name)
+        conn = connection or Redis.from_url(settings.redis_url)
+        name = settings.worker_name or f"vecq.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        super().__init__(
+            queue_names(self.model, settings.lanes),
+            name=name,
+            connection=conn,
+            serializer=MsgpackSerializer,
+            default_result_ttl=settings.result_ttl,
+            worker_ttl=max(35, 2 * settings.heartbeat_ttl),
+        )
+        self.metrics = metrics or WorkerMetrics()
+        self.store = JobStore(conn, worker_name=self.name, worker_key=self.key)
+        self.intake = Intake(
+            conn,
+            self.store,
+            self.queue_names(),
+            list(settings.lanes),
+            self.model,
+            settings.heartbeat_ttl,
+            settings.result_ttl,
+        )
+        self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
+        self.assembler = Assembler(embedder.dim)
+        self.writer = Writer(conn, self.store)
+        self.recovery = Recovery(
+            conn,
+            self.store,
+            self.queue_names(),
+            interval=settings.cleanup_interval,
+            stranded_after=settings.stranded_after,
+        )
+        self.runner = EngineRunner(embedder.engine, embedder.tokenizer)
+        self._open: dict[WorkItem, None] = {}
+        self._open_texts = 0
+        self._outbox: list[tuple[WorkItem, np.ndarray]] = []
+        self._failbox: list[Failure] = []
+        self._stopping = False
+        self._next_beat = 0.0
+        self._took_last = False
+        self.finished_jobs = 0
+        self.failed_jobs = 0
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings, **kwargs: Any) -> BatchWorker:
+        """Load the model (or the null engine) the settings name and build a worker around it."""
+        embedder = Embedder.load(settings.model_path, backend=settings.backend, device=settings.device)
+        if settings.backend == "null":  # the null engine stands in for a GPU worker: give it GPU shapes
+            from vecq.engines.backends.null import NullEngine
+
+            engine = NullEngine(shapes=ShapeSet.grid(max_seq_len=embedder.spec.max_seq_len), dim=embedder.dim)
+            embedder = Embedder(spec=embedder.spec, tokenizer=embedder.tokenizer, engine=engine)
+        embedder.warmup()
+        return cls(embedder, settings=settings, **kwargs)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def work(self, burst: bool | None = None, logging_level: str | None = None, **_: Any) -> bool:  # type: ignore[override]
+        """Serve until stopped (or, with `burst`, until the queues are empty and nothing is in flight)."""
+        burst = self.settings.burst if burst is None else burst
+        self._bootstrap()
+        try:
+            self._loop(burst)
+        finally:
+            self._teardown()
+        return self.finished_jobs > 0
+
+    def _loop(self, burst: bool) -> None:
+        wait, lost_since = 0.5, None
+        while True:
+            try:
+                if self._step(burst):
+                    return
+                if lost_since is not None:
+                    log.warning(
+                        "worker %s: Redis is back after %.1fs", self.name, time.monotonic() - lost_since
+                    )
+                    wait, lost_since = 0.5, None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if lost_since is None:
+                    lost_since = time.monotonic()
+                log.warning(
+                    "worker %s: Redis unreachable (%s); retrying in %.1fs",
+                    self.name,
+                    " ".join(str(exc).split())[:200],
+                    wait,
+                )
+                time.sleep(wait)
+                wait = min(wait * 2, 30.0)
+
+    def _step(self, burst: bool) -> bool:
+        """One pass: take, collect engine results, write back, feed the engine, wait; True: stop."""
+        now = time.monotonic()
+        self._maintain(now)
+        idle = self._idle()
+        took = 0
+        if not self._stopping and self._wants_more():
+            took = self._take(block=0.0 if (burst or not idle) else 1.0)
+        self._took_last = took > 0
+        self._collect(timeout=0.0)
+        self._write()
+        self._feed(time.monotonic())
+        if self._idle() and (self._stopping or (burst and took == 0)):
+            return True
+        self._wait()
+        return False
+
+    def _wants_more(self) -> bool:
+        """Take when below half the prefetch budget, or when the planner is about to run dry:
+        refilling in big gulps keeps round trips per job low."""
+        budget = self.settings.prefetch_texts
+        return self._open_texts <= budget // 2 or (self._open_texts < budget and self.planner.pending < 256)
+
+    def _idle(self) -> bool:
+        return not self._open and not self._outbox and not self._failbox and self.runner.in_flight == 0
+
+    def _take(self, *, block: float) -> int:
+        taken = self.intake.take(self.settings.prefetch_texts - self._open_texts, block_s=block)
+        if not taken:
+            return 0
+        wall = time.time()
+        iso = utcformat(rq_now())
+        items, rejected = self.intake.admit(taken, now_wall=wall)
+        started = self.intake.begin(items, rejected, now_wall=wall, now_iso=iso)
+        for rej in rejected:
+            self.metrics.failure(rej.kind)
+        self.metrics.jobs("failed", len(rejected))
+        self.failed_jobs += len(rejected)
+        for item in started:
+            self._open[item] = None
+            self._open_texts += len(item.texts)
+            self.assembler.open(item)
+            if item.queue_wait is not None:
+                self.metrics.queue_wait_seconds.observe(item.queue_wait)
+        if started:
+            self._set_busy(True)
+        jobs = [NewJob(i, i.texts, i.lane, i.truncate) for i in started]
+        for owner, message in self.planner.add(jobs, now=time.monotonic()):
+            self._fail(owner, message, "text_too_long", retry=False)  # type: ignore[arg-type]
+        return len(taken)
+
+    def _feed(self, now: float) -> None:
+        while self.runner.slot_free:
+            planned = self.planner.next_batch(now, flush=self._stopping)
+            if planned is None:
+                return
+            self.runner.offer(planned)
+
+    def _wait(self) -> None:
+        """Block until the engine returns a batch, the planner's next deadline, or a poll tick."""
+        if self.runner.in_flight == 0 and self.planner.pending == 0:
+            return
+        deadline = self.planner.next_deadline()
+        poll = 0.0005 if self._took_last else 0.005
+        if self._stopping or self._open_texts >= self.settings.prefetch_texts:
+            poll = 0.05
+        timeout = poll if deadline is None else min(poll, max(0.0, deadline - time.monotonic()))
+        if self.runner.in_flight:
+            self._collect(timeout=timeout)
+        elif timeout > 0:
+            time.sleep(timeout)
+
+    def _collect(self, *, timeout: float) -> None:
+        result = self.runner.wait(timeout)
+        while result is not None:
+            if isinstance(result, Crashed):
+                raise WorkerCrashed(f"engine thread crashed: {result.error!r}") from result.error
+            self._on_done(result)
+            result = self.runner.wait(0.0)
+
+    def _on_done(self, done: Done) -> None:
+        planned = done.planned
+        if done.error is None and done.vectors is not None:
+            shape = planned.shape
+            self.metrics.batch(
+                shape_rows=shape.batch,
+                rows=len(planned.rows),
+                shape_tokens=shape.tokens,
+                real_tokens=done.real_tokens,
+                seconds=done.seconds,
+                shape=str(shape),
+            )
+            self._outbox += self.assembler.fill(((r.owner, r.index) for r in planned.rows), done.vectors)
+            return
+        self._on_batch_error(planned, done.error or "engine returned no vectors")
+
+    def _on_batch_error(self, planned: PlannedBatch, error: str) -> None:
+        owners = [o for o in planned.owners if o in self._open]
+        if len(owners) > 1 and not planned.isolated:
+            log.warning("batch of %d jobs failed (%s): re-running each job alone", len(owners), error)
+            self.planner.retry_isolated(planned)
+            return
+        for owner in owners:
+            self._fail(owner, f"EngineError: {error}", "engine_error", retry=True)  # type: ignore[arg-type]
+
+    def _fail(self, item: WorkItem, reason: str, kind: str, *, retry: bool) -> None:
+        if item not in self._open:
+            return
+        self._close(item)
+        self.assembler.discard(item)
+        self.planner.drop(item)
+        self._failbox.append(Failure(item, reason, kind, retry))
+
+    def _close(self, item: WorkItem) -> None:
+        if self._open.pop(item, 0) is None:
+            self._open_texts -= len(item.texts)
+
+    def _write(self) -> None:
+        if self._outbox:
+            now, iso = time.time(), utcformat(rq_now())
+            while self._outbox:
+                chunk = self._outbox[:_WRITE_CHUNK]
+                skipped = self.writer.finish(chunk, now=now, now_iso=iso)
+                del self._outbox[: len(chunk)]
+                for item, _ in chunk:
+                    self._close(item)
+                self.finished_jobs += len(chunk) - len(skipped)
+                self.metrics.jobs("finished", len(chunk) - len(skipped))
+        if self._failbox:
+            retried = self.writer.fail(self._failbox, worker_name=self.name, worker_key=self.key)
+            for f in self._failbox:
+                self.metrics.failure(f.kind)
+            self.metrics.jobs("retried", len(retried))
+            self.metrics.jobs("failed", len(self._failbox) - len(retried))
+            self.failed_jobs += len(self._failbox) - len(retried)
+            self._failbox = []
+        if not self._open:
+            self.planner.forget_dropped()
+            self._set_busy(False)
+        self.metrics.pending_texts.set(self._open_texts)
+
+    # --- upkeep ------------------------------------------------------------------------------
+    def _maintain(self, now: float) -> None:
+        """Heartbeats (worker, executions, health key) every third of the TTL; cleanup; timeouts."""
+        if now >= self._next_beat:
+            self._next_beat = now + self.settings.heartbeat_ttl / 3
+            self._beat()
+            self._expire_overdue(now)
+        self.recovery.maybe_run(now)
+
+    def _beat(self) -> None:
+        ttl = self.settings.heartbeat_ttl
+        with self.connection.pipeline(transaction=False) as pipe:
+            self.heartbeat(self.worker_ttl, pipeline=pipe)
+            pipe.set(HEALTH_PREFIX + self.name, self._health(), ex=ttl * 2)
+            pipe.execute()
+        items = list(self._open) + [i for i, _ in self._outbox]
+        for start in range(0, len(items), 2048):
+            chunk = items[start : start + 2048]
+            lost = set(self.store.heartbeat([i.running for i in chunk], ttl=ttl, now=time.time()))
+            for item in chunk:
+                if item.job_id in lost and item in self._open:
+                    log.warning(
+                        "job %s: execution expired and was recovered elsewhere; dropping it", item.job_id
+                    )
+                    self._close(item)
+                    self.assembler.discard(item)
+                    self.planner.drop(item)
+
+    def _expire_overdue(self, now: float) -> None:
+        limit = self.settings.job_timeout
+        for item in [i for i in self._open if now - i.taken_at > limit]:
+            self._fail(item, f"JobTimeoutException: not done within {limit}s", "timeout", retry=True)
+
+    def _health(self) -> str:
+        return json.dumps(
+            {
+                "worker": self.name,
+                "model": self.model,
+                "queues": self.queue_names(),
+                "pid": os.getpid(),
+                "time": time.time(),
+                "open_texts": self._open_texts,
+                "finished": self.finished_jobs,
+                "failed": self.failed_jobs,
+                "stopping": self._stopping,
+            }
+        )
+
+    def _set_busy(self, busy: bool) -> None:
+        state = WorkerStatus.BUSY if busy else WorkerStatus.IDLE
+        if self.get_state() != state:
+            self.set_state(state)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def _bootstrap(self) -> None:
+        self.register_birth()
+        self.subscribe()
+        self.set_state(WorkerStatus.STARTED)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGTERM, self.request_stop)
+        self.runner.start()
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_port)
+        log.info(
+            "worker %s: serving %s on %s (pid %d)",
+            self.name,
+            self.model,
+            ", ".join(self.queue_names()),
+            os.getpid(),
+        )
+
+    def _teardown(self) -> None:
+        self.runner.stop()
+        try:
+            self.connection.delete(HEALTH_PREFIX + self.name)
+            self.register_death()
+            self.unsubscribe()
+        except redis.RedisError as exc:
+            log.warning("worker %s: could not deregister: %s", self.name, exc)
+        log.info(
+            "worker %s: stopped (%d finished, %d failed)", self.name, self.finished_jobs, self.failed_jobs
+        )
+
+    def request_stop(self, signum: int, frame: object) -> None:
+        """First SIGTERM/SIGINT: stop taking jobs, drain what is in flight, then exit 0."""
+        log.info(
+            "worker %s: %s received, draining %d job(s) in flight",
+            self.name,
+            signal.Signals(signum).name,
+            len(self._open),
+        )
+        self._stopping = True
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+
+    def request_force_stop(self, signum: int, frame: object) -> None:
+        """Second signal: leave at once; the jobs in flight are retried by recovery."""
+        log.warning(
+            "worker %s: second signal, exiting now with %d job(s) in flight", self.name, len(self._open)
+        )
+        raise SystemExit(1)
+
+    def stop(self) -> None:
+        """Ask a worker running in another thread to drain and return (what SIGTERM does)."""
+        self._stopping = True
+
+    def execute_job(self, job, queue):  # type: ignore[no-untyped-def]
+        raise NotImplementedError("BatchWorker runs jobs in batches; it never executes one job alone")

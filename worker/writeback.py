@@ -1,0 +1,148 @@
+"""Vectors back to their jobs, and jobs back to Redis: results, failures, retries.
+
+`Assembler` puts each engine row into its job's (n, dim) float32 array at the text's index, so
+a job's vectors come out in its own order however its texts were batched.  `Writer` ends jobs:
+all the jobs a batch (or several) completed are finished by one script call (result in rq's
+results stream through the job's serializer, status, finished registry, execution cleanup);
+failures go through rq's own functions in one pipeline -- a job with retries left is requeued
+by `job.retry` exactly as rq's `handle_job_failure` does, the others get status failed, their
+one-line reason as `exc_string`, and a failed-registry entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from redis import Redis
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from vecq.producer.serializer import MsgpackSerializer
+
+from .intake import WorkItem
+from .jobstore import Finished, JobStore
+
+log = logging.getLogger(__name__)
+
+
+class Assembler:
+    """Per-job output arrays, filled row by row as batches come back."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._open: dict[Hashable, tuple[np.ndarray, list[int]]] = {}
+
+    def open(self, item: WorkItem) -> None:
+        self._open[item] = (np.empty((len(item.texts), self.dim), dtype=np.float32), [len(item.texts)])
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._open
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def fill(
+        self, owners: Iterable[tuple[Hashable, int]], vectors: np.ndarray
+    ) -> list[tuple[WorkItem, np.ndarray]]:
+        """Place each row's vector; returns the jobs this completed, with their arrays."""
+        done: list[tuple[WorkItem, np.ndarray]] = []
+        for r, (owner, index) in enumerate(owners):
+            slot = self._open.get(owner)
+            if slot is None:  # its job already failed: the row is dropped
+                continue
+            out, left = slot
+            out[index] = vectors[r]
+            left[0] -= 1
+            if left[0] == 0:
+                del self._open[owner]
+                done.append((owner, out))  # type: ignore[arg-type]
+        return done
+
+    def discard(self, item: Hashable) -> None:
+        self._open.pop(item, None)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A started job that cannot finish: its one-line reason, and whether rq Retry applies."""
+
+    item: WorkItem
+    reason: str
+    kind: str  # metrics label
+    retry: bool = True
+
+
+def encode_result(vectors: np.ndarray) -> str:
+    """A job's vectors as rq's result stream stores a return value: base64 of the serializer's bytes."""
+    return base64.b64encode(MsgpackSerializer.dumps(vectors)).decode("ascii")
+
+
+class Writer:
+    """Ends jobs in Redis, many per round trip."""
+
+    def __init__(self, connection: Redis, store: JobStore) -> None:
+        self.connection = connection
+        self.store = store
+
+    def finish(self, done: list[tuple[WorkItem, np.ndarray]], *, now: float, now_iso: str) -> list[str]:
+        """Write successes; returns ids skipped because their execution was recovered meanwhile."""
+        if not done:
+            return []
+        records = [Finished(i.running, i.started_at, i.result_ttl, encode_result(v)) for i, v in done]
+        skipped = self.store.finish(records, now=now, now_iso=now_iso)
+        if skipped:
+            log.warning(
+                "%d job(s) finished here after recovery gave them to another worker; result dropped: %s",
+                len(skipped),
+                ", ".join(skipped[:5]),
+            )
+        return skipped
+
+    def fail(self, failures: list[Failure], *, worker_name: str, worker_key: str) -> list[Failure]:
+        """rq's handle_job_failure for many jobs in one pipeline; returns the ones requeued."""
+        if not failures:
+            return []
+        failures = self._still_ours(failures)
+        jobs = Job.fetch_many(
+            [f.item.job_id for f in failures], connection=self.connection, serializer=MsgpackSerializer
+        )
+        retried: list[Failure] = []
+        with self.connection.pipeline() as pipe:
+            for f, job in zip(failures, jobs, strict=True):
+                if job is None:
+                    continue
+                if self._fail_one(pipe, f, job, worker_name):
+                    retried.append(f)
+                pipe.hincrby(worker_key, "failed_job_count", 1)
+            pipe.execute()
+        for f in failures:
+            log.info("job %s %s: %s", f.item.job_id, "retried" if f in retried else "failed", f.reason)
+        return retried
+
+    def _still_ours(self, failures: list[Failure]) -> list[Failure]:
+        """Leave out jobs whose execution recovery already took away (another worker has them)."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for f in failures:
+                r = f.item.running
+                pipe.zscore(self.store.keys.started + r.queue, f"{r.job_id}:{r.execution_id}")
+            scores = pipe.execute()
+        return [f for f, s in zip(failures, scores, strict=True) if s is not None]
+
+    def _fail_one(self, pipe, f: Failure, job: Job, worker_name: str) -> bool:
+        run = f.item.running
+        queue = Queue(run.queue, connection=self.connection, serializer=MsgpackSerializer)
+        execution = Execution(
+            run.execution_id, run.job_id, connection=self.connection, worker_name=worker_name
+        )
+        execution.delete(job=job, pipeline=pipe)
+        retry = f.retry and job.should_retry
+        if retry:
+            job.retry(queue, pipe)
+            return True
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        job._handle_failure(f.reason, pipe, worker_name=worker_name, execution_id=run.execution_id)
+        return False
