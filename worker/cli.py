@@ -13,3 +13,96 @@ import click
 @click.version_option(package_name="vecq")
 def main() -> None:
     """vecq: BERT-family encoders as a durable, batched embedding service on Redis."""
+
+
+# --- the batch worker, status and health (issue 3) -------------------------------------------
+def _fail(message: str) -> None:
+    click.echo(f"vecq: {message}", err=True)
+    raise SystemExit(2)
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+@main.command()
+@click.option("--bundle", type=click.Path(file_okay=False), help="Bundle dir (`vecq build` output).")
+@click.option("--model", type=click.Path(file_okay=False), help="Model dir (default: all-MiniLM-L6-v2).")
+@click.option("--backend", type=click.Choice(["onnx", "torch", "tensorrt", "null"]), help="Engine backend.")
+@click.option("--device", help="cpu or cuda:N.")
+@click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
+@click.option("--lanes", help="Lanes served, e.g. interactive,bulk.")
+@click.option("--max-wait-ms", type=float, help="Longest a partial batch waits for batch-mates.")
+@click.option("--prefetch-texts", type=int, help="Texts taken but not yet written back, at most.")
+@click.option("--burst", is_flag=True, default=None, help="Exit when the queues are empty.")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--name", help="Model name the queues are derived from (default: the model's own).")
+@click.option("--worker-name", help="rq worker name (default: vecq.<host>.<pid>.<random>).")
+@click.option("--heartbeat-ttl", type=int, help="Seconds an execution lives without a heartbeat.")
+@click.option("--cleanup-interval", type=float, help="Seconds between recovery passes.")
+@click.option("--result-ttl", type=int, help="Seconds results are kept (unless the job sets its own).")
+@click.option("--job-timeout", type=int, help="Seconds a job may stay in flight before it is failed.")
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def worker(log_level: str, **flags: object) -> None:
+    """Serve embedding jobs from Redis in batches (SIGTERM drains and exits 0)."""
+    import logging
+
+    from pydantic import ValidationError
+
+    from .settings import WorkerSettings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        settings = WorkerSettings(**given)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        _fail(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}")
+    from .worker import BatchWorker
+
+    try:
+        batch_worker = BatchWorker.from_settings(settings)
+    except Exception as exc:  # model, bundle, backend or Redis problems: one line
+        _fail(_one_line(exc))
+    batch_worker.work()
+
+
+@main.command()
+@click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
+@click.option("--sample", type=float, default=1.0, show_default=True, help="Seconds to measure throughput.")
+def status(redis_url: str | None, sample: float) -> None:
+    """Queues (jobs waiting, taken, started, finished, failed), workers, in-flight, throughput."""
+    import redis
+    from vecq.producer.connection import mask_url
+
+    from .settings import WorkerSettings
+    from .status import gather, render
+
+    url = redis_url or WorkerSettings().redis_url
+    try:
+        report = gather(redis.Redis.from_url(url), sample_s=sample)
+    except (redis.RedisError, ValueError) as exc:
+        _fail(f"{mask_url(url)}: {_one_line(exc)}")
+    click.echo(render(report, url=mask_url(url)))
+
+
+@main.command()
+@click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
+@click.option("--worker-name", help="This worker's health (default: any vecq worker).")
+@click.option("--name", help="Only workers of this model.")
+def health(redis_url: str | None, worker_name: str | None, name: str | None) -> None:
+    """Exit 0 if the worker (or any vecq worker) has a live health key, else 1."""
+    import redis
+    from vecq.producer.connection import mask_url
+
+    from .settings import WorkerSettings
+    from .status import check_health
+
+    url = redis_url or WorkerSettings().redis_url
+    try:
+        ok, message = check_health(redis.Redis.from_url(url), worker=worker_name, model=name)
+    except (redis.RedisError, ValueError) as exc:
+        click.echo(f"vecq: {mask_url(url)}: {_one_line(exc)}", err=True)
+        raise SystemExit(1) from None
+    click.echo(message)
+    raise SystemExit(0 if ok else 1)

@@ -21,7 +21,7 @@ from datetime import datetime
 from redis import Redis
 from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.results import Result
-from vecq.producer.contract import JOB_FUNCTION, EmbedRequest, parse_request
+from vecq.producer.contract import JOB_FUNCTION, EmbedRequest, parse_request, queued_texts_key
 from vecq.producer.errors import BadRequest
 from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer, SerializationError
 
@@ -137,8 +137,13 @@ class Intake:
         jobs started (a job put back on its queue by recovery meanwhile is left out)."""
         started: set[str] = set()
         if items:  # one script call: a pipeline holding a script would add a SCRIPT EXISTS round trip
+            texts = sum(len(i.texts) for i in items)
             ids = self.store.start(
-                [i.running for i in items], ttl=self.heartbeat_ttl, now=now_wall, now_iso=now_iso
+                [i.running for i in items],
+                ttl=self.heartbeat_ttl,
+                now=now_wall,
+                now_iso=now_iso,
+                counter=(queued_texts_key(self.model), texts),
             )
             started = set(ids)
         if rejected:

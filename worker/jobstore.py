@@ -80,16 +80,18 @@ end
 return out
 """
 
-# ARGV: prefixes (job, queue, started), worker name, ttl, now, now_iso, then triples (job id,
-# queue name, execution id).  What rq's Execution.create + Job.prepare_for_execution write that
-# anything reads: the started-registry entry `job:execution` (recovery's source of truth) and
-# the job's status fields; only if the job is still in the intermediate list this worker moved
-# it to (recovery may have put it back on its queue meanwhile).
+# ARGV: prefixes (job, queue, started), worker name, ttl, now, now_iso, queued-texts counter key
+# and the texts to take off it, then triples (job id, queue name, execution id).  What rq's
+# Execution.create + Job.prepare_for_execution write that anything reads: the started-registry
+# entry `job:execution` (recovery's source of truth) and the job's status fields -- only if the
+# job is still in the intermediate list this worker moved it to (recovery may have put it back
+# on its queue meanwhile).
 _START = """
 local JP, QP, SP, w = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, now, iso = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+if tonumber(ARGV[9]) > 0 then redis.call('DECRBY', ARGV[8], ARGV[9]) end
 local started = {}
-for i = 8, #ARGV, 3 do
+for i = 10, #ARGV, 3 do
   local id, q, ex = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('LREM', QP .. q .. ':intermediate', 1, id) == 1 then
     redis.call('ZADD', SP .. q, now + ttl, id .. ':' .. ex)
@@ -226,10 +228,13 @@ class JobStore:
         step = 2 + len(JOB_FIELDS)
         return [Taken(int(out[i]) - 1, out[i + 1], out[i + 2 : i + step]) for i in range(0, len(out), step)]
 
-    def start(self, runs: list[Running], *, ttl: int, now: float, now_iso: str) -> list[str]:
-        """Mark jobs started (started-registry entry, job status); returns the ids started."""
+    def start(
+        self, runs: list[Running], *, ttl: int, now: float, now_iso: str, counter: tuple[str, int]
+    ) -> list[str]:
+        """Mark jobs started (started-registry entry, job status) and take their texts off the
+        producers' queued-texts `counter` (key, texts); returns the ids started."""
         k = self.keys
-        args: list[object] = [k.job, k.queue, k.started, self.worker_name, ttl, now, now_iso]
+        args: list[object] = [k.job, k.queue, k.started, self.worker_name, ttl, now, now_iso, *counter]
         for r in runs:
             args += [r.job_id, r.queue, r.execution_id]
         return [x.decode() for x in self._start(keys=[], args=args)]

@@ -34,7 +34,7 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 from rq.worker import SimpleWorker, WorkerStatus
 from vecq.engines import Embedder, ShapeSet
-from vecq.producer.contract import model_name, queue_names
+from vecq.producer.contract import model_name, queue_names, queued_texts_key
 from vecq.producer.serializer import MsgpackSerializer
 
 from .intake import Intake, WorkItem
@@ -44,11 +44,11 @@ from .planner import NewJob, PlannedBatch, Planner
 from .recovery import Recovery
 from .runner import Crashed, Done, EngineRunner
 from .settings import WorkerSettings
+from .status import HEALTH_PREFIX
 from .writeback import Assembler, Failure, Writer
 
 log = logging.getLogger(__name__)
 
-HEALTH_PREFIX = "vecq:health:"
 _WRITE_CHUNK = 512
 
 
@@ -111,6 +111,7 @@ class BatchWorker(SimpleWorker):
         self._took_last = False
         self.finished_jobs = 0
         self.failed_jobs = 0
+        self.texts_done = 0
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **kwargs: Any) -> BatchWorker:
@@ -250,6 +251,7 @@ class BatchWorker(SimpleWorker):
                 seconds=done.seconds,
                 shape=str(shape),
             )
+            self.texts_done += len(planned.rows)
             self._outbox += self.assembler.fill(((r.owner, r.index) for r in planned.rows), done.vectors)
             return
         self._on_batch_error(planned, done.error or "engine returned no vectors")
@@ -287,7 +289,12 @@ class BatchWorker(SimpleWorker):
                 self.finished_jobs += len(chunk) - len(skipped)
                 self.metrics.jobs("finished", len(chunk) - len(skipped))
         if self._failbox:
-            retried = self.writer.fail(self._failbox, worker_name=self.name, worker_key=self.key)
+            retried = self.writer.fail(
+                self._failbox,
+                worker_name=self.name,
+                worker_key=self.key,
+                counter_key=queued_texts_key(self.model),
+            )
             for f in self._failbox:
                 self.metrics.failure(f.kind)
             self.metrics.jobs("retried", len(retried))
@@ -343,6 +350,7 @@ class BatchWorker(SimpleWorker):
                 "open_texts": self._open_texts,
                 "finished": self.finished_jobs,
                 "failed": self.failed_jobs,
+                "texts": self.texts_done,
                 "stopping": self._stopping,
             }
         )

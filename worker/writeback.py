@@ -102,8 +102,11 @@ class Writer:
             )
         return skipped
 
-    def fail(self, failures: list[Failure], *, worker_name: str, worker_key: str) -> list[Failure]:
-        """rq's handle_job_failure for many jobs in one pipeline; returns the ones requeued."""
+    def fail(
+        self, failures: list[Failure], *, worker_name: str, worker_key: str, counter_key: str
+    ) -> list[Failure]:
+        """rq's handle_job_failure for many jobs in one pipeline; returns the ones requeued (their
+        texts go back on the producers' queued-texts counter)."""
         if not failures:
             return []
         failures = self._still_ours(failures)
@@ -117,6 +120,7 @@ class Writer:
                     continue
                 if self._fail_one(pipe, f, job, worker_name):
                     retried.append(f)
+                    pipe.incrby(counter_key, len(f.item.texts))
                 pipe.hincrby(worker_key, "failed_job_count", 1)
             pipe.execute()
         for f in failures:
