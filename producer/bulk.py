@@ -112,14 +112,17 @@ class BulkSubmitter:
         while waiting is not None or flight.chunks:
             waiting = self._fill(chunks, waiting, flight)
             self.stats.max_in_flight_texts = max(self.stats.max_in_flight_texts, flight.texts)
-            done = self._collect(flight)
-            for job_id, vectors in done:
-                index, n = flight.pop(job_id)
-                self.stats.chunks_done += 1
-                self.stats.texts_done += n
-                yield index, vectors
-            if done:  # only once the caller has taken them: a crash before this re-yields them
-                self._forget([job_id for job_id, _ in done])
+            taken: list[str] = []
+            try:
+                for job_id, vectors in self._collect(flight):
+                    index, n = flight.pop(job_id)
+                    self.stats.chunks_done += 1
+                    self.stats.texts_done += n
+                    taken.append(job_id)
+                    yield index, vectors
+            finally:  # only chunks the caller has taken: a crash before this re-yields them
+                if taken:
+                    self._forget(taken)
 
     # --- submitting --------------------------------------------------------------------------
     def _chunks(self, texts: Iterable[str], skip: Collection[int]) -> Iterator[tuple[int, list[str]]]:
@@ -159,23 +162,29 @@ class BulkSubmitter:
         conn = self.client.connection
         ids = [self.job_id(index) for index, _ in batch]
 
-        def statuses() -> list[bytes | None]:
+        def statuses() -> list[tuple[bytes | None, int]]:
             pipe = conn.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hget(job_key(job_id), "status")
-            return pipe.execute()
+                pipe.exists(result_key(job_id))
+            replies = pipe.execute()
+            return list(zip(replies[::2], replies[1::2], strict=True))
 
         found = call(self.client.policy, self.client.url, statuses)
-        fresh = []
-        for (index, texts), job_id, status in zip(batch, ids, found, strict=True):
+        fresh, stale = [], []
+        for (index, texts), job_id, (status, has_result) in zip(batch, ids, found, strict=True):
             if status in _ALIVE:
                 self.stats.chunks_adopted += 1
             else:  # absent, or failed/stopped/canceled last time: compute it again
                 if status is not None:
                     self._drop(job_id)
+                elif has_result:  # the job expired before its result: that outcome is stale
+                    stale.append(result_key(job_id))
                 request = self.client.request(texts, model=self.model, lane="bulk", truncate=self.truncate)
                 fresh.append((request, job_id))
             flight.add(job_id, index, len(texts))
+        if stale:
+            call(self.client.policy, self.client.url, lambda: conn.delete(*stale))
         if fresh:
             self.client.enqueuer.enqueue(fresh)
             self.stats.chunks_enqueued += len(fresh)

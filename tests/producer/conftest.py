@@ -50,13 +50,29 @@ def drain(redis_url: str) -> Iterator[Drain]:
     """Run a stock rq SimpleWorker in burst mode over a model's queues (main thread only)."""
     conn = redis.Redis.from_url(redis_url)
 
-    def run(model: str = DEFAULT_MODEL, lanes: tuple[str, ...] = ("interactive", "bulk")) -> None:
+    def run(
+        model: str = DEFAULT_MODEL,
+        lanes: tuple[str, ...] = ("interactive", "bulk"),
+        before_job: Callable[[], None] | None = None,
+    ) -> None:
         names = queue_names(model, lanes)
         queues = [Queue(name, connection=conn, serializer=MsgpackSerializer) for name in names]
-        SimpleWorker(queues, connection=conn, serializer=MsgpackSerializer).work(burst=True)
+        worker_class = SimpleWorker if before_job is None else _probing_worker(before_job)
+        worker_class(queues, connection=conn, serializer=MsgpackSerializer).work(burst=True)
 
     yield run
     conn.close()
+
+
+def _probing_worker(before_job: Callable[[], None]) -> type[SimpleWorker]:
+    """A SimpleWorker that calls `before_job()` before running each job (to observe Redis)."""
+
+    class ProbingWorker(SimpleWorker):
+        def execute_job(self, job, queue):  # type: ignore[no-untyped-def]
+            before_job()
+            return super().execute_job(job, queue)
+
+    return ProbingWorker
 
 
 @pytest.fixture
