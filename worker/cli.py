@@ -6,6 +6,8 @@ inside the verbs, so `vecq --help` is instant.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -106,3 +108,76 @@ def health(redis_url: str | None, worker_name: str | None, name: str | None) -> 
         raise SystemExit(1) from None
     click.echo(message)
     raise SystemExit(0 if ok else 1)
+
+
+# --- vecq embed --------------------------------------------------------------------------------
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npy or .parquet"
+)
+@click.option(
+    "--bundle", type=click.Path(file_okay=False, path_type=Path), help="Bundle dir (embedded worker)."
+)
+@click.option(
+    "--model", type=click.Path(file_okay=False, path_type=Path), help="Model dir (embedded worker)."
+)
+@click.option("--backend", type=click.Choice(["onnx", "torch", "null"]), help="Embedded worker's backend.")
+@click.option("--redis", "redis_url", help="Use this Redis and its workers instead of embedded mode.")
+@click.option("--name", help="Model (queue) name; with --redis, the workers' model.")
+@click.option("--text-field", default="text", show_default=True, help=".jsonl/.csv/.parquet text field.")
+@click.option("--id-field", help=".jsonl/.csv/.parquet id field, written beside each vector in .parquet.")
+@click.option("--chunk-size", type=int, default=256, show_default=True, help="Texts per job.")
+@click.option("--window", type=int, default=8192, show_default=True, help="Texts in flight, at most.")
+@click.option("--log-level", default="WARNING", show_default=True, help="Python logging level.")
+def embed(
+    input_path: Path,
+    out: Path,
+    bundle: Path | None,
+    model: Path | None,
+    backend: str | None,
+    redis_url: str | None,
+    name: str | None,
+    text_field: str,
+    id_field: str | None,
+    chunk_size: int,
+    window: int,
+    log_level: str,
+) -> None:
+    """Embed INPUT (.txt one text per line, .jsonl, .csv, .parquet) into OUT, in input order.
+
+    Without --redis it is embedded: a private Valkey server and an in-process worker with the
+    default model (all-MiniLM-L6-v2) on CPU, both stopped at the end.  Resumable: run the same
+    command again after an interruption and finished chunks are not computed again.
+    """
+    import logging
+
+    from .embed import EmbedJob, embed_file
+    from .files import CorpusError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rq").setLevel(log_level.upper())  # rq's worker installs its own INFO handler
+    if bundle and model:
+        _fail("pass --bundle or --model, not both")
+    job = EmbedJob(
+        input=input_path,
+        out=out,
+        redis_url=redis_url,
+        model_path=bundle or model,
+        backend=backend,
+        name=name,
+        text_field=text_field,
+        id_field=id_field,
+        chunk_size=chunk_size,
+        window=window,
+    )
+    try:
+        report = embed_file(job)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; run the same command again to resume {out}")
+    except (CorpusError, ValueError, RuntimeError, ConnectionError, TimeoutError, LookupError) as exc:
+        _fail(_one_line(exc))
+    click.echo(
+        f"{out}: {report.rows} vectors of {report.dim} dims in {report.seconds:.1f}s "
+        f"({report.texts_per_second:,.0f} texts/s; {report.chunks_resumed} chunks resumed)"
+    )

@@ -1,0 +1,160 @@
+"""`vecq embed`: a corpus file in, a vector file out, through Redis and vecq's workers.
+
+Texts go out as chunked bulk jobs (`BulkSubmitter`: deterministic job ids, a bounded window,
+results deleted once written); rows land by chunk index in a resumable work area, so a killed
+run started again skips finished chunks and ends with the same file.  Without a Redis URL the run
+is embedded: a private server plus an in-process BatchWorker with the default model on CPU,
+both stopped however the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vecq.producer import Client
+from vecq.producer.bulk import BulkSubmitter
+
+from .files import WorkArea, check_output, read_corpus, run_id
+from .settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+#: Embedded runs use ONNX Runtime on CPU: ~1.15x sentence-transformers (BENCHMARKS.md).
+EMBEDDED_BACKEND = "onnx"
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One `vecq embed` run, as the command line describes it."""
+
+    input: Path
+    out: Path
+    redis_url: str | None = None  # None: embedded
+    model_path: Path | None = None  # bundle or model dir for the embedded worker
+    backend: str | None = None
+    device: str = "cpu"
+    name: str | None = None  # model (queue) name; external Redis: the workers' model
+    text_field: str = "text"
+    id_field: str | None = None
+    chunk_size: int = 256
+    window: int = 8192
+    progress: bool = True
+    stall_timeout: float | None = 600.0
+
+
+@dataclass(frozen=True)
+class EmbedReport:
+    rows: int
+    dim: int
+    chunks_computed: int
+    chunks_resumed: int
+    seconds: float
+
+    @property
+    def texts_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def embed_file(job: EmbedJob) -> EmbedReport:
+    """Run one corpus through vecq and write `job.out`."""
+    check_output(job.out)
+    corpus = read_corpus(job.input, text_field=job.text_field, id_field=job.id_field)
+    if corpus.size == 0:
+        raise ValueError(f"{job.input}: no texts")
+    started = time.perf_counter()
+    with _service(job) as (url, model):
+        area = WorkArea(
+            job.out,
+            run=run_id(job.input, model=model, chunk_size=job.chunk_size),
+            rows=corpus.size,
+            chunk_size=job.chunk_size,
+        )
+        resumed = len(area.done_chunks())
+        if resumed:
+            log.info("resuming %s: %d of %d chunks already written", job.out, resumed, area.chunks)
+        computed = _run_chunks(job, url, model, corpus.texts, area)
+        dim = int(area.vectors.shape[1]) if area.vectors is not None else 0
+        area.finish(job.out, corpus.ids)
+    return EmbedReport(corpus.size, dim, computed, resumed, time.perf_counter() - started)
+
+
+def _run_chunks(job: EmbedJob, url: str, model: str, texts: list[str], area: WorkArea) -> int:
+    from tqdm import tqdm
+
+    skip = area.done_chunks()
+    client = Client(url)
+    submitter = BulkSubmitter(
+        client, run_id=area.run, model=model, chunk_size=job.chunk_size, window=job.window
+    )
+    done_rows = sum(min(job.chunk_size, len(texts) - c * job.chunk_size) for c in skip)
+    bar = tqdm(
+        total=len(texts),
+        initial=done_rows,
+        unit="text",
+        disable=None if job.progress else True,
+        desc=job.out.name,
+        smoothing=0.1,
+    )
+    computed = 0
+    try:
+        for chunk, vectors in submitter.run(texts, skip=skip):
+            area.write(chunk, vectors)
+            computed += 1
+            bar.update(len(vectors))
+    finally:
+        bar.close()
+        client.close()
+    return computed
+
+
+@contextlib.contextmanager
+def _service(job: EmbedJob) -> Iterator[tuple[str, str]]:
+    """(redis URL, model name): the given Redis, or an embedded server with a worker of our own."""
+    if job.redis_url is not None:
+        from vecq.producer.contract import DEFAULT_MODEL, model_name
+
+        yield job.redis_url, model_name(job.name or DEFAULT_MODEL)
+        return
+    from .embedded import embedded_redis
+
+    with embedded_redis() as url, _in_process_worker(job, url) as model:
+        yield url, model
+
+
+@contextlib.contextmanager
+def _in_process_worker(job: EmbedJob, url: str) -> Iterator[str]:
+    from .worker import BatchWorker
+
+    settings = WorkerSettings(
+        redis_url=url,
+        bundle=job.model_path,
+        backend=job.backend or EMBEDDED_BACKEND,
+        device=job.device,
+        name=job.name,
+        lanes=("bulk",),
+        max_wait_ms=2.0,
+    )
+    worker = BatchWorker.from_settings(settings)
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            worker.work(burst=False)
+        except BaseException as exc:  # reported to the caller below, never swallowed
+            failure.append(exc)
+
+    thread = threading.Thread(target=serve, name="vecq-embedded-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker.model
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        if failure:
+            raise RuntimeError(f"embedded worker failed: {failure[0]}") from failure[0]
