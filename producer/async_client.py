@@ -46,6 +46,7 @@ class AsyncClient:
         self.policy = self.sync.policy
         self.max_queued_texts = self.sync.max_queued_texts
         self.connection = open_async(self.url, connect_timeout=self.sync.settings.socket_connect_timeout)
+        self._count_script = self.connection.register_script(backpressure.COUNT_SCRIPT)  # EVALSHA
 
     async def embed(
         self,
@@ -85,11 +86,7 @@ class AsyncClient:
     async def queued_texts(self, model: str | None = None) -> int:
         """`Client.queued_texts` on redis.asyncio."""
         keys = backpressure.count_keys(model_name(model or DEFAULT_MODEL))
-        jobs, counter = await acall(
-            self.policy,
-            self.url,
-            lambda: self.connection.eval(backpressure.COUNT_SCRIPT, len(keys), *keys),  # type: ignore[arg-type]
-        )
+        jobs, counter = await acall(self.policy, self.url, lambda: self._count_script(keys=keys))
         return backpressure.estimate(jobs, counter)
 
     async def wait_for_room(self, model: str, n_texts: int, deadline_s: float | None) -> None:

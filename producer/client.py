@@ -52,6 +52,7 @@ class Client:
         self.policy = RetryPolicy(
             attempts=self.settings.connect_attempts, cap=self.settings.retry_backoff_cap
         )
+        self._count_script = self.connection.register_script(backpressure.COUNT_SCRIPT)  # EVALSHA
         self.enqueuer = Enqueuer(
             self.connection, url=self.url, options=JobOptions.from_settings(self.settings), policy=self.policy
         )
@@ -115,9 +116,7 @@ class Client:
     def queued_texts(self, model: str | None = None) -> int:
         """Texts waiting in the model's queues (both lanes), as backpressure counts them."""
         keys = backpressure.count_keys(model_name(model or DEFAULT_MODEL))
-        jobs, counter = call(
-            self.policy, self.url, lambda: self.connection.eval(backpressure.COUNT_SCRIPT, len(keys), *keys)
-        )
+        jobs, counter = call(self.policy, self.url, lambda: self._count_script(keys=keys))
         return backpressure.estimate(jobs, counter)
 
     def wait_for_room(self, model: str, n_texts: int, deadline_s: float | None) -> None:

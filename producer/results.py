@@ -73,17 +73,20 @@ def as_vectors(job_id: str, value: Any) -> np.ndarray:
 
 
 def entries_of(response: Any) -> list[tuple[str, list[Entry]]]:
-    """XREAD's reply as [(stream key, entries)], for RESP2 (list) and RESP3 (dict) alike."""
+    """XREAD's reply as [(stream key, entries)], for RESP2 (a list) and RESP3 (a dict) alike."""
     if not response:
         return []
-    items = response.items() if isinstance(response, dict) else response
-    out = []
-    for key, entries in items:
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        if entries and isinstance(entries[0], list) and len(entries) == 1 and isinstance(entries[0][0], list):
-            entries = entries[0]  # RESP3 nests each stream's entries one level deeper
-        out.append((name, [(e[0], e[1]) for e in entries]))
-    return out
+    if isinstance(response, dict):  # RESP3: {key: [[entry, ...]]}
+        items = [
+            (key, value[0] if value and isinstance(value[0], list) else value)
+            for key, value in response.items()
+        ]
+    else:  # RESP2: [[key, [entry, ...]], ...]
+        items = [(key, value) for key, value in response]
+    return [
+        (key.decode() if isinstance(key, bytes) else str(key), [(e[0], e[1]) for e in entries])
+        for key, entries in items
+    ]
 
 
 def scan(job_id: str, entries: Sequence[Entry]) -> tuple[np.ndarray | None, bytes | None]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import redis
 from rq import Queue, SimpleWorker
+
 from vecq.producer import Client, MsgpackSerializer, ProducerSettings
 from vecq.producer.contract import DEFAULT_MODEL, queue_names
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import redis
 from rq.job import Job, JobStatus
+
 from vecq.producer import (
     AsyncClient,
     BadRequest,

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import redis
+
 from vecq.producer import Client, QueueFull
 from vecq.producer.backpressure import estimate, has_room
 from vecq.producer.contract import DEFAULT_MODEL, queued_texts_key

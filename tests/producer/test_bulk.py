@@ -9,6 +9,7 @@ from collections.abc import Collection, Iterable
 import numpy as np
 import pytest
 import redis
+
 from vecq.producer import BadRequest, BulkSubmitter, Client, JobFailed, MsgpackSerializer
 from vecq.producer.results import last_line
 

@@ -10,6 +10,7 @@ import pytest
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
+
 from vecq.producer import (
     Client,
     JobFailed,
@@ -151,3 +152,25 @@ def test_caller_connection_is_used_and_left_open(redis_url: str, redis_conn: red
     c.close()
     assert redis_conn.exists(job.key) == 1
     assert c.url.startswith("redis://127.0.0.1:6379/")
+
+
+def test_resp3_connections_read_results_too(redis_url: str, drain, expected) -> None:
+    """`?protocol=3` changes the shape of XREAD replies; results and bulk still decode."""
+    from vecq.producer import BulkSubmitter
+
+    with Client(redis_url + "?protocol=3") as c:
+        job = c.submit(["resp3"])
+        drain()
+        np.testing.assert_array_equal(c.result(job, timeout=5), expected(["resp3"]))
+        bulk = BulkSubmitter(c, run_id="resp3", chunk_size=2, window=4)
+        chunks = bulk.run(["a", "b", "c"])
+        c.submit(["unrelated"])  # keeps the generator's jobs company in the queue
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            future = pool.submit(lambda: dict(chunks))
+            deadline = time.monotonic() + 10
+            while not future.done() and time.monotonic() < deadline:
+                drain()
+                time.sleep(0.01)
+            got = future.result(timeout=10)
+    np.testing.assert_array_equal(got[0], expected(["a", "b"]))
+    np.testing.assert_array_equal(got[1], expected(["c"]))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import redis
 from rq import Queue, SimpleWorker
+
 from vecq.producer import Client, MsgpackSerializer, RedisUnavailable, mask_url
 from vecq.producer.contract import queue_name
 

@@ -10,6 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 import redis
+
 from vecq.producer import Client, JobFailed, MsgpackSerializer
 from vecq.producer.results import result_key
 from vecq.producer.serializer import SerializationError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+
 from vecq.producer import BadRequest, Client
 from vecq.producer.contract import MAX_CHARS_PER_TEXT, MAX_TEXTS_PER_JOB, parse_request
 
