@@ -169,9 +169,9 @@ class BatchWorker(SimpleWorker):
             took = self._take(block=0.0 if (burst or not idle) else 1.0)
         self._took_last = took > 0
         self._collect(timeout=0.0)
-        self._write()
+        requeued = self._write()
         self._feed(time.monotonic())
-        if self._idle() and (self._stopping or (burst and took == 0)):
+        if self._idle() and (self._stopping or (burst and took == 0 and not requeued)):
             return True
         self._wait()
         return False
@@ -277,7 +277,8 @@ class BatchWorker(SimpleWorker):
         if self._open.pop(item, 0) is None:
             self._open_texts -= len(item.texts)
 
-    def _write(self) -> None:
+    def _write(self) -> int:
+        """Write back what is done; returns how many jobs went back on a queue (rq Retry)."""
         if self._outbox:
             now, iso = time.time(), utcformat(rq_now())
             while self._outbox:
@@ -301,10 +302,13 @@ class BatchWorker(SimpleWorker):
             self.metrics.jobs("failed", len(self._failbox) - len(retried))
             self.failed_jobs += len(self._failbox) - len(retried)
             self._failbox = []
+        else:
+            retried = []
         if not self._open:
             self.planner.forget_dropped()
             self._set_busy(False)
         self.metrics.pending_texts.set(self._open_texts)
+        return len(retried)
 
     # --- upkeep ------------------------------------------------------------------------------
     def _maintain(self, now: float) -> None:

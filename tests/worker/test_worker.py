@@ -1,0 +1,224 @@
+"""BatchWorker against real Redis: results, bad jobs, engine errors, rq visibility, rq requeue."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
+from rq.worker import Worker
+
+from vecq.engines import Embedder
+from vecq.producer.contract import queued_texts_key
+from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer
+
+from .conftest import BULK, INTERACTIVE, MODEL, enqueue, result_of, run, vectors_of
+
+
+VECQ = [sys.executable, "-c", "from vecq.worker.cli import main; main()"]
+
+
+class MakesMarker:
+    """Unpickling this creates a file: the proof that something unpickled the payload."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _registries(conn: redis.Redis, name: str) -> tuple[int, int, int]:
+    kw = {"connection": conn, "serializer": MsgpackSerializer}
+    return (StartedJobRegistry(name, **kw).get_job_count(cleanup=False),
+            FinishedJobRegistry(name, **kw).get_job_count(cleanup=False),
+            FailedJobRegistry(name, **kw).get_job_count(cleanup=False))
+
+
+def test_jobs_get_their_vectors_in_order(redis_conn, make_worker, null_embedder) -> None:
+    batches = [[f"text {i} of job {j} " + "word " * (i * 7 % 40) for i in range(j % 9 + 1)] for j in range(120)]
+    jobs = enqueue(redis_conn, batches[:80]) + enqueue(redis_conn, batches[80:], queue=BULK, lane="bulk")
+    worker = make_worker()
+    run(worker)
+    for job, texts in zip(jobs, batches, strict=True):
+        got = vectors_of(redis_conn, job.id)
+        assert got.dtype == np.float32 and got.shape == (len(texts), null_embedder.dim)
+        np.testing.assert_array_equal(got, null_embedder.embed(texts))
+        fetched = Job.fetch(job.id, connection=redis_conn, serializer=MsgpackSerializer)
+        assert fetched.get_status() == JobStatus.FINISHED
+        np.testing.assert_array_equal(fetched.return_value(), got)
+    assert _registries(redis_conn, INTERACTIVE) == (0, 80, 0)
+    assert _registries(redis_conn, BULK) == (0, 40, 0)
+    assert worker.finished_jobs == 120 and worker.texts_done == sum(len(b) for b in batches)
+    assert redis_conn.llen(f"rq:queue:{INTERACTIVE}:intermediate") == 0
+
+
+def _push_raw(conn: redis.Redis, job_id: str, fields: dict, queue: str = INTERACTIVE) -> None:
+    if fields:
+        conn.hset(f"rq:job:{job_id}", mapping={"status": "queued", "origin": queue, **fields})
+    conn.rpush(f"rq:queue:{queue}", job_id)
+
+
+def test_thousand_jobs_with_ten_poisoned(redis_conn, make_worker, null_embedder, tmp_path: Path) -> None:
+    texts = [[f"good text number {i}"] for i in range(990)]
+    good = enqueue(redis_conn, texts[:500])
+    marker = tmp_path / "unpickled"
+    bad: dict[str, str] = {}  # job id -> fragment its reason must contain
+    bad[enqueue(redis_conn, [[1, 2]])[0].id] = "BadRequest: texts[0]: expected str, got int"
+    q = Queue(INTERACTIVE, connection=redis_conn, serializer=MsgpackSerializer)
+    bad[q.enqueue_call("os.getcwd", args=([],)).id] = "is not vecq's (vecq.worker.tasks.embed)"
+    _push_raw(redis_conn, "garbage-data", {"data": b"\xc1\xc1\xff garbage"})
+    bad["garbage-data"] = "job data: not vecq msgpack"
+    _push_raw(redis_conn, "no-data-field", {"description": "half a job"})
+    bad["no-data-field"] = "without a 'data' field"
+    _push_raw(redis_conn, "a-pickle", {"data": zlib.compress(pickle.dumps(MakesMarker(str(marker))))})
+    bad["a-pickle"] = "UnsafePayload: job data: a pickle payload; vecq never unpickles"
+    bad[enqueue(redis_conn, [["x"]], color="red")[0].id] = "options: unknown option(s) color"
+    bad[enqueue(redis_conn, [["x"]], model="other-model")[0].id] = "model: 'other-model' is not served here"
+    bad[enqueue(redis_conn, [["x"]], lane="urgent")[0].id] = "lane"
+    bad[enqueue(redis_conn, [["word " * 600]], truncate=False)[0].id] = "TextTooLong: texts[0]: longer than"
+    meta_job = enqueue(redis_conn, [["fine text, broken meta"]])[0]
+    redis_conn.hset(meta_job.key, "meta", b"\xc1\xc1")
+    bad[meta_job.id] = "job meta: not vecq msgpack"
+    redis_conn.rpush(f"rq:queue:{INTERACTIVE}", b"\xff\xfe not even a job id")  # no hash at all: dropped
+    good += enqueue(redis_conn, texts[500:])
+    assert len(bad) == 10
+
+    run(make_worker())
+
+    expected = null_embedder.embed([t[0] for t in texts])
+    for i, job in enumerate(good):
+        np.testing.assert_array_equal(vectors_of(redis_conn, job.id), expected[i : i + 1])
+    reasons = {}
+    for job_id, fragment in bad.items():
+        res = result_of(redis_conn, job_id)
+        assert res is not None and res.type == Result.Type.FAILED, job_id
+        assert fragment in res.exc_string and "\n" not in res.exc_string, res.exc_string
+        assert redis_conn.hget(f"rq:job:{job_id}", "status") == b"failed"
+        reasons[job_id] = res.exc_string
+    assert len(set(reasons.values())) == 10
+    failed = FailedJobRegistry(INTERACTIVE, connection=redis_conn, serializer=MsgpackSerializer)
+    assert sorted(failed.get_job_ids()) == sorted(bad)
+    assert _registries(redis_conn, INTERACTIVE) == (0, 990, 10)
+    assert redis_conn.llen(f"rq:queue:{INTERACTIVE}") == 0
+    assert redis_conn.llen(f"rq:queue:{INTERACTIVE}:intermediate") == 0
+    assert not marker.exists()
+
+
+class PoisonEngine:
+    """The null engine, except that a batch holding the poison token fails (like a CUDA error would)."""
+
+    def __init__(self, inner, poison_id: int) -> None:
+        self.inner, self.poison_id = inner, poison_id
+        self.shapes, self.dim = inner.shapes, inner.dim
+        self.calls = 0
+
+    def warmup(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def run(self, batch):
+        self.calls += 1
+        if (batch.input_ids[: batch.rows] == self.poison_id).any():
+            raise RuntimeError("device-side assert triggered\n(multi-line engine message)")
+        return self.inner.run(batch)
+
+
+def test_poison_text_fails_only_its_job_after_its_retries(redis_conn, make_worker, null_embedder) -> None:
+    poison_id = int(null_embedder.tokenizer.encode(["xylophone"]).ids[0][1])
+    engine = PoisonEngine(null_embedder.engine, poison_id)
+    embedder = Embedder(spec=null_embedder.spec, tokenizer=null_embedder.tokenizer, engine=engine)
+    batches = [[f"ordinary text {i}", f"another {i}"] for i in range(30)]
+    batches[17] = ["ordinary", "a xylophone here"]
+    jobs = enqueue(redis_conn, batches, retries=2)
+    run(make_worker(embedder=embedder, max_wait_ms=50))
+    for i, job in enumerate(jobs):
+        if i == 17:
+            continue
+        np.testing.assert_array_equal(vectors_of(redis_conn, job.id), null_embedder.embed(batches[i]))
+    res = result_of(redis_conn, jobs[17].id)
+    assert res.type == Result.Type.FAILED
+    assert res.exc_string == "EngineError: RuntimeError: device-side assert triggered (multi-line engine message)"
+    poisoned = Job.fetch(jobs[17].id, connection=redis_conn, serializer=MsgpackSerializer)
+    assert poisoned.get_status() == JobStatus.FAILED and poisoned.retries_left == 0
+    assert _registries(redis_conn, INTERACTIVE) == (0, 29, 1)
+
+
+def test_rq_sees_queues_workers_and_counts(redis_conn, make_worker) -> None:
+    enqueue(redis_conn, [["a"], ["b"], ["c"]])
+    enqueue(redis_conn, [["d"]], queue=BULK, lane="bulk")
+    enqueue(redis_conn, [[3]])
+    worker = make_worker(burst=False)
+    assert Queue(INTERACTIVE, connection=redis_conn).count == 4
+    import threading
+
+    t = threading.Thread(target=worker.work, daemon=True)
+    t.start()
+    try:
+        for _ in range(200):
+            if worker.finished_jobs == 4:
+                break
+            t.join(0.05)
+        workers = Worker.all(connection=redis_conn, serializer=MsgpackSerializer)
+        assert [w.name for w in workers] == [worker.name]
+        assert workers[0].queue_names() == [INTERACTIVE, BULK]
+        assert workers[0].successful_job_count == 4 and workers[0].failed_job_count == 1
+        assert {q.name for q in Queue.all(connection=redis_conn)} == {INTERACTIVE, BULK}
+        assert Queue(INTERACTIVE, connection=redis_conn).count == 0
+        assert _registries(redis_conn, INTERACTIVE) == (0, 3, 1)
+        assert _registries(redis_conn, BULK) == (0, 1, 0)
+        assert redis_conn.exists(f"vecq:health:{worker.name}") == 1
+    finally:
+        worker.stop()
+        t.join(10)
+    assert not t.is_alive()
+    assert Worker.all(connection=redis_conn, serializer=MsgpackSerializer) == []
+    assert redis_conn.exists(f"vecq:health:{worker.name}") == 0
+
+
+class FlakyEngine(PoisonEngine):
+    """Fails its first call only."""
+
+    def run(self, batch):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("CUDA out of memory")
+        return self.inner.run(batch)
+
+
+def test_rq_requeue_brings_a_failed_vecq_job_back(redis_conn, redis_url, make_worker, null_embedder) -> None:
+    engine = FlakyEngine(null_embedder.engine, -1)
+    embedder = Embedder(spec=null_embedder.spec, tokenizer=null_embedder.tokenizer, engine=engine)
+    job = enqueue(redis_conn, [["requeue me"]], retries=None)[0]
+    run(make_worker(embedder=embedder))
+    assert result_of(redis_conn, job.id).exc_string == "EngineError: RuntimeError: CUDA out of memory"
+    cmd = [sys.executable, "-m", "rq.cli", "requeue", "--all", "-u", redis_url, "--queue", INTERACTIVE,
+           "--serializer", SERIALIZER_PATH]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert Queue(INTERACTIVE, connection=redis_conn).job_ids == [job.id]
+    run(make_worker(embedder=embedder))
+    np.testing.assert_array_equal(vectors_of(redis_conn, job.id), null_embedder.embed(["requeue me"]))
+    assert _registries(redis_conn, INTERACTIVE) == (0, 1, 0)
+
+
+def test_worker_takes_texts_off_the_queued_texts_counter(redis_conn, make_worker) -> None:
+    enqueue(redis_conn, [["a", "b", "c"]] * 10)
+    redis_conn.set(queued_texts_key(MODEL), 30)
+    run(make_worker())
+    assert int(redis_conn.get(queued_texts_key(MODEL))) == 0
+
+
+@pytest.mark.parametrize("flags", [["--help"]])
+def test_cli_worker_help_is_instant(flags) -> None:
+    out = subprocess.run([*VECQ, "worker", *flags], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "--max-wait-ms" in out.stdout
