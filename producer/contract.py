@@ -4,6 +4,13 @@ Everything both sides must agree on lives here and only here.  A job is an ordin
 function `JOB_FUNCTION`, args `[texts]`, kwargs the request options, serialized with
 `MsgpackSerializer`, on queue `queue_name(model, lane)`.  Its result is a float32 array of shape
 (len(texts), dim).
+
+What a producer writes, per job (all through rq's own enqueue, in one MULTI/EXEC):
+`rq:job:<id>` (rq's hash: meta `{META_KEY: WIRE_VERSION}`, rq `Retry`, result/failure TTLs),
+an RPUSH of the id onto `rq:queue:<queue_name>`, SADD `rq:queues`, and INCRBY
+`queued_texts_key(model)` by len(texts).  It reads results from `rq:results:<id>` (rq's stream).
+Bulk jobs have ids `vecq-bulk-<run_id>-<chunk:08d>`; the bulk submitter deletes each one (job,
+result, finished-registry entry) after its caller has taken the vectors.
 """
 
 from __future__ import annotations
