@@ -35,8 +35,14 @@ def make_worker(redis_url: str) -> Iterator[Callable[..., BatchWorker]]:
     made: list[BatchWorker] = []
 
     def make(embedder: Embedder | None = None, **overrides: object) -> BatchWorker:
-        fields: dict[str, object] = {"redis_url": redis_url, "backend": "null", "burst": True,
-                                     "heartbeat_ttl": 5, "cleanup_interval": 1.0, **overrides}
+        fields: dict[str, object] = {
+            "redis_url": redis_url,
+            "backend": "null",
+            "burst": True,
+            "heartbeat_ttl": 5,
+            "cleanup_interval": 1.0,
+            **overrides,
+        }
         settings = WorkerSettings(**fields)
         w = BatchWorker(embedder, settings=settings) if embedder else BatchWorker.from_settings(settings)
         made.append(w)
@@ -68,13 +74,23 @@ def run(worker: BatchWorker, *, timeout: float = 60.0) -> None:
         raise errors[0]
 
 
-def enqueue(conn: redis.Redis, batches: Sequence[Sequence[object]], *, queue: str = INTERACTIVE,
-            retries: int | None = 2, **kwargs: object) -> list[Job]:
+def enqueue(
+    conn: redis.Redis,
+    batches: Sequence[Sequence[object]],
+    *,
+    queue: str = INTERACTIVE,
+    retries: int | None = 2,
+    **kwargs: object,
+) -> list[Job]:
     """One vecq job per item of `batches` (the item is the job's texts), through rq itself."""
     q = Queue(queue, connection=conn, serializer=MsgpackSerializer)
     opts = {"model": MODEL, **kwargs}
-    data = [Queue.prepare_data(JOB_FUNCTION, args=[list(t)], kwargs=opts,
-                               retry=Retry(max=retries) if retries else None) for t in batches]
+    data = [
+        Queue.prepare_data(
+            JOB_FUNCTION, args=[list(t)], kwargs=opts, retry=Retry(max=retries) if retries else None
+        )
+        for t in batches
+    ]
     with conn.pipeline() as pipe:
         jobs = q.enqueue_many(data, pipeline=pipe)
         pipe.execute()
@@ -83,8 +99,9 @@ def enqueue(conn: redis.Redis, batches: Sequence[Sequence[object]], *, queue: st
 
 def result_of(conn: redis.Redis, job_id: str) -> Result | None:
     """The latest result of a job, read like a client does (vecq's serializer)."""
-    return Result.fetch_latest(Job(job_id, connection=conn, serializer=MsgpackSerializer),
-                               serializer=MsgpackSerializer)
+    return Result.fetch_latest(
+        Job(job_id, connection=conn, serializer=MsgpackSerializer), serializer=MsgpackSerializer
+    )
 
 
 def vectors_of(conn: redis.Redis, job_id: str) -> np.ndarray:

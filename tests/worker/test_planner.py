@@ -84,8 +84,14 @@ def test_interactive_goes_before_bulk() -> None:
 def test_only_declared_shapes_and_every_text_exactly_once() -> None:
     rng = random.Random(7)
     p = planner()
-    jobs = [NewJob(f"j{k}", [words(rng.randint(0, 40)) for _ in range(rng.randint(1, 20))],
-                   lane=rng.choice(["interactive", "bulk"])) for k in range(60)]
+    jobs = [
+        NewJob(
+            f"j{k}",
+            [words(rng.randint(0, 40)) for _ in range(rng.randint(1, 20))],
+            lane=rng.choice(["interactive", "bulk"]),
+        )
+        for k in range(60)
+    ]
     p.add(jobs, now=0.0)
     seen = []
     for b in drain(p, 0.0):
@@ -98,8 +104,14 @@ def test_only_declared_shapes_and_every_text_exactly_once() -> None:
 
 def test_over_long_text_without_truncation_refuses_only_its_job() -> None:
     p = planner()
-    refused = p.add([NewJob("ok", ["a b"]), NewJob("long", ["x " * 40], truncate=False),
-                     NewJob("cut", ["x " * 40], truncate=True)], now=0.0)
+    refused = p.add(
+        [
+            NewJob("ok", ["a b"]),
+            NewJob("long", ["x " * 40], truncate=False),
+            NewJob("cut", ["x " * 40], truncate=True),
+        ],
+        now=0.0,
+    )
     assert refused == [("long", "TextTooLong: texts[0]: longer than the model's max of 32 tokens")]
     assert sorted(r.owner for b in drain(p, 0.0) for r in b.rows) == ["cut", "ok"]
 

@@ -23,7 +23,6 @@ from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer
 
 from .conftest import BULK, INTERACTIVE, MODEL, enqueue, result_of, run, vectors_of
 
-
 VECQ = [sys.executable, "-c", "from vecq.worker.cli import main; main()"]
 
 
@@ -39,13 +38,17 @@ class MakesMarker:
 
 def _registries(conn: redis.Redis, name: str) -> tuple[int, int, int]:
     kw = {"connection": conn, "serializer": MsgpackSerializer}
-    return (StartedJobRegistry(name, **kw).get_job_count(cleanup=False),
-            FinishedJobRegistry(name, **kw).get_job_count(cleanup=False),
-            FailedJobRegistry(name, **kw).get_job_count(cleanup=False))
+    return (
+        StartedJobRegistry(name, **kw).get_job_count(cleanup=False),
+        FinishedJobRegistry(name, **kw).get_job_count(cleanup=False),
+        FailedJobRegistry(name, **kw).get_job_count(cleanup=False),
+    )
 
 
 def test_jobs_get_their_vectors_in_order(redis_conn, make_worker, null_embedder) -> None:
-    batches = [[f"text {i} of job {j} " + "word " * (i * 7 % 40) for i in range(j % 9 + 1)] for j in range(120)]
+    batches = [
+        [f"text {i} of job {j} " + "word " * (i * 7 % 40) for i in range(j % 9 + 1)] for j in range(120)
+    ]
     jobs = enqueue(redis_conn, batches[:80]) + enqueue(redis_conn, batches[80:], queue=BULK, lane="bulk")
     worker = make_worker()
     run(worker)
@@ -147,7 +150,10 @@ def test_poison_text_fails_only_its_job_after_its_retries(redis_conn, make_worke
         np.testing.assert_array_equal(vectors_of(redis_conn, job.id), null_embedder.embed(batches[i]))
     res = result_of(redis_conn, jobs[17].id)
     assert res.type == Result.Type.FAILED
-    assert res.exc_string == "EngineError: RuntimeError: device-side assert triggered (multi-line engine message)"
+    assert (
+        res.exc_string
+        == "EngineError: RuntimeError: device-side assert triggered (multi-line engine message)"
+    )
     poisoned = Job.fetch(jobs[17].id, connection=redis_conn, serializer=MsgpackSerializer)
     assert poisoned.get_status() == JobStatus.FAILED and poisoned.retries_left == 0
     assert _registries(redis_conn, INTERACTIVE) == (0, 29, 1)
@@ -201,8 +207,19 @@ def test_rq_requeue_brings_a_failed_vecq_job_back(redis_conn, redis_url, make_wo
     job = enqueue(redis_conn, [["requeue me"]], retries=None)[0]
     run(make_worker(embedder=embedder))
     assert result_of(redis_conn, job.id).exc_string == "EngineError: RuntimeError: CUDA out of memory"
-    cmd = [sys.executable, "-m", "rq.cli", "requeue", "--all", "-u", redis_url, "--queue", INTERACTIVE,
-           "--serializer", SERIALIZER_PATH]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rq.cli",
+        "requeue",
+        "--all",
+        "-u",
+        redis_url,
+        "--queue",
+        INTERACTIVE,
+        "--serializer",
+        SERIALIZER_PATH,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert Queue(INTERACTIVE, connection=redis_conn).job_ids == [job.id]
