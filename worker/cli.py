@@ -181,3 +181,13 @@ def embed(
         f"{out}: {report.rows} vectors of {report.dim} dims in {report.seconds:.1f}s "
         f"({report.texts_per_second:,.0f} texts/s; {report.chunks_resumed} chunks resumed)"
     )
+
+
+def _register_bench() -> None:
+    from .bench import bench
+
+    if "bench" not in main.commands:
+        main.add_command(bench)
+
+
+_register_bench()

@@ -1,0 +1,185 @@
+"""`vecq bench`: benchmarks (not tests).  `vecq bench queue` measures the queue path alone.
+
+`queue` runs against a private `redis-server` it starts on a free port (so it never touches real
+data), with the null engine, so what it measures is vecq's own overhead: take, validate, plan,
+write back.  The same jobs go through a stock `rq worker -w rq.worker.SimpleWorker` in the same
+run, for comparison.  Rates are jobs (or texts) over the span from the first job started to the
+last job ended, read from the jobs themselves, the same way for both workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+
+import click
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: engines, the queue path, end to end."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_redis(port: int, workdir: str) -> subprocess.Popen:
+    import redis
+
+    if shutil.which("redis-server") is None:
+        raise click.ClickException("vecq bench queue needs redis-server on PATH")
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            if redis.Redis(port=port).ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise click.ClickException("redis-server did not start")
+
+
+def _enqueue(conn, n_jobs: int, texts_per_job: int, tag: str) -> list[str]:
+    from rq import Queue, Retry
+
+    from vecq.producer.contract import DEFAULT_MODEL, JOB_FUNCTION, queue_name
+    from vecq.producer.serializer import MsgpackSerializer
+
+    q = Queue(queue_name(DEFAULT_MODEL, "interactive"), connection=conn, serializer=MsgpackSerializer)
+    ids: list[str] = []
+    for start in range(0, n_jobs, 1000):
+        data = [
+            Queue.prepare_data(
+                JOB_FUNCTION,
+                args=[[f"{tag} job {j} text {k} of a short sentence" for k in range(texts_per_job)]],
+                kwargs={"model": DEFAULT_MODEL},
+                retry=Retry(max=3),
+            )
+            for j in range(start, min(n_jobs, start + 1000))
+        ]
+        with conn.pipeline() as pipe:
+            ids += [job.id for job in q.enqueue_many(data, pipeline=pipe)]
+            pipe.execute()
+    return ids
+
+
+def _span(conn, ids: list[str]) -> float:
+    """Seconds from the first job started to the last job ended (all must have finished)."""
+    with conn.pipeline(transaction=False) as pipe:
+        for i in ids:
+            pipe.hmget(f"rq:job:{i}", "status", "started_at", "ended_at")
+        rows = pipe.execute()
+    bad = [r[0] for r in rows if r[0] != b"finished"]
+    if bad:
+        raise click.ClickException(f"{len(bad)} of {len(ids)} jobs did not finish")
+    starts = [datetime.fromisoformat(r[1].decode()).timestamp() for r in rows]
+    ends = [datetime.fromisoformat(r[2].decode()).timestamp() for r in rows]
+    return max(ends) - min(starts)
+
+
+def _run_vecq(url: str, *, prefetch: int) -> float:
+    from vecq.worker.settings import WorkerSettings
+    from vecq.worker.worker import BatchWorker
+
+    worker = BatchWorker.from_settings(
+        WorkerSettings(redis_url=url, backend="null", burst=True, prefetch_texts=prefetch)
+    )
+    t0 = time.perf_counter()
+    worker.work()
+    wall = time.perf_counter() - t0
+    worker.connection.close()
+    return wall
+
+
+def _run_stock(url: str) -> float:
+    from vecq.producer.contract import DEFAULT_MODEL, queue_name
+    from vecq.producer.serializer import SERIALIZER_PATH
+
+    rq_bin = shutil.which("rq") or sys.exit("vecq bench queue: the rq command is not on PATH")
+    cmd = [
+        rq_bin,
+        "worker",
+        "-w",
+        "rq.worker.SimpleWorker",
+        "--burst",
+        "--serializer",
+        SERIALIZER_PATH,
+        "-u",
+        url,
+        "--logging_level",
+        "WARNING",
+        queue_name(DEFAULT_MODEL, "interactive"),
+    ]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "VECQ_BACKEND": "null"})
+    return time.perf_counter() - t0
+
+
+@bench.command("queue")
+@click.option("--jobs", "n_jobs", type=int, default=20000, show_default=True, help="1-text jobs for vecq.")
+@click.option("--stock-jobs", type=int, default=2000, show_default=True, help="1-text jobs for stock rq.")
+@click.option("--batch-jobs", type=int, default=500, show_default=True, help="64-text jobs for vecq.")
+@click.option("--prefetch-texts", type=int, default=4096, show_default=True)
+def queue_bench(n_jobs: int, stock_jobs: int, batch_jobs: int, prefetch_texts: int) -> None:
+    """Queue overhead with the null engine: vecq vs stock rq (1-text jobs), and 64-text jobs."""
+    import redis
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_port()
+        server = _start_redis(port, tmp)
+        url = f"redis://127.0.0.1:{port}/0"
+        conn = redis.Redis.from_url(url)
+        try:
+            rows = []
+            ids = _enqueue(conn, n_jobs, 1, "vecq")
+            wall = _run_vecq(url, prefetch=prefetch_texts)
+            rows.append(("vecq BatchWorker, 1-text jobs", n_jobs, n_jobs / _span(conn, ids), n_jobs / wall))
+            conn.flushdb()
+            ids = _enqueue(conn, stock_jobs, 1, "stock")
+            wall = _run_stock(url)
+            rows.append(
+                (
+                    "stock rq SimpleWorker, 1-text jobs",
+                    stock_jobs,
+                    stock_jobs / _span(conn, ids),
+                    stock_jobs / wall,
+                )
+            )
+            conn.flushdb()
+            ids = _enqueue(conn, batch_jobs, 64, "bulk")
+            wall = _run_vecq(url, prefetch=prefetch_texts)
+            span = _span(conn, ids)
+            rows.append(("vecq BatchWorker, 64-text jobs", batch_jobs, batch_jobs / span, batch_jobs / wall))
+        finally:
+            conn.close()
+            server.terminate()
+            server.wait(10)
+    click.echo(f"{'run':<38} {'jobs':>7} {'jobs/s':>9} {'jobs/s (wall)':>14}")
+    for name, n, rate, wall_rate in rows:
+        click.echo(f"{name:<38} {n:>7} {rate:>9.0f} {wall_rate:>14.0f}")
+    click.echo(f"64-text jobs: {rows[2][2] * 64:.0f} texts/s")
+    click.echo(f"vecq / stock rq (1-text jobs): {rows[0][2] / rows[1][2]:.1f}x")
