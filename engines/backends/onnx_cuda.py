@@ -123,3 +123,43 @@ class OnnxCudaEngine:
     def close(self) -> None:
         self._slots.clear()
         self.session = None  # type: ignore[assignment]
+
+
+class HybridCudaEngine:
+    """Graphs for small batches, padding removal for large ones, over one shape set.
+
+    Measured on an H100 (BENCHMARKS.md): per-shape CUDA graphs win by 2× at batch ≤ 8, where
+    launch overhead dominates; packed attention wins from batch 32 up on real-length batches
+    (2.5× at 256), where compute follows real tokens.  Interactive batches are small and bulk
+    batches are large, so routing by batch size gives each lane the faster engine.
+    """
+
+    def __init__(
+        self, graphs: OnnxCudaEngine, packed: OnnxCudaEngine, *, packed_from_batch: int = 32
+    ) -> None:
+        if graphs.shapes != packed.shapes:
+            raise ValueError("graph and packed engines must serve the same shapes")
+        self.shapes, self.dim = graphs.shapes, graphs.dim
+        self.graphs, self.packed = graphs, packed
+        self.packed_from_batch = packed_from_batch
+
+    def _pick(self, shape: Shape) -> OnnxCudaEngine:
+        return self.packed if shape.batch >= self.packed_from_batch else self.graphs
+
+    def warmup(self) -> None:
+        """Capture graphs only for the shapes routed to them; warm the packed session once per shape."""
+        for shape in self.shapes:
+            engine = self._pick(shape)
+            slot = engine._slot(shape)
+            ids = np.full((shape.batch, shape.seq_len), 100, dtype=np.int64)
+            slot.inputs["input_ids"].update_inplace(ids)
+            slot.inputs["attention_mask"].update_inplace(np.ones_like(ids))
+            while slot.runs < (2 if engine.graphs else 1):
+                engine._run(slot)
+
+    def run(self, batch: Batch) -> np.ndarray:
+        return self._pick(batch.shape).run(batch)
+
+    def close(self) -> None:
+        self.graphs.close()
+        self.packed.close()
