@@ -98,18 +98,20 @@ class OnnxCudaEngine:
             self.captures += 1
 
     def warmup(self) -> None:
-        """Run each shape twice: ORT runs a shape's first call plainly and captures on the second."""
+        """Make every shape ready: ORT runs a shape's first call plainly and captures on the second."""
         for shape in self.shapes:
-            slot = self._slot(shape)
-            ids = np.zeros((shape.batch, shape.seq_len), dtype=np.int64)
-            mask = np.ones_like(ids)
-            slot.inputs["input_ids"].update_inplace(ids)
-            slot.inputs["attention_mask"].update_inplace(mask)
-            while slot.runs < 2:
-                self._run(slot)
+            self.warm(shape)
         log.info(
             "onnx cuda: %d shapes ready (%s)", len(self.shapes), "graphs" if self.graphs else "no graphs"
         )
+
+    def warm(self, shape: Shape) -> None:
+        slot = self._slot(shape)
+        ids = np.full((shape.batch, shape.seq_len), 100, dtype=np.int64)
+        slot.inputs["input_ids"].update_inplace(ids)
+        slot.inputs["attention_mask"].update_inplace(np.ones_like(ids))
+        while slot.runs < (2 if self.graphs else 1):
+            self._run(slot)
 
     def run(self, batch: Batch) -> np.ndarray:
         slot = self._slot(batch.shape)
@@ -147,15 +149,9 @@ class HybridCudaEngine:
         return self.packed if shape.batch >= self.packed_from_batch else self.graphs
 
     def warmup(self) -> None:
-        """Capture graphs only for the shapes routed to them; warm the packed session once per shape."""
+        """Capture graphs only for the shapes routed to them; warm the packed session per shape."""
         for shape in self.shapes:
-            engine = self._pick(shape)
-            slot = engine._slot(shape)
-            ids = np.full((shape.batch, shape.seq_len), 100, dtype=np.int64)
-            slot.inputs["input_ids"].update_inplace(ids)
-            slot.inputs["attention_mask"].update_inplace(np.ones_like(ids))
-            while slot.runs < (2 if engine.graphs else 1):
-                engine._run(slot)
+            self._pick(shape).warm(shape)
 
     def run(self, batch: Batch) -> np.ndarray:
         return self._pick(batch.shape).run(batch)
