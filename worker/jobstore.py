@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgpack
 from redis import Redis
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
@@ -60,7 +61,8 @@ class KeyLayout:
 
 
 # KEYS: pairs (queue key, intermediate key) in priority order.  ARGV: max jobs, job key prefix,
-# field names.  Returns a flat list: queue index, job id, then one value per field, per job.
+# field names.  Returns one msgpack blob (parsed in C, not by redis-py's reply parser): a flat
+# list of queue index, job id, then one value per field, per job.
 _TAKE = """
 local out = {}
 local n = tonumber(ARGV[1])
@@ -77,11 +79,11 @@ for i = 1, #KEYS, 2 do
     for j = 1, #fields do out[#out + 1] = values[j] end
   end
 end
-return out
+return cmsgpack.pack(out)
 """
 
 # ARGV: prefixes (job, queue, started), worker name, ttl, now, now_iso, queued-texts counter key
-# and the texts to take off it, then triples (job id, queue name, execution id).  What rq's
+# and the texts to take off it, then a msgpack list of triples (job id, queue name, execution id).  What rq's
 # Execution.create + Job.prepare_for_execution write that anything reads: the started-registry
 # entry `job:execution` (recovery's source of truth) and the job's status fields -- only if the
 # job is still in the intermediate list this worker moved it to (recovery may have put it back
@@ -91,8 +93,9 @@ local JP, QP, SP, w = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, now, iso = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 if tonumber(ARGV[9]) > 0 then redis.call('DECRBY', ARGV[8], ARGV[9]) end
 local started = {}
-for i = 10, #ARGV, 3 do
-  local id, q, ex = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local runs = cmsgpack.unpack(ARGV[10])
+for i = 1, #runs, 3 do
+  local id, q, ex = runs[i], runs[i + 1], runs[i + 2]
   if redis.call('LREM', QP .. q .. ':intermediate', 1, id) == 1 then
     redis.call('ZADD', SP .. q, now + ttl, id .. ':' .. ex)
     redis.call('HSET', JP .. id, 'status', 'started', 'started_at', iso, 'last_heartbeat', iso,
@@ -105,7 +108,8 @@ return started
 """
 
 # ARGV: prefixes (job, started, finished, results), worker key, worker name, now, now_iso, then
-# 6-tuples (job id, queue, execution id, execution started_at, result ttl, base64 result).
+# a msgpack list of 6-tuples (job id, queue, execution id, execution started_at, result ttl,
+# base64 result) -- one argument, so redis-py does not encode thousands of small ones.
 # rq's handle_job_success without rewriting the whole job hash; only if this worker's
 # execution is still in the started registry.  Returns the ids skipped.
 _FINISH = """
@@ -114,9 +118,10 @@ local wkey, w = ARGV[5], ARGV[6]
 local now, iso = tonumber(ARGV[7]), ARGV[8]
 local skipped = {}
 local done, busy = 0, 0
-for i = 9, #ARGV, 6 do
-  local id, q, ex, st = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local ttl, value = tonumber(ARGV[i + 4]), ARGV[i + 5]
+local jobs = cmsgpack.unpack(ARGV[9])
+for i = 1, #jobs, 6 do
+  local id, q, ex, st = jobs[i], jobs[i + 1], jobs[i + 2], jobs[i + 3]
+  local ttl, value = tonumber(jobs[i + 4]), jobs[i + 5]
   if redis.call('ZREM', SP .. q, id .. ':' .. ex) == 1 then
     if ttl == 0 then
       redis.call('DEL', JP .. id)
@@ -224,9 +229,12 @@ class JobStore:
         keys: list[str] = []
         for name in queue_names:
             keys += [self.keys.queue + name, self.keys.intermediate(name)]
-        out = self._take(keys=keys, args=[max_jobs, self.keys.job, *JOB_FIELDS])
+        out = msgpack.unpackb(self._take(keys=keys, args=[max_jobs, self.keys.job, *JOB_FIELDS]), raw=True)
         step = 2 + len(JOB_FIELDS)
-        return [Taken(int(out[i]) - 1, out[i + 1], out[i + 2 : i + step]) for i in range(0, len(out), step)]
+        return [
+            Taken(int(out[i]) - 1, out[i + 1], [v or None for v in out[i + 2 : i + step]])
+            for i in range(0, len(out), step)
+        ]
 
     def start(
         self, runs: list[Running], *, ttl: int, now: float, now_iso: str, counter: tuple[str, int]
@@ -234,9 +242,10 @@ class JobStore:
         """Mark jobs started (started-registry entry, job status) and take their texts off the
         producers' queued-texts `counter` (key, texts); returns the ids started."""
         k = self.keys
-        args: list[object] = [k.job, k.queue, k.started, self.worker_name, ttl, now, now_iso, *counter]
+        flat: list[object] = []
         for r in runs:
-            args += [r.job_id, r.queue, r.execution_id]
+            flat += [r.job_id, r.queue, r.execution_id]
+        args = [k.job, k.queue, k.started, self.worker_name, ttl, now, now_iso, *counter, msgpack.packb(flat)]
         return [x.decode() for x in self._start(keys=[], args=args)]
 
     def finish(self, done: list[Finished], *, now: float, now_iso: str) -> list[str]:
@@ -252,9 +261,11 @@ class JobStore:
             now,
             now_iso,
         ]
+        flat: list[object] = []
         for f in done:
             r = f.running
-            args += [r.job_id, r.queue, r.execution_id, f.started_at, f.result_ttl, f.payload]
+            flat += [r.job_id, r.queue, r.execution_id, f.started_at, f.result_ttl, f.payload]
+        args.append(msgpack.packb(flat))
         return [s.decode() for s in self._finish(keys=[], args=args)]
 
     def heartbeat(self, runs: list[Running], *, ttl: int, now: float) -> list[str]:
