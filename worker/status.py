@@ -80,7 +80,7 @@ def gather(connection: Redis, *, sample_s: float = 1.0) -> Report:
         report.queues.append(QueueRow(n, *sizes[5 * i : 5 * i + 5]))
     for model in sorted({n.split(".")[1] for n in names}):
         raw = connection.get(queued_texts_key(model))
-        report.queued_texts[model] = int(raw) if raw else 0
+        report.queued_texts[model] = max(0, int(raw)) if raw else 0  # an estimate (see contract)
     before = health(connection)
     for w in Worker.all(connection=connection, serializer=MsgpackSerializer):
         if any(q.startswith("vecq.") for q in w.queue_names()):
