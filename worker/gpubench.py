@@ -1,0 +1,204 @@
+"""GPU benchmarks of issue 4: the seed write-up's own workload and the engine table.
+
+Each table is measured in one run, baseline and vecq side by side, so ratios are fair.  The model
+is a random-weight BERT of the write-up's shape (BERT-base, vocab 21128, CLS pooling) built on the
+spot: speed does not depend on the weights.
+
+- `seed_workload`: the write-up's three short Chinese queries, batch 1/2/4/8/16, calls/s with the
+  tokenizer included.  Baseline: the write-up's way (transformers tokenizer padded to 200 tokens,
+  torch fp32 eager, CLS).  vecq: `Embedder.embed` (tokenizers called directly, bucketed to 16
+  tokens, fp16, one CUDA graph per shape).
+- `engine_table`: seq/s per engine × batch at a fixed seq_len, rows half padded.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vecq.engines import Embedder, ShapeSet
+from vecq.engines.base import Batch, Engine
+from vecq.engines.shapes import Shape
+from vecq.engines.spec import ModelSpec, read_spec
+from vecq.engines.tokenizer import TextTokenizer
+
+SEED_QUERIES = ("你好啊", "今天天气怎么样", "我要暴富")
+SEED_BATCHES = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    values: dict[int, float]  # batch -> rate
+
+
+def per_second(fn: Callable[[], object], *, min_s: float = 1.0, min_calls: int = 20) -> float:
+    """Calls per second of `fn` (median of per-call times after two warm-up calls)."""
+    fn()
+    fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + min_s
+    while time.perf_counter() < deadline or len(times) < min_calls:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1.0 / statistics.median(times)
+
+
+def rotating(fn: Callable[[object], object], items: Sequence[object]) -> Callable[[], object]:
+    """A no-argument call of `fn` on the next of `items` each time (never the same input twice in a row)."""
+    state = {"i": 0}
+
+    def call() -> object:
+        state["i"] += 1
+        return fn(items[state["i"] % len(items)])
+
+    return call
+
+
+def writeup_baseline(model_dir: Path, device: str) -> Callable[[list[str]], np.ndarray]:
+    """The seed write-up's `predict_vec`: transformers tokenizer, padded to 200, fp32 eager, CLS."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModel.from_pretrained(str(model_dir)).to(device).eval()
+
+    def predict_vec(texts: list[str]) -> np.ndarray:
+        inputs = tokenizer(texts, padding="max_length", max_length=200, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model(**{k: v.to(device) for k, v in inputs.items()}).last_hidden_state[:, 0]
+        return out.cpu().numpy()
+
+    return predict_vec
+
+
+def seed_embedder(model_dir: Path, device: str, engine: str) -> Embedder:
+    """vecq on the seed workload: shapes batch 1..16 × seq 16..64, the named GPU engine."""
+    spec = read_spec(model_dir)
+    shapes = ShapeSet.grid(SEED_BATCHES, (16, 32, 64), max_seq_len=64)
+    spec = spec.model_copy(update={"max_seq_len": 64})
+    return Embedder(
+        spec=spec,
+        tokenizer=TextTokenizer.from_dir(model_dir, max_seq_len=64),
+        engine=make_gpu_engine(engine, model_dir, spec, shapes, device),
+    )
+
+
+def make_gpu_engine(
+    kind: str,
+    model_dir: Path,
+    spec: ModelSpec,
+    shapes: ShapeSet,
+    device: str,
+    onnx_files: dict[str, Path] | None = None,
+) -> Engine:
+    """torch32 | torch16 | torch16g (torch fp16 + CUDA graphs) | ort16g | ort16 | packed16 | hybrid."""
+    from vecq.engines.backends.torch import TorchEngine
+
+    if kind.startswith("torch"):
+        precision = "fp32" if kind == "torch32" else "fp16"
+        eng = TorchEngine.from_model_dir(
+            model_dir, spec=spec, shapes=shapes, device=device, precision=precision
+        )
+        if kind == "torch16g":
+            from vecq.engines.backends.torch_graphs import TorchGraphEngine
+
+            return TorchGraphEngine(eng.module, shapes=shapes, dim=spec.dim, device=device)
+        return eng
+    from vecq.engines.backends.onnx_cuda import HybridCudaEngine, OnnxCudaEngine
+
+    files = onnx_files or export_gpu_onnx(model_dir, spec, Path(model_dir) / "onnx")
+    dev = int(device.split(":")[1]) if ":" in device else 0
+    if kind == "hybrid":
+        return HybridCudaEngine(
+            OnnxCudaEngine(files["fused16"], shapes=shapes, dim=spec.dim, device_id=dev),
+            OnnxCudaEngine(files["packed16"], shapes=shapes, dim=spec.dim, device_id=dev, graphs=False),
+        )
+    source = files["packed16" if kind == "packed16" else "fused16"]
+    return OnnxCudaEngine(source, shapes=shapes, dim=spec.dim, device_id=dev, graphs=kind == "ort16g")
+
+
+def export_gpu_onnx(model_dir: Path, spec: ModelSpec, work: Path) -> dict[str, Path]:
+    """fp16 fused (ORT transformer optimizer) and its packed-attention variant."""
+    import json
+
+    import onnx
+    from onnxruntime.transformers.convert_to_packing_mode import PackingMode
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from vecq.engines.export import export_onnx, optimize
+    from vecq.engines.pooled import load_pooled
+
+    work.mkdir(parents=True, exist_ok=True)
+    files = {"fused16": work / "fused16.onnx", "packed16": work / "packed16.onnx"}
+    if all(f.is_file() for f in files.values()):
+        return files
+    heads = json.loads((Path(model_dir) / "config.json").read_text())["num_attention_heads"]
+    raw = export_onnx(load_pooled(model_dir, spec, attn_implementation="eager"), work / "raw.onnx")
+    optimize(raw, files["fused16"], spec=spec, num_heads=heads, fp16=True, use_gpu=True)
+    packed = OnnxModel(onnx.load(str(files["fused16"])))
+    PackingMode(packed).convert()
+    packed.save_model_to_file(str(files["packed16"]))
+    return files
+
+
+def seed_workload(model_dir: Path, device: str, engines: Sequence[str] = ("torch16g", "ort16g")) -> list[Row]:
+    """calls/s of the write-up's benchmark: baseline and vecq engines, same queries, same run."""
+    batches = {b: [SEED_QUERIES[i % 3] for i in range(b)] for b in SEED_BATCHES}
+    baseline = writeup_baseline(model_dir, device)
+    rows = [
+        Row(
+            "write-up: padded to 200, torch fp32 eager",
+            {b: per_second(rotating(baseline, [t])) for b, t in batches.items()},
+        )
+    ]
+    for kind in engines:
+        emb = seed_embedder(model_dir, device, kind)
+        emb.warmup()
+        rates = {b: per_second(rotating(emb.embed, [t])) for b, t in batches.items()}
+        rows.append(Row(f"vecq {kind} (bucketed, tokenizer incl.)", rates))
+        emb.close()
+    return rows
+
+
+def half_padded(shape: Shape, rng: np.random.Generator, *, vocab: int, n: int = 6) -> list[Batch]:
+    """Batches of `shape` whose odd rows are padded to half length; fresh random ids each."""
+    out = []
+    for _ in range(n):
+        lengths = np.where(np.arange(shape.batch) % 2 == 0, shape.seq_len, shape.seq_len // 2)
+        mask = (np.arange(shape.seq_len)[None, :] < lengths[:, None]).astype(np.int64)
+        ids = rng.integers(1000, vocab, size=(shape.batch, shape.seq_len), dtype=np.int64) * mask
+        ids[:, 0] = 101
+        out.append(Batch(input_ids=ids, attention_mask=mask, rows=shape.batch))
+    return out
+
+
+def engine_table(
+    model_dir: Path, device: str, *, seq_len: int, batches: Sequence[int], engines: Sequence[str]
+) -> list[Row]:
+    """seq/s per engine × batch, half-padded rows, each engine on the same batches."""
+    spec = read_spec(model_dir)
+    shapes = ShapeSet([Shape(b, seq_len) for b in batches])
+    rng = np.random.default_rng(0)
+    import json
+
+    vocab = int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
+    work = {b: half_padded(Shape(b, seq_len), rng, vocab=vocab) for b in batches}
+    files = (
+        export_gpu_onnx(model_dir, spec, Path(model_dir) / "onnx")
+        if any(not e.startswith("torch") for e in engines)
+        else None
+    )
+    rows = []
+    for kind in engines:
+        eng = make_gpu_engine(kind, model_dir, spec, shapes, device, files)
+        eng.warmup()
+        rows.append(Row(kind, {b: b * per_second(rotating(eng.run, w)) for b, w in work.items()}))
+        eng.close()
+    return rows
