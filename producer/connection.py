@@ -142,9 +142,15 @@ async def acall(policy: RetryPolicy, url: str, fn: Callable[[], Awaitable[T]]) -
             await asyncio.sleep(delay)
 
 
+#: Read timeout of producer connections.  redis-py 8 defaults to 5 s, shorter than the XREAD
+#: BLOCK that waits for results (`results.MAX_BLOCK_MS`), which then fails every job that takes
+#: longer than 5 s; this stays above the longest block while still noticing a dead server.
+READ_TIMEOUT_S = 20.0
+
+
 def _options(connect_timeout: float) -> dict[str, object]:
-    # socket_timeout stays None: XREAD BLOCK waits longer than any fixed read timeout.
     return {
+        "socket_timeout": READ_TIMEOUT_S,
         "retry": Retry(NoBackoff(), 0),
         "socket_connect_timeout": connect_timeout,
         "health_check_interval": 30,

@@ -24,7 +24,7 @@ from .errors import JobFailed, JobNotFound, JobTimeout
 from .serializer import MsgpackSerializer
 
 #: Longest single XREAD BLOCK: a dead connection is noticed at least this often.
-MAX_BLOCK_MS = 10_000
+MAX_BLOCK_MS = 10_000  # must stay under connection.READ_TIMEOUT_S (a test checks)
 Entry = tuple[bytes, Mapping[bytes, bytes]]
 
 

@@ -136,3 +136,20 @@ def test_enqueue_reply_lost_is_not_repeated(client: Client, redis_conn: redis.Re
     assert time.monotonic() - start < 2
     assert redis_conn.lrange("rq:queue:vecq.all-minilm-l6-v2.interactive", 0, -1) == [job.id.encode()]
     assert int(redis_conn.get("vecq:queued_texts:all-minilm-l6-v2")) == 1
+
+
+def test_result_wait_outlasts_redis_py_default_read_timeout(redis_url: str) -> None:
+    """redis-py 8 reads with a 5 s timeout by default; waiting for a slow job must not hit it."""
+    import time
+
+    from vecq.producer import Client, JobTimeout
+    from vecq.producer.connection import READ_TIMEOUT_S
+    from vecq.producer.results import MAX_BLOCK_MS
+
+    assert MAX_BLOCK_MS / 1000 < READ_TIMEOUT_S
+    client = Client(redis_url)
+    job = client.submit(["nobody serves this queue"])
+    t0 = time.monotonic()
+    with pytest.raises(JobTimeout):
+        client.result(job, timeout=7)
+    assert time.monotonic() - t0 >= 7
