@@ -39,7 +39,9 @@ def default_model_dir() -> Path:
 class Embedder:
     """Texts in, float32 vectors out, through a fixed set of shapes."""
 
-    def __init__(self, *, spec: ModelSpec, tokenizer: TextTokenizer, engine: Engine, truncate: bool = True) -> None:
+    def __init__(
+        self, *, spec: ModelSpec, tokenizer: TextTokenizer, engine: Engine, truncate: bool = True
+    ) -> None:
         self.spec = spec
         self.tokenizer = tokenizer
         self.engine = engine
@@ -77,8 +79,12 @@ class Embedder:
         spec = read_spec(root, name=name, **_spec_overrides(options))
         shapes = shapes or default_shapes(spec.max_seq_len, device)
         engine = make_engine(backend or "torch", root, spec=spec, shapes=shapes, device=device, **options)
-        return cls(spec=spec, tokenizer=TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len),
-                   engine=engine, truncate=truncate)
+        return cls(
+            spec=spec,
+            tokenizer=TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len),
+            engine=engine,
+            truncate=truncate,
+        )
 
     # --- the public surface ----------------------------------------------------------------
     @property
@@ -135,7 +141,9 @@ def default_shapes(max_seq_len: int, device: str) -> ShapeSet:
     return ShapeSet.grid(max_seq_len=max_seq_len)
 
 
-def make_engine(backend: str, model_dir: Path, *, spec: ModelSpec, shapes: ShapeSet, device: str, **options: Any) -> Engine:
+def make_engine(
+    backend: str, model_dir: Path, *, spec: ModelSpec, shapes: ShapeSet, device: str, **options: Any
+) -> Engine:
     """The engine of `backend` for a model dir (bundles build theirs in `bundle.py`)."""
     if backend == "null":
         from .backends.null import NullEngine

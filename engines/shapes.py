@@ -75,8 +75,7 @@ class ShapeSet:
         The model's own max length is always a seq_len, so that no text that the tokenizer
         accepts is ever left without a shape.
         """
-        lens = sorted({min(L, max_seq_len) for L in seq_lens} | {max_seq_len})
-        lens = [L for L in lens if L <= max_seq_len]
+        lens = sorted({min(n, max_seq_len) for n in seq_lens} | {max_seq_len})
         shapes = [
             Shape(b, L)
             for L in lens

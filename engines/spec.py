@@ -16,7 +16,12 @@ from pydantic import BaseModel, ConfigDict
 from .errors import ModelNotFound
 
 Pooling = Literal["cls", "mean"]
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 class ModelSpec(BaseModel):

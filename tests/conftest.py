@@ -55,3 +55,19 @@ def default_model_dir() -> Path:
     from vecq.engines import default_model_dir
 
     return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT (hidden 32, 2 layers, 2 heads) with a Chinese character vocab and no
+    sentence-transformers files, so vecq reads it as CLS pooling — the seed write-up's setup."""
+    from vecq.engines.random_model import write_random_bert
+
+    return write_random_bert(
+        tmp_path_factory.mktemp("tiny-bert") / "tiny-chinese-bert",
+        hidden=32,
+        layers=2,
+        heads=2,
+        vocab_size=3000,
+        max_positions=128,
+    )

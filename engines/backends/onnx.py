@@ -1,0 +1,112 @@
+"""ONNX Runtime backend over a bundle's `model.onnx`, on CPU, CUDA or TensorRT execution providers.
+
+The graph takes `input_ids` and `attention_mask` (int64, dynamic batch and length) and returns one
+(B, dim) output with pooling and normalization already applied.  fp16 graphs built with
+`keep_io_types` still return float32, but a cast is kept for graphs that do not.
+The provider list follows the seed write-up: CUDA (or TensorRT, then CUDA) first, CPU as the
+fallback ORT uses for any node the first provider cannot run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..base import Batch
+from ..errors import ShapeError, UnknownBackend
+from ..shapes import ShapeSet
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("input_ids", "attention_mask")
+ProviderList = list[str | tuple[str, dict[str, str]]]
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (not hyper-threads): ORT's intra-op threads beyond
+    that only contend with each other."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
+        except OSError:
+            cores.add(("", str(cpu)))
+    return max(1, len(cores) or os.cpu_count() or 1)
+
+
+def providers_for(device: str, providers: str | None = None) -> ProviderList:
+    """ORT's provider list for `device` ("cpu", "cuda", "cuda:N"); `providers="tensorrt"` puts
+    TensorRT before CUDA, as the write-up did."""
+    if device == "cpu":
+        if providers not in (None, "cpu"):
+            raise UnknownBackend(f"providers {providers!r} need a CUDA device (got device 'cpu')")
+        return ["CPUExecutionProvider"]
+    if not device.startswith("cuda"):
+        raise UnknownBackend(f"device {device!r} is not cpu, cuda or cuda:N")
+    device_id = device.partition(":")[2] or "0"
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+    if providers in (None, "cuda"):
+        return [cuda, "CPUExecutionProvider"]
+    if providers == "tensorrt":
+        trt = ("TensorrtExecutionProvider", {"device_id": device_id, "trt_fp16_enable": "True"})
+        return [trt, cuda, "CPUExecutionProvider"]
+    raise UnknownBackend(f"providers {providers!r} is not one of cpu, cuda, tensorrt")
+
+
+class OnnxEngine:
+    """One ORT `InferenceSession` serving every declared shape (ORT needs no per-shape state)."""
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        *,
+        shapes: ShapeSet,
+        dim: int,
+        device: str = "cpu",
+        providers: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        wanted = providers_for(device, providers)
+        available = set(ort.get_available_providers())
+        first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
+        if first not in available:
+            raise UnknownBackend(f"onnxruntime here has no {first} (install onnxruntime-gpu for CUDA)")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if device == "cpu":
+            opts.intra_op_num_threads = threads or physical_cores()
+        opts.log_severity_level = 3  # fp16 graphs warn about every CPU-placed cast otherwise
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=wanted)
+        self.shapes = shapes
+        self.dim = dim
+        self.device = device
+        self._output = self.session.get_outputs()[0].name
+        log.info("onnx engine: %s on %s", Path(onnx_path).name, self.session.get_providers()[0])
+
+    def warmup(self) -> None:
+        """One run of the smallest and the largest shape (lets ORT size its arenas up front)."""
+        ordered = sorted(self.shapes, key=lambda s: s.tokens)
+        for shape in {ordered[0], ordered[-1]}:
+            ids = np.zeros((shape.batch, shape.seq_len), dtype=np.int64)
+            self.run(Batch(input_ids=ids, attention_mask=np.ones_like(ids), rows=shape.batch))
+
+    def run(self, batch: Batch) -> np.ndarray:
+        if batch.shape not in self.shapes:
+            raise ShapeError(f"batch shape {batch.shape} is not one of the engine's shapes (vecq bug)")
+        feed: dict[str, Any] = {
+            "input_ids": np.ascontiguousarray(batch.input_ids, dtype=np.int64),
+            "attention_mask": np.ascontiguousarray(batch.attention_mask, dtype=np.int64),
+        }
+        (out,) = self.session.run([self._output], feed)
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]

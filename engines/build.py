@@ -1,0 +1,209 @@
+"""`build_bundle`: model dir → verified bundle dir (export, optimize, quantize, parity, manifest).
+
+The bundle is assembled in a temporary sibling directory and renamed into place only after
+parity passed, so a failed or interrupted build never leaves a half-written bundle where a
+worker could load it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .bundle import FORMAT_VERSION, MANIFEST, Manifest, checksums
+from .errors import BundleError, UnknownBackend
+from .parity import compare, parity_texts, reference_vectors, require
+from .shapes import ShapeSet
+from .spec import ModelSpec, Pooling, check_model_dir, read_spec
+from .tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TORCH_FILES = ("config.json", "model.safetensors")
+PRECISIONS = {
+    ("onnx", "cpu"): ("fp32", "int8"),
+    ("onnx", "cuda"): ("fp32", "fp16"),
+    ("torch", "cpu"): ("fp32",),
+    ("torch", "cuda"): ("fp32", "fp16", "bf16"),
+}
+
+
+def build_bundle(
+    model_dir: str | Path,
+    out: str | Path,
+    *,
+    backend: str = "onnx",
+    device: str = "cpu",
+    precision: str = "fp32",
+    batch_sizes: Sequence[int] | None = None,
+    seq_lens: Sequence[int] | None = None,
+    max_batch_tokens: int | None = None,
+    shapes: ShapeSet | None = None,
+    pooling: Pooling | None = None,
+    normalize: bool | None = None,
+    max_seq_len: int | None = None,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Build, check and write a bundle for `model_dir` at `out`; returns its manifest.
+
+    Shapes: `shapes` as given, else a grid of `batch_sizes` × `seq_lens` (capped by the model's
+    max length and `max_batch_tokens`), else fine CPU shapes or the GPU defaults for `device`.
+    Raises `ParityError` (and writes nothing) when the engine does not match the torch model.
+    """
+    say = progress or (lambda msg: log.info("%s", msg))
+    kind = _device_kind(device)
+    _check_choice(backend, kind, precision)
+    root = check_model_dir(model_dir)
+    spec = read_spec(root, name=name, pooling=pooling, normalize=normalize, max_seq_len=max_seq_len)
+    shapes = shapes or _shapes(spec, kind, batch_sizes, seq_lens, max_batch_tokens)
+    out = Path(out)
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = _assemble(
+            root, tmp, spec, shapes, backend=backend, device=kind, precision=precision, say=say
+        )
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"bundle written to {out}")
+    return manifest
+
+
+def _assemble(
+    model_dir: Path, tmp: Path, spec: ModelSpec, shapes: ShapeSet, *, backend: str, device: str,
+    precision: str, say: Progress,
+) -> Manifest:  # fmt: skip
+    """Everything but the final rename: files into `tmp`, parity checked, manifest written."""
+    from .pooled import load_pooled
+
+    say(f"loading {spec.name} from {model_dir}")
+    module = load_pooled(model_dir, spec, attn_implementation="eager")
+    tokenizer = TextTokenizer.from_dir(model_dir, max_seq_len=spec.max_seq_len)
+    texts = parity_texts()
+    say(f"computing torch fp32 reference vectors of {len(texts)} parity texts")
+    reference = reference_vectors(module, tokenizer, texts)
+    files = _copy(model_dir, tmp, TOKENIZER_FILES)
+    if backend == "torch" and not (model_dir / "model.safetensors").is_file():
+        raise BundleError(f"{model_dir}: no model.safetensors (torch bundles copy safetensors weights only)")
+    if backend == "onnx":
+        from .onnx_build import build_onnx
+
+        onnx = build_onnx(
+            module, tmp, spec=spec, shapes=shapes, tokenizer=tokenizer, device=device, precision=precision,
+            texts=texts, reference=reference, say=say,
+        )  # fmt: skip
+        graph, fp32_nodes, report = onnx.graph, onnx.fp32_nodes, onnx.report
+        files.append("model.onnx")
+    else:
+        files += _copy(model_dir, tmp, TORCH_FILES)
+        report = _torch_parity(tmp, spec, shapes, tokenizer, device, precision, texts, reference)
+        graph, fp32_nodes = f"torch {precision} (sdpa)", []
+    require(report, what=f"{spec.name} {backend} {precision}")
+    say(f"parity: min cosine {report.min_cosine:.7f} over {report.n_texts} texts (≥ {report.threshold})")
+    manifest = Manifest(
+        format_version=FORMAT_VERSION, name=spec.name, dim=spec.dim, pooling=spec.pooling,
+        normalize=spec.normalize, max_seq_len=spec.max_seq_len, precision=precision, backend=backend,
+        device=device, graph=graph, fp32_nodes=fp32_nodes, shapes=shapes.to_list(),
+        files=checksums(tmp, files), parity=report, versions=library_versions(),
+        created=datetime.now(UTC),
+    )  # fmt: skip
+    (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _torch_parity(bundle, spec, shapes, tokenizer, device, precision, texts, reference):
+    """A torch bundle's parity: the served path (sdpa, shapes, padding, precision) vs the reference."""
+    from .backends.torch import TorchEngine
+    from .embedder import Embedder
+
+    engine = TorchEngine.from_model_dir(bundle, spec=spec, shapes=shapes, device=device, precision=precision)
+    with Embedder(spec=spec, tokenizer=tokenizer, engine=engine) as embedder:
+        return compare(embedder.embed(texts), reference, precision=precision)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a bundle's artifact depends on (recorded, not enforced)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("vecq", "torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "absent"
+    return out
+
+
+def _shapes(spec: ModelSpec, device: str, batch_sizes, seq_lens, max_batch_tokens) -> ShapeSet:
+    from .embedder import default_shapes
+    from .shapes import DEFAULT_BATCH_SIZES, DEFAULT_SEQ_LENS
+
+    if batch_sizes is None and seq_lens is None and max_batch_tokens is None:
+        return default_shapes(spec.max_seq_len, device)
+    return ShapeSet.grid(
+        batch_sizes or DEFAULT_BATCH_SIZES,
+        seq_lens or DEFAULT_SEQ_LENS,
+        max_seq_len=spec.max_seq_len,
+        max_batch_tokens=max_batch_tokens,
+    )
+
+
+def _device_kind(device: str) -> str:
+    if device == "cpu" or device.startswith("cuda"):
+        return "cpu" if device == "cpu" else "cuda"
+    raise UnknownBackend(f"device {device!r} is not cpu, cuda or cuda:N")
+
+
+def _check_choice(backend: str, device: str, precision: str) -> None:
+    if backend == "tensorrt":
+        raise UnknownBackend("backend 'tensorrt': vecq cannot build TensorRT bundles yet (use onnx or torch)")
+    if backend not in ("onnx", "torch"):
+        raise UnknownBackend(f"backend {backend!r} is not one of onnx, torch")
+    allowed = PRECISIONS[(backend, device)]
+    if precision not in allowed:
+        raise UnknownBackend(
+            f"precision {precision!r} is not available for {backend} on {device} "
+            f"(choose {', '.join(allowed)})"
+        )
+
+
+def _check_target(out: Path) -> None:
+    """Refuse to replace a directory that is neither empty nor an earlier bundle."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise BundleError(f"{out}: exists and is not a vecq bundle (refusing to overwrite it)")
+
+
+def _copy(src: Path, dst: Path, names: Sequence[str]) -> list[str]:
+    copied = []
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place; an earlier bundle there is swapped out, then removed."""
+    os.chmod(tmp, 0o755)
+    old: Path | None = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

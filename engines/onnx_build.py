@@ -1,0 +1,135 @@
+"""The ONNX artifact of a bundle: export, then the graph variant for the device and precision.
+
+- cpu fp32: the plain exported graph (ORT's own session-level optimizations still apply); on a
+  small CPU the transformer optimizer's fused graph measured slower (BENCHMARKS.md).
+- cuda fp32 / fp16: fused attention from ORT's BERT optimizer; fp16 keeps float32 inputs/outputs.
+- cpu int8: dynamic int8 (per-channel weights) of the MatMuls; the MatMuls whose quantization
+  costs the most cosine (measured per model, at build time) stay fp32, as few as parity allows.
+  Quantizing all of them moves short texts' vectors to cosine ~0.96 on all-MiniLM-L6-v2, and the
+  loss is spread over many MatMuls (BENCHMARKS.md), so no fixed rule ("skip the first layer",
+  "only the FFN") was enough.
+
+Parity runs the candidate through `OnnxEngine` and vecq's own shape planner and padding, so it
+checks exactly what a worker will run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .export import export_onnx, matmul_nodes, optimize, quantize_int8
+from .parity import ParityReport, calibration_texts, compare, reference_vectors
+from .shapes import ShapeSet
+from .spec import ModelSpec
+from .tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    """The chosen `model.onnx` variant and its parity."""
+
+    graph: str
+    fp32_nodes: list[str]
+    report: ParityReport
+
+
+def build_onnx(
+    module,
+    bundle: Path,
+    *,
+    spec: ModelSpec,
+    shapes: ShapeSet,
+    tokenizer: TextTokenizer,
+    device: str,
+    precision: str,
+    texts: Sequence[str],
+    reference: np.ndarray,
+    say: Callable[[str], None],
+) -> OnnxArtifact:
+    """Write `bundle/model.onnx` for `device`/`precision` and return how it was made and its parity."""
+    work = bundle / ".work"
+    work.mkdir()
+    try:
+        say("exporting to ONNX (dynamic batch and sequence axes)")
+        exported = export_onnx(module, work / "exported.onnx")
+
+        def parity(path: Path) -> ParityReport:
+            return _parity(path, spec, shapes, tokenizer, device, precision, texts, reference)
+
+        if precision == "int8":
+            calibration = calibration_texts()
+            calibration_ref = reference_vectors(module, tokenizer, calibration)
+
+            def calibrate(path: Path) -> float:
+                report = _parity(
+                    path, spec, shapes, tokenizer, device, precision, calibration, calibration_ref
+                )
+                return report.min_cosine
+
+            artifact, chosen = _int8(exported, work, parity, calibrate, say)
+        elif device == "cpu":
+            artifact, chosen = OnnxArtifact("exported", [], parity(exported)), exported
+        else:
+            graph = "fused+fp16" if precision == "fp16" else "fused"
+            say(f"optimizing with ORT's BERT optimizer ({graph})")
+            heads = int(module.encoder.config.num_attention_heads)
+            fp16 = precision == "fp16"
+            chosen = optimize(
+                exported, work / "fused.onnx", spec=spec, num_heads=heads, fp16=fp16, use_gpu=True
+            )
+            artifact = OnnxArtifact(graph, [], parity(chosen))
+        shutil.move(str(chosen), bundle / "model.onnx")
+        return artifact
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def int8_ladder(ranked: Sequence[str], *, step: int) -> list[list[str]]:
+    """Candidate sets of MatMuls kept in fp32: none, then the `step`, 2×`step`... most sensitive."""
+    return [list(ranked[:k]) for k in range(0, len(ranked) + 1, step)]
+
+
+def _int8(exported: Path, work: Path, parity, calibrate, say) -> tuple[OnnxArtifact, Path]:
+    """Quantize every weight MatMul, and while parity fails keep more of the most sensitive in fp32.
+
+    Sensitivity is measured on calibration texts distinct from the parity texts (each MatMul
+    quantized alone, cosine lost), so the final parity check is not the set that chose the nodes.
+    """
+    nodes = [n for n in matmul_nodes(exported) if not re.search(r"/self/MatMul(_\d+)?$", n)]
+    say(f"int8: measuring the sensitivity of {len(nodes)} MatMuls (each quantized alone)")
+    loss = {}
+    for node in nodes:
+        path = quantize_int8(exported, work / "probe.onnx", exclude=[n for n in nodes if n != node])
+        loss[node] = 1.0 - calibrate(path)
+    ranked = sorted(nodes, key=lambda n: loss[n], reverse=True)
+    best: tuple[OnnxArtifact, Path] | None = None
+    for k, keep in enumerate(int8_ladder(ranked, step=max(1, len(nodes) // 9))):
+        label = f"int8 ({len(nodes) - len(keep)}/{len(nodes)} MatMul)"
+        path = quantize_int8(exported, work / f"int8-{k}.onnx", exclude=keep)
+        report = parity(path)
+        say(f"{label}: parity min cosine {report.min_cosine:.6f} (text {report.worst_index})")
+        artifact = OnnxArtifact(label, sorted(keep), report)
+        if report.passed:
+            return artifact, path
+        if best is None or report.min_cosine > best[0].report.min_cosine:
+            best = artifact, path
+    assert best is not None, "the int8 ladder is never empty (vecq bug)"
+    return best  # fails `require` in the caller, with the best cosine reached
+
+
+def _parity(path, spec, shapes, tokenizer, device, precision, texts, reference) -> ParityReport:
+    from .backends.onnx import OnnxEngine
+    from .embedder import Embedder
+
+    engine = OnnxEngine(path, shapes=shapes, dim=spec.dim, device="cpu" if device == "cpu" else "cuda")
+    with Embedder(spec=spec, tokenizer=tokenizer, engine=engine) as embedder:
+        return compare(embedder.embed(texts), reference, precision=precision)

@@ -1,0 +1,94 @@
+"""Parity: does a built engine reproduce the torch model on a fixed, hostile set of texts?
+
+The reference is the fp32 `PooledEncoder` run one text at a time with no padding at all, so a
+bundle's parity covers export, optimization, precision and vecq's own shape padding at once.
+The texts (`parity_texts.json`) mix English, Chinese, Japanese, other scripts, emoji, code, URLs,
+whitespace-only, single characters and texts far over 512 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .errors import ParityError
+from .tokenizer import TextTokenizer
+
+# Every parity-text cosine to the fp32 reference must reach this, per precision.
+THRESHOLDS: dict[str, float] = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.99}
+
+
+class ParityReport(BaseModel):
+    """Cosines of an engine's vectors to the reference, summarized for the manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_texts: int
+    min_cosine: float
+    mean_cosine: float
+    worst_index: int
+    threshold: float
+    reference: str = "torch fp32, one text at a time, unpadded"
+
+    @property
+    def passed(self) -> bool:
+        return self.min_cosine >= self.threshold
+
+
+def parity_texts() -> list[str]:
+    """The fixed parity texts shipped with vecq."""
+    raw = resources.files("vecq.engines").joinpath("parity_texts.json").read_text(encoding="utf-8")
+    return list(json.loads(raw)["texts"])
+
+
+def calibration_texts() -> list[str]:
+    """Texts of the same kinds, kept apart from the parity texts, for choices made while building
+    (which int8 nodes stay fp32), so that parity is checked on texts those choices never saw."""
+    raw = resources.files("vecq.engines").joinpath("parity_texts.json").read_text(encoding="utf-8")
+    return list(json.loads(raw)["calibration"])
+
+
+def reference_vectors(module, tokenizer: TextTokenizer, texts: Sequence[str]) -> np.ndarray:
+    """The torch module's vector of each text alone (batch 1, no padding), float32."""
+    import torch
+
+    tokens = tokenizer.encode(texts, truncate=True)
+    out = []
+    with torch.inference_mode():
+        for ids in tokens.ids:
+            t = torch.from_numpy(ids)[None]
+            out.append(module(t, torch.ones_like(t)).float().numpy())
+    return np.concatenate(out)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (n, dim) arrays (zero vectors count as 0)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    return (a64 * b64).sum(axis=1) / np.where(norms == 0, 1.0, norms)
+
+
+def compare(vectors: np.ndarray, reference: np.ndarray, *, precision: str) -> ParityReport:
+    """The parity report of `vectors` against `reference`, with `precision`'s threshold."""
+    cos = cosines(vectors, reference)
+    worst = int(np.argmin(cos))
+    return ParityReport(
+        n_texts=len(cos),
+        min_cosine=float(cos[worst]),
+        mean_cosine=float(cos.mean()),
+        worst_index=worst,
+        threshold=THRESHOLDS[precision],
+    )
+
+
+def require(report: ParityReport, *, what: str) -> None:
+    """Refuse an engine whose worst parity text is under the threshold, in one line."""
+    if not report.passed:
+        raise ParityError(
+            f"{what}: parity text {report.worst_index} has cosine {report.min_cosine:.6f} to the torch "
+            f"fp32 reference, under the required {report.threshold} (refusing to write the bundle)"
+        )
