@@ -49,7 +49,10 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str], *, truncate: bool = True) -> Tokenized:
         """Token ids of each text; over-long texts are cut to `max_seq_len`, or refused with
         `TextTooLong` naming the first one when `truncate` is False."""
-        encodings = self._tok.encode_batch(list(texts), add_special_tokens=True)
+        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets vecq never reads:
+        # ~40% less time per text.
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        encodings = encode(list(texts), add_special_tokens=True)
         if not truncate:
             for i, enc in enumerate(encodings):
                 if enc.overflowing:

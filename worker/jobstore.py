@@ -1,25 +1,29 @@
-"""rq's job keys, read and written atomically: take, start, finish, heartbeat, put back.
+"""rq's job keys, read and written atomically: take (and start), finish, heartbeat, put back.
 
 Stock rq spends ~20 round trips and a full job-hash rewrite per job; at thousands of jobs a
 second that bookkeeping, not the model, is the bottleneck.  Here each step for a whole group of
-jobs is one Lua script call that writes exactly the keys rq itself writes (same names, same
-fields, same scores), so `rq info`, `Job.fetch`, `job.return_value()`, the registries and
-`rq requeue` see vecq's jobs as ordinary rq jobs.  The key names come from rq's own templates,
-so a custom `RQ_KEY_PREFIX` is honoured.
+jobs is one Lua script call that writes the keys rq itself reads (same names, same fields, same
+scores), so `rq info`, `Job.fetch`, `job.return_value()`, the registries and `rq requeue` see
+vecq's jobs as ordinary rq jobs.  The key names come from rq's own templates, so a custom
+`RQ_KEY_PREFIX` is honoured.
 
-Leaner than rq on purpose: a job's execution lives in the started registry as rq's own
-`job_id:execution_id` entry (what recovery and `rq info` read) and in its result's
-`execution_id`; rq's per-execution hash and indexes (`rq:execution:*`, `rq:executions:*`, the
-worker's executions set) are not written, since only `Worker.get_current_executions` reads them.
+Leaner than rq on purpose, since Redis time per job is what caps a batch worker:
 
-Being scripts, start and finish are also guards: a job is started only if it is still in the
-intermediate list this worker moved it to, and finished only if this worker's execution is
-still in the started registry -- so a job recovered from a worker that looked dead is never
-done twice.
+- take and start are one atomic step (LPOP many + start each), so there is no intermediate
+  list to push to and LREM from, and no window in which a job is neither queued nor started;
+- registry writes are one ZADD / ZREM / ZMSCORE per queue with every member, not one per job;
+- a job's execution lives in the started registry as rq's own `job_id:execution_id` entry
+  (what recovery and `rq info` read) and in its result's `execution_id`; rq's per-execution
+  hash and indexes (`rq:execution:*`, `rq:executions:*`, the worker's executions set) are not
+  written, since only `Worker.get_current_executions` reads them.
+
+Finish is also a guard: a job is finished only if this worker's execution is still in the
+started registry -- so a job recovered from a worker that looked dead is never done twice.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import msgpack
@@ -60,90 +64,101 @@ class KeyLayout:
         return IntermediateQueue.get_intermediate_queue_key(self.queue + queue_name)
 
 
-# KEYS: pairs (queue key, intermediate key) in priority order.  ARGV: max jobs, job key prefix,
-# field names.  Returns one msgpack blob (parsed in C, not by redis-py's reply parser): a flat
-# list of queue index, job id, then one value per field, per job.
+# KEYS: pairs (queue key, started-registry key) in priority order.  ARGV: max jobs, job key
+# prefix, worker name, ttl, now, now_iso, execution-id prefix, queued-texts counter key and the
+# texts still owed to it, then the field names.  Takes and starts in one step: LPOP many ids,
+# read each job's fields, and -- for a job whose hash exists -- write what rq's
+# Execution.create + Job.prepare_for_execution write that anything reads (job status fields,
+# one ZADD of `job:execution` entries per queue).  Nothing sits in an intermediate list, so a
+# worker dying after this call leaves only started jobs, which recovery retries.  Returns one
+# msgpack blob: per job, queue index, job id, started flag, then one value per field.
 _TAKE = """
 local out = {}
 local n = tonumber(ARGV[1])
+local JP, w, ttl, now, iso, EX = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
+if tonumber(ARGV[9]) > 0 then redis.call('DECRBY', ARGV[8], ARGV[9]) end
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+local k = 0
 for i = 1, #KEYS, 2 do
-  while n > 0 do
-    local id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
-    if not id then break end
-    n = n - 1
-    out[#out + 1] = (i + 1) / 2
-    out[#out + 1] = id
-    local values = redis.call('HMGET', ARGV[2] .. id, unpack(fields))
-    for j = 1, #fields do out[#out + 1] = values[j] end
+  if n <= 0 then break end
+  local ids = redis.call('LPOP', KEYS[i], n)
+  if ids then
+    n = n - #ids
+    local members = {}
+    for _, id in ipairs(ids) do
+      k = k + 1
+      local values = redis.call('HMGET', JP .. id, unpack(fields))
+      local started = 0
+      if values[1] then
+        redis.call('HSET', JP .. id, 'status', 'started', 'started_at', iso, 'last_heartbeat', iso,
+                   'worker_name', w)
+        redis.call('PERSIST', JP .. id)
+        members[#members + 1] = now + ttl
+        members[#members + 1] = id .. ':' .. EX .. k
+        started = 1
+      end
+      out[#out + 1] = (i + 1) / 2
+      out[#out + 1] = id
+      out[#out + 1] = started
+      for j = 1, #fields do out[#out + 1] = values[j] end
+    end
+    if #members > 0 then redis.call('ZADD', KEYS[i + 1], unpack(members)) end
   end
 end
 return cmsgpack.pack(out)
 """
 
-# ARGV: prefixes (job, queue, started), worker name, ttl, now, now_iso, queued-texts counter key
-# and the texts to take off it, then a msgpack list of triples (job id, queue name, execution id).  What rq's
-# Execution.create + Job.prepare_for_execution write that anything reads: the started-registry
-# entry `job:execution` (recovery's source of truth) and the job's status fields -- only if the
-# job is still in the intermediate list this worker moved it to (recovery may have put it back
-# on its queue meanwhile).
-_START = """
-local JP, QP, SP, w = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ttl, now, iso = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-if tonumber(ARGV[9]) > 0 then redis.call('DECRBY', ARGV[8], ARGV[9]) end
-local started = {}
-local runs = cmsgpack.unpack(ARGV[10])
-for i = 1, #runs, 3 do
-  local id, q, ex = runs[i], runs[i + 1], runs[i + 2]
-  if redis.call('LREM', QP .. q .. ':intermediate', 1, id) == 1 then
-    redis.call('ZADD', SP .. q, now + ttl, id .. ':' .. ex)
-    redis.call('HSET', JP .. id, 'status', 'started', 'started_at', iso, 'last_heartbeat', iso,
-               'worker_name', w)
-    redis.call('PERSIST', JP .. id)
-    started[#started + 1] = id
-  end
-end
-return started
-"""
-
 # ARGV: prefixes (job, started, finished, results), worker key, worker name, now, now_iso, then
-# a msgpack list of 6-tuples (job id, queue, execution id, execution started_at, result ttl,
-# base64 result) -- one argument, so redis-py does not encode thousands of small ones.
-# rq's handle_job_success without rewriting the whole job hash; only if this worker's
-# execution is still in the started registry.  Returns the ids skipped.
+# a msgpack list alternating queue name and a flat list of 5-tuples (job id, execution id,
+# execution started_at, result ttl, base64 result) -- one argument, so redis-py does not encode
+# thousands of small ones.  rq's handle_job_success without rewriting the whole job hash, and
+# only for executions still in the started registry (one ZMSCORE and one ZREM per queue, not
+# per job).  Per job: the result stream entry, status, TTLs.  Returns the ids skipped.
 _FINISH = """
 local JP, SP, FP, RP = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local wkey, w = ARGV[5], ARGV[6]
 local now, iso = tonumber(ARGV[7]), ARGV[8]
 local skipped = {}
 local done, busy = 0, 0
-local jobs = cmsgpack.unpack(ARGV[9])
-for i = 1, #jobs, 6 do
-  local id, q, ex, st = jobs[i], jobs[i + 1], jobs[i + 2], jobs[i + 3]
-  local ttl, value = tonumber(jobs[i + 4]), jobs[i + 5]
-  if redis.call('ZREM', SP .. q, id .. ':' .. ex) == 1 then
-    if ttl == 0 then
-      redis.call('DEL', JP .. id)
-    else
-      local rk = RP .. id
-      redis.call('XADD', rk, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', w,
-                 'return_value', value, 'execution_id', ex, 'execution_started_at', st,
-                 'execution_ended_at', now)
-      redis.call('HSET', JP .. id, 'status', 'finished', 'ended_at', iso)
-      if ttl > 0 then
-        redis.call('EXPIRE', rk, ttl)
-        redis.call('EXPIRE', JP .. id, ttl)
-        redis.call('ZADD', FP .. q, now + ttl, id)
+local groups = cmsgpack.unpack(ARGV[9])
+for g = 1, #groups, 2 do
+  local q, jobs = groups[g], groups[g + 1]
+  local members = {}
+  for i = 1, #jobs, 5 do members[#members + 1] = jobs[i] .. ':' .. jobs[i + 1] end
+  local scores = redis.call('ZMSCORE', SP .. q, unpack(members))
+  local ours, finished = {}, {}
+  for m = 1, #members do
+    local i = 5 * m - 4
+    local id, ex, st = jobs[i], jobs[i + 1], jobs[i + 2]
+    local ttl, value = tonumber(jobs[i + 3]), jobs[i + 4]
+    if scores[m] then
+      ours[#ours + 1] = members[m]
+      if ttl == 0 then
+        redis.call('DEL', JP .. id)
       else
-        redis.call('ZADD', FP .. q, '+inf', id)
+        local rk = RP .. id
+        redis.call('XADD', rk, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', w,
+                   'return_value', value, 'execution_id', ex, 'execution_started_at', st,
+                   'execution_ended_at', now)
+        redis.call('HSET', JP .. id, 'status', 'finished', 'ended_at', iso)
+        if ttl > 0 then
+          redis.call('EXPIRE', rk, ttl)
+          redis.call('EXPIRE', JP .. id, ttl)
+          finished[#finished + 1] = now + ttl
+        else
+          finished[#finished + 1] = '+inf'
+        end
+        finished[#finished + 1] = id
       end
+      done = done + 1
+      busy = busy + (now - tonumber(st))
+    else
+      skipped[#skipped + 1] = id
     end
-    done = done + 1
-    busy = busy + (now - tonumber(st))
-  else
-    skipped[#skipped + 1] = id
   end
+  if #ours > 0 then redis.call('ZREM', SP .. q, unpack(ours)) end
+  if #finished > 0 then redis.call('ZADD', FP .. q, unpack(finished)) end
 end
 if done > 0 then
   redis.call('HINCRBY', wkey, 'successful_job_count', done)
@@ -178,20 +193,22 @@ return 0
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Taken:
-    """One job id moved from a queue to its intermediate list, with the fields of its hash."""
+    """One job id popped from a queue, with the fields of its hash; `execution_id` is set when
+    the take also started it (its hash existed), None for an id without a job behind it."""
 
     queue_index: int
-    raw_id: bytes  # as stored in the list (garbage stays garbage, to remove it exactly)
+    raw_id: bytes  # as stored in the list (garbage stays garbage)
     fields: list[bytes | None]
+    execution_id: str | None
 
     @property
     def job_id(self) -> str:
         return self.raw_id.decode("utf-8", "replace")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Running:
     """What identifies one started execution (enough to heartbeat, finish or fail it)."""
 
@@ -200,7 +217,7 @@ class Running:
     execution_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finished:
     """One job's success: its execution, when that started, result TTL, serialized result."""
 
@@ -219,53 +236,53 @@ class JobStore:
         self.worker_name = worker_name
         self.worker_key = worker_key
         self._take = connection.register_script(_TAKE)
-        self._start = connection.register_script(_START)
         self._finish = connection.register_script(_FINISH)
         self._heartbeat = connection.register_script(_HEARTBEAT)
         self._put_back = connection.register_script(_PUT_BACK)
 
-    def take(self, queue_names: list[str], max_jobs: int) -> list[Taken]:
-        """Move up to `max_jobs` ids from the queues (in order) to their intermediate lists."""
+    def take(
+        self,
+        queue_names: list[str],
+        max_jobs: int,
+        *,
+        ttl: int,
+        now: float,
+        now_iso: str,
+        counter: tuple[str, int],
+    ) -> list[Taken]:
+        """Pop up to `max_jobs` ids from the queues (in order) and start those that are jobs;
+        `counter` (key, texts) is what the queued-texts counter is still owed by earlier takes."""
         keys: list[str] = []
         for name in queue_names:
-            keys += [self.keys.queue + name, self.keys.intermediate(name)]
-        out = msgpack.unpackb(self._take(keys=keys, args=[max_jobs, self.keys.job, *JOB_FIELDS]), raw=True)
-        step = 2 + len(JOB_FIELDS)
+            keys += [self.keys.queue + name, self.keys.started + name]
+        prefix = uuid.uuid4().hex[:20]
+        args = [max_jobs, self.keys.job, self.worker_name, ttl, now, now_iso, prefix, *counter, *JOB_FIELDS]
+        out = msgpack.unpackb(self._take(keys=keys, args=args), raw=True)
+        step = 3 + len(JOB_FIELDS)
         return [
-            Taken(int(out[i]) - 1, out[i + 1], [v or None for v in out[i + 2 : i + step]])
-            for i in range(0, len(out), step)
+            Taken(
+                int(out[i]) - 1,
+                out[i + 1],
+                [v or None for v in out[i + 3 : i + step]],
+                f"{prefix}{k}" if out[i + 2] else None,
+            )
+            for k, i in enumerate(range(0, len(out), step), start=1)
         ]
-
-    def start(
-        self, runs: list[Running], *, ttl: int, now: float, now_iso: str, counter: tuple[str, int]
-    ) -> list[str]:
-        """Mark jobs started (started-registry entry, job status) and take their texts off the
-        producers' queued-texts `counter` (key, texts); returns the ids started."""
-        k = self.keys
-        flat: list[object] = []
-        for r in runs:
-            flat += [r.job_id, r.queue, r.execution_id]
-        args = [k.job, k.queue, k.started, self.worker_name, ttl, now, now_iso, *counter, msgpack.packb(flat)]
-        return [x.decode() for x in self._start(keys=[], args=args)]
 
     def finish(self, done: list[Finished], *, now: float, now_iso: str) -> list[str]:
         """Write results and end executions; returns ids skipped as no longer this worker's."""
         k = self.keys
-        args: list[object] = [
-            k.job,
-            k.started,
-            k.finished,
-            k.results,
-            self.worker_key,
-            self.worker_name,
-            now,
-            now_iso,
-        ]
-        flat: list[object] = []
+        by_queue: dict[str, list[object]] = {}
         for f in done:
             r = f.running
-            flat += [r.job_id, r.queue, r.execution_id, f.started_at, f.result_ttl, f.payload]
-        args.append(msgpack.packb(flat))
+            by_queue.setdefault(r.queue, []).extend(
+                (r.job_id, r.execution_id, f.started_at, f.result_ttl, f.payload)
+            )
+        groups: list[object] = []
+        for queue, flat in by_queue.items():
+            groups += [queue, flat]
+        args = [k.job, k.started, k.finished, k.results, self.worker_key, self.worker_name, now, now_iso]
+        args.append(msgpack.packb(groups))
         return [s.decode() for s in self._finish(keys=[], args=args)]
 
     def heartbeat(self, runs: list[Running], *, ttl: int, now: float) -> list[str]:
@@ -276,6 +293,7 @@ class JobStore:
         return [x.decode() for x in self._heartbeat(keys=[], args=args)]
 
     def put_back(self, queue_name: str, job_id: str | bytes) -> bool:
-        """Return a taken-but-never-started job to the front of its queue (False: someone else did)."""
+        """Return a job stranded in an intermediate list (by a stock rq worker, or a vecq worker
+        before 0.x) to the front of its queue (False: someone else did)."""
         keys = [self.keys.queue + queue_name, self.keys.intermediate(queue_name)]
         return bool(self._put_back(keys=keys, args=[job_id]))

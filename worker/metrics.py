@@ -54,6 +54,12 @@ class WorkerMetrics:
         self.texts_total.inc(rows)
         self.batches_total.labels(shape).inc()
 
+    def queue_waits(self, seconds: list[float]) -> None:
+        """Observe the queue wait of every job of a take."""
+        observe = self.queue_wait_seconds.observe
+        for value in seconds:
+            observe(value)
+
     def jobs(self, status: str, n: int = 1) -> None:
         if n:
             self.jobs_total.labels(status).inc(n)

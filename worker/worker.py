@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 import redis
 from redis import Redis
-from rq.utils import now as rq_now
-from rq.utils import utcformat
 from rq.worker import SimpleWorker, WorkerStatus
+
 from vecq.engines import Embedder, ShapeSet
 from vecq.producer.contract import model_name, queue_names, queued_texts_key
 from vecq.producer.serializer import MsgpackSerializer
@@ -45,7 +44,7 @@ from .recovery import Recovery
 from .runner import Crashed, Done, EngineRunner
 from .settings import WorkerSettings
 from .status import HEALTH_PREFIX
-from .writeback import Assembler, Failure, Writer
+from .writeback import Assembler, Failure, Finisher, Writer, WriterCrashed
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +93,7 @@ class BatchWorker(SimpleWorker):
         self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
         self.assembler = Assembler(embedder.dim)
         self.writer = Writer(conn, self.store)
+        self.finisher = Finisher(self.writer)
         self.recovery = Recovery(
             conn,
             self.store,
@@ -183,26 +183,30 @@ class BatchWorker(SimpleWorker):
         return self._open_texts <= budget // 2 or (self._open_texts < budget and self.planner.pending < 256)
 
     def _idle(self) -> bool:
-        return not self._open and not self._outbox and not self._failbox and self.runner.in_flight == 0
+        return (
+            not self._open
+            and not self._outbox
+            and not self._failbox
+            and self.runner.in_flight == 0
+            and self.finisher.in_flight == 0
+        )
 
     def _take(self, *, block: float) -> int:
         taken = self.intake.take(self.settings.prefetch_texts - self._open_texts, block_s=block)
         if not taken:
             return 0
-        wall = time.time()
-        iso = utcformat(rq_now())
-        items, rejected = self.intake.admit(taken, now_wall=wall)
-        started = self.intake.begin(items, rejected, now_wall=wall, now_iso=iso)
-        for rej in rejected:
-            self.metrics.failure(rej.kind)
-        self.metrics.jobs("failed", len(rejected))
-        self.failed_jobs += len(rejected)
+        started, rejected = self.intake.admit(taken, now_wall=time.time())
+        if rejected:
+            self.intake.refuse(rejected)
+            for rej in rejected:
+                self.metrics.failure(rej.kind)
+            self.metrics.jobs("failed", len(rejected))
+            self.failed_jobs += len(rejected)
         for item in started:
             self._open[item] = None
             self._open_texts += len(item.texts)
             self.assembler.open(item)
-            if item.queue_wait is not None:
-                self.metrics.queue_wait_seconds.observe(item.queue_wait)
+        self.metrics.queue_waits([i.queue_wait for i in started if i.queue_wait is not None])
         if started:
             self._set_busy(True)
         jobs = [NewJob(i, i.texts, i.lane, i.truncate) for i in started]
@@ -220,6 +224,8 @@ class BatchWorker(SimpleWorker):
     def _wait(self) -> None:
         """Block until the engine returns a batch, the planner's next deadline, or a poll tick."""
         if self.runner.in_flight == 0 and self.planner.pending == 0:
+            if self.finisher.in_flight and not self._took_last:
+                self._reap(timeout=0.005)
             return
         deadline = self.planner.next_deadline()
         poll = 0.0005 if self._took_last else 0.005
@@ -278,36 +284,46 @@ class BatchWorker(SimpleWorker):
             self._open_texts -= len(item.texts)
 
     def _write(self) -> int:
-        """Write back what is done; returns how many jobs went back on a queue (rq Retry)."""
-        if self._outbox:
-            now, iso = time.time(), utcformat(rq_now())
-            while self._outbox:
-                chunk = self._outbox[:_WRITE_CHUNK]
-                skipped = self.writer.finish(chunk, now=now, now_iso=iso)
-                del self._outbox[: len(chunk)]
-                for item, _ in chunk:
-                    self._close(item)
-                self.finished_jobs += len(chunk) - len(skipped)
-                self.metrics.jobs("finished", len(chunk) - len(skipped))
-        if self._failbox:
-            retried = self.writer.fail(
-                self._failbox,
-                worker_name=self.name,
-                worker_key=self.key,
-                counter_key=queued_texts_key(self.model),
-            )
-            for f in self._failbox:
-                self.metrics.failure(f.kind)
-            self.metrics.jobs("retried", len(retried))
-            self.metrics.jobs("failed", len(self._failbox) - len(retried))
-            self.failed_jobs += len(self._failbox) - len(retried)
-            self._failbox = []
-        else:
-            retried = []
+        """Hand what is done to the finishing thread, write failures; returns how many jobs went
+        back on a queue (rq Retry)."""
+        self._reap(timeout=0.0)
+        while self._outbox:
+            chunk = self._outbox[:_WRITE_CHUNK]
+            del self._outbox[: len(chunk)]
+            for item, _ in chunk:
+                self._close(item)
+            self.finisher.submit(chunk)
+        retried = self._write_failures() if self._failbox else 0
         if not self._open:
             self.planner.forget_dropped()
             self._set_busy(False)
         self.metrics.pending_texts.set(self._open_texts)
+        return retried
+
+    def _reap(self, *, timeout: float) -> None:
+        """Count what the finishing thread wrote; its crash ends the worker."""
+        report = self.finisher.poll(timeout)
+        while report is not None:
+            if isinstance(report, WriterCrashed):
+                raise WorkerCrashed(f"finishing thread crashed: {report.error!r}") from report.error
+            done = report.jobs - len(report.skipped)
+            self.finished_jobs += done
+            self.metrics.jobs("finished", done)
+            report = self.finisher.poll(0.0)
+
+    def _write_failures(self) -> int:
+        retried = self.writer.fail(
+            self._failbox,
+            worker_name=self.name,
+            worker_key=self.key,
+            counter_key=queued_texts_key(self.model),
+        )
+        for f in self._failbox:
+            self.metrics.failure(f.kind)
+        self.metrics.jobs("retried", len(retried))
+        self.metrics.jobs("failed", len(self._failbox) - len(retried))
+        self.failed_jobs += len(self._failbox) - len(retried)
+        self._failbox = []
         return len(retried)
 
     # --- upkeep ------------------------------------------------------------------------------
@@ -373,6 +389,7 @@ class BatchWorker(SimpleWorker):
             signal.signal(signal.SIGINT, self.request_stop)
             signal.signal(signal.SIGTERM, self.request_stop)
         self.runner.start()
+        self.finisher.start()
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)
         log.info(
@@ -385,7 +402,9 @@ class BatchWorker(SimpleWorker):
 
     def _teardown(self) -> None:
         self.runner.stop()
+        self.finisher.stop()
         try:
+            self.intake.settle()
             self.connection.delete(HEALTH_PREFIX + self.name)
             self.register_death()
             self.unsubscribe()

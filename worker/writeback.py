@@ -12,15 +12,23 @@ one-line reason as `exc_string`, and a failed-registry entry.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
+import queue
+import threading
+import time
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import redis
 from redis import Redis
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.utils import now as rq_now
+from rq.utils import utcformat
+
 from vecq.producer.serializer import MsgpackSerializer
 
 from .intake import WorkItem
@@ -77,8 +85,21 @@ class Failure:
 
 
 def encode_result(vectors: np.ndarray) -> str:
-    """A job's vectors as rq's result stream stores a return value: base64 of the serializer's bytes."""
-    return base64.b64encode(MsgpackSerializer.dumps(vectors)).decode("ascii")
+    """A job's vectors as rq's result stream stores a return value: base64 of the serializer's
+    bytes.  Byte for byte `MsgpackSerializer.dumps(vectors)`, but the msgpack header of a
+    float32 (n, dim) array depends only on (n, dim), so it is built once per shape and the
+    rows are appended as they are -- no per-job msgpack calls."""
+    arr = np.ascontiguousarray(vectors, dtype="<f4")
+    prefix = _header(arr.shape)
+    return base64.b64encode(prefix + arr.tobytes()).decode("ascii")
+
+
+@functools.lru_cache(maxsize=1024)
+def _header(shape: tuple[int, ...]) -> bytes:
+    zeros = np.zeros(shape, dtype="<f4")
+    packed = MsgpackSerializer.dumps(zeros)
+    assert packed.endswith(zeros.tobytes()), "msgpack array layout changed (vecq bug)"
+    return packed[: len(packed) - zeros.nbytes]
 
 
 class Writer:
@@ -90,9 +111,12 @@ class Writer:
 
     def finish(self, done: list[tuple[WorkItem, np.ndarray]], *, now: float, now_iso: str) -> list[str]:
         """Write successes; returns ids skipped because their execution was recovered meanwhile."""
-        if not done:
-            return []
         records = [Finished(i.running, i.started_at, i.result_ttl, encode_result(v)) for i, v in done]
+        return self.finish_records(records, now=now, now_iso=now_iso)
+
+    def finish_records(self, records: list[Finished], *, now: float, now_iso: str) -> list[str]:
+        if not records:
+            return []
         skipped = self.store.finish(records, now=now, now_iso=now_iso)
         if skipped:
             log.warning(
@@ -150,3 +174,78 @@ class Writer:
         job.set_status(JobStatus.FAILED, pipeline=pipe)
         job._handle_failure(f.reason, pipe, worker_name=worker_name, execution_id=run.execution_id)
         return False
+
+
+@dataclass(frozen=True)
+class Written:
+    """A finish call done: how many jobs it ended, and the ids it skipped (recovered elsewhere)."""
+
+    jobs: int
+    skipped: list[str]
+
+
+@dataclass(frozen=True)
+class WriterCrashed:
+    """The finishing thread hit an error that is not Redis being away: the worker must exit."""
+
+    error: BaseException
+
+
+class Finisher:
+    """The one owner of finishing jobs: a thread fed through a queue, so that Redis writing the
+    results of batch k (on its own core) overlaps the main thread taking and tokenizing batch
+    k+1.  Redis being away is retried with capped backoff; anything else is reported as
+    `WriterCrashed`, never swallowed."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.inbox: queue.Queue[list[tuple[WorkItem, np.ndarray]] | None] = queue.Queue()
+        self.results: queue.Queue[Written | WriterCrashed] = queue.Queue()
+        self.in_flight = 0  # chunks submitted and not yet reported; main thread only
+        self._thread = threading.Thread(target=self._main, name="vecq-finish", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, done: list[tuple[WorkItem, np.ndarray]]) -> None:
+        self.inbox.put(done)
+        self.in_flight += 1
+
+    def poll(self, timeout: float = 0.0) -> Written | WriterCrashed | None:
+        """The next report, waiting up to `timeout` seconds."""
+        try:
+            out = self.results.get(timeout=timeout) if timeout > 0 else self.results.get_nowait()
+        except queue.Empty:
+            return None
+        self.in_flight -= 1
+        return out
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread.is_alive():
+            self.inbox.put(None)
+            self._thread.join(timeout)
+
+    def _main(self) -> None:
+        while True:
+            done = self.inbox.get()
+            if done is None:
+                return
+            try:
+                self.results.put(Written(len(done), self._finish(done)))
+            except BaseException as exc:  # report, never die silently
+                log.exception("finishing thread crashed")
+                self.results.put(WriterCrashed(exc))
+                return
+
+    def _finish(self, done: list[tuple[WorkItem, np.ndarray]]) -> list[str]:
+        wait = 0.5
+        records = [Finished(i.running, i.started_at, i.result_ttl, encode_result(v)) for i, v in done]
+        while True:
+            try:
+                return self.writer.finish_records(records, now=time.time(), now_iso=utcformat(rq_now()))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning(
+                    "finishing %d job(s): Redis unreachable (%s); retrying in %.1fs", len(done), exc, wait
+                )
+                time.sleep(wait)
+                wait = min(wait * 2, 30.0)
