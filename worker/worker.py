@@ -227,7 +227,9 @@ class BatchWorker(SimpleWorker):
             if self.finisher.in_flight and not self._took_last:
                 self._reap(timeout=0.005)
             return
-        deadline = self.planner.next_deadline()
+        # a due batch cannot go while the hand-off slot is taken: then wait for the engine,
+        # not for the deadline (a past deadline would spin this loop and starve the engine thread)
+        deadline = self.planner.next_deadline() if self.runner.slot_free else None
         poll = 0.0005 if self._took_last else 0.005
         if self._stopping or self._open_texts >= self.settings.prefetch_texts:
             poll = 0.05
