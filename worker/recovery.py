@@ -6,10 +6,11 @@ Two places can hold a job whose worker died:
   heartbeated, their short TTL runs out, and rq's own `StartedJobRegistry.cleanup` (run here
   every few seconds, with vecq's serializer) requeues each job through its rq `Retry`, or fails
   it with `AbandonedJobError` when no retries are left.
-- the intermediate list: the worker moved the job there (LMOVE) but died before starting it.
-  rq fails such jobs after minutes; vecq puts them back at the front of their queue, since no
-  work was done on them.  A job must be seen there on two passes at least `stranded_after`
-  apart, so a live worker that is between take and start is never robbed.
+- the intermediate list: a stock rq worker (or an older vecq worker) moved the job there
+  (LMOVE) but died before starting it -- vecq's own take starts jobs in the same script, so it
+  never leaves any there.  rq fails such jobs after minutes; vecq puts them back at the front
+  of their queue, since no work was done on them.  A job must be seen there on two passes at
+  least `stranded_after` apart, so a live worker between take and start is never robbed.
 
 One worker at a time cleans a queue (a short lock per queue), however many run.
 """
@@ -21,6 +22,7 @@ import time
 
 from redis import Redis
 from rq.registry import StartedJobRegistry
+
 from vecq.producer.serializer import MsgpackSerializer
 
 from .jobstore import JobStore
