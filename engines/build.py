@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -117,8 +118,14 @@ def _assemble(
         files=checksums(tmp, files), parity=report, versions=library_versions(),
         created=datetime.now(UTC),
     )  # fmt: skip
-    (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    (tmp / MANIFEST).write_text(manifest_json(manifest), encoding="utf-8")
     return manifest
+
+
+def manifest_json(manifest: Manifest) -> str:
+    """Indented JSON with each [batch, seq_len] shape on one line (CPU bundles have ~1000)."""
+    text = manifest.model_dump_json(indent=2)
+    return re.sub(r"\[\s+(\d+),\s+(\d+)\s+\]", r"[\1, \2]", text) + "\n"
 
 
 def _torch_parity(bundle, spec, shapes, tokenizer, device, precision, texts, reference):

@@ -12,9 +12,12 @@ steps rest on (DESIGN.md, "Performance notes"):
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from .spec import ModelSpec
 
@@ -75,17 +78,37 @@ def matmul_nodes(path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
 
 
+def weight_sizes(path: Path) -> dict[str, int]:
+    """Elements of each MatMul's constant weight (what its int8 form saves is proportional)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
+    return {n.name: sizes[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in sizes}
+
+
 def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> Path:
     """Dynamic int8 quantization (weights per channel, activations per batch) of the MatMuls,
     except `exclude`, which stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(exclude),
-    )
+    root = logging.getLogger()
+    root.addFilter(_no_preprocessing_advice)
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+        )
+    finally:
+        root.removeFilter(_no_preprocessing_advice)
     return dst
+
+
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """ORT's quantizer logs advice to pre-process (shape inference) on every call, through the root
+    logger; it is meant for static quantization of CNNs and says nothing about vecq's graphs."""
+    return "pre-processing before quantization" not in record.getMessage()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import export_onnx, matmul_nodes, optimize, quantize_int8
+from .export import export_onnx, matmul_nodes, optimize, quantize_int8, weight_sizes
 from .parity import ParityReport, calibration_texts, compare, reference_vectors
 from .shapes import ShapeSet
 from .spec import ModelSpec
@@ -106,13 +106,14 @@ def _int8(exported: Path, work: Path, parity, calibrate, say) -> tuple[OnnxArtif
     """
     nodes = [n for n in matmul_nodes(exported) if not re.search(r"/self/MatMul(_\d+)?$", n)]
     say(f"int8: measuring the sensitivity of {len(nodes)} MatMuls (each quantized alone)")
-    loss = {}
+    loss, sizes = {}, weight_sizes(exported)
     for node in nodes:
         path = quantize_int8(exported, work / "probe.onnx", exclude=[n for n in nodes if n != node])
         loss[node] = 1.0 - calibrate(path)
-    ranked = sorted(nodes, key=lambda n: loss[n], reverse=True)
+    # Keep in fp32 first what loses the most cosine per weight (≈ per FLOP) quantized.
+    ranked = sorted(nodes, key=lambda n: loss[n] / sizes.get(n, 1), reverse=True)
     best: tuple[OnnxArtifact, Path] | None = None
-    for k, keep in enumerate(int8_ladder(ranked, step=max(1, len(nodes) // 9))):
+    for k, keep in enumerate(int8_ladder(ranked, step=max(1, len(nodes) // 18))):
         label = f"int8 ({len(nodes) - len(keep)}/{len(nodes)} MatMul)"
         path = quantize_int8(exported, work / f"int8-{k}.onnx", exclude=keep)
         report = parity(path)

@@ -18,7 +18,7 @@ DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 DEFAULT_SEQ_LENS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
 # On CPU a shape costs nothing to "warm", and compute follows padded tokens, so finer is faster.
 CPU_BATCH_SIZES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
-CPU_SEQ_STEP = 8
+CPU_SEQ_STEP = 2  # padding to multiples of 8 cost ~6% more tokens on a realistic corpus, of 2 ~1%
 
 
 @dataclass(frozen=True, order=True)

@@ -183,3 +183,13 @@ def queue_bench(n_jobs: int, stock_jobs: int, batch_jobs: int, prefetch_texts: i
         click.echo(f"{name:<38} {n:>7} {rate:>9.0f} {wall_rate:>14.0f}")
     click.echo(f"64-text jobs: {rows[2][2] * 64:.0f} texts/s")
     click.echo(f"vecq / stock rq (1-text jobs): {rows[0][2] / rows[1][2]:.1f}x")
+
+
+def _register_engines() -> None:
+    """`vecq bench engines` lives in its own module (engine throughput vs sentence-transformers)."""
+    from .bench_engines import engines
+
+    bench.add_command(engines)
+
+
+_register_engines()

@@ -30,3 +30,15 @@ def test_null_engine_refuses_undeclared_shapes(tiny_bert_dir: Path) -> None:
     batch = emb.tokenizer.make_batch([np.array([101, 102])], emb.shapes.fit(1, 8))
     with pytest.raises(ShapeError, match="is not one of the engine's shapes"):
         engine.run(batch)
+
+
+def test_importing_the_engines_layer_imports_no_heavy_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vecq.engines, vecq.engines.bundle, vecq.engines.build, vecq.engines.onnx_build;"
+        "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

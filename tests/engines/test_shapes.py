@@ -53,7 +53,7 @@ def test_fit_picks_smallest_holding_shape_capped_at_largest() -> None:
 
 
 def test_cpu_shapes_are_fine_grained_and_round_trip_through_the_manifest_form() -> None:
-    shapes = ShapeSet.for_cpu(max_seq_len=256)
+    shapes = ShapeSet.for_cpu(max_seq_len=256, step=8)
     assert shapes.seq_lens[:3] == (8, 16, 24) and shapes.max_seq_len == 256
     assert shapes.batch_sizes(64) == (1, 2, 3, 4, 5, 6, 7, 8)
     assert ShapeSet.from_list(shapes.to_list()) == shapes
