@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -104,12 +104,20 @@ class BulkSubmitter:
         """The deterministic job id of a chunk of this run."""
         return f"vecq-bulk-{self.run_id}-{chunk:08d}"
 
-    def run(self, texts: Iterable[str], *, skip: Collection[int] = ()) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield `(chunk_index, vectors)` as chunks finish; chunks in `skip` are not submitted."""
+    def run(
+        self, texts: Iterable[str], *, skip: Collection[int] = (), check: Callable[[], None] | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield `(chunk_index, vectors)` as chunks finish; chunks in `skip` are not submitted.
+
+        `check` is called between waits (at least every `MAX_BLOCK_MS`): it may raise to end the
+        run, e.g. when the worker this run depends on has died.
+        """
         chunks = self._chunks(texts, skip)
         flight = _InFlight()
         waiting: tuple[int, list[str]] | None = next(chunks, None)
         while waiting is not None or flight.chunks:
+            if check is not None:
+                check()
             waiting = self._fill(chunks, waiting, flight)
             self.stats.max_in_flight_texts = max(self.stats.max_in_flight_texts, flight.texts)
             taken: list[str] = []

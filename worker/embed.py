@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +68,7 @@ def embed_file(job: EmbedJob) -> EmbedReport:
     if corpus.size == 0:
         raise ValueError(f"{job.input}: no texts")
     started = time.perf_counter()
-    with _service(job) as (url, model):
+    with _service(job) as (url, model, check):
         area = WorkArea(
             job.out,
             run=run_id(job.input, model=model, chunk_size=job.chunk_size),
@@ -78,13 +78,15 @@ def embed_file(job: EmbedJob) -> EmbedReport:
         resumed = len(area.done_chunks())
         if resumed:
             log.info("resuming %s: %d of %d chunks already written", job.out, resumed, area.chunks)
-        computed = _run_chunks(job, url, model, corpus.texts, area)
+        computed = _run_chunks(job, url, model, corpus.texts, area, check)
         dim = int(area.vectors.shape[1]) if area.vectors is not None else 0
         area.finish(job.out, corpus.ids)
     return EmbedReport(corpus.size, dim, computed, resumed, time.perf_counter() - started)
 
 
-def _run_chunks(job: EmbedJob, url: str, model: str, texts: list[str], area: WorkArea) -> int:
+def _run_chunks(
+    job: EmbedJob, url: str, model: str, texts: list[str], area: WorkArea, check: Callable[[], None] | None
+) -> int:
     from tqdm import tqdm
 
     skip = area.done_chunks()
@@ -103,7 +105,7 @@ def _run_chunks(job: EmbedJob, url: str, model: str, texts: list[str], area: Wor
     )
     computed = 0
     try:
-        for chunk, vectors in submitter.run(texts, skip=skip):
+        for chunk, vectors in submitter.run(texts, skip=skip, check=check):
             area.write(chunk, vectors)
             computed += 1
             bar.update(len(vectors))
@@ -114,21 +116,22 @@ def _run_chunks(job: EmbedJob, url: str, model: str, texts: list[str], area: Wor
 
 
 @contextlib.contextmanager
-def _service(job: EmbedJob) -> Iterator[tuple[str, str]]:
-    """(redis URL, model name): the given Redis, or an embedded server with a worker of our own."""
+def _service(job: EmbedJob) -> Iterator[tuple[str, str, Callable[[], None] | None]]:
+    """(redis URL, model name, liveness check): the given Redis, or an embedded server with a
+    worker of our own whose death ends the run at once instead of after the stall timeout."""
     if job.redis_url is not None:
         from vecq.producer.contract import DEFAULT_MODEL, model_name
 
-        yield job.redis_url, model_name(job.name or DEFAULT_MODEL)
+        yield job.redis_url, model_name(job.name or DEFAULT_MODEL), None
         return
     from .embedded import embedded_redis
 
-    with embedded_redis() as url, _in_process_worker(job, url) as model:
-        yield url, model
+    with embedded_redis() as url, _in_process_worker(job, url) as (model, check):
+        yield url, model, check
 
 
 @contextlib.contextmanager
-def _in_process_worker(job: EmbedJob, url: str) -> Iterator[str]:
+def _in_process_worker(job: EmbedJob, url: str) -> Iterator[tuple[str, Callable[[], None]]]:
     from .worker import BatchWorker
 
     settings = WorkerSettings(
@@ -146,13 +149,20 @@ def _in_process_worker(job: EmbedJob, url: str) -> Iterator[str]:
     def serve() -> None:
         try:
             worker.work(burst=False)
-        except BaseException as exc:  # reported to the caller below, never swallowed
+        except BaseException as exc:  # reported to the caller, never swallowed
+            log.error("embedded worker died: %s: %s", type(exc).__name__, exc)
             failure.append(exc)
+
+    def check() -> None:
+        if failure:
+            raise RuntimeError(f"embedded worker failed: {failure[0]}") from failure[0]
+        if not thread.is_alive():
+            raise RuntimeError("embedded worker stopped unexpectedly")
 
     thread = threading.Thread(target=serve, name="vecq-embedded-worker", daemon=True)
     thread.start()
     try:
-        yield worker.model
+        yield worker.model, check
     finally:
         worker.stop()
         thread.join(timeout=30)
