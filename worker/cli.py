@@ -75,6 +75,7 @@ def worker(log_level: str, **flags: object) -> None:
 def status(redis_url: str | None, sample: float) -> None:
     """Queues (jobs waiting, taken, started, finished, failed), workers, in-flight, throughput."""
     import redis
+
     from vecq.producer.connection import mask_url
 
     from .settings import WorkerSettings
@@ -95,6 +96,7 @@ def status(redis_url: str | None, sample: float) -> None:
 def health(redis_url: str | None, worker_name: str | None, name: str | None) -> None:
     """Exit 0 if the worker (or any vecq worker) has a live health key, else 1."""
     import redis
+
     from vecq.producer.connection import mask_url
 
     from .settings import WorkerSettings

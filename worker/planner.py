@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
 from vecq.engines.errors import TextTooLong
 from vecq.engines.shapes import Shape, ShapeSet
 from vecq.engines.tokenizer import Tokenized

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
 from vecq.engines.base import Batch, Engine
 from vecq.engines.tokenizer import TextTokenizer
 

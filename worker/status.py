@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from redis import Redis
 from rq.queue import Queue
 from rq.worker import Worker
+
 from vecq.producer.contract import queued_texts_key
 from vecq.producer.serializer import MsgpackSerializer
 
