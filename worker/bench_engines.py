@@ -43,7 +43,7 @@ def engines(device: str, n_texts: int, seed: int, rounds: int, int8: bool, model
 
     from .corpus import make_corpus
 
-    console = Console()
+    console = Console(log_path=False, width=max(120, Console().width))
     texts = make_corpus(n_texts, seed=seed)
     with tempfile.TemporaryDirectory(prefix="vecq-bench-") as tmp:
         rows = contenders(model, device, Path(tmp), int8=int8, say=console.log)
