@@ -104,7 +104,7 @@ def _assemble(
             texts=texts, reference=reference, say=say,
         )  # fmt: skip
         graph, fp32_nodes, report = onnx.graph, onnx.fp32_nodes, onnx.report
-        files.append("model.onnx")
+        files += ["model.onnx", *onnx.extra_files]
     else:
         files += _copy(model_dir, tmp, TORCH_FILES)
         report = _torch_parity(tmp, spec, shapes, tokenizer, device, precision, texts, reference)

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
-ENGINE_OPTIONS = ("providers", "threads")  # options that tune how a bundle runs, not what it is
+# Options that tune how a bundle runs, not what it is.  `graphs`: one CUDA graph per shape on
+# CUDA (default on); `packed_from_batch`: batches this large use the packed graph when there is one.
+ENGINE_OPTIONS = ("providers", "threads", "graphs", "packed_from_batch")
 
 
 class Manifest(BaseModel):
@@ -163,15 +165,42 @@ def bundle_engine(root: Path, manifest: Manifest, *, backend: str, device: str, 
         raise UnknownBackend(f"backend {backend!r} is not one of torch, onnx, tensorrt, null")
     if backend != manifest.backend:
         raise BundleError(f"{root}: built for backend {manifest.backend!r}, not {backend!r}")
+    graphs = bool(options.pop("graphs", True))
     if backend == "onnx":
+        if device.startswith("cuda") and options.get("providers") in (None, "cuda"):
+            return _onnx_cuda_engine(root, manifest, device, graphs=graphs, **options)
         from .backends.onnx import OnnxEngine
 
-        return OnnxEngine(root / "model.onnx", shapes=shapes, dim=manifest.dim, device=device, **options)
+        options.pop("packed_from_batch", None)
+        return OnnxEngine(
+            root / "model.onnx", shapes=shapes, dim=manifest.dim, device=device,
+            cache_dir=root / "trt-cache", **options,
+        )  # fmt: skip
     from .backends.torch import TorchEngine
 
-    return TorchEngine.from_model_dir(
+    engine = TorchEngine.from_model_dir(
         root, spec=manifest.spec, shapes=shapes, device=device, precision=manifest.precision
     )
+    if device.startswith("cuda") and graphs:
+        from .backends.torch_graphs import TorchGraphEngine
+
+        return TorchGraphEngine(engine.module, shapes=shapes, dim=manifest.dim, device=device)
+    return engine
+
+
+def _onnx_cuda_engine(root: Path, manifest: Manifest, device: str, *, graphs: bool, **options: Any) -> Engine:
+    """Fixed-shape ORT CUDA: a CUDA graph per shape, and the packed twin for large batches."""
+    from .backends.onnx_cuda import HybridCudaEngine, OnnxCudaEngine
+
+    shapes, dim = manifest.shape_set, manifest.dim
+    device_id = int(device.partition(":")[2] or 0)
+    fused = OnnxCudaEngine(root / "model.onnx", shapes=shapes, dim=dim, device_id=device_id, graphs=graphs)
+    if "model.packed.onnx" not in manifest.files:
+        return fused
+    packed = OnnxCudaEngine(
+        root / "model.packed.onnx", shapes=shapes, dim=dim, device_id=device_id, graphs=False
+    )
+    return HybridCudaEngine(fused, packed, packed_from_batch=int(options.get("packed_from_batch") or 32))
 
 
 # --- the cache behind `Embedder.load(model_dir, backend="onnx")` ------------------------------

@@ -152,7 +152,13 @@ def make_engine(
     if backend == "torch":
         from .backends.torch import TorchEngine
 
-        return TorchEngine.from_model_dir(model_dir, spec=spec, shapes=shapes, device=device, **options)
+        graphs = options.pop("graphs", True)
+        engine = TorchEngine.from_model_dir(model_dir, spec=spec, shapes=shapes, device=device, **options)
+        if device.startswith("cuda") and graphs:
+            from .backends.torch_graphs import TorchGraphEngine
+
+            return TorchGraphEngine(engine.module, shapes=shapes, dim=spec.dim, device=device)
+        return engine
     if backend == "onnx":
         from .bundle import onnx_engine_for_model_dir
 

@@ -33,13 +33,17 @@ from .tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 
+PACKED = "model.packed.onnx"
+
+
 @dataclass(frozen=True)
 class OnnxArtifact:
-    """The chosen `model.onnx` variant and its parity."""
+    """The chosen `model.onnx` variant and its parity (the worse of it and its packed twin)."""
 
     graph: str
     fp32_nodes: list[str]
     report: ParityReport
+    extra_files: tuple[str, ...] = ()
 
 
 def build_onnx(
@@ -62,8 +66,8 @@ def build_onnx(
         say("exporting to ONNX (dynamic batch and sequence axes)")
         exported = export_onnx(module, work / "exported.onnx")
 
-        def parity(path: Path) -> ParityReport:
-            return _parity(path, spec, shapes, tokenizer, device, precision, texts, reference)
+        def parity(path: Path, packed: bool = False) -> ParityReport:
+            return _parity(path, spec, shapes, tokenizer, device, precision, texts, reference, packed=packed)
 
         if precision == "int8":
             calibration = calibration_texts()
@@ -86,11 +90,33 @@ def build_onnx(
             chosen = optimize(
                 exported, work / "fused.onnx", spec=spec, num_heads=heads, fp16=fp16, use_gpu=True
             )
-            artifact = OnnxArtifact(graph, [], parity(chosen))
+            artifact = _with_packed(
+                OnnxArtifact(graph, [], parity(chosen)), chosen, bundle, work, say, parity
+            )
         shutil.move(str(chosen), bundle / "model.onnx")
         return artifact
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _with_packed(artifact: OnnxArtifact, fused: Path, bundle: Path, work: Path, say, parity) -> OnnxArtifact:
+    """CUDA bundles also carry the padding-free twin of the fused graph (ORT's packing mode:
+    RemovePadding → PackedAttention → RestorePadding), which serves large batches at the speed of
+    their real tokens.  It is parity-checked like the main graph; the bundle's report is the worse."""
+    import onnx
+    from onnxruntime.transformers.convert_to_packing_mode import PackingMode
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    say("converting the fused graph to packing mode (padding removed inside the graph)")
+    model = OnnxModel(onnx.load(str(fused)))
+    PackingMode(model).convert()
+    packed = work / PACKED
+    model.save_model_to_file(str(packed))
+    report = parity(packed, packed=True)
+    say(f"packed graph parity: min cosine {report.min_cosine:.6f}")
+    shutil.move(str(packed), bundle / PACKED)
+    worse = report if report.min_cosine < artifact.report.min_cosine else artifact.report
+    return OnnxArtifact(f"{artifact.graph} + packed", [], worse, extra_files=(PACKED,))
 
 
 def int8_ladder(ranked: Sequence[str], *, step: int) -> list[list[str]]:
@@ -127,10 +153,17 @@ def _int8(exported: Path, work: Path, parity, calibrate, say) -> tuple[OnnxArtif
     return best  # fails `require` in the caller, with the best cosine reached
 
 
-def _parity(path, spec, shapes, tokenizer, device, precision, texts, reference) -> ParityReport:
+def _parity(
+    path, spec, shapes, tokenizer, device, precision, texts, reference, *, packed=False
+) -> ParityReport:
     from .backends.onnx import OnnxEngine
     from .embedder import Embedder
 
-    engine = OnnxEngine(path, shapes=shapes, dim=spec.dim, device="cpu" if device == "cpu" else "cuda")
+    if packed:  # PackedAttention is a CUDA-only contrib op: run it the way a worker will
+        from .backends.onnx_cuda import OnnxCudaEngine
+
+        engine = OnnxCudaEngine(path, shapes=shapes, dim=spec.dim, graphs=False)
+    else:
+        engine = OnnxEngine(path, shapes=shapes, dim=spec.dim, device="cpu" if device == "cpu" else "cuda")
     with Embedder(spec=spec, tokenizer=tokenizer, engine=engine) as embedder:
         return compare(embedder.embed(texts), reference, precision=precision)

@@ -40,9 +40,32 @@ def physical_cores() -> int:
     return max(1, len(cores) or os.cpu_count() or 1)
 
 
-def providers_for(device: str, providers: str | None = None) -> ProviderList:
+def trt_profile_options(shapes: ShapeSet) -> dict[str, str]:
+    """ORT TensorRT EP options with one optimization profile per declared shape.
+
+    The seed write-up saw TensorRT re-tune whenever the batch size changed: ORT's TRT EP builds an
+    engine for the shapes it meets unless told the profiles up front.  Listing every bundle shape
+    as its own profile (min = opt = max; ORT takes repeated input names as further profiles) means
+    the one build at warmup covers every batch the planner can send.
+    """
+
+    def spec(shape_of) -> str:
+        return ",".join(f"{name}:{shape_of(s)}" for s in shapes for name in INPUTS)
+
+    dims = spec(lambda s: f"{s.batch}x{s.seq_len}")
+    return {"trt_profile_min_shapes": dims, "trt_profile_opt_shapes": dims, "trt_profile_max_shapes": dims}
+
+
+def providers_for(
+    device: str,
+    providers: str | None = None,
+    *,
+    shapes: ShapeSet | None = None,
+    cache_dir: Path | None = None,
+) -> ProviderList:
     """ORT's provider list for `device` ("cpu", "cuda", "cuda:N"); `providers="tensorrt"` puts
-    TensorRT before CUDA, as the write-up did."""
+    TensorRT before CUDA, as the write-up did, with a profile per shape and its engine and timing
+    caches in `cache_dir` (the bundle's), so a restart does not rebuild."""
     if device == "cpu":
         if providers not in (None, "cpu"):
             raise UnknownBackend(f"providers {providers!r} need a CUDA device (got device 'cpu')")
@@ -54,8 +77,17 @@ def providers_for(device: str, providers: str | None = None) -> ProviderList:
     if providers in (None, "cuda"):
         return [cuda, "CPUExecutionProvider"]
     if providers == "tensorrt":
-        trt = ("TensorrtExecutionProvider", {"device_id": device_id, "trt_fp16_enable": "True"})
-        return [trt, cuda, "CPUExecutionProvider"]
+        options = {"device_id": device_id, "trt_fp16_enable": "True"}
+        if shapes is not None:
+            options |= trt_profile_options(shapes)
+        if cache_dir is not None:
+            options |= {
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(cache_dir),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(cache_dir),
+            }
+        return [("TensorrtExecutionProvider", options), cuda, "CPUExecutionProvider"]
     raise UnknownBackend(f"providers {providers!r} is not one of cpu, cuda, tensorrt")
 
 
@@ -71,10 +103,11 @@ class OnnxEngine:
         device: str = "cpu",
         providers: str | None = None,
         threads: int | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         import onnxruntime as ort
 
-        wanted = providers_for(device, providers)
+        wanted = providers_for(device, providers, shapes=shapes, cache_dir=cache_dir)
         available = set(ort.get_available_providers())
         first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
         if first not in available:
