@@ -190,6 +190,9 @@ def _register_engines() -> None:
     from .bench_engines import engines
 
     bench.add_command(engines)
+    from .bench_pipeline import pipeline
+
+    bench.add_command(pipeline)
 
 
 _register_engines()

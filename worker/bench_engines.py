@@ -37,10 +37,24 @@ class Row:
 @click.option("--rounds", type=int, default=2, show_default=True, help="Timed passes each; best counts.")
 @click.option("--int8", is_flag=True, help="Also build and time an int8 ONNX bundle (CPU).")
 @click.option("--model", default="default", show_default=True, help="Model dir, or `default`.")
-def engines(device: str, n_texts: int, seed: int, rounds: int, int8: bool, model: str) -> None:
+@click.option(
+    "--seed-workload", is_flag=True, help="The seed write-up's own benchmark (GPU), baseline and vecq."
+)
+@click.option(
+    "--table", "shape_table", is_flag=True, help="seq/s per engine × batch at seq 128 and 200 (GPU)."
+)
+def engines(
+    device: str, n_texts: int, seed: int, rounds: int, int8: bool, model: str, seed_workload: bool,
+    shape_table: bool,
+) -> None:  # fmt: skip
     """Engine throughput vs sentence-transformers on a realistic corpus."""
     from rich.console import Console
 
+    if seed_workload or shape_table:
+        from .gpubench import run_gpu_tables
+
+        run_gpu_tables(device, seed_workload=seed_workload, shape_table=shape_table, model=model)
+        return
     from .corpus import make_corpus
 
     console = Console(log_path=False, width=max(120, Console().width))

@@ -202,3 +202,54 @@ def engine_table(
         rows.append(Row(kind, {b: b * per_second(rotating(eng.run, w)) for b, w in work.items()}))
         eng.close()
     return rows
+
+
+ENGINE_COLUMNS = ("torch32", "torch16", "torch16g", "ort16", "ort16g", "packed16", "hybrid")
+TABLE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def run_gpu_tables(device: str, *, seed_workload: bool, shape_table: bool, model: str) -> None:
+    """Print the seed-workload table and/or the engine × batch tables (seq 128 and 200)."""
+    import tempfile
+
+    from vecq.engines import default_model_dir
+
+    from .bench_pipeline import _model_dir
+
+    with tempfile.TemporaryDirectory(prefix="vecq-gpubench-") as tmp:
+        model_dir = _model_dir(
+            "random-bert-base" if model == "default" else model, Path(tmp), default_model_dir
+        )
+        if seed_workload:
+            print_rows(
+                "seed workload: calls/s (one call = one batch of the three queries, tokenizer incl.)",
+                seed_workload_rows(model_dir, device),
+            )
+        if shape_table:
+            for seq_len in (128, 200):
+                rows = engine_table(
+                    model_dir, device, seq_len=seq_len, batches=TABLE_BATCHES, engines=ENGINE_COLUMNS
+                )
+                print_rows(f"engines: seq/s at seq {seq_len}, half the rows padded to {seq_len // 2}", rows)
+
+
+def seed_workload_rows(model_dir: Path, device: str) -> list[Row]:
+    return seed_workload(model_dir, device, engines=("torch16g", "ort16g"))
+
+
+def print_rows(title: str, rows: list[Row]) -> None:
+    batches = sorted({b for r in rows for b in r.values})
+    print(f"\n{title}")
+    print(f"{'':<44}" + "".join(f"{'B=' + str(b):>10}" for b in batches))
+    for r in rows:
+        print(f"{r.label:<44}" + "".join(f"{r.values.get(b, float('nan')):>10,.0f}" for b in batches))
+    base = rows[0]
+    for r in rows[1:]:
+        print(
+            f"{'  ratio ' + r.label[:36]:<44}"
+            + "".join(
+                f"{r.values[b] / base.values[b]:>9.1f}×"
+                for b in batches
+                if b in r.values and b in base.values
+            )
+        )
