@@ -106,21 +106,22 @@ def build_plan(
         raise UnknownBackend(f"TensorRT could not parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gib << 30)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    cache = config.create_timing_cache(
-        timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    )
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    flag = {"fp16": "FP16", "bf16": "BF16"}.get(precision)
+    if flag and hasattr(trt.BuilderFlag, flag):
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    elif flag:  # TensorRT-RTX dropped the weak-typing flags: precision follows the graph's types
+        log.info("tensorrt: no BuilderFlag.%s here; precision follows the ONNX graph", flag)
+    has_cache = hasattr(config, "create_timing_cache")
+    if has_cache:
+        seed = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(seed), ignore_mismatch=False)
     for shape in profile_indices(shapes):
         _add_profile(builder, config, shape)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UnknownBackend(f"TensorRT failed to build a plan from {onnx_path.name} (see its log above)")
     plan_path.write_bytes(bytes(serialized))
-    if timing_cache is not None:
+    if timing_cache is not None and has_cache:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     log.info("tensorrt: built %s with %d profiles", plan_path.name, len(shapes))
 
