@@ -44,6 +44,7 @@ def _one_line(exc: BaseException) -> str:
 @click.option("--cleanup-interval", type=float, help="Seconds between recovery passes.")
 @click.option("--result-ttl", type=int, help="Seconds results are kept (unless the job sets its own).")
 @click.option("--job-timeout", type=int, help="Seconds a job may stay in flight before it is failed.")
+@click.option("--engine-timeout", type=float, help="Seconds one engine call may run before the worker exits.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def worker(log_level: str, **flags: object) -> None:
     """Serve embedding jobs from Redis in batches (SIGTERM drains and exits 0)."""
@@ -60,13 +61,16 @@ def worker(log_level: str, **flags: object) -> None:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         _fail(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}")
-    from .worker import BatchWorker
+    from .worker import BatchWorker, WorkerCrashed
 
     try:
         batch_worker = BatchWorker.from_settings(settings)
     except Exception as exc:  # model, bundle, backend or Redis problems: one line
         _fail(_one_line(exc))
-    batch_worker.work()
+    try:
+        batch_worker.work()
+    except WorkerCrashed as exc:  # its jobs are retried by other workers
+        _fail(_one_line(exc))
 
 
 @main.command()

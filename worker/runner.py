@@ -54,6 +54,8 @@ class EngineRunner:
         self.handoff: queue.Queue[object] = queue.Queue(maxsize=1)
         self.results: queue.Queue[Done | Crashed] = queue.Queue()
         self.in_flight = 0
+        #: monotonic start of the engine call now running (None: idle); read by the watchdog.
+        self.busy_since: float | None = None
         self._thread = threading.Thread(target=self._main, name="vecq-engine", daemon=True)
 
     def start(self) -> None:
@@ -83,6 +85,7 @@ class EngineRunner:
         return item
 
     def stop(self, timeout: float = 5.0) -> None:
+        """End the thread; a hung engine call is left behind (daemon thread) after `timeout`."""
         if self._thread.is_alive():
             try:
                 self.handoff.put(_STOP, timeout=timeout)
@@ -100,7 +103,10 @@ class EngineRunner:
                 planned = self.handoff.get()
                 if planned is _STOP:
                     return
-                self.results.put(self._run(planned))  # type: ignore[arg-type]
+                self.busy_since = time.monotonic()
+                done = self._run(planned)  # type: ignore[arg-type]
+                self.busy_since = None
+                self.results.put(done)
         except BaseException as exc:  # report, never die silently
             log.exception("engine thread crashed")
             self.results.put(Crashed(exc))

@@ -38,6 +38,9 @@ class WorkerSettings(BaseSettings):
     prefetch_texts: int = Field(default=4096, ge=1)
     #: rq job timeout: a job still unfinished after this long is failed.
     job_timeout: int = Field(default=600, ge=1)
+    #: Longest one engine call may run: past it the worker exits non-zero (its jobs are retried
+    #: elsewhere), since a hung call cannot be interrupted.  Far above any real batch.
+    engine_timeout: float = Field(default=300.0, gt=0)
     #: Started-registry / execution TTL; refreshed every third of it while a job is in flight.
     heartbeat_ttl: int = Field(default=15, ge=3)
     #: How often this worker runs started-registry and intermediate-list cleanup.

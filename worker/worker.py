@@ -33,9 +33,11 @@ from redis import Redis
 from rq.worker import SimpleWorker, WorkerStatus
 
 from vecq.engines import Embedder, ShapeSet
+from vecq.producer.connection import describe
 from vecq.producer.contract import model_name, queue_names, queued_texts_key
 from vecq.producer.serializer import MsgpackSerializer
 
+from .connection import wait_for_redis
 from .intake import Intake, WorkItem
 from .jobstore import JobStore
 from .metrics import WorkerMetrics
@@ -70,6 +72,7 @@ class BatchWorker(SimpleWorker):
         self.embedder = embedder
         self.model = model_name(settings.name or embedder.name)
         conn = connection or Redis.from_url(settings.redis_url)
+        wait_for_redis(conn, settings.redis_url if connection is None else describe(conn))
         name = settings.worker_name or f"vecq.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         super().__init__(
             queue_names(self.model, settings.lanes),
@@ -132,8 +135,10 @@ class BatchWorker(SimpleWorker):
         self._bootstrap()
         try:
             self._loop(burst)
-        finally:
-            self._teardown()
+        except BaseException:  # a second signal, a crash, a hung engine: leave without waiting on it
+            self._teardown(quick=True)
+            raise
+        self._teardown(quick=False)
         return self.finished_jobs > 0
 
     def _loop(self, burst: bool) -> None:
@@ -331,11 +336,26 @@ class BatchWorker(SimpleWorker):
     # --- upkeep ------------------------------------------------------------------------------
     def _maintain(self, now: float) -> None:
         """Heartbeats (worker, executions, health key) every third of the TTL; cleanup; timeouts."""
+        self._watchdog(now)
         if now >= self._next_beat:
             self._next_beat = now + self.settings.heartbeat_ttl / 3
             self._beat()
             self._expire_overdue(now)
         self.recovery.maybe_run(now)
+
+    def _watchdog(self, now: float) -> None:
+        """An engine call that never returns (a wedged GPU, a deadlocked runtime) cannot be
+        interrupted from Python; heartbeating its jobs forever would keep them from every other
+        worker.  So the worker exits non-zero, its heartbeats stop, and recovery retries its jobs
+        elsewhere -- each such attempt costs the job one rq retry, so a text that always hangs
+        ends failed instead of looping."""
+        since = self.runner.busy_since
+        limit = self.settings.engine_timeout
+        if since is not None and now - since > limit:
+            raise WorkerCrashed(
+                f"engine call running for {now - since:.0f}s, over engine_timeout={limit:g}s; exiting "
+                f"so that its {len(self._open)} job(s) are retried by other workers"
+            )
 
     def _beat(self) -> None:
         ttl = self.settings.heartbeat_ttl
@@ -402,8 +422,8 @@ class BatchWorker(SimpleWorker):
             os.getpid(),
         )
 
-    def _teardown(self) -> None:
-        self.runner.stop()
+    def _teardown(self, *, quick: bool) -> None:
+        self.runner.stop(timeout=0.0 if quick else 5.0)
         self.finisher.stop()
         try:
             self.intake.settle()
