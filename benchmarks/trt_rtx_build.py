@@ -24,7 +24,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("trt_rtx.json"))
     args = ap.parse_args()
-    import tensorrt_rtx
+    try:
+        import tensorrt_rtx
+    except ImportError:  # the -bindings wheel alone installs the module under this name
+        import tensorrt_rtx_bindings as tensorrt_rtx
 
     sys.modules["tensorrt"] = tensorrt_rtx  # vecq's backend imports `tensorrt`
     from vecq.engines.backends.tensorrt import TensorRTEngine, build_plan, profile_indices
