@@ -238,7 +238,9 @@ class BulkSubmitter:
     def _forget(self, job_ids: list[str]) -> None:
         """Delete finished jobs, their results and registry entries in one round trip."""
         conn = self.client.connection
-        finished = FinishedJobRegistry(queue_name(self.model, "bulk"), connection=conn)
+        finished = FinishedJobRegistry(
+            queue_name(self.model, "bulk"), connection=conn, serializer=MsgpackSerializer
+        )
 
         def delete() -> None:
             pipe = conn.pipeline(transaction=False)

@@ -68,7 +68,11 @@ def health(connection: Redis) -> dict[str, dict]:
 def gather(connection: Redis, *, sample_s: float = 1.0) -> Report:
     """Queues named `vecq.*`, the workers listening on them, and throughput over `sample_s`."""
     keys = KeyLayout.from_rq()
-    names = sorted(q.name for q in Queue.all(connection=connection) if q.name.startswith("vecq."))
+    names = sorted(
+        q.name
+        for q in Queue.all(connection=connection, serializer=MsgpackSerializer)
+        if q.name.startswith("vecq.")
+    )
     report = Report()
     with connection.pipeline(transaction=False) as pipe:
         for n in names:
