@@ -236,7 +236,9 @@ class BatchWorker(SimpleWorker):
         # not for the deadline (a past deadline would spin this loop and starve the engine thread)
         deadline = self.planner.next_deadline() if self.runner.slot_free else None
         poll = 0.0005 if self._took_last else 0.005
-        if self._stopping or self._open_texts >= self.settings.prefetch_texts:
+        if self._stopping or self._open_texts >= self.settings.prefetch_texts or not self.runner.slot_free:
+            # nothing can be fed before the engine takes the waiting batch: sleep until it returns
+            # one (polling here cost ~15% of a CPU core beside a CPU engine, BENCHMARKS.md)
             poll = 0.05
         timeout = poll if deadline is None else min(poll, max(0.0, deadline - time.monotonic()))
         if self.runner.in_flight:
