@@ -93,10 +93,12 @@ class Intake:
     _texts_per_job: float = field(default=4.0, init=False)
     _owed_texts: int = field(default=0, init=False)  # taken, not yet off the queued-texts counter
 
-    def take(self, budget_texts: int, *, block_s: float) -> list[Taken]:
+    def take(self, budget_texts: int, *, block_s: float, first_lane_only: bool = False) -> list[Taken]:
         """Every waiting job up to about `budget_texts` texts, started; blocks up to `block_s`
-        when none waits."""
+        when none waits.  `first_lane_only`: only the highest-priority lane (interactive)."""
         max_jobs = max(1, min(1024, int(budget_texts / max(self._texts_per_job, 1.0))))
+        if first_lane_only:
+            return self._take(max_jobs, lanes=1)
         taken = self._take(max_jobs)
         if taken or block_s <= 0:
             return taken
@@ -108,10 +110,10 @@ class Intake:
             return []
         return self._take(max_jobs)
 
-    def _take(self, max_jobs: int) -> list[Taken]:
+    def _take(self, max_jobs: int, *, lanes: int | None = None) -> list[Taken]:
         counter = (queued_texts_key(self.model), self._owed_texts)
         taken = self.store.take(
-            self.queue_names,
+            self.queue_names[:lanes],
             max_jobs,
             ttl=self.heartbeat_ttl,
             now=time.time(),

@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 _WRITE_CHUNK = 512
 
 
+#: Texts of interactive jobs taken per loop while bulk work fills the prefetch budget.
+INTERACTIVE_BUDGET = 256
+
+
 class WorkerCrashed(RuntimeError):
     """The engine thread or the loop failed in a way the worker cannot serve through."""
 
@@ -107,6 +111,7 @@ class BatchWorker(SimpleWorker):
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer)
         self._open: dict[WorkItem, None] = {}
         self._open_texts = 0
+        self._open_interactive = 0  # texts of open interactive jobs (their own small allowance)
         self._outbox: list[tuple[WorkItem, np.ndarray]] = []
         self._failbox: list[Failure] = []
         self._stopping = False
@@ -172,6 +177,10 @@ class BatchWorker(SimpleWorker):
         took = 0
         if not self._stopping and self._wants_more():
             took = self._take(block=0.0 if (burst or not idle) else 1.0)
+        elif not self._stopping and len(self.intake.queue_names) > 1:
+            took = self._take(
+                block=0.0, first_lane_only=True
+            )  # bulk fills the budget: interactive still gets in
         self._took_last = took > 0
         self._collect(timeout=0.0)
         requeued = self._write()
@@ -196,8 +205,20 @@ class BatchWorker(SimpleWorker):
             and self.finisher.in_flight == 0
         )
 
-    def _take(self, *, block: float) -> int:
-        taken = self.intake.take(self.settings.prefetch_texts - self._open_texts, block_s=block)
+    def _interactive_room(self) -> int:
+        """Texts of interactive jobs that may still be taken while bulk fills the prefetch budget."""
+        if len(self.intake.queue_names) < 2 or self.intake.lanes[0] != "interactive":
+            return 0
+        bulk_texts = self._open_texts - self._open_interactive
+        if bulk_texts <= self.settings.prefetch_texts // 2:
+            return 0  # the budget is not bulk's: the ordinary take serves interactive jobs first
+        return INTERACTIVE_BUDGET - self._open_interactive
+
+    def _take(self, *, block: float, first_lane_only: bool = False) -> int:
+        if first_lane_only:
+            taken = self.intake.take(self._interactive_room(), block_s=0.0, first_lane_only=True)
+        else:
+            taken = self.intake.take(self.settings.prefetch_texts - self._open_texts, block_s=block)
         if not taken:
             return 0
         started, rejected = self.intake.admit(taken, now_wall=time.time())
@@ -210,6 +231,8 @@ class BatchWorker(SimpleWorker):
         for item in started:
             self._open[item] = None
             self._open_texts += len(item.texts)
+            if item.lane == "interactive":
+                self._open_interactive += len(item.texts)
             self.assembler.open(item)
         self.metrics.queue_waits([i.queue_wait for i in started if i.queue_wait is not None])
         if started:
@@ -221,7 +244,10 @@ class BatchWorker(SimpleWorker):
 
     def _feed(self, now: float) -> None:
         while self.runner.slot_free:
-            planned = self.planner.next_batch(now, flush=self._stopping)
+            # Waiting for batch-mates only pays while the engine is busy: an idle engine takes
+            # the partial batch now (a lone interactive text must not sit out max_wait).
+            idle_engine = self.runner.in_flight == 0
+            planned = self.planner.next_batch(now, flush=self._stopping or idle_engine)
             if planned is None:
                 return
             self.runner.offer(planned)
@@ -291,6 +317,8 @@ class BatchWorker(SimpleWorker):
     def _close(self, item: WorkItem) -> None:
         if self._open.pop(item, 0) is None:
             self._open_texts -= len(item.texts)
+            if item.lane == "interactive":
+                self._open_interactive -= len(item.texts)
 
     def _write(self) -> int:
         """Hand what is done to the finishing thread, write failures; returns how many jobs went
