@@ -29,6 +29,9 @@ from vecq.engines.shapes import Shape, ShapeSet
 from vecq.engines.tokenizer import Tokenized
 from vecq.producer.contract import LANES
 
+#: A due partial batch takes rows of shorter buckets down to this share of its seq_len.
+NEAR = 0.875
+
 
 class Encoder(Protocol):
     """The tokenizer surface the planner needs (`vecq.engines.TextTokenizer` has it)."""
@@ -168,7 +171,8 @@ class Planner:
     def _due_bucket(self, now: float, flush: bool) -> tuple[str, int] | None:
         for lane in LANES:
             oldest: tuple[float, int] | None = None
-            for L, rows in self._buckets[lane].items():
+            # longest first among equals (a job's rows share `since`): its cut takes shorter neighbours
+            for L, rows in reversed(self._buckets[lane].items()):
                 self._skip_dropped(rows)
                 if rows and (oldest is None or rows[0].since < oldest[0]):
                     oldest = (rows[0].since, L)
@@ -177,18 +181,40 @@ class Planner:
         return None
 
     def _cut(self, lane: str, L: int, n: int) -> PlannedBatch:
-        rows = self._take(self._buckets[lane][L], min(n, self.shapes.max_batch(L)))
+        cap = self.shapes.max_batch(L)
+        rows = self._take(self._buckets[lane][L], min(n, cap))
+        if len(rows) < cap:
+            rows += self._neighbours(lane, L, cap - len(rows))
         shape = self.shapes.fit(len(rows), L)
         spare = shape.batch - len(rows)
-        for lane2 in LANES:  # fill padding rows with shorter texts already waiting
-            for L2 in self.shapes.seq_lens:
-                if spare <= 0 or L2 >= L:
+        for lane2 in LANES:  # fill padding rows with shorter texts already waiting, longest first
+            for L2 in reversed(self.shapes.seq_lens):
+                if spare <= 0:
                     break
-                extra = self._take(self._buckets[lane2][L2], spare)
-                rows += extra
-                spare -= len(extra)
+                if L2 < L:
+                    extra = self._take(self._buckets[lane2][L2], spare)
+                    rows += extra
+                    spare -= len(extra)
         assert len(rows) <= shape.batch and shape in self.shapes, "planner cut an undeclared shape (vecq bug)"
         return PlannedBatch(shape, rows)
+
+    def _neighbours(self, lane: str, L: int, n: int) -> list[Row]:
+        """Up to `n` rows of the same lane from the next shorter buckets within `NEAR` of `L`.
+
+        A partial batch is due; with fine CPU shapes (seq_len step 2) a bulk load leaves a few rows
+        in many buckets, and running each remainder alone cost up to 8 calls of 1-7 rows where one
+        call of 8 rows padded by a few tokens does (DESIGN.md: batches of 8 of texts sorted by
+        length were the best on CPU).  Coarse GPU seq_lens are never within `NEAR`: no change there.
+        """
+        out: list[Row] = []
+        i = self.shapes.seq_lens.index(L)
+        while i > 0 and len(out) < n:
+            i -= 1
+            L2 = self.shapes.seq_lens[i]
+            if L2 < L * NEAR:
+                break
+            out += self._take(self._buckets[lane][L2], n - len(out))
+        return out
 
     def _take(self, rows: deque[Row], n: int) -> list[Row]:
         out: list[Row] = []

@@ -73,6 +73,19 @@ def test_spare_rows_carry_shorter_waiting_texts() -> None:
     assert [(b.shape, len(b.rows)) for b in rest] == [(Shape(4, 8), 4)]
 
 
+def test_due_remainders_of_near_lengths_go_as_one_batch_on_fine_cpu_shapes() -> None:
+    shapes = ShapeSet.for_cpu(max_seq_len=32)  # batches 1..8, seq_len step 2
+    p = Planner(shapes, WordEncoder(), max_wait_s=WAIT)
+    # 3 + 3 + 2 rows in neighbouring buckets (32, 30, 28 tokens), 26 tokens (under 7/8 of 32), 5 tokens
+    lengths = [32] * 3 + [30] * 3 + [28] * 2 + [26] + [5] * 2
+    p.add([NewJob("a", [words(n - 2) for n in lengths])], now=0.0)
+    first = p.next_batch(1.0)
+    assert first is not None and first.shape == Shape(8, 32)
+    assert sorted(len(r.ids) for r in first.rows) == sorted(lengths[:8])
+    rest = drain(p, 1.0)
+    assert [(b.shape, len(b.rows)) for b in rest] == [(Shape(1, 26), 1), (Shape(2, 6), 2)]
+
+
 def test_interactive_goes_before_bulk() -> None:
     p = planner()
     p.add([NewJob("bulk", [words(3)] * 8, lane="bulk")], now=0.0)
