@@ -32,7 +32,7 @@ MANIFEST = "manifest.json"
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 # Options that tune how a bundle runs, not what it is.  `graphs`: one CUDA graph per shape on
 # CUDA (default on); `packed_from_batch`: batches this large use the packed graph when there is one.
-ENGINE_OPTIONS = ("providers", "threads", "graphs", "packed_from_batch")
+ENGINE_OPTIONS = ("providers", "threads", "spinning", "graphs", "packed_from_batch")
 
 
 class Manifest(BaseModel):

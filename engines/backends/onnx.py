@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask")
 ProviderList = list[str | tuple[str, dict[str, str]]]
+#: Whether ORT's CPU pool threads busy-wait between operators.  Spinning saves a wake-up per
+#: operator, but on a small CPU it takes the cores the worker's own threads (taking, tokenizing,
+#: writing back) and the embedded server need while a batch runs.
+CPU_SPINNING = False
 
 
 def physical_cores() -> int:
@@ -103,6 +107,7 @@ class OnnxEngine:
         device: str = "cpu",
         providers: str | None = None,
         threads: int | None = None,
+        spinning: bool | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         import onnxruntime as ort
@@ -116,6 +121,8 @@ class OnnxEngine:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if device == "cpu":
             opts.intra_op_num_threads = threads or physical_cores()
+            if not (CPU_SPINNING if spinning is None else spinning):
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # fp16 graphs warn about every CPU-placed cast otherwise
         self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=wanted)
         self.shapes = shapes
