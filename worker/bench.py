@@ -193,6 +193,9 @@ def _register_engines() -> None:
     from .bench_pipeline import pipeline
 
     bench.add_command(pipeline)
+    from .bench_embed import embed_bench
+
+    bench.add_command(embed_bench)
 
 
 _register_engines()

@@ -129,6 +129,10 @@ def health(redis_url: str | None, worker_name: str | None, name: str | None) -> 
     "--model", type=click.Path(file_okay=False, path_type=Path), help="Model dir (embedded worker)."
 )
 @click.option("--backend", type=click.Choice(["onnx", "torch", "null"]), help="Embedded worker's backend.")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "int8"]),
+    help="Embedded onnx worker on a model dir: int8 is ~2x faster on CPU, cosine >= 0.99 to fp32.",
+)  # fmt: skip
 @click.option("--redis", "redis_url", help="Use this Redis and its workers instead of embedded mode.")
 @click.option("--name", help="Model (queue) name; with --redis, the workers' model.")
 @click.option("--text-field", default="text", show_default=True, help=".jsonl/.csv/.parquet text field.")
@@ -142,6 +146,7 @@ def embed(
     bundle: Path | None,
     model: Path | None,
     backend: str | None,
+    precision: str | None,
     redis_url: str | None,
     name: str | None,
     text_field: str,
@@ -171,6 +176,7 @@ def embed(
         redis_url=redis_url,
         model_path=bundle or model,
         backend=backend,
+        precision=precision,
         name=name,
         text_field=text_field,
         id_field=id_field,

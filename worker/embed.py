@@ -39,6 +39,7 @@ class EmbedJob:
     model_path: Path | None = None  # bundle or model dir for the embedded worker
     backend: str | None = None
     device: str = "cpu"
+    precision: str | None = None  # embedded onnx worker on a model dir: "fp32" or "int8"
     name: str | None = None  # model (queue) name; external Redis: the workers' model
     text_field: str = "text"
     id_field: str | None = None
@@ -120,6 +121,8 @@ def _service(job: EmbedJob) -> Iterator[tuple[str, str, Callable[[], None] | Non
     """(redis URL, model name, liveness check): the given Redis, or an embedded server with a
     worker of our own whose death ends the run at once instead of after the stall timeout."""
     if job.redis_url is not None:
+        if job.precision is not None:
+            raise ValueError("--precision applies to the embedded worker; with --redis the workers decide")
         from vecq.producer.contract import DEFAULT_MODEL, model_name
 
         yield job.redis_url, model_name(job.name or DEFAULT_MODEL), None
@@ -130,10 +133,28 @@ def _service(job: EmbedJob) -> Iterator[tuple[str, str, Callable[[], None] | Non
         yield url, model, check
 
 
-@contextlib.contextmanager
-def _in_process_worker(job: EmbedJob, url: str) -> Iterator[tuple[str, Callable[[], None]]]:
+def _embedded_worker(job: EmbedJob, settings: WorkerSettings):  # -> BatchWorker (lazy import)
+    """The in-process worker; a `precision` other than the model's own needs an engine built for
+    it (a cached bundle, built on first use), which `from_settings` does not take."""
+    from vecq.engines import Embedder
+
     from .worker import BatchWorker
 
+    if job.precision is None:
+        return BatchWorker.from_settings(settings)
+    if job.model_path is not None and (Path(job.model_path) / "manifest.json").is_file():
+        raise ValueError("--precision applies to a model dir or the default model; a bundle has its own")
+    if settings.backend != "onnx":
+        raise ValueError(f"--precision needs the onnx backend (got {settings.backend!r})")
+    embedder = Embedder.load(
+        settings.model_path, backend="onnx", device=settings.device, precision=job.precision
+    )
+    embedder.warmup()
+    return BatchWorker(embedder, settings=settings)
+
+
+@contextlib.contextmanager
+def _in_process_worker(job: EmbedJob, url: str) -> Iterator[tuple[str, Callable[[], None]]]:
     settings = WorkerSettings(
         redis_url=url,
         bundle=job.model_path,
@@ -143,7 +164,7 @@ def _in_process_worker(job: EmbedJob, url: str) -> Iterator[tuple[str, Callable[
         lanes=("bulk",),
         max_wait_ms=2.0,
     )
-    worker = BatchWorker.from_settings(settings)
+    worker = _embedded_worker(job, settings)
     failure: list[BaseException] = []
 
     def serve() -> None:
