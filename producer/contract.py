@@ -48,6 +48,10 @@ _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: queue lists and reset to 0 whenever both lists are empty, so a worker that never decrements
 #: (a stock `rq worker`, a crash, an expired job) cannot wedge producers.
 QUEUED_TEXTS_PREFIX = "vecq:queued_texts:"
+#: Job-hash field holding len(texts), written with the job: a worker's take counts texts from it,
+#: so its prefetch budget holds whatever the sizes of the waiting jobs (jobs from producers that
+#: do not write it are counted at the worker's running average).
+TEXTS_FIELD = "vecq_texts"
 #: rq's key prefix for queue lists (`rq.Queue.redis_queue_namespace_prefix`), copied so the
 #: contract reads without importing rq.
 RQ_QUEUE_PREFIX = "rq:queue:"

@@ -23,7 +23,7 @@ from rq.queue import EnqueueData
 from rq.utils import utcformat
 
 from .connection import RetryPolicy, call, is_refused, is_transient, unavailable
-from .contract import JOB_FUNCTION, META_KEY, WIRE_VERSION, EmbedRequest, queued_texts_key
+from .contract import JOB_FUNCTION, META_KEY, TEXTS_FIELD, WIRE_VERSION, EmbedRequest, queued_texts_key
 from .serializer import MsgpackSerializer
 from .settings import ProducerSettings
 
@@ -102,7 +102,10 @@ class Enqueuer:
         texts_per_model: dict[str, int] = {}
         for queue_name, group in _by_queue(items).items():
             datas = [self._job_data(request, job_id) for request, job_id in group]
-            jobs += self.queue(queue_name).enqueue_many(datas, pipeline=pipe)
+            queued = self.queue(queue_name).enqueue_many(datas, pipeline=pipe)
+            for job, (request, _) in zip(queued, group, strict=True):
+                pipe.hset(job.key, TEXTS_FIELD, len(request.texts))
+            jobs += queued
             for request, _ in group:
                 texts_per_model[request.model] = texts_per_model.get(request.model, 0) + len(request.texts)
         for model, n in texts_per_model.items():

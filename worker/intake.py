@@ -98,8 +98,8 @@ class Intake:
         when none waits.  `first_lane_only`: only the highest-priority lane (interactive)."""
         max_jobs = max(1, min(1024, int(budget_texts / max(self._texts_per_job, 1.0))))
         if first_lane_only:
-            return self._take(max_jobs, lanes=1)
-        taken = self._take(max_jobs)
+            return self._take(max_jobs, budget_texts, lanes=1)
+        taken = self._take(max_jobs, budget_texts)
         if taken or block_s <= 0:
             return taken
         first = self.store.keys.queue + self.queue_names[0]
@@ -108,9 +108,9 @@ class Intake:
         # follows does that, atomically with starting it.
         if self.connection.blmove(first, first, wait, "LEFT", "LEFT") is None and len(self.queue_names) == 1:
             return []
-        return self._take(max_jobs)
+        return self._take(max_jobs, budget_texts)
 
-    def _take(self, max_jobs: int, *, lanes: int | None = None) -> list[Taken]:
+    def _take(self, max_jobs: int, budget_texts: int, *, lanes: int | None = None) -> list[Taken]:
         counter = (queued_texts_key(self.model), self._owed_texts)
         taken = self.store.take(
             self.queue_names[:lanes],
@@ -119,6 +119,8 @@ class Intake:
             now=time.time(),
             now_iso=utcformat(rq_now()),
             counter=counter,
+            budget_texts=budget_texts,
+            guess_texts=self._texts_per_job,
         )
         self._owed_texts -= counter[1]
         return taken

@@ -34,6 +34,8 @@ from rq.queue import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 
+from vecq.producer.contract import TEXTS_FIELD
+
 #: Job-hash fields a worker needs to validate and run a job (their order in `Taken.fields`).
 JOB_FIELDS = ("data", "meta", "result_ttl", "enqueued_at")
 
@@ -66,7 +68,10 @@ class KeyLayout:
 
 # KEYS: pairs (queue key, started-registry key) in priority order.  ARGV: max jobs, job key
 # prefix, worker name, ttl, now, now_iso, execution-id prefix, queued-texts counter key and the
-# texts still owed to it, then the field names.  Takes and starts in one step: LPOP many ids,
+# texts still owed to it, the texts budget, the texts to assume for a job that does not say, the
+# job-hash field that says, then the field names.  Takes and starts in one step: pops ids up to
+# the texts budget (each job's own text count, so one take never holds more than the prefetch
+# budget plus one job, however the sizes of waiting jobs vary; at least one job),
 # read each job's fields, and -- for a job whose hash exists -- write what rq's
 # Execution.create + Job.prepare_for_execution write that anything reads (job status fields,
 # one ZADD of `job:execution` entries per queue).  Nothing sits in an intermediate list, so a
@@ -77,16 +82,26 @@ local out = {}
 local n = tonumber(ARGV[1])
 local JP, w, ttl, now, iso, EX = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
 if tonumber(ARGV[9]) > 0 then redis.call('DECRBY', ARGV[8], ARGV[9]) end
+local budget, guess, TF = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
 local k = 0
 for i = 1, #KEYS, 2 do
-  if n <= 0 then break end
-  local ids = redis.call('LPOP', KEYS[i], n)
-  if ids then
-    n = n - #ids
+  if n <= 0 or budget <= 0 then break end
+  local ids = redis.call('LRANGE', KEYS[i], 0, n - 1)
+  local m = 0
+  for _, id in ipairs(ids) do
+    local cost = tonumber(redis.call('HGET', JP .. id, TF)) or guess
+    if k + m > 0 and cost > budget then break end
+    m = m + 1
+    budget = budget - cost
+  end
+  if m > 0 then
+    redis.call('LTRIM', KEYS[i], m, -1)
+    n = n - m
     local members = {}
-    for _, id in ipairs(ids) do
+    for j = 1, m do
+      local id = ids[j]
       k = k + 1
       local values = redis.call('HMGET', JP .. id, unpack(fields))
       local started = 0
@@ -249,14 +264,19 @@ class JobStore:
         now: float,
         now_iso: str,
         counter: tuple[str, int],
+        budget_texts: int,
+        guess_texts: float,
     ) -> list[Taken]:
-        """Pop up to `max_jobs` ids from the queues (in order) and start those that are jobs;
-        `counter` (key, texts) is what the queued-texts counter is still owed by earlier takes."""
+        """Pop up to `max_jobs` ids and about `budget_texts` texts from the queues (in order) and
+        start those that are jobs; `guess_texts` counts for a job without `TEXTS_FIELD` (written by
+        other producers); `counter` (key, texts) is what the queued-texts counter is still owed
+        by earlier takes."""
         keys: list[str] = []
         for name in queue_names:
             keys += [self.keys.queue + name, self.keys.started + name]
         prefix = uuid.uuid4().hex[:20]
-        args = [max_jobs, self.keys.job, self.worker_name, ttl, now, now_iso, prefix, *counter, *JOB_FIELDS]
+        args = [max_jobs, self.keys.job, self.worker_name, ttl, now, now_iso, prefix, *counter]
+        args += [max(1, budget_texts), max(1.0, guess_texts), TEXTS_FIELD, *JOB_FIELDS]
         out = msgpack.unpackb(self._take(keys=keys, args=args), raw=True)
         step = 3 + len(JOB_FIELDS)
         return [
