@@ -13,7 +13,7 @@ import pytest
 from vecq.producer import Client, ProducerSettings
 from vecq.producer.bulk import BulkSubmitter
 
-from .conftest import BULK, MODEL, enqueue
+from .conftest import BULK, MODEL
 from .servers import RedisServer, spawn_worker, stop_process, until
 
 
@@ -72,7 +72,7 @@ def test_results_and_jobs_expire_per_their_ttls(tmp_path, null_embedder) -> None
                 np.testing.assert_array_equal(
                     client.result(job, timeout=30), null_embedder.embed([job.args[0][0]])
                 )
-            bad = enqueue(conn, [[3]], failure_ttl=3)[0]  # past the producer: fails in the worker
+            bad = client.submit(["word " * 600], model=MODEL, truncate=False)  # TextTooLong in the worker
             until(lambda: conn.hget(bad.key, "status") == b"failed", 30, "the bad job to fail")
         assert all(0 < conn.ttl(f"rq:results:{j.id}") <= 2 and 0 < conn.ttl(j.key) <= 2 for j in ok)
         assert 0 < conn.ttl(bad.key) <= 3 and 0 < conn.ttl(f"rq:results:{bad.id}") <= 3
