@@ -124,3 +124,17 @@ def _orphan_servers(tmp_path: Path) -> list[str]:
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def test_precision_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
+    corpus = tmp_path / "in.txt"
+    corpus.write_text("a\nb\n", encoding="utf-8")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}", encoding="utf-8")
+    out = tmp_path / "out.npy"
+    with pytest.raises(ValueError, match="with --redis the workers decide"):
+        embed_file(EmbedJob(input=corpus, out=out, redis_url="redis://127.0.0.1:1/0", precision="int8"))
+    with pytest.raises(ValueError, match="a bundle has its own"):
+        embed_file(EmbedJob(input=corpus, out=out, model_path=bundle, precision="int8", progress=False))
+    assert not out.exists()
