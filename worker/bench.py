@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 
@@ -24,43 +22,6 @@ import click
 @click.group()
 def bench() -> None:
     """Benchmarks: engines, the queue path, end to end."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(port: int, workdir: str) -> subprocess.Popen:
-    import redis
-
-    if shutil.which("redis-server") is None:
-        raise click.ClickException("vecq bench queue needs redis-server on PATH")
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            if redis.Redis(port=port).ping():
-                return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.terminate()
-    raise click.ClickException("redis-server did not start")
 
 
 def _enqueue(conn, n_jobs: int, texts_per_job: int, tag: str) -> list[str]:
@@ -148,10 +109,11 @@ def queue_bench(n_jobs: int, stock_jobs: int, batch_jobs: int, prefetch_texts: i
     """Queue overhead with the null engine: vecq vs stock rq (1-text jobs), and 64-text jobs."""
     import redis
 
-    with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
-        server = _start_redis(port, tmp)
-        url = f"redis://127.0.0.1:{port}/0"
+    from .embedded import embedded_redis
+
+    if shutil.which("redis-server") is None:
+        raise click.ClickException("vecq bench queue needs redis-server on PATH")
+    with embedded_redis(binary="redis-server") as url:  # the server DESIGN.md's stock-rq figure used
         conn = redis.Redis.from_url(url)
         try:
             rows = []
@@ -176,8 +138,6 @@ def queue_bench(n_jobs: int, stock_jobs: int, batch_jobs: int, prefetch_texts: i
             rows.append(("vecq BatchWorker, 64-text jobs", batch_jobs, batch_jobs / span, batch_jobs / wall))
         finally:
             conn.close()
-            server.terminate()
-            server.wait(10)
     click.echo(f"{'run':<38} {'jobs':>7} {'jobs/s':>9} {'jobs/s (wall)':>14}")
     for name, n, rate, wall_rate in rows:
         click.echo(f"{name:<38} {n:>7} {rate:>9.0f} {wall_rate:>14.0f}")

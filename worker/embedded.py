@@ -51,12 +51,15 @@ def _binary() -> Path:
 
 
 @contextlib.contextmanager
-def embedded_redis(*, timeout: float = 10.0) -> Iterator[str]:
-    """Start a throwaway server and yield its `redis://` URL; always stopped on exit."""
+def embedded_redis(*, timeout: float = 10.0, binary: str | None = None) -> Iterator[str]:
+    """Start a throwaway server and yield its `redis://` URL; always stopped on exit.
+
+    `binary`: another Redis-compatible server to run the same way (benchmarks pin `redis-server`).
+    """
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="vecq-embedded-") as workdir:
         args = [
-            str(_binary()),
+            binary or str(_binary()),
             "--port",
             str(port),
             "--bind",
