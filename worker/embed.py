@@ -165,6 +165,8 @@ def _in_process_worker(job: EmbedJob, url: str) -> Iterator[tuple[str, Callable[
         max_wait_ms=2.0,
     )
     worker = _embedded_worker(job, settings)
+    # rq gives its worker logger a level of its own (INFO); the user's --log-level governs here.
+    worker.log.setLevel(max(worker.log.getEffectiveLevel(), logging.getLogger().getEffectiveLevel()))
     failure: list[BaseException] = []
 
     def serve() -> None:
