@@ -106,6 +106,15 @@ def _block_ms(deadline: float | None) -> int:
     return max(1, min(MAX_BLOCK_MS, int((deadline - time.monotonic()) * 1000)))
 
 
+def _first_read(job_id: str, response: Any, exists: Any) -> tuple[np.ndarray | None, bytes]:
+    """The outcome already in the result stream, or where to block from; `JobNotFound` when the
+    job has neither a hash nor a result (shared by the sync and async waits)."""
+    vectors, last = _from(job_id, response)
+    if vectors is None and not exists and last is None:
+        raise JobNotFound(job_id)
+    return vectors, last or b"0-0"
+
+
 def _expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
@@ -123,13 +132,9 @@ def wait(
         pipe.exists(job_key(job_id))
         return tuple(pipe.execute())
 
-    response, exists = call(policy, url, first)
-    vectors, last = _from(job_id, response)
+    vectors, cursor = _first_read(job_id, *call(policy, url, first))
     if vectors is not None:
         return vectors
-    if not exists and last is None:
-        raise JobNotFound(job_id)
-    cursor = last or b"0-0"
     while not _expired(deadline):
         block = _block_ms(deadline)
         response = call(policy, url, lambda c=cursor, b=block: conn.xread({key: c}, block=b))  # type: ignore[misc]
@@ -153,13 +158,9 @@ async def await_result(
         pipe.exists(job_key(job_id))
         return tuple(await pipe.execute())
 
-    response, exists = await acall(policy, url, first)
-    vectors, last = _from(job_id, response)
+    vectors, cursor = _first_read(job_id, *(await acall(policy, url, first)))
     if vectors is not None:
         return vectors
-    if not exists and last is None:
-        raise JobNotFound(job_id)
-    cursor = last or b"0-0"
     while not _expired(deadline):
         block = _block_ms(deadline)
         response = await acall(policy, url, lambda c=cursor, b=block: conn.xread({key: c}, block=b))  # type: ignore[misc]
