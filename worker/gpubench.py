@@ -125,27 +125,14 @@ def make_gpu_engine(
 
 
 def export_gpu_onnx(model_dir: Path, spec: ModelSpec, work: Path) -> dict[str, Path]:
-    """fp16 fused (ORT transformer optimizer) and its packed-attention variant."""
-    import json
+    """fp16 fused graph and its packed twin, taken from a CUDA bundle that `vecq build` makes
+    (parity-checked), so the benchmark times exactly the files a worker serves."""
+    from vecq.engines.build import build_bundle
 
-    import onnx
-    from onnxruntime.transformers.convert_to_packing_mode import PackingMode
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    from vecq.engines.export import export_onnx, optimize
-    from vecq.engines.pooled import load_pooled
-
-    work.mkdir(parents=True, exist_ok=True)
-    files = {"fused16": work / "fused16.onnx", "packed16": work / "packed16.onnx"}
-    if all(f.is_file() for f in files.values()):
-        return files
-    heads = json.loads((Path(model_dir) / "config.json").read_text())["num_attention_heads"]
-    raw = export_onnx(load_pooled(model_dir, spec, attn_implementation="eager"), work / "raw.onnx")
-    optimize(raw, files["fused16"], spec=spec, num_heads=heads, fp16=True, use_gpu=True)
-    packed = OnnxModel(onnx.load(str(files["fused16"])))
-    PackingMode(packed).convert()
-    packed.save_model_to_file(str(files["packed16"]))
-    return files
+    bundle = work / "bundle-fp16"
+    if not (bundle / "manifest.json").is_file():
+        build_bundle(model_dir, bundle, device="cuda", precision="fp16", name=spec.name)
+    return {"fused16": bundle / "model.onnx", "packed16": bundle / "model.packed.onnx"}
 
 
 def seed_workload(model_dir: Path, device: str, engines: Sequence[str] = ("torch16g", "ort16g")) -> list[Row]:
