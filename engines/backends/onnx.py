@@ -53,10 +53,7 @@ def trt_profile_options(shapes: ShapeSet) -> dict[str, str]:
     the one build at warmup covers every batch the planner can send.
     """
 
-    def spec(shape_of) -> str:
-        return ",".join(f"{name}:{shape_of(s)}" for s in shapes for name in INPUTS)
-
-    dims = spec(lambda s: f"{s.batch}x{s.seq_len}")
+    dims = ",".join(f"{name}:{s.batch}x{s.seq_len}" for s in shapes for name in INPUTS)
     return {"trt_profile_min_shapes": dims, "trt_profile_opt_shapes": dims, "trt_profile_max_shapes": dims}
 
 
