@@ -76,12 +76,16 @@ class PlanKey:
 
 
 def _require_trt() -> None:
+    """One clear line when TensorRT is absent — or present only as type stubs, which import as an
+    empty namespace package."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
+
+        usable = hasattr(tensorrt, "Builder")
     except ImportError:
-        raise UnknownBackend(
-            "backend 'tensorrt' needs NVIDIA TensorRT 10 (pip install 'vecq[tensorrt]')"
-        ) from None
+        usable = False
+    if not usable:
+        raise UnknownBackend("backend 'tensorrt' needs NVIDIA TensorRT 10 (pip install 'vecq[tensorrt]')")
 
 
 def build_plan(
