@@ -7,8 +7,12 @@ inside the verbs, so `vecq --help` is instant.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from .settings import WorkerSettings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,8 +49,15 @@ def _one_line(exc: BaseException) -> str:
 @click.option("--result-ttl", type=int, help="Seconds results are kept (unless the job sets its own).")
 @click.option("--job-timeout", type=int, help="Seconds a job may stay in flight before it is failed.")
 @click.option("--engine-timeout", type=float, help="Seconds one engine call may run before the worker exits.")
+@click.option(
+    "--gpus", help="'all' or a list like 0,1: one worker process per GPU, supervised (not with --device)."
+)
+@click.option("--workers-per-gpu", type=click.IntRange(1, 16), default=1, show_default=True)
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
-def worker(log_level: str, **flags: object) -> None:
+@click.pass_context
+def worker(
+    ctx: click.Context, log_level: str, gpus: str | None, workers_per_gpu: int, **flags: object
+) -> None:
     """Serve embedding jobs from Redis in batches (SIGTERM drains and exits 0)."""
     import logging
 
@@ -60,8 +71,13 @@ def worker(log_level: str, **flags: object) -> None:
         settings = WorkerSettings(**given)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        _fail(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}")
-    from .worker import BatchWorker, WorkerCrashed
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        _fail(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+    if gpus is not None:
+        raise SystemExit(_supervise(ctx, settings, gpus, workers_per_gpu, log_level, given))
+    if workers_per_gpu != 1:
+        _fail("--workers-per-gpu needs --gpus")
+    from .worker import BatchWorker, NameTaken, WorkerCrashed
 
     try:
         batch_worker = BatchWorker.from_settings(settings)
@@ -69,8 +85,47 @@ def worker(log_level: str, **flags: object) -> None:
         _fail(_one_line(exc))
     try:
         batch_worker.work()
-    except WorkerCrashed as exc:  # its jobs are retried by other workers
+    except (WorkerCrashed, NameTaken) as exc:  # a crash's jobs are retried by other workers
         _fail(_one_line(exc))
+
+
+def _supervise(
+    ctx: click.Context,
+    settings: WorkerSettings,
+    gpus: str,
+    per_gpu: int,
+    log_level: str,
+    given: dict[str, object],
+) -> int:
+    """`--gpus`: the same flags, minus the per-process ones, for one child worker per GPU."""
+    from .supervisor import NoGPUs, Supervisor, parse_gpus
+
+    if "device" in given:
+        _fail("--gpus and --device exclude each other (each GPU's worker gets its own device)")
+    try:
+        ids = parse_gpus(gpus)
+    except (NoGPUs, ValueError) as exc:
+        _fail(str(exc))
+    per_child = {"device", "metrics_port", "worker_name"}
+    args = ["--log-level", log_level]
+    for param in ctx.command.params:
+        value = given.get(param.name or "")
+        if value is None or param.name in per_child:
+            continue
+        flag = param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
+        if isinstance(param, click.Option) and param.is_flag:
+            args += [flag] if value else []
+        else:
+            args += [flag, str(value)]
+    supervisor = Supervisor.for_gpus(
+        ids,
+        args,
+        workers_per_gpu=per_gpu,
+        metrics_port=settings.metrics_port,
+        worker_name=given.get("worker_name"),  # type: ignore[arg-type]
+    )
+    click.echo(f"vecq: {len(supervisor.children)} worker(s) on GPU(s) {','.join(ids)}", err=True)
+    return supervisor.run()
 
 
 @main.command()
@@ -261,3 +316,43 @@ def _build(model_dir: str, out: str, *, console, **flags) -> None:
         f"{out}: {manifest.name} {manifest.backend} {manifest.precision}, {len(manifest.shapes)} shapes, "
         f"parity min cosine {manifest.parity.min_cosine:.7f} over {manifest.parity.n_texts} texts"
     )
+
+
+# --- vecq gateway ------------------------------------------------------------------------------
+@main.command()
+@click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
+@click.option("--host", help="Address to listen on (default 127.0.0.1; env VECQ_HOST).")
+@click.option("--port", type=int, help="Port to listen on (default 8000; env VECQ_PORT).")
+@click.option("--timeout", type=float, help="Seconds a request waits for its vectors before a 504.")
+@click.option("--max-queued-texts", type=int, help="Answer 429 when a model's queues hold more texts.")
+@click.option(
+    "--tokenizer", "tokenizers", multiple=True, metavar="NAME=PATH",
+    help="Model NAME's tokenizer (a model dir or bundle with tokenizer.json), for usage counts; repeatable.",
+)  # fmt: skip
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def gateway(log_level: str, tokenizers: tuple[str, ...], **flags: object) -> None:
+    """Serve an OpenAI-compatible POST /v1/embeddings, /health and /metrics (needs vecq[gateway])."""
+    import logging
+
+    from pydantic import ValidationError
+
+    try:
+        import uvicorn
+
+        from vecq.producer.gateway import GatewaySettings, create_app
+    except ImportError as exc:
+        _fail(f"vecq gateway needs the gateway extra (pip install 'vecq[gateway]'): {exc}")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    given = {k: v for k, v in flags.items() if v is not None}
+    if tokenizers:
+        given["tokenizers"] = list(tokenizers)
+    try:
+        settings = GatewaySettings(**given)
+        app = create_app(settings)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        _fail(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+    except ValueError as exc:  # a tokenizer dir without tokenizer.json, an unreadable config
+        _fail(str(exc))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())

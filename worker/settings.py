@@ -64,6 +64,14 @@ class WorkerSettings(BaseSettings):
             raise ValueError("at least one lane")
         return tuple(lane for lane in LANES if lane in chosen)
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        device = v.strip().lower()
+        if device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
+            return device
+        raise ValueError(f"{v!r} is not cpu, cuda or cuda:N")
+
     @model_validator(mode="after")
     def _one_source(self) -> WorkerSettings:
         if self.bundle is not None and self.model is not None:

@@ -57,6 +57,10 @@ _WRITE_CHUNK = 512
 INTERACTIVE_BUDGET = 256
 
 
+class NameTaken(ValueError):
+    """Another live worker already uses this worker name."""
+
+
 class WorkerCrashed(RuntimeError):
     """The engine thread or the loop failed in a way the worker cannot serve through."""
 
@@ -433,6 +437,35 @@ class BatchWorker(SimpleWorker):
             self.set_state(state)
 
     # --- lifecycle ---------------------------------------------------------------------------
+    def register_birth(self) -> None:
+        """rq refuses a name whose worker key is still there, so a supervisor restarting a crashed
+        worker under its fixed name would fail until rq's key expires (minutes).  A namesake is
+        taken over when it is surely dead: on this host with its pid gone, or silent for two
+        heartbeat TTLs (its health key expired).  A live one still makes rq refuse."""
+        death, host, pid = self.connection.hmget(self.key, ["death", "hostname", "pid"])
+        if host is not None and death is None:
+            if not self._namesake_dead(host.decode(), int(pid or 0)):
+                raise NameTaken(
+                    f"a live worker is named {self.name!r} (pid {int(pid or 0)} on {host.decode()}); "
+                    "pick another --worker-name"
+                )
+            log.warning("worker %s: taking over the name from a dead worker (pid %s)", self.name, pid)
+            self.connection.delete(self.key)
+        super().register_birth()
+
+    def _namesake_dead(self, host: str, pid: int) -> bool:
+        if not self.connection.exists(HEALTH_PREFIX + self.name):
+            return True
+        if host != socket.gethostname() or pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
     def _bootstrap(self) -> None:
         self.register_birth()
         self.subscribe()
