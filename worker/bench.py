@@ -156,6 +156,9 @@ def _register_engines() -> None:
     from .bench_embed import embed_bench
 
     bench.add_command(embed_bench)
+    from .bench_scale import scale
+
+    bench.add_command(scale)
 
 
 _register_engines()
