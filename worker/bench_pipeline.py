@@ -68,15 +68,16 @@ def _start_worker(url: str, bundle: Path, device: str, log: Path) -> subprocess.
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
 
 
-def _wait_worker(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+def _wait_workers(url: str, procs: list[subprocess.Popen], timeout: float = 600) -> None:
     import redis
     from rq import Worker
 
     conn = redis.Redis.from_url(url)
     deadline = time.monotonic() + timeout
-    while not Worker.all(connection=conn):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"worker did not start (exit {proc.poll()})")
+    while len(Worker.all(connection=conn)) < len(procs):
+        dead = [p.poll() for p in procs if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            raise RuntimeError(f"a worker did not start (exit {dead[0] if dead else None})")
         time.sleep(0.2)
     time.sleep(1.0)  # registered before warmup ends? give the engine a moment
 
@@ -91,7 +92,10 @@ def _wait_worker(url: str, proc: subprocess.Popen, timeout: float = 600) -> None
     help="Model dir, `default`, or `random-bert-base` (the write-up's shape, random weights).",
 )
 @click.option("--latency-requests", type=int, default=300, show_default=True)
-def pipeline(device: str, n_texts: int, model: str, latency_requests: int) -> None:
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Worker processes sharing the device."
+)
+def pipeline(device: str, n_texts: int, model: str, latency_requests: int, workers: int) -> None:
     """Bulk through Redis vs engine-only vs sentence-transformers fp16; interactive p50/p99."""
     from vecq.engines import Embedder, default_model_dir
     from vecq.engines.build import build_bundle
@@ -122,16 +126,21 @@ def pipeline(device: str, n_texts: int, model: str, latency_requests: int) -> No
             name = emb.name
         results["sentence-transformers fp16 encode(batch_size=128)"] = _st_rate(model_dir, device, texts)
         with embedded_redis() as url:
-            proc = _start_worker(url, bundle, device, Path(tmp) / "worker.log")
+            procs = [_start_worker(url, bundle, device, Path(tmp) / f"worker{i}.log") for i in range(workers)]
             try:
-                _wait_worker(url, proc)
+                _wait_workers(url, procs)
                 _bulk(url, name, texts[:5000], "warm")
-                results["vecq bulk through Redis (vecq embed path)"] = _bulk(url, name, texts, "bulk")
+                label = "vecq bulk through Redis (vecq embed path)"
+                if workers > 1:
+                    label = f"vecq bulk through Redis, {workers} workers on one device"
+                results[label] = _bulk(url, name, texts, "bulk")
                 idle = _percentiles(_latencies(url, name, texts, latency_requests))
                 loaded = _loaded_latencies(url, name, texts, latency_requests)
             finally:
-                proc.terminate()
-                proc.wait(timeout=60)
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.wait(timeout=60)
     _report(results, idle, loaded, device, n_texts)
 
 
