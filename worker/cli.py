@@ -135,14 +135,17 @@ def status(redis_url: str | None, sample: float) -> None:
     """Queues (jobs waiting, taken, started, finished, failed), workers, in-flight, throughput."""
     import redis
 
-    from vecq.producer.connection import mask_url
+    from vecq.producer.connection import mask_url, open_sync
+    from vecq.producer.errors import RedisUnavailable
 
     from .settings import WorkerSettings
     from .status import gather, render
 
     url = redis_url or WorkerSettings().redis_url
     try:
-        report = gather(redis.Redis.from_url(url), sample_s=sample)
+        report = gather(open_sync(url), sample_s=sample)
+    except RedisUnavailable as exc:  # a bad URL: the message names it, masked
+        _fail(str(exc))
     except (redis.RedisError, ValueError) as exc:
         _fail(f"{mask_url(url)}: {_one_line(exc)}")
     click.echo(render(report, url=mask_url(url)))
@@ -156,16 +159,18 @@ def health(redis_url: str | None, worker_name: str | None, name: str | None) -> 
     """Exit 0 if the worker (or any vecq worker) has a live health key, else 1."""
     import redis
 
-    from vecq.producer.connection import mask_url
+    from vecq.producer.connection import mask_url, open_sync
+    from vecq.producer.errors import RedisUnavailable
 
     from .settings import WorkerSettings
     from .status import check_health
 
     url = redis_url or WorkerSettings().redis_url
     try:
-        ok, message = check_health(redis.Redis.from_url(url), worker=worker_name, model=name)
-    except (redis.RedisError, ValueError) as exc:
-        click.echo(f"vecq: {mask_url(url)}: {_one_line(exc)}", err=True)
+        ok, message = check_health(open_sync(url), worker=worker_name, model=name)
+    except (redis.RedisError, RedisUnavailable, ValueError) as exc:
+        detail = str(exc) if isinstance(exc, RedisUnavailable) else f"{mask_url(url)}: {_one_line(exc)}"
+        click.echo(f"vecq: {detail}", err=True)
         raise SystemExit(1) from None
     click.echo(message)
     raise SystemExit(0 if ok else 1)
