@@ -239,7 +239,7 @@ def input_texts(value: Any) -> list[str]:
     """OpenAI's `input` as vecq texts, refused in one line naming `input` (not vecq's `texts`)."""
     if isinstance(value, str):
         value = [value]
-    if isinstance(value, list) and value and all(_is_token_ids(v) for v in value):
+    if isinstance(value, list) and value and _is_token_ids(value):
         raise BadRequest("input: token-id arrays are not supported by vecq; send the texts as strings")
     try:
         return check_texts(value)
@@ -247,8 +247,13 @@ def input_texts(value: Any) -> list[str]:
         raise BadRequest("input" + str(exc).removeprefix("texts")) from None
 
 
-def _is_token_ids(v: Any) -> bool:
-    return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, list)
+def _is_token_ids(value: list[Any]) -> bool:
+    """OpenAI's other `input` forms: one list of token ids, or a list of such lists."""
+
+    def ints(items: Any) -> bool:
+        return isinstance(items, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in items)
+
+    return ints(value) or all(ints(v) for v in value)
 
 
 # --- the service ------------------------------------------------------------------------------

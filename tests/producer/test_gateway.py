@@ -205,6 +205,7 @@ def test_bad_requests_are_400_and_never_reach_redis(redis_url, redis_conn, start
     for body, message in [
         ({"input": "a", "encoding_format": "hex"}, "encoding_format: Input should be 'float' or 'base64'"),
         ({"input": 5}, "input: expected a list of str, got int"),
+        ({"input": [["a"]]}, "input[0]: expected str, got list"),
         ({"model": "default"}, "input: Field required"),
     ]:
         answer = httpx.post(f"{gateway.url}/v1/embeddings", json=body, timeout=10)
@@ -215,7 +216,7 @@ def test_bad_requests_are_400_and_never_reach_redis(redis_url, redis_conn, start
     assert broken.status_code == 400 and broken.json()["error"]["message"].startswith("request: body is not")
 
     assert redis_conn.dbsize() == 0  # nothing was written
-    assert gateway.metrics()[("vecq_gateway_requests_total", (("status", "400"),))] == len(cases) + 4
+    assert gateway.metrics()[("vecq_gateway_requests_total", (("status", "400"),))] == len(cases) + 5
 
 
 def test_no_worker_times_out_504_then_queue_full_429_with_retry_after(
