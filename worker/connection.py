@@ -14,7 +14,7 @@ import time
 
 import redis
 
-from vecq.producer.connection import is_refused, mask_url, unavailable
+from vecq.producer.connection import is_transient, mask_url, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def wait_for_redis(connection: redis.Redis, url: str, *, cap: float = 30.0) -> f
         try:
             connection.ping()
         except Exception as exc:
-            if is_refused(exc) or not isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+            if not is_transient(exc):  # wrong credentials, missing permissions, not a connection error
                 raise unavailable(url, exc) from None
             if since is None:
                 since = time.monotonic()

@@ -33,7 +33,7 @@ from redis import Redis
 from rq.worker import SimpleWorker, WorkerStatus
 
 from vecq.engines import Embedder, ShapeSet
-from vecq.producer.connection import describe
+from vecq.producer.connection import CONNECTION_LOST, describe, open_sync
 from vecq.producer.contract import model_name, queue_names, queued_texts_key
 from vecq.producer.serializer import MsgpackSerializer
 
@@ -79,7 +79,7 @@ class BatchWorker(SimpleWorker):
         self.settings = settings
         self.embedder = embedder
         self.model = model_name(settings.name or embedder.name)
-        conn = connection or Redis.from_url(settings.redis_url)
+        conn = connection or open_sync(settings.redis_url)
         wait_for_redis(conn, settings.redis_url if connection is None else describe(conn))
         name = settings.worker_name or f"vecq.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         super().__init__(
@@ -161,7 +161,7 @@ class BatchWorker(SimpleWorker):
                         "worker %s: Redis is back after %.1fs", self.name, time.monotonic() - lost_since
                     )
                     wait, lost_since = 0.5, None
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except CONNECTION_LOST as exc:  # through Sentinel, the next connection finds the new primary
                 if lost_since is None:
                     lost_since = time.monotonic()
                 log.warning(

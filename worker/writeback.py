@@ -21,7 +21,6 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import redis
 from redis import Redis
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -29,6 +28,7 @@ from rq.queue import Queue
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
+from vecq.producer.connection import CONNECTION_LOST
 from vecq.producer.serializer import MsgpackSerializer
 
 from .intake import WorkItem
@@ -243,7 +243,7 @@ class Finisher:
         while True:
             try:
                 return self.writer.finish_records(records, now=time.time(), now_iso=utcformat(rq_now()))
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except CONNECTION_LOST as exc:
                 log.warning(
                     "finishing %d job(s): Redis unreachable (%s); retrying in %.1fs", len(done), exc, wait
                 )

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import threading
 import time
 
 import numpy as np
 import pytest
 import redis
+import redis.asyncio.sentinel
+import redis.sentinel
 from rq import Queue, SimpleWorker
 
 from vecq.producer import Client, MsgpackSerializer, RedisUnavailable, mask_url
+from vecq.producer.connection import (
+    READ_TIMEOUT_S,
+    describe,
+    is_refused,
+    is_transient,
+    open_async,
+    open_sync,
+    parse_sentinel_url,
+)
 from vecq.producer.contract import queue_name
 
 from .conftest import SpawnedRedis, fast_settings, free_port, start_redis, stop_redis
@@ -153,3 +166,131 @@ def test_result_wait_outlasts_redis_py_default_read_timeout(redis_url: str) -> N
     with pytest.raises(JobTimeout):
         client.result(job, timeout=7)
     assert time.monotonic() - t0 >= 7
+
+
+# --- Sentinel URLs (the failover itself: tests/worker/test_sentinel.py) ----------------------------
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        (
+            "redis+sentinel://:pw1@s1:26379,s2:26380/mymaster/2?sentinel_password=pw2",
+            "redis+sentinel://:***@s1:26379,s2:26380/mymaster/2?sentinel_password=***",
+        ),
+        ("redis+sentinel://alice:p%40w@[::1]:26379/svc", "redis+sentinel://alice:***@[::1]:26379/svc"),
+        (
+            "rediss+sentinel://s1/svc?ssl_cert_reqs=none&sentinel_password=x",
+            "rediss+sentinel://s1/svc?ssl_cert_reqs=none&sentinel_password=***",
+        ),
+        ("redis+sentinel://s1,s2/svc", "redis+sentinel://s1,s2/svc"),
+    ],
+)
+def test_mask_sentinel_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_sentinel_url_parts() -> None:
+    hosts = "s1,s2:26380,[::1]:26381"
+    url = f"redis+sentinel://alice:p%40w@{hosts}/my%20svc/3?sentinel_password=spw&socket_timeout=30"
+    target = parse_sentinel_url(url)
+    assert target.sentinels == (("s1", 26379), ("s2", 26380), ("::1", 26381))
+    assert (target.service, target.db, target.username, target.password) == ("my svc", 3, "alice", "p@w")
+    assert target.options == {"sentinel_password": "spw", "socket_timeout": 30.0}
+    assert not target.tls and target.min_other_sentinels == 0
+    plain = parse_sentinel_url("redis+sentinel://s1/svc/?min_other_sentinels=1")
+    assert (plain.db, plain.username, plain.password, plain.min_other_sentinels) == (0, None, None, 1)
+    assert parse_sentinel_url("rediss+sentinel://s1/svc").tls
+
+
+@pytest.mark.parametrize(
+    ("url", "what"),
+    [
+        ("redis+sentinel://:pw@/svc", "no sentinel address (expected redis+sentinel://"),
+        ("redis+sentinel://:pw@s1", "no service name (expected redis+sentinel://"),
+        ("redis+sentinel://:pw@s1/svc/0/x", "path '/svc/0/x' is not /service_name[/db]"),
+        ("redis+sentinel://:pw@s1/svc/zero", "db 'zero' is not a number"),
+        ("redis+sentinel://:pw@s1:26379x/svc", "sentinel port '26379x' of 's1:26379x' is not a port number"),
+        ("redis+sentinel://:pw@s1:0/svc", "sentinel port '0' of 's1:0' is not a port number"),
+        ("redis+sentinel://:pw@s1,,s2/svc", "empty sentinel host in 's1,,s2'"),
+        ("redis+sentinel://:pw@s1/svc?sentinel_pasword=pw", "unknown option 'sentinel_pasword' (known: "),
+        ("redis+sentinel://:pw@s1/svc?socket_timeout=soon", "option socket_timeout='soon' is not a number"),
+        ("redis+sentinel://:pw@s1/svc?socket_timeout=0", "option socket_timeout='0' is out of range"),
+        (
+            "redis+sentinel://:pw@s1/svc?ssl_ca_certs=/ca.pem",
+            "option 'ssl_ca_certs' needs rediss+sentinel://",
+        ),
+        (
+            "rediss+sentinel://:pw@s1/svc?ssl_cert_reqs=maybe",
+            "option ssl_cert_reqs='maybe' is not none, optional",
+        ),
+    ],
+)
+def test_bad_sentinel_url_is_one_line_naming_the_fault(url: str, what: str) -> None:
+    with pytest.raises(RedisUnavailable) as info:
+        Client(url)
+    message = str(info.value)
+    assert message.startswith(f"Redis URL {mask_url(url)} is not valid: {what}"), message
+    assert "\n" not in message and ":pw@" not in message
+
+
+def test_sentinel_client_is_a_primary_pool_with_vecq_options() -> None:
+    url = "redis+sentinel://:data-pw@127.0.0.1:26379,127.0.0.1:26380/svc/4?sentinel_password=sent-pw"
+    with Client(url) as c:
+        pool = c.connection.connection_pool
+        assert isinstance(pool, redis.sentinel.SentinelConnectionPool) and pool.is_master
+        kw = pool.connection_kwargs
+        assert (kw["db"], kw["password"], kw["socket_timeout"]) == (4, "data-pw", READ_TIMEOUT_S)
+        assert kw["retry"].get_retries() == 0  # vecq decides what is safe to repeat
+        sentinels = pool.sentinel_manager.sentinels
+        assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380]
+        assert {s.connection_pool.connection_kwargs["password"] for s in sentinels} == {"sent-pw"}
+        assert describe(c.connection) == "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/svc/4"
+        assert (
+            repr(c)
+            == "Client('redis+sentinel://:***@127.0.0.1:26379,127.0.0.1:26380/svc/4?sentinel_password=***')"
+        )
+    tls = open_sync("rediss+sentinel://s1/svc?ssl_cert_reqs=none&socket_timeout=40")
+    assert tls.connection_pool.connection_class is redis.sentinel.SentinelManagedSSLConnection
+    assert tls.connection_pool.connection_kwargs["socket_timeout"] == 40.0
+    sentinel = tls.connection_pool.sentinel_manager.sentinels[0]
+    assert sentinel.connection_pool.connection_class is redis.SSLConnection
+    aio = open_async("redis+sentinel://s1/svc/1")
+    assert isinstance(aio.connection_pool, redis.asyncio.sentinel.SentinelConnectionPool)
+    assert aio.connection_pool.connection_kwargs["db"] == 1
+
+
+def test_unreachable_sentinels_are_one_masked_line() -> None:
+    port = free_port()
+    url = f"redis+sentinel://:data-pw@127.0.0.1:{port}/vecq?sentinel_password=sent-pw"
+    with Client(url, settings=fast_settings()) as c, pytest.raises(RedisUnavailable) as info:
+        c.submit(["x"])
+    message = str(info.value)
+    assert message.startswith(
+        f"Redis at redis+sentinel://:***@127.0.0.1:{port}/vecq?sentinel_password=***: cannot connect "
+        "(MasterNotFoundError: No master found for 'vecq'"
+    ), message
+    assert "data-pw" not in message and "sent-pw" not in message and "\n" not in message
+
+
+def test_read_only_replica_is_retried_then_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A demoted primary answers writes with READONLY: transient (a failover may be under way),
+    and named as such once the retries are spent."""
+    assert is_transient(redis.ReadOnlyError("READONLY")) and not is_refused(redis.ReadOnlyError("READONLY"))
+    port, orphan = free_port(), free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "secret"]
+    args += ["--save", "", "--dir", str(tmp_path), "--replicaof", "127.0.0.1", str(orphan)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"redis://:secret@127.0.0.1:{port}/0"
+        with Client(url, settings=fast_settings(connect_attempts=3)) as c:
+            for _ in range(200):
+                with contextlib.suppress(RedisUnavailable):
+                    if c.ping():
+                        break
+                time.sleep(0.02)
+            with pytest.raises(RedisUnavailable) as info:
+                c.submit(["x"])
+    finally:
+        stop_redis(proc)
+    assert str(info.value).startswith(
+        f"Redis at redis://:***@127.0.0.1:{port}/0: read-only replica (a demoted primary?) (ReadOnlyError: "
+    )

@@ -109,3 +109,55 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | 
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(5)
         return None
+
+
+@dataclass
+class SentinelServer(RedisServer):
+    """A `redis-server --sentinel` watching `primary` as `service` (quorum 1), with short timeouts
+    so that a failover takes seconds.  `password` is the sentinel's own (`requirepass`)."""
+
+    primary: RedisServer | None = None
+    service: str = "vecq"
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 2000
+
+    def start(self, *, timeout: float = 15.0) -> SentinelServer:
+        assert self.primary is not None, "SentinelServer needs the primary it watches"
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server is not on PATH")
+        s = self.service
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self.workdir}",
+            f"logfile {self.workdir / 'server.log'}",
+            f"sentinel monitor {s} 127.0.0.1 {self.primary.port} 1",
+            f"sentinel down-after-milliseconds {s} {self.down_after_ms}",
+            f"sentinel failover-timeout {s} {self.failover_timeout_ms}",
+        ]
+        if self.primary.password:
+            lines.append(f"sentinel auth-pass {s} {self.primary.password}")
+        if self.password:
+            lines.append(f"requirepass {self.password}")
+        conf = self.workdir / "sentinel.conf"  # the sentinel rewrites it: one per sentinel
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen(
+            ["redis-server", str(conf), "--sentinel", *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        until(self.pings, timeout, f"redis sentinel on port {self.port}")
+        return self
+
+    def primary_port(self) -> int:
+        """The port of the primary this sentinel names now."""
+        _host, port = self.admin().sentinel_get_master_addr_by_name(self.service)
+        return int(port)
+
+    def sentinel_url(self, db: int = 0) -> str:
+        """`redis+sentinel://` URL of the service: the data password in the userinfo, the
+        sentinel's in `sentinel_password`."""
+        data = self.primary.password if self.primary else None
+        auth = f":{data}@" if data else ""
+        query = f"?sentinel_password={self.password}" if self.password else ""
+        return f"redis+sentinel://{auth}127.0.0.1:{self.port}/{self.service}/{db}{query}"
