@@ -118,9 +118,17 @@ def _start_workers(
     return procs
 
 
-def _wait(predicate, timeout: float, what: str, procs: list[subprocess.Popen]) -> None:
+def _wait(predicate, timeout: float, what: str, procs: list[subprocess.Popen], progress=None) -> None:
+    """Until `predicate()`; fails when a worker exits, at `timeout`, or when `progress()` stalls 60 s."""
     deadline = time.monotonic() + timeout
+    last, moved = None, time.monotonic()
     while not predicate():
+        if progress is not None:
+            now = progress()
+            if now != last:
+                last, moved = now, time.monotonic()
+            elif time.monotonic() - moved > 60:
+                raise click.ClickException(f"no progress for 60 s while {what} (stuck at {now})")
         dead = [p for p in procs if p.poll() is not None]
         if dead:
             raise click.ClickException(f"a worker exited (code {dead[0].returncode}) while {what}")
@@ -202,14 +210,13 @@ def scale(
 
     import redis
 
-    from vecq.producer.contract import DEFAULT_MODEL
-
     from .corpus import make_corpus
     from .embedded import embedded_redis
 
     counts = [int(w) for w in workers.split(",")]
     texts = make_corpus(n_texts, seed=7)
-    flags = ["--bundle", bundle] if bundle else []
+    model = "vecq-scale-bench"  # the workers serve this name, whatever the model's own
+    flags = ["--name", model, *(["--bundle", bundle] if bundle else [])]
     if backend != "null" or not bundle:
         flags += ["--backend", backend]
     rows = []
@@ -225,7 +232,7 @@ def scale(
         with embedded_redis(binary=binary) as url:
             conn = redis.Redis.from_url(url)
             for n in counts:
-                row = _round(conn, url, n, texts, DEFAULT_MODEL, flags, opts)
+                row = _round(conn, url, n, texts, model, flags, opts)
                 rows.append(row)
                 click.echo(json.dumps(row), err=True)
     base = rows[0]["texts_per_s"] / rows[0]["workers"]
