@@ -55,6 +55,10 @@ _WRITE_CHUNK = 512
 
 #: Texts of interactive jobs taken per loop while bulk work fills the prefetch budget.
 INTERACTIVE_BUDGET = 256
+#: A worker holds at most this many seconds of work (at its measured engine rate), below
+#: `prefetch_texts`: a CPU worker doing 90 texts/s that took 4096 texts would sit on 45 s of
+#: work other workers could be doing.  Two seconds is enough to keep any engine fed.
+PREFETCH_SECONDS = 2.0
 
 
 class NameTaken(ValueError):
@@ -115,6 +119,10 @@ class BatchWorker(SimpleWorker):
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer)
         self._open: dict[WorkItem, None] = {}
         self._open_texts = 0
+        #: Two of the largest batch: what full batches need, before the engine rate is known.
+        self._prefetch_floor = 2 * max(shape.batch for shape in embedder.shapes)
+        self._prefetch = min(settings.prefetch_texts, self._prefetch_floor)
+        self._engine_rate = 0.0  # texts/s of engine time, moving average
         self._open_interactive = 0  # texts of open interactive jobs (their own small allowance)
         self._outbox: list[tuple[WorkItem, np.ndarray]] = []
         self._failbox: list[Failure] = []
@@ -197,7 +205,7 @@ class BatchWorker(SimpleWorker):
     def _wants_more(self) -> bool:
         """Take when below half the prefetch budget, or when the planner is about to run dry:
         refilling in big gulps keeps round trips per job low."""
-        budget = self.settings.prefetch_texts
+        budget = self._prefetch
         return self._open_texts <= budget // 2 or (self._open_texts < budget and self.planner.pending < 256)
 
     def _idle(self) -> bool:
@@ -214,7 +222,7 @@ class BatchWorker(SimpleWorker):
         if len(self.intake.queue_names) < 2 or self.intake.lanes[0] != "interactive":
             return 0
         bulk_texts = self._open_texts - self._open_interactive
-        if bulk_texts <= self.settings.prefetch_texts // 2:
+        if bulk_texts <= self._prefetch // 2:
             return 0  # the budget is not bulk's: the ordinary take serves interactive jobs first
         return INTERACTIVE_BUDGET - self._open_interactive
 
@@ -222,7 +230,7 @@ class BatchWorker(SimpleWorker):
         if first_lane_only:
             taken = self.intake.take(self._interactive_room(), block_s=0.0, first_lane_only=True)
         else:
-            taken = self.intake.take(self.settings.prefetch_texts - self._open_texts, block_s=block)
+            taken = self.intake.take(self._prefetch - self._open_texts, block_s=block)
         if not taken:
             return 0
         started, rejected = self.intake.admit(taken, now_wall=time.time())
@@ -266,7 +274,7 @@ class BatchWorker(SimpleWorker):
         # not for the deadline (a past deadline would spin this loop and starve the engine thread)
         deadline = self.planner.next_deadline() if self.runner.slot_free else None
         poll = 0.0005 if self._took_last else 0.005
-        if self._stopping or self._open_texts >= self.settings.prefetch_texts or not self.runner.slot_free:
+        if self._stopping or self._open_texts >= self._prefetch or not self.runner.slot_free:
             # nothing can be fed before the engine takes the waiting batch: sleep until it returns
             # one (polling here cost ~15% of a CPU core beside a CPU engine, BENCHMARKS.md)
             poll = 0.05
@@ -297,9 +305,19 @@ class BatchWorker(SimpleWorker):
                 shape=str(shape),
             )
             self.texts_done += len(planned.rows)
+            self._track_rate(len(planned.rows), done.seconds)
             self._outbox += self.assembler.fill(((r.owner, r.index) for r in planned.rows), done.vectors)
             return
         self._on_batch_error(planned, done.error or "engine returned no vectors")
+
+    def _track_rate(self, rows: int, seconds: float) -> None:
+        """Size the prefetch budget to `PREFETCH_SECONDS` of engine work (see there)."""
+        if seconds <= 0:
+            return
+        rate = rows / seconds
+        self._engine_rate = rate if self._engine_rate == 0 else 0.8 * self._engine_rate + 0.2 * rate
+        want = max(self._prefetch_floor, int(self._engine_rate * PREFETCH_SECONDS))
+        self._prefetch = min(self.settings.prefetch_texts, want)
 
     def _on_batch_error(self, planned: PlannedBatch, error: str) -> None:
         owners = [o for o in planned.owners if o in self._open]
