@@ -85,8 +85,11 @@ def worker(
         _fail(_one_line(exc))
     try:
         batch_worker.work()
-    except (WorkerCrashed, NameTaken) as exc:  # a crash's jobs are retried by other workers
+    except NameTaken as exc:
         _fail(_one_line(exc))
+    except WorkerCrashed as exc:  # exit 1, not 2: a supervisor restarts a crash, not a usage error
+        click.echo(f"vecq: {_one_line(exc)}", err=True)
+        raise SystemExit(1) from None
 
 
 def _supervise(

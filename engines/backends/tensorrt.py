@@ -204,14 +204,13 @@ class TensorRTEngine:
 
     def run(self, batch: Batch) -> np.ndarray:
         ctx = self._context(batch.shape)
+        buffers = self._buffers[batch.shape]  # bound to ctx by _context
         torch = self._torch
         with torch.cuda.stream(self._stream):
-            ctx.vecq_buffers["input_ids"].copy_(torch.from_numpy(batch.input_ids), non_blocking=True)
-            ctx.vecq_buffers["attention_mask"].copy_(
-                torch.from_numpy(batch.attention_mask), non_blocking=True
-            )
+            buffers["input_ids"].copy_(torch.from_numpy(batch.input_ids), non_blocking=True)
+            buffers["attention_mask"].copy_(torch.from_numpy(batch.attention_mask), non_blocking=True)
             self._execute(ctx)
-            out = ctx.vecq_buffers[self._output].cpu()
+            out = buffers[self._output].cpu()
         return out.numpy()
 
     def close(self) -> None:

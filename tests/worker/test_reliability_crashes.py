@@ -38,6 +38,18 @@ def _held_by(conn: redis.Redis, worker: str) -> set[bytes]:
     return {i for i in ids if conn.hget(b"rq:job:" + i, "worker_name") == worker.encode()}
 
 
+def _busy(conn: redis.Redis, names: list[str], timeout: float = 30.0) -> list[int]:
+    """Indexes of the workers holding jobs right now, once there is one (a restarted worker
+    first has to come up and take some)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [j for j, n in enumerate(names) if _held_by(conn, n)]
+        if busy:
+            return busy
+        time.sleep(0.005)
+    pytest.fail(f"no worker held a job for {timeout}s")
+
+
 def _recovered(conn: redis.Redis, job_id: bytes, victim: str) -> bool:
     """Done (bulk deleted it after use, or finished) or started by another worker."""
     status, owner = conn.hmget(b"rq:job:" + job_id, "status", "worker_name")
@@ -79,9 +91,9 @@ def test_kill_9_ten_times_during_bulk_embed_loses_and_duplicates_nothing(tmp_pat
                 poll()
                 time.sleep(0.05)
             assert embed.poll() is None, f"the run ended after {k} kills: slow it down"
-            # a random worker among those serving (a restarted one first has to come up)
-            until(lambda: any(conn.exists(f"vecq:health:{n}") for n in names), 30, "a serving worker")
-            i = rng.choice([j for j, n in enumerate(names) if conn.exists(f"vecq:health:{n}")])
+            # a worker that holds jobs right now (a kill of an idle one would test nothing);
+            # a restarted one first has to come up and take some
+            i = rng.choice(_busy(conn, names))
             os.kill(workers[i].pid, signal.SIGKILL)
             workers[i].wait(10)
             jobs = _held_by(conn, names[i])
@@ -92,6 +104,8 @@ def test_kill_9_ten_times_during_bulk_embed_loses_and_duplicates_nothing(tmp_pat
         until(lambda: (poll(), not pending)[1], 60, "every killed worker's jobs to be recovered")
         stdout, _ = embed.communicate(timeout=240)
         assert embed.returncode == 0, stdout.decode()[-3000:]
+        # the last restarted worker must be up (its SIGTERM handler installed) before the stop
+        until(lambda: all(conn.exists(f"vecq:health:{n}") for n in names), 60, "both workers serving")
     finally:
         if embed.poll() is None:
             embed.kill()
