@@ -149,8 +149,7 @@ def _embedded_worker(job: EmbedJob, settings: WorkerSettings):  # -> BatchWorker
     embedder = Embedder.load(
         settings.model_path, backend="onnx", device=settings.device, precision=job.precision
     )
-    embedder.warmup()
-    return BatchWorker(embedder, settings=settings)
+    return BatchWorker(embedder, settings=settings)  # warmed up on its engine thread
 
 
 @contextlib.contextmanager

@@ -57,9 +57,21 @@ class EngineRunner:
         #: monotonic start of the engine call now running (None: idle); read by the watchdog.
         self.busy_since: float | None = None
         self._thread = threading.Thread(target=self._main, name="vecq-engine", daemon=True)
+        self._warm = threading.Event()
+        self._warm_error: BaseException | None = None
 
     def start(self) -> None:
+        """Start the thread and wait while it warms the engine up.
+
+        Warmup runs on this thread, not the caller's, because ONNX Runtime keeps CUDA graphs in
+        the per-thread context of the thread that ran them: graphs captured on the main thread
+        are invisible to the engine thread, which would capture each shape again on its first
+        real batches (BENCHMARKS.md: the ~70 ms first requests on the H100).
+        """
         self._thread.start()
+        self._warm.wait()
+        if self._warm_error is not None:
+            raise self._warm_error
 
     def offer(self, planned: PlannedBatch) -> bool:
         """Hand `planned` over if the hand-off slot is free; False if the engine is still behind."""
@@ -98,6 +110,13 @@ class EngineRunner:
         return self._thread.is_alive()
 
     def _main(self) -> None:
+        try:
+            self.engine.warmup()
+        except BaseException as exc:
+            self._warm_error = exc
+            return
+        finally:
+            self._warm.set()
         try:
             while True:
                 planned = self.handoff.get()

@@ -142,8 +142,7 @@ class BatchWorker(SimpleWorker):
 
             engine = NullEngine(shapes=ShapeSet.grid(max_seq_len=embedder.spec.max_seq_len), dim=embedder.dim)
             embedder = Embedder(spec=embedder.spec, tokenizer=embedder.tokenizer, engine=engine)
-        embedder.warmup()
-        return cls(embedder, settings=settings, **kwargs)
+        return cls(embedder, settings=settings, **kwargs)  # warmed up on the engine thread
 
     # --- the loop ----------------------------------------------------------------------------
     def work(self, burst: bool | None = None, logging_level: str | None = None, **_: Any) -> bool:  # type: ignore[override]
@@ -485,13 +484,16 @@ class BatchWorker(SimpleWorker):
         return False
 
     def _bootstrap(self) -> None:
+        try:  # warm before registering: a registered worker is one that serves at full speed
+            self.runner.start()
+        except Exception as exc:
+            raise WorkerCrashed(f"engine warmup failed: {exc!r}") from exc
         self.register_birth()
         self.subscribe()
         self.set_state(WorkerStatus.STARTED)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self.request_stop)
             signal.signal(signal.SIGTERM, self.request_stop)
-        self.runner.start()
         self.finisher.start()
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)

@@ -39,6 +39,13 @@ class _Slot:
     runs: int = 0
 
 
+#: The run on which ORT's CUDA EP captures a shape's graph: it first does
+#: `min_num_runs_before_cuda_graph_capture_` (2 in current releases, 1 in older ones) regular
+#: runs to size its memory arena, so warming a shape takes three runs (a third is a replay where
+#: the capture came on the second).
+CAPTURE_RUN = 3
+
+
 class OnnxCudaEngine:
     """Fixed-shape ORT CUDA engine; `graphs=True` captures one CUDA graph per shape."""
 
@@ -94,11 +101,14 @@ class OnnxCudaEngine:
         ro.add_run_config_entry("gpu_graph_id", str(slot.graph_id) if self.graphs else "-1")
         self.session.run_with_iobinding(slot.binding, ro)
         slot.runs += 1
-        if self.graphs and slot.runs == 2:
+        if self.graphs and slot.runs == CAPTURE_RUN:
             self.captures += 1
 
     def warmup(self) -> None:
-        """Make every shape ready: ORT runs a shape's first call plainly and captures on the second."""
+        """Make every shape ready: ORT runs a shape's first calls plainly and captures on a later one.
+
+        Call it from the thread that will run the batches: ORT keeps graphs per thread.
+        """
         for shape in self.shapes:
             self.warm(shape)
         log.info(
@@ -110,7 +120,7 @@ class OnnxCudaEngine:
         ids = np.full((shape.batch, shape.seq_len), 100, dtype=np.int64)
         slot.inputs["input_ids"].update_inplace(ids)
         slot.inputs["attention_mask"].update_inplace(np.ones_like(ids))
-        while slot.runs < (2 if self.graphs else 1):
+        while slot.runs < (CAPTURE_RUN if self.graphs else 1):
             self._run(slot)
 
     def run(self, batch: Batch) -> np.ndarray:
