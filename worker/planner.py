@@ -143,14 +143,15 @@ class Planner:
         """The next batch to run, or None if nothing is due yet (`flush`: everything is due)."""
         if self._isolated:
             return self._next_isolated()
+        # Lane by lane: a due partial interactive batch goes before full bulk batches, else a
+        # lone interactive text waits behind every full bulk batch taken (seconds under load).
         for lane in LANES:
             full = self._full_bucket(lane)
             if full is not None:
                 return self._cut(lane, full, self.shapes.max_batch(full))
-        due = self._due_bucket(now, flush)
-        if due is not None:
-            lane, L = due
-            return self._cut(lane, L, len(self._buckets[lane][L]))
+            due = self._due_bucket(lane, now, flush)
+            if due is not None:
+                return self._cut(lane, due, len(self._buckets[lane][due]))
         return None
 
     def next_deadline(self) -> float | None:
@@ -168,16 +169,16 @@ class Planner:
                 best = (rows[0].since, L)
         return None if best is None else best[1]
 
-    def _due_bucket(self, now: float, flush: bool) -> tuple[str, int] | None:
-        for lane in LANES:
-            oldest: tuple[float, int] | None = None
-            # longest first among equals (a job's rows share `since`): its cut takes shorter neighbours
-            for L, rows in reversed(self._buckets[lane].items()):
-                self._skip_dropped(rows)
-                if rows and (oldest is None or rows[0].since < oldest[0]):
-                    oldest = (rows[0].since, L)
-            if oldest is not None and (flush or now - oldest[0] >= self.max_wait_s):
-                return lane, oldest[1]
+    def _due_bucket(self, lane: str, now: float, flush: bool) -> int | None:
+        """The seq_len bucket of the lane's oldest text, if that text has waited `max_wait_s`."""
+        oldest: tuple[float, int] | None = None
+        # longest first among equals (a job's rows share `since`): its cut takes shorter neighbours
+        for L, rows in reversed(self._buckets[lane].items()):
+            self._skip_dropped(rows)
+            if rows and (oldest is None or rows[0].since < oldest[0]):
+                oldest = (rows[0].since, L)
+        if oldest is not None and (flush or now - oldest[0] >= self.max_wait_s):
+            return oldest[1]
         return None
 
     def _cut(self, lane: str, L: int, n: int) -> PlannedBatch:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import logging
 import queue
 import threading
@@ -191,6 +192,10 @@ class WriterCrashed:
     error: BaseException
 
 
+#: Bulk vectors per finishing write, about (see `Finisher.submit`).
+SLICE_ROWS = 512
+
+
 class Finisher:
     """The one owner of finishing jobs: a thread fed through a queue, so that Redis writing the
     results of batch k (on its own core) overlaps the main thread taking and tokenizing batch
@@ -199,7 +204,13 @@ class Finisher:
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
-        self.inbox: queue.Queue[list[tuple[WorkItem, np.ndarray]] | None] = queue.Queue()
+        #: (priority, order, chunk): interactive chunks (0) are written before bulk ones (1)
+        #: already waiting, so a lone interactive result never queues behind megabytes of bulk
+        #: results; the stop marker (2) comes after everything.
+        self.inbox: queue.PriorityQueue[tuple[int, int, list[tuple[WorkItem, np.ndarray]] | None]] = (
+            queue.PriorityQueue()
+        )
+        self._order = itertools.count()
         self.results: queue.Queue[Written | WriterCrashed] = queue.Queue()
         self.in_flight = 0  # chunks submitted and not yet reported; main thread only
         self._thread = threading.Thread(target=self._main, name="vecq-finish", daemon=True)
@@ -208,7 +219,27 @@ class Finisher:
         self._thread.start()
 
     def submit(self, done: list[tuple[WorkItem, np.ndarray]]) -> None:
-        self.inbox.put(done)
+        """Queue `done` for writing: interactive jobs first, bulk ones in slices of about
+        `SLICE_ROWS` vectors, since a write in progress is not interrupted: a lone interactive
+        result waited ~200 ms behind one 4,096-vector bulk write (6 MB) on a 2-core machine."""
+        interactive = [d for d in done if d[0].lane == "interactive"]
+        if interactive:
+            self._put(0, interactive)
+        chunk: list[tuple[WorkItem, np.ndarray]] = []
+        rows = 0
+        for item in done:
+            if item[0].lane == "interactive":
+                continue
+            chunk.append(item)
+            rows += len(item[1])
+            if rows >= SLICE_ROWS:
+                self._put(1, chunk)
+                chunk, rows = [], 0
+        if chunk:
+            self._put(1, chunk)
+
+    def _put(self, priority: int, chunk: list[tuple[WorkItem, np.ndarray]]) -> None:
+        self.inbox.put((priority, next(self._order), chunk))
         self.in_flight += 1
 
     def poll(self, timeout: float = 0.0) -> Written | WriterCrashed | None:
@@ -222,12 +253,12 @@ class Finisher:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread.is_alive():
-            self.inbox.put(None)
+            self.inbox.put((2, next(self._order), None))
             self._thread.join(timeout)
 
     def _main(self) -> None:
         while True:
-            done = self.inbox.get()
+            _, _, done = self.inbox.get()
             if done is None:
                 return
             try:

@@ -166,3 +166,14 @@ def test_assembler_restores_each_jobs_order() -> None:
     np.testing.assert_array_equal(done[0][1], [[0, 0], [1, 1], [2, 2]])
     np.testing.assert_array_equal(done[1][1], [[10, 10], [11, 11]])
     assert len(asm) == 0
+
+
+def test_a_due_interactive_text_goes_before_full_bulk_batches() -> None:
+    """Under bulk load every pass finds full bulk batches; a lone interactive text that has
+    waited max_wait must still go next, not after all of them (seconds on a GPU)."""
+    p = planner()
+    p.add([NewJob("bulk", [words(3)] * 64, lane="bulk")], now=0.0)
+    p.add([NewJob("query", [words(20)], lane="interactive")], now=0.0)
+    assert p.next_batch(0.0).rows[0].owner == "bulk"  # not due yet: a full bulk batch goes
+    batch = p.next_batch(WAIT)
+    assert batch is not None and batch.rows[0].owner == "query"
