@@ -122,7 +122,8 @@ class BatchWorker(SimpleWorker):
         #: Two of the largest batch: what full batches need, before the engine rate is known.
         self._prefetch_floor = 2 * max(shape.batch for shape in embedder.shapes)
         self._prefetch = min(settings.prefetch_texts, self._prefetch_floor)
-        self._engine_rate = 0.0  # texts/s of engine time, moving average
+        self._engine_rate = 0.0  # texts/s of engine time, over the last ~10 batches
+        self._rate_rows = self._rate_seconds = 0.0
         self._open_interactive = 0  # texts of open interactive jobs (their own small allowance)
         self._outbox: list[tuple[WorkItem, np.ndarray]] = []
         self._failbox: list[Failure] = []
@@ -313,8 +314,12 @@ class BatchWorker(SimpleWorker):
         """Size the prefetch budget to `PREFETCH_SECONDS` of engine work (see there)."""
         if seconds <= 0:
             return
-        rate = rows / seconds
-        self._engine_rate = rate if self._engine_rate == 0 else 0.8 * self._engine_rate + 0.2 * rate
+        # Moving sums of rows and of seconds, not an average of per-batch rates: a few slow
+        # batches of long texts would otherwise drag the rate (and the budget) far below the
+        # texts/s the engine really sustains.
+        self._rate_rows = 0.9 * self._rate_rows + rows
+        self._rate_seconds = 0.9 * self._rate_seconds + seconds
+        self._engine_rate = self._rate_rows / self._rate_seconds
         want = max(self._prefetch_floor, int(self._engine_rate * PREFETCH_SECONDS))
         self._prefetch = min(self.settings.prefetch_texts, want)
 
