@@ -42,6 +42,7 @@ from .intake import Intake, WorkItem
 from .jobstore import JobStore
 from .metrics import WorkerMetrics
 from .planner import NewJob, PlannedBatch, Planner
+from .prefetch import PrefetchBudget
 from .recovery import Recovery
 from .runner import Crashed, Done, EngineRunner
 from .settings import WorkerSettings
@@ -55,10 +56,6 @@ _WRITE_CHUNK = 512
 
 #: Texts of interactive jobs taken per loop while bulk work fills the prefetch budget.
 INTERACTIVE_BUDGET = 256
-#: A worker holds at most this many seconds of work (at its measured engine rate), below
-#: `prefetch_texts`: a CPU worker doing 90 texts/s that took 4096 texts would sit on 45 s of
-#: work other workers could be doing.  Two seconds is enough to keep any engine fed.
-PREFETCH_SECONDS = 2.0
 
 
 class NameTaken(ValueError):
@@ -119,11 +116,9 @@ class BatchWorker(SimpleWorker):
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer)
         self._open: dict[WorkItem, None] = {}
         self._open_texts = 0
-        #: Two of the largest batch: what full batches need, before the engine rate is known.
-        self._prefetch_floor = 2 * max(shape.batch for shape in embedder.shapes)
-        self._prefetch = min(settings.prefetch_texts, self._prefetch_floor)
-        self._engine_rate = 0.0  # texts/s of engine time, over the last ~10 batches
-        self._rate_rows = self._rate_seconds = 0.0
+        self.prefetch = PrefetchBudget(
+            cap=settings.prefetch_texts, largest_batch=max(shape.batch for shape in embedder.shapes)
+        )
         self._open_interactive = 0  # texts of open interactive jobs (their own small allowance)
         self._outbox: list[tuple[WorkItem, np.ndarray]] = []
         self._failbox: list[Failure] = []
@@ -205,7 +200,7 @@ class BatchWorker(SimpleWorker):
     def _wants_more(self) -> bool:
         """Take when below half the prefetch budget, or when the planner is about to run dry:
         refilling in big gulps keeps round trips per job low."""
-        budget = self._prefetch
+        budget = self.prefetch.texts
         return self._open_texts <= budget // 2 or (self._open_texts < budget and self.planner.pending < 256)
 
     def _idle(self) -> bool:
@@ -222,7 +217,7 @@ class BatchWorker(SimpleWorker):
         if len(self.intake.queue_names) < 2 or self.intake.lanes[0] != "interactive":
             return 0
         bulk_texts = self._open_texts - self._open_interactive
-        if bulk_texts <= self._prefetch // 2:
+        if bulk_texts <= self.prefetch.texts // 2:
             return 0  # the budget is not bulk's: the ordinary take serves interactive jobs first
         return INTERACTIVE_BUDGET - self._open_interactive
 
@@ -230,7 +225,7 @@ class BatchWorker(SimpleWorker):
         if first_lane_only:
             taken = self.intake.take(self._interactive_room(), block_s=0.0, first_lane_only=True)
         else:
-            taken = self.intake.take(self._prefetch - self._open_texts, block_s=block)
+            taken = self.intake.take(self.prefetch.texts - self._open_texts, block_s=block)
         if not taken:
             return 0
         started, rejected = self.intake.admit(taken, now_wall=time.time())
@@ -274,7 +269,7 @@ class BatchWorker(SimpleWorker):
         # not for the deadline (a past deadline would spin this loop and starve the engine thread)
         deadline = self.planner.next_deadline() if self.runner.slot_free else None
         poll = 0.0005 if self._took_last else 0.005
-        if self._stopping or self._open_texts >= self._prefetch or not self.runner.slot_free:
+        if self._stopping or self._open_texts >= self.prefetch.texts or not self.runner.slot_free:
             # nothing can be fed before the engine takes the waiting batch: sleep until it returns
             # one (polling here cost ~15% of a CPU core beside a CPU engine, BENCHMARKS.md)
             poll = 0.05
@@ -305,23 +300,10 @@ class BatchWorker(SimpleWorker):
                 shape=str(shape),
             )
             self.texts_done += len(planned.rows)
-            self._track_rate(len(planned.rows), done.seconds)
+            self.prefetch.batch_done(len(planned.rows), done.seconds)
             self._outbox += self.assembler.fill(((r.owner, r.index) for r in planned.rows), done.vectors)
             return
         self._on_batch_error(planned, done.error or "engine returned no vectors")
-
-    def _track_rate(self, rows: int, seconds: float) -> None:
-        """Size the prefetch budget to `PREFETCH_SECONDS` of engine work (see there)."""
-        if seconds <= 0:
-            return
-        # Moving sums of rows and of seconds, not an average of per-batch rates: a few slow
-        # batches of long texts would otherwise drag the rate (and the budget) far below the
-        # texts/s the engine really sustains.
-        self._rate_rows = 0.9 * self._rate_rows + rows
-        self._rate_seconds = 0.9 * self._rate_seconds + seconds
-        self._engine_rate = self._rate_rows / self._rate_seconds
-        want = max(self._prefetch_floor, int(self._engine_rate * PREFETCH_SECONDS))
-        self._prefetch = min(self.settings.prefetch_texts, want)
 
     def _on_batch_error(self, planned: PlannedBatch, error: str) -> None:
         owners = [o for o in planned.owners if o in self._open]
