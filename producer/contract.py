@@ -175,8 +175,9 @@ def build_request(texts: Any, **options: Any) -> EmbedRequest:
         raise BadRequest(str(exc)) from None
 
 
-def one_line(exc: ValidationError) -> str:
-    """`field[index]: message` for the first error of a pydantic ValidationError."""
+def one_line(exc: ValidationError, *, unnamed: str = "request") -> str:
+    """`field[index]: message` for the first error of a pydantic ValidationError (`unnamed`
+    stands for the field of an error about the whole object)."""
     err = exc.errors(include_url=False)[0]
     loc = "".join(
         f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"])
@@ -184,4 +185,4 @@ def one_line(exc: ValidationError) -> str:
     msg = str(err["msg"]).removeprefix("Value error, ")
     if loc and msg.startswith(loc) and msg[len(loc) : len(loc) + 1] in (":", "["):
         return msg
-    return f"{loc or 'request'}: {msg}"
+    return f"{loc or unnamed}: {msg}"

@@ -78,8 +78,7 @@ def _wait_workers(url: str, procs: list[subprocess.Popen], timeout: float = 600)
         dead = [p.poll() for p in procs if p.poll() is not None]
         if dead or time.monotonic() > deadline:
             raise RuntimeError(f"a worker did not start (exit {dead[0] if dead else None})")
-        time.sleep(0.2)
-    time.sleep(1.0)  # registered before warmup ends? give the engine a moment
+        time.sleep(0.2)  # a worker registers only once its engine is warm
 
 
 @click.command("pipeline")

@@ -59,39 +59,28 @@ def _enqueue(conn, model: str, texts: list[str], tag: str) -> list[str]:
 
 def _check(conn, ids: list[str], n_texts: int) -> tuple[float, int]:
     """(span seconds, texts in results); fails unless every job finished with exactly one result."""
-    import numpy as np
-    from rq.results import Result
-
-    from vecq.producer.serializer import MsgpackSerializer
+    from vecq.producer.results import decode_entry, job_key, result_key
 
     with conn.pipeline(transaction=False) as pipe:
         for i in ids:
-            pipe.hmget(f"rq:job:{i}", "status", "started_at", "ended_at")
-            pipe.xlen(f"rq:results:{i}")
+            pipe.hmget(job_key(i), "status", "started_at", "ended_at")
+            pipe.xrange(result_key(i))
         rows = pipe.execute()
-    meta, counts = rows[0::2], rows[1::2]
+    meta, entries = rows[0::2], rows[1::2]
     unfinished = sum(1 for r in meta if r[0] != b"finished")
-    twice = sum(1 for c in counts if c != 1)
+    twice = sum(1 for e in entries if len(e) != 1)
     if unfinished or twice:
         raise click.ClickException(f"{unfinished} jobs unfinished, {twice} with other than one result")
     starts = [datetime.fromisoformat(r[1].decode()).timestamp() for r in meta]
     ends = [datetime.fromisoformat(r[2].decode()).timestamp() for r in meta]
     rows_out = 0
-    for i in ids:
-        result = Result.fetch_latest(_Job(i, conn), serializer=MsgpackSerializer)
-        assert result is not None and result.return_value is not None
-        rows_out += int(np.asarray(result.return_value).shape[0])
+    for job_id, [(entry_id, payload)] in zip(ids, entries, strict=True):
+        vectors = decode_entry(job_id, entry_id, payload)
+        assert vectors is not None, f"{job_id}: its one result is not a success"
+        rows_out += len(vectors)
     if rows_out != n_texts:
         raise click.ClickException(f"results hold {rows_out} vectors for {n_texts} texts")
     return max(ends) - min(starts), rows_out
-
-
-class _Job:
-    """What `Result.fetch_latest` reads off a job: its id and connection (no job hash load)."""
-
-    def __init__(self, job_id: str, connection) -> None:
-        self.id, self.connection = job_id, connection
-        self.key = f"rq:job:{job_id}"
 
 
 def _redis_counters(conn) -> tuple[float, int, int]:

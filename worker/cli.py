@@ -63,6 +63,8 @@ def worker(
 
     from pydantic import ValidationError
 
+    from vecq.producer.contract import one_line
+
     from .settings import WorkerSettings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -70,9 +72,7 @@ def worker(
     try:
         settings = WorkerSettings(**given)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        _fail(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+        _fail(one_line(exc, unnamed="settings"))
     if gpus is not None:
         raise SystemExit(_supervise(ctx, settings, gpus, workers_per_gpu, log_level, given))
     if workers_per_gpu != 1:
@@ -344,6 +344,8 @@ def gateway(log_level: str, tokenizers: tuple[str, ...], **flags: object) -> Non
 
     from pydantic import ValidationError
 
+    from vecq.producer.contract import one_line
+
     try:
         import uvicorn
 
@@ -358,9 +360,7 @@ def gateway(log_level: str, tokenizers: tuple[str, ...], **flags: object) -> Non
         settings = GatewaySettings(**given)
         app = create_app(settings)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        _fail(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+        _fail(one_line(exc, unnamed="settings"))
     except ValueError as exc:  # a tokenizer dir without tokenizer.json, an unreadable config
         _fail(str(exc))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())

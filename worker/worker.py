@@ -463,11 +463,11 @@ class BatchWorker(SimpleWorker):
         if host != socket.gethostname() or pid <= 0:
             return False
         try:
-            os.kill(pid, 0)
+            os.kill(pid, 0)  # signal 0: does the pid exist?
         except ProcessLookupError:
             return True
-        except PermissionError:
-            return False
+        except PermissionError:  # it exists, as another user's process
+            pass
         return False
 
     def _bootstrap(self) -> None:
