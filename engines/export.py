@@ -87,9 +87,14 @@ def weight_sizes(path: Path) -> dict[str, int]:
     return {n.name: sizes[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in sizes}
 
 
-def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> Path:
-    """Dynamic int8 quantization (weights per channel, activations per batch) of the MatMuls,
-    except `exclude`, which stay fp32."""
+def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = (), reduce_range: bool = False) -> Path:
+    """Dynamic int8 quantization (weights per channel, activations per tensor) of the MatMuls,
+    except `exclude`, which stay fp32.
+
+    `reduce_range` keeps weights to 7 bits.  Without VNNI, ORT's fast uint8 × int8 kernel
+    multiplies with AVX2's `vpmaddubsw`, which sums pairs of products in 16 bits and saturates
+    once activations spread over their whole 8-bit range -- as they do after `split_cls`.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -100,12 +105,68 @@ def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = ()) -> Path:
             str(dst),
             op_types_to_quantize=["MatMul"],
             per_channel=True,
+            reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude),
         )
     finally:
         root.removeFilter(_no_preprocessing_advice)
     return dst
+
+
+#: Suffix of the MatMul that `split_cls` adds for the [CLS] row of each weight MatMul.
+CLS_SUFFIX = "_cls"
+
+
+def split_cls(src: Path, dst: Path, *, skip: str = r"/self/MatMul(_\d+)?$") -> list[str]:
+    """Rewrite each weight MatMul `X·W` as `concat(X[:, :1]·W, X[:, 1:]·W)` along the sequence
+    axis; returns the names of the MatMuls split (each keeps its name for the rest-of-text half,
+    and gains a `CLS_SUFFIX` twin for the [CLS] row).
+
+    Why: dynamic int8 gives a whole activation tensor one scale, and in BERT-family encoders the
+    [CLS] row carries activations far larger than any other token's, so with one shared scale the
+    other tokens get a handful of levels.  Quantized apart, each half gets its own scale: on
+    all-MiniLM-L6-v2 this alone lifts the worst parity cosine of all-int8 from 0.971 to 0.986
+    (BENCHMARKS.md, `benchmarks/int8_probe.py`), for two Slices per input and one Concat per
+    MatMul.  `skip` names MatMuls left whole (activation × activation ones in attention).
+    """
+    import re
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {i.name for i in graph.initializer}
+    for name, value in (("cls_s0", 0), ("cls_e0", 1), ("cls_s1", 1), ("cls_e1", 2**62), ("cls_ax", 1)):
+        graph.initializer.append(helper.make_tensor(f"vecq_{name}", TensorProto.INT64, [1], [value]))
+    nodes, split = [], []
+    halves: dict[str, tuple[str, str]] = {}  # Q, K and V read one input: slice it once
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights or re.search(skip, node.name):
+            nodes.append(node)
+            continue
+        x, w, y, name = node.input[0], node.input[1], node.output[0], node.name
+        if x not in halves:
+            halves[x] = (f"{name}_x_cls", f"{name}_x_rest")
+            for half, (start, end) in zip(
+                halves[x], (("cls_s0", "cls_e0"), ("cls_s1", "cls_e1")), strict=True
+            ):
+                args = [x, f"vecq_{start}", f"vecq_{end}", "vecq_cls_ax"]
+                nodes.append(helper.make_node("Slice", args, [half], name=f"{half}_slice"))
+        x_cls, x_rest = halves[x]
+        nodes += [
+            helper.make_node("MatMul", [x_cls, w], [f"{name}_y_cls"], name=name + CLS_SUFFIX),
+            helper.make_node("MatMul", [x_rest, w], [f"{name}_y_rest"], name=name),
+            helper.make_node(
+                "Concat", [f"{name}_y_cls", f"{name}_y_rest"], [y], name=f"{name}_concat", axis=1
+            ),
+        ]
+        split.append(name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return split
 
 
 def _no_preprocessing_advice(record: logging.LogRecord) -> bool:

@@ -3,11 +3,12 @@
 - cpu fp32: the plain exported graph (ORT's own session-level optimizations still apply); on a
   small CPU the transformer optimizer's fused graph measured slower (BENCHMARKS.md).
 - cuda fp32 / fp16: fused attention from ORT's BERT optimizer; fp16 keeps float32 inputs/outputs.
-- cpu int8: dynamic int8 (per-channel weights) of the MatMuls; the MatMuls whose quantization
+- cpu int8: dynamic int8 (per-channel 7-bit weights) of the MatMuls, each with the [CLS] row
+  quantized apart from the other tokens (`export.split_cls`); the MatMuls whose quantization
   costs the most cosine (measured per model, at build time) stay fp32, as few as parity allows.
-  Quantizing all of them moves short texts' vectors to cosine ~0.96 on all-MiniLM-L6-v2, and the
-  loss is spread over many MatMuls (BENCHMARKS.md), so no fixed rule ("skip the first layer",
-  "only the FFN") was enough.
+  Plain all-int8 moves short texts' vectors to cosine ~0.97 on all-MiniLM-L6-v2 and the loss is
+  spread over many MatMuls, so no fixed rule ("skip the first layer", "only the FFN") was
+  enough; with the [CLS] row apart, 4 of 36 stay fp32 instead of 14 (BENCHMARKS.md).
 
 Parity runs the candidate through `OnnxEngine` and vecq's own shape planner and padding, so it
 checks exactly what a worker will run.
@@ -16,7 +17,6 @@ checks exactly what a worker will run.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import export_onnx, matmul_nodes, optimize, quantize_int8, weight_sizes
+from .export import CLS_SUFFIX, export_onnx, optimize, quantize_int8, split_cls, weight_sizes
 from .parity import ParityReport, calibration_texts, compare, reference_vectors
 from .shapes import ShapeSet
 from .spec import ModelSpec
@@ -125,23 +125,30 @@ def int8_ladder(ranked: Sequence[str], *, step: int) -> list[list[str]]:
 
 
 def _int8(exported: Path, work: Path, parity, calibrate, say) -> tuple[OnnxArtifact, Path]:
-    """Quantize every weight MatMul, and while parity fails keep more of the most sensitive in fp32.
+    """Quantize every weight MatMul with the [CLS] row apart (`split_cls`) and 7-bit weights, and
+    while parity fails keep more of the most sensitive in fp32.
 
     Sensitivity is measured on calibration texts distinct from the parity texts (each MatMul
     quantized alone, cosine lost), so the final parity check is not the set that chose the nodes.
     """
-    nodes = [n for n in matmul_nodes(exported) if not re.search(r"/self/MatMul(_\d+)?$", n)]
+    split = work / "split.onnx"
+    nodes = split_cls(exported, split)
+    pairs = {n: [n, n + CLS_SUFFIX] for n in nodes}
+    every = [m for pair in pairs.values() for m in pair]
     say(f"int8: measuring the sensitivity of {len(nodes)} MatMuls (each quantized alone)")
     loss, sizes = {}, weight_sizes(exported)
     for node in nodes:
-        path = quantize_int8(exported, work / "probe.onnx", exclude=[n for n in nodes if n != node])
-        loss[node] = 1.0 - calibrate(path)
+        probe = work / "probe.onnx"
+        quantize_int8(split, probe, exclude=[m for m in every if m not in pairs[node]], reduce_range=True)
+        loss[node] = 1.0 - calibrate(probe)
     # Keep in fp32 first what loses the most cosine per weight (≈ per FLOP) quantized.
     ranked = sorted(nodes, key=lambda n: loss[n] / sizes.get(n, 1), reverse=True)
     best: tuple[OnnxArtifact, Path] | None = None
     for k, keep in enumerate(int8_ladder(ranked, step=max(1, len(nodes) // 18))):
-        label = f"int8 ({len(nodes) - len(keep)}/{len(nodes)} MatMul)"
-        path = quantize_int8(exported, work / f"int8-{k}.onnx", exclude=keep)
+        label = f"int8 ({len(nodes) - len(keep)}/{len(nodes)} MatMul, [CLS] row apart, 7-bit weights)"
+        path = quantize_int8(
+            split, work / f"int8-{k}.onnx", exclude=[m for n in keep for m in pairs[n]], reduce_range=True
+        )
         report = parity(path)
         say(f"{label}: parity min cosine {report.min_cosine:.6f} (text {report.worst_index})")
         artifact = OnnxArtifact(label, sorted(keep), report)
