@@ -69,6 +69,11 @@ class OnnxCudaEngine:
         }
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Only a few shape nodes run on the CPU.  ORT's default is a pool of one spinning thread
+        # per core, which kept 16 cores busy after every call and made the worker's own host
+        # work (tokenizer, copies) 2-4× slower beside it on the H100 machine (BENCHMARKS.md).
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(onnx_path), sess_options=opts, providers=[("CUDAExecutionProvider", cuda)]
         )
