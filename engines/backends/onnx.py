@@ -120,6 +120,9 @@ class OnnxEngine:
             opts.intra_op_num_threads = threads or physical_cores()
             if not (CPU_SPINNING if spinning is None else spinning):
                 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        else:  # on a GPU only shape nodes run on the CPU (see OnnxCudaEngine)
+            opts.intra_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # fp16 graphs warn about every CPU-placed cast otherwise
         self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=wanted)
         self.shapes = shapes

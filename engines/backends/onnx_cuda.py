@@ -74,6 +74,7 @@ class OnnxCudaEngine:
         # work (tokenizer, copies) 2-4× slower beside it on the H100 machine (BENCHMARKS.md).
         opts.intra_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3  # placement notes on every session otherwise
         self.session = ort.InferenceSession(
             str(onnx_path), sess_options=opts, providers=[("CUDAExecutionProvider", cuda)]
         )
