@@ -25,7 +25,6 @@ import pstats
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -225,7 +224,7 @@ def latency_cases(
     spy_out: Path | None,
     device: str = "cuda",
 ) -> dict:
-    from vecq.worker.bench_pipeline import _bulk, _start_worker, _wait_workers
+    from vecq.worker.bench_pipeline import _bulk, _start_worker, _wait_workers, bulk_busy
     from vecq.worker.embedded import embedded_redis
 
     out = {}
@@ -236,22 +235,8 @@ def latency_cases(
             _bulk(url, model, texts[:5000], "warm")
             out["bulk_texts_per_s"] = _profiled_bulk(url, model, texts, proc.pid, spy_out)
             out["idle"] = latency_split(url, model, texts, n)
-            done = threading.Event()
-
-            def keep_busy() -> None:
-                k = 0
-                while not done.is_set():
-                    _bulk(url, model, texts[:20000], f"busy{k}")
-                    k += 1
-
-            thread = threading.Thread(target=keep_busy, daemon=True)
-            thread.start()
-            time.sleep(2.0)
-            try:
+            with bulk_busy(url, model, texts):
                 out["under bulk"] = latency_split(url, model, texts, n)
-            finally:
-                done.set()
-                thread.join(timeout=120)
         finally:
             proc.terminate()
             proc.wait(timeout=60)

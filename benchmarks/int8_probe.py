@@ -29,20 +29,6 @@ import click
 import numpy as np
 
 
-def quantize(src: Path, dst: Path, *, weights: str = "s8", reduce_range: bool = False) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        reduce_range=reduce_range,
-        weight_type=QuantType.QInt8 if weights == "s8" else QuantType.QUInt8,
-    )
-    return dst
-
-
 @click.command()
 @click.option("--texts", "n_texts", type=int, default=1000, show_default=True)
 @click.option("--rounds", type=int, default=2, show_default=True)
@@ -52,7 +38,7 @@ def main(n_texts: int, rounds: int, json_out: Path | None) -> None:
 
     from vecq.engines.backends.onnx import OnnxEngine
     from vecq.engines.embedder import Embedder, default_model_dir
-    from vecq.engines.export import export_onnx, split_cls
+    from vecq.engines.export import export_onnx, quantize_int8, split_cls
     from vecq.engines.parity import parity_texts, reference_vectors
     from vecq.engines.pooled import load_pooled
     from vecq.engines.shapes import ShapeSet
@@ -74,12 +60,14 @@ def main(n_texts: int, rounds: int, json_out: Path | None) -> None:
         split_cls(fp32, tmp / "split.onnx")
         variants = {
             "onnx fp32": fp32,
-            "u8s8 (all 36 int8)": quantize(fp32, tmp / "u8s8.onnx"),
-            "u8s8 reduce_range": quantize(fp32, tmp / "rr.onnx", reduce_range=True),
-            "cls apart, u8s8 reduce_range": quantize(
+            "u8s8 (all 36 int8)": quantize_int8(fp32, tmp / "u8s8.onnx"),
+            "u8s8 reduce_range": quantize_int8(fp32, tmp / "rr.onnx", reduce_range=True),
+            "cls apart, u8s8 reduce_range": quantize_int8(
                 tmp / "split.onnx", tmp / "split-rr.onnx", reduce_range=True
             ),
-            "cls apart, u8u8": quantize(tmp / "split.onnx", tmp / "split-u8.onnx", weights="u8"),
+            "cls apart, u8u8": quantize_int8(
+                tmp / "split.onnx", tmp / "split-u8.onnx", unsigned_weights=True
+            ),
         }
         engines = {
             k: Embedder(

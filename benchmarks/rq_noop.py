@@ -7,9 +7,6 @@ DESIGN.md quotes ~290 jobs/s "on a 2-core machine"; this says what the machine a
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import click
 
 
@@ -19,7 +16,7 @@ def main(n: int) -> None:
     import redis
     from rq import Queue
 
-    from vecq.worker.bench import _span
+    from vecq.worker.bench import _span, run_stock_rq
     from vecq.worker.embedded import embedded_redis
 
     with embedded_redis(binary="redis-server") as url:
@@ -29,19 +26,7 @@ def main(n: int) -> None:
         with conn.pipeline() as pipe:
             ids = [job.id for job in queue.enqueue_many(data, pipeline=pipe)]
             pipe.execute()
-        rq_bin = shutil.which("rq") or "rq"
-        cmd = [
-            rq_bin,
-            "worker",
-            "-w",
-            "rq.worker.SimpleWorker",
-            "--burst",
-            "-u",
-            url,
-            "--logging_level",
-            "WARNING",
-        ]
-        subprocess.run([*cmd, "noop"], check=True)
+        run_stock_rq(url, "noop")
         click.echo(f"stock rq, no-op jobs: {n / _span(conn, ids):.0f} jobs/s")
 
 

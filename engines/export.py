@@ -87,13 +87,22 @@ def weight_sizes(path: Path) -> dict[str, int]:
     return {n.name: sizes[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in sizes}
 
 
-def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = (), reduce_range: bool = False) -> Path:
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    *,
+    exclude: Sequence[str] = (),
+    reduce_range: bool = False,
+    unsigned_weights: bool = False,
+) -> Path:
     """Dynamic int8 quantization (weights per channel, activations per tensor) of the MatMuls,
     except `exclude`, which stay fp32.
 
     `reduce_range` keeps weights to 7 bits.  Without VNNI, ORT's fast uint8 × int8 kernel
     multiplies with AVX2's `vpmaddubsw`, which sums pairs of products in 16 bits and saturates
     once activations spread over their whole 8-bit range -- as they do after `split_cls`.
+    `unsigned_weights` (uint8) avoids that kernel too, but runs at about fp32 speed on AVX2;
+    `benchmarks/int8_probe.py` measures it, builds do not use it.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -106,7 +115,7 @@ def quantize_int8(src: Path, dst: Path, *, exclude: Sequence[str] = (), reduce_r
             op_types_to_quantize=["MatMul"],
             per_channel=True,
             reduce_range=reduce_range,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if unsigned_weights else QuantType.QInt8,
             nodes_to_exclude=list(exclude),
         )
     finally:

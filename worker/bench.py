@@ -76,28 +76,22 @@ def _run_vecq(url: str, *, prefetch: int) -> float:
     return wall
 
 
+def run_stock_rq(url: str, queue: str, *, serializer: str | None = None) -> float:
+    """Seconds a stock `rq worker -w rq.worker.SimpleWorker --burst` takes to drain `queue`."""
+    rq_bin = shutil.which("rq") or sys.exit("vecq bench: the rq command is not on PATH")
+    cmd = [rq_bin, "worker", "-w", "rq.worker.SimpleWorker", "--burst", "-u", url]
+    cmd += ["--serializer", serializer] if serializer else []
+    cmd += ["--logging_level", "WARNING", queue]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "VECQ_BACKEND": "null"})
+    return time.perf_counter() - t0
+
+
 def _run_stock(url: str) -> float:
     from vecq.producer.contract import DEFAULT_MODEL, queue_name
     from vecq.producer.serializer import SERIALIZER_PATH
 
-    rq_bin = shutil.which("rq") or sys.exit("vecq bench queue: the rq command is not on PATH")
-    cmd = [
-        rq_bin,
-        "worker",
-        "-w",
-        "rq.worker.SimpleWorker",
-        "--burst",
-        "--serializer",
-        SERIALIZER_PATH,
-        "-u",
-        url,
-        "--logging_level",
-        "WARNING",
-        queue_name(DEFAULT_MODEL, "interactive"),
-    ]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "VECQ_BACKEND": "null"})
-    return time.perf_counter() - t0
+    return run_stock_rq(url, queue_name(DEFAULT_MODEL, "interactive"), serializer=SERIALIZER_PATH)
 
 
 @bench.command("queue")

