@@ -72,7 +72,7 @@ class TextTokenizer:
         overflows `max_seq_len`, its first tokens are exactly the full text's.  A prefix that does
         not overflow is tokenized again in full.
         """
-        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        encode = self._encode_many
         limit = self.max_seq_len * CHARS_PER_TOKEN_CUT
         cut = {i: _prefix(t, limit) for i, t in enumerate(texts) if len(t) > limit}
         cut = {i: p for i, p in cut.items() if p is not None}
@@ -84,6 +84,19 @@ class TextTokenizer:
             for i, enc in zip(redo, encode([texts[i] for i in redo], add_special_tokens=True), strict=True):
                 encodings[i] = enc
         return encodings
+
+    def _encode_many(self, texts: list[str], *, add_special_tokens: bool) -> list:
+        """A few texts one by one, many in one batch call.
+
+        `tokenizers` hands every batch call to its thread pool (one thread per core), and on the
+        16-core GPU machine those threads' wake-up and spin cost a small call more than the
+        tokenizing itself: the seed workload ran 1.2-1.3× more calls/s with batches of 2-16
+        queries tokenized without the pool (BENCHMARKS.md, `benchmarks/seed_tokenizer_probe.py`).
+        """
+        if len(texts) <= SEQUENTIAL_MAX:
+            return [self._tok.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+        batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return batch(texts, add_special_tokens=add_special_tokens)
 
     def make_batch(self, rows: Sequence[np.ndarray], shape: Shape) -> Batch:
         """A `Batch` of exactly `shape`: rows right-padded, spare rows filled with `[CLS] [SEP]`."""
@@ -105,6 +118,9 @@ class TextTokenizer:
             mask[len(rows) :, :k] = 1
         return Batch(input_ids=input_ids, attention_mask=mask, rows=len(rows))
 
+
+#: Up to this many texts are tokenized one by one, not through the tokenizer's thread pool.
+SEQUENTIAL_MAX = 16
 
 #: Texts longer than max_seq_len × this many characters are tokenized from a prefix first.
 CHARS_PER_TOKEN_CUT = 8
