@@ -204,6 +204,10 @@ def _onnx_cuda_engine(root: Path, manifest: Manifest, device: str, *, graphs: bo
 
 
 # --- the cache behind `Embedder.load(model_dir, backend="onnx")` ------------------------------
+#: The modules whose code decides what a built bundle contains.
+RECIPE_MODULES = ("build.py", "export.py", "onnx_build.py", "parity.py", "parity_texts.json")
+
+
 def cache_dir() -> Path:
     """Where built bundles are cached: `$VECQ_CACHE_DIR/bundles`, else `~/.cache/vecq/bundles`."""
     base = os.environ.get("VECQ_CACHE_DIR")
@@ -211,12 +215,19 @@ def cache_dir() -> Path:
 
 
 def cache_key(model_dir: Path, *, spec: ModelSpec, shapes: ShapeSet, device: str, precision: str) -> str:
-    """A digest of the model files' contents and every build option: same key, same bundle."""
+    """A digest of the model files' contents, every build option and the build recipe itself:
+    same key, same bundle.
+
+    The recipe (the source of the modules that export, optimize and quantize) is part of the key
+    because vecq's version alone did not change when the int8 recipe did, and the cache kept
+    serving bundles built the old way."""
     from importlib.metadata import version
 
     h = hashlib.sha256()
     options = [FORMAT_VERSION, version("vecq"), spec.model_dump(), shapes.to_list(), device, precision]
     h.update(json.dumps(options, sort_keys=True).encode())
+    for module in RECIPE_MODULES:
+        h.update((Path(__file__).parent / module).read_bytes())
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file() and ".git" not in p.parts):
         h.update(str(path.relative_to(model_dir)).encode() + b"\0" + sha256_file(path).encode())
     return h.hexdigest()[:32]
