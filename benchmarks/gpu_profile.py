@@ -196,32 +196,12 @@ def latency_split(url: str, model: str, texts: list[str], n: int) -> dict:
     return out
 
 
-def _profiled_bulk(url: str, model: str, texts: list[str], pid: int, spy_out: Path | None) -> float:
-    """The bulk corpus through Redis, with py-spy sampling the worker's threads meanwhile."""
-    import shutil
-    import subprocess
-
-    from vecq.worker.bench_pipeline import _bulk
-
-    spy = shutil.which("py-spy")
-    rec = None
-    if spy and spy_out is not None:
-        cmd = [spy, "record", "--pid", str(pid), "--threads", "--format", "raw", "-r", "200"]
-        rec = subprocess.Popen([*cmd, "--duration", "8", "-o", str(spy_out)])
-    rate = _bulk(url, model, texts, "profiled")
-    if rec is not None:
-        rec.wait(timeout=60)
-    click.echo(f"bulk through Redis: {rate:,.0f} texts/s (py-spy: {spy_out if rec else 'not run'})")
-    return rate
-
-
 def latency_cases(
     bundle: Path,
     model: str,
     texts: list[str],
     n: int,
     tmp: Path,
-    spy_out: Path | None,
     device: str = "cuda",
 ) -> dict:
     from vecq.worker.bench_pipeline import _bulk, _start_worker, _wait_workers, bulk_busy
@@ -233,7 +213,8 @@ def latency_cases(
         try:
             _wait_workers(url, [proc])
             _bulk(url, model, texts[:5000], "warm")
-            out["bulk_texts_per_s"] = _profiled_bulk(url, model, texts, proc.pid, spy_out)
+            out["bulk_texts_per_s"] = _bulk(url, model, texts, "profiled")
+            click.echo(f"bulk through Redis: {out['bulk_texts_per_s']:,.0f} texts/s")
             out["idle"] = latency_split(url, model, texts, n)
             with bulk_busy(url, model, texts):
                 out["under bulk"] = latency_split(url, model, texts, n)
@@ -317,8 +298,7 @@ def main(json_out: Path, n_texts: int, latency_requests: int, skip_latency: bool
             )
         seed.close()
         if not skip_latency:
-            spy_out = json_out.with_name("worker-bulk.pyspy.txt")
-            report["latency"] = latency_cases(bundle, name, texts, latency_requests, tmp, spy_out)
+            report["latency"] = latency_cases(bundle, name, texts, latency_requests, tmp)
     json_out.write_text(json.dumps(report, indent=1))
     click.echo(f"wrote {json_out}")
 

@@ -51,8 +51,6 @@ from .writeback import Assembler, Failure, Finisher, Writer, WriterCrashed
 
 log = logging.getLogger(__name__)
 
-_WRITE_CHUNK = 512
-
 
 #: Texts of interactive jobs taken per loop while bulk work fills the prefetch budget.
 INTERACTIVE_BUDGET = 256
@@ -332,12 +330,11 @@ class BatchWorker(SimpleWorker):
         """Hand what is done to the finishing thread, write failures; returns how many jobs went
         back on a queue (rq Retry)."""
         self._reap(timeout=0.0)
-        while self._outbox:
-            chunk = self._outbox[:_WRITE_CHUNK]
-            del self._outbox[: len(chunk)]
-            for item, _ in chunk:
+        if self._outbox:
+            done, self._outbox = self._outbox, []
+            for item, _ in done:
                 self._close(item)
-            self.finisher.submit(chunk)
+            self.finisher.submit(done)  # it slices the writes
         retried = self._write_failures() if self._failbox else 0
         if not self._open:
             self.planner.forget_dropped()
