@@ -6,6 +6,7 @@ transformers wrapper costs more host time than a small GPU batch takes to run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +94,10 @@ class TextTokenizer:
         tokenizing itself: the seed workload ran 1.2-1.3× more calls/s with batches of 2-16
         queries tokenized without the pool (BENCHMARKS.md, `benchmarks/seed_tokenizer_probe.py`).
         """
-        if len(texts) <= SEQUENTIAL_MAX:
-            return [self._tok.encode(t, add_special_tokens=add_special_tokens) for t in texts]
         batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        return batch(texts, add_special_tokens=add_special_tokens)
+        if len(texts) <= SEQUENTIAL_MAX and parallel_tokenizing():
+            return [self._tok.encode(t, add_special_tokens=add_special_tokens) for t in texts]
+        return batch(texts, add_special_tokens=add_special_tokens)  # no pool: no offsets is cheaper
 
     def make_batch(self, rows: Sequence[np.ndarray], shape: Shape) -> Batch:
         """A `Batch` of exactly `shape`: rows right-padded, spare rows filled with `[CLS] [SEP]`."""
@@ -121,6 +122,14 @@ class TextTokenizer:
 
 #: Up to this many texts are tokenized one by one, not through the tokenizer's thread pool.
 SEQUENTIAL_MAX = 16
+
+
+def parallel_tokenizing() -> bool:
+    """Whether `tokenizers` runs batch calls on its thread pool: it reads TOKENIZERS_PARALLELISM
+    on every call (unset: yes), and this is its own reading of the value."""
+    value = os.environ.get("TOKENIZERS_PARALLELISM", "true").strip().lower()
+    return value not in ("", "off", "false", "f", "no", "n", "0")
+
 
 #: Texts longer than max_seq_len × this many characters are tokenized from a prefix first.
 CHARS_PER_TOKEN_CUT = 8

@@ -42,6 +42,11 @@ def _one_line(exc: BaseException) -> str:
 @click.option("--prefetch-texts", type=int, help="Texts taken but not yet written back, at most.")
 @click.option("--burst", is_flag=True, default=None, help="Exit when the queues are empty.")
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option(
+    "--parallel-tokenize/--serial-tokenize",
+    default=None,
+    help="Tokenize on all cores or on one (default: all only for a GPU engine on 4+ cores).",
+)
 @click.option("--name", help="Model name the queues are derived from (default: the model's own).")
 @click.option("--worker-name", help="rq worker name (default: vecq.<host>.<pid>.<random>).")
 @click.option("--heartbeat-ttl", type=int, help="Seconds an execution lives without a heartbeat.")

@@ -37,7 +37,7 @@ from vecq.producer.contract import (
 from vecq.producer.errors import BadRequest
 from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer, SerializationError
 
-from .jobstore import JobStore, Running, Taken
+from .jobstore import JobStore, PendingTake, Running, Taken
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,33 @@ class Intake:
     default_result_ttl: int
     _texts_per_job: float = field(default=4.0, init=False)
     _owed_texts: int = field(default=0, init=False)  # taken, not yet off the queued-texts counter
+    _ahead: PendingTake | None = field(default=None, init=False)
+
+    @property
+    def ahead(self) -> bool:
+        """A take was sent ahead and its reply not collected yet (its jobs are already started)."""
+        return self._ahead is not None
+
+    def ahead_ready(self) -> bool:
+        """The take sent ahead has its reply waiting (collecting it will not block)."""
+        return self._ahead is not None and bool(self._ahead.connection.can_read(timeout=0))
+
+    def send_ahead(self, budget_texts: int) -> None:
+        """Send the next take now without waiting: Redis runs it on its own core while this
+        worker validates, tokenizes, writes back and waits for its engine, and the next `take`
+        collects the reply.  Under a steady stream this hides the take's round trip, which
+        otherwise held up the main thread a third of the time (BENCHMARKS.md)."""
+        max_jobs = self._max_jobs(budget_texts)
+        self._ahead = self.store.send_take(self.queue_names, max_jobs, **self._take_options(budget_texts))
 
     def take(self, budget_texts: int, *, block_s: float, first_lane_only: bool = False) -> list[Taken]:
         """Every waiting job up to about `budget_texts` texts, started; blocks up to `block_s`
-        when none waits.  `first_lane_only`: only the highest-priority lane (interactive)."""
-        max_jobs = max(1, min(1024, int(budget_texts / max(self._texts_per_job, 1.0))))
+        when none waits.  `first_lane_only`: only the highest-priority lane (interactive).  A take
+        sent ahead is collected first, whatever the arguments (its jobs are started)."""
+        if self._ahead is not None:
+            pending, self._ahead = self._ahead, None
+            return self.store.read_take(pending)
+        max_jobs = self._max_jobs(budget_texts)
         if first_lane_only:
             return self._take(max_jobs, budget_texts, lanes=1)
         taken = self._take(max_jobs, budget_texts)
@@ -111,19 +133,28 @@ class Intake:
         return self._take(max_jobs, budget_texts)
 
     def _take(self, max_jobs: int, budget_texts: int, *, lanes: int | None = None) -> list[Taken]:
+        return self.store.take(self.queue_names[:lanes], max_jobs, **self._take_options(budget_texts))
+
+    def _max_jobs(self, budget_texts: int) -> int:
+        return max(1, min(1024, int(budget_texts / max(self._texts_per_job, 1.0))))
+
+    def _take_options(self, budget_texts: int) -> dict[str, object]:
+        """A take's arguments; hands what the queued-texts counter is owed to that take."""
         counter = (queued_texts_key(self.model), self._owed_texts)
-        taken = self.store.take(
-            self.queue_names[:lanes],
-            max_jobs,
-            ttl=self.heartbeat_ttl,
-            now=time.time(),
-            now_iso=utcformat(rq_now()),
-            counter=counter,
-            budget_texts=budget_texts,
-            guess_texts=self._texts_per_job,
-        )
-        self._owed_texts -= counter[1]
-        return taken
+        self._owed_texts = 0
+        return {
+            "ttl": self.heartbeat_ttl,
+            "now": time.time(),
+            "now_iso": utcformat(rq_now()),
+            "counter": counter,
+            "budget_texts": budget_texts,
+            "guess_texts": self._texts_per_job,
+        }
+
+    def texts_in(self, taken: list[Taken]) -> int:
+        """Texts the taken jobs say they hold (the running average for those that do not say)."""
+        guess = round(self._texts_per_job)
+        return sum(guess if t.texts is None else t.texts for t in taken)
 
     def settle(self) -> None:
         """Take the texts of the last jobs taken off the queued-texts counter (at shutdown; while

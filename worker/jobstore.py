@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 import msgpack
 from redis import Redis
+from redis.commands.core import Script
+from redis.connection import Connection
+from redis.exceptions import NoScriptError
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.queue import Queue
@@ -68,56 +71,54 @@ class KeyLayout:
 
 # KEYS: pairs (queue key, started-registry key) in priority order.  ARGV: max jobs, job key
 # prefix, worker name, ttl, now, now_iso, execution-id prefix, queued-texts counter key and the
-# texts still owed to it, the texts budget, the texts to assume for a job that does not say, the
-# job-hash field that says, then the field names.  Takes and starts in one step: pops ids up to
-# the texts budget (each job's own text count, so one take never holds more than the prefetch
-# budget plus one job, however the sizes of waiting jobs vary; at least one job),
-# read each job's fields, and -- for a job whose hash exists -- write what rq's
-# Execution.create + Job.prepare_for_execution write that anything reads (job status fields,
-# one ZADD of `job:execution` entries per queue).  Nothing sits in an intermediate list, so a
-# worker dying after this call leaves only started jobs, which recovery retries.  Returns one
-# msgpack blob: per job, queue index, job id, started flag, then one value per field.
+# texts still owed to it, the texts budget, the texts to assume for a job that does not say, then
+# the field names -- the first says how many texts a job holds (`TEXTS_FIELD`).  Takes and starts
+# in one step: pops ids up to the texts budget (each job's own text count, so one take never
+# holds more than the prefetch budget plus one job, however the sizes of waiting jobs vary; at
+# least one job), reading each job's fields with one HMGET, and -- for a job whose hash exists --
+# writes what rq's Execution.create + Job.prepare_for_execution write that anything reads (job
+# status fields, one ZADD of `job:execution` entries per queue).  Nothing sits in an
+# intermediate list, so a worker dying after this call leaves only started jobs, which recovery
+# retries.  Returns one msgpack blob: per job, queue index, job id, started flag, then one value
+# per field.
 _TAKE = """
 local out = {}
 local n = tonumber(ARGV[1])
 local JP, w, ttl, now, iso, EX = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
 if tonumber(ARGV[9]) > 0 then redis.call('DECRBY', ARGV[8], ARGV[9]) end
-local budget, guess, TF = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
+local budget, guess = tonumber(ARGV[10]), tonumber(ARGV[11])
 local fields = {}
-for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
 local k = 0
 for i = 1, #KEYS, 2 do
   if n <= 0 or budget <= 0 then break end
   local ids = redis.call('LRANGE', KEYS[i], 0, n - 1)
+  local members = {}
   local m = 0
   for _, id in ipairs(ids) do
-    local cost = tonumber(redis.call('HGET', JP .. id, TF)) or guess
-    if k + m > 0 and cost > budget then break end
+    local values = redis.call('HMGET', JP .. id, unpack(fields))
+    local cost = tonumber(values[1]) or guess
+    if k > 0 and cost > budget then break end
     m = m + 1
+    k = k + 1
     budget = budget - cost
+    local started = 0
+    if values[2] then
+      redis.call('HSET', JP .. id, 'status', 'started', 'started_at', iso, 'last_heartbeat', iso,
+                 'worker_name', w)
+      redis.call('PERSIST', JP .. id)
+      members[#members + 1] = now + ttl
+      members[#members + 1] = id .. ':' .. EX .. k
+      started = 1
+    end
+    out[#out + 1] = (i + 1) / 2
+    out[#out + 1] = id
+    out[#out + 1] = started
+    for j = 1, #fields do out[#out + 1] = values[j] end
   end
   if m > 0 then
     redis.call('LTRIM', KEYS[i], m, -1)
     n = n - m
-    local members = {}
-    for j = 1, m do
-      local id = ids[j]
-      k = k + 1
-      local values = redis.call('HMGET', JP .. id, unpack(fields))
-      local started = 0
-      if values[1] then
-        redis.call('HSET', JP .. id, 'status', 'started', 'started_at', iso, 'last_heartbeat', iso,
-                   'worker_name', w)
-        redis.call('PERSIST', JP .. id)
-        members[#members + 1] = now + ttl
-        members[#members + 1] = id .. ':' .. EX .. k
-        started = 1
-      end
-      out[#out + 1] = (i + 1) / 2
-      out[#out + 1] = id
-      out[#out + 1] = started
-      for j = 1, #fields do out[#out + 1] = values[j] end
-    end
     if #members > 0 then redis.call('ZADD', KEYS[i + 1], unpack(members)) end
   end
 end
@@ -217,10 +218,21 @@ class Taken:
     raw_id: bytes  # as stored in the list (garbage stays garbage)
     fields: list[bytes | None]
     execution_id: str | None
+    texts: int | None = None  # the job's `TEXTS_FIELD`: how many texts it says it holds
 
     @property
     def job_id(self) -> str:
         return self.raw_id.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTake:
+    """A take sent on a connection of its own, its reply not read yet (`JobStore.read_take`)."""
+
+    connection: Connection
+    keys: list[str]
+    args: list[object]
+    prefix: str  # of the execution ids the take gives the jobs it starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,12 +262,17 @@ class JobStore:
         self.keys = KeyLayout.from_rq()
         self.worker_name = worker_name
         self.worker_key = worker_key
-        self._take = connection.register_script(_TAKE)
+        self._take_sha = Script(connection, _TAKE).sha  # loaded on first use (NOSCRIPT)
         self._finish = connection.register_script(_FINISH)
         self._heartbeat = connection.register_script(_HEARTBEAT)
         self._put_back = connection.register_script(_PUT_BACK)
 
-    def take(
+    def take(self, queue_names: list[str], max_jobs: int, **options: object) -> list[Taken]:
+        """Pop up to `max_jobs` ids and about `budget_texts` texts from the queues (in order) and
+        start those that are jobs; the options are `send_take`'s."""
+        return self.read_take(self.send_take(queue_names, max_jobs, **options))  # type: ignore[arg-type]
+
+    def send_take(
         self,
         queue_names: list[str],
         max_jobs: int,
@@ -266,28 +283,56 @@ class JobStore:
         counter: tuple[str, int],
         budget_texts: int,
         guess_texts: float,
-    ) -> list[Taken]:
-        """Pop up to `max_jobs` ids and about `budget_texts` texts from the queues (in order) and
-        start those that are jobs; `guess_texts` counts for a job without `TEXTS_FIELD` (written by
-        other producers); `counter` (key, texts) is what the queued-texts counter is still owed
-        by earlier takes."""
+    ) -> PendingTake:
+        """Send a take without waiting for it: Redis runs it while the caller works, and
+        `read_take` collects the reply.  `guess_texts` counts for a job without `TEXTS_FIELD`
+        (written by other producers); `counter` (key, texts) is what the queued-texts counter is
+        still owed by earlier takes."""
         keys: list[str] = []
         for name in queue_names:
             keys += [self.keys.queue + name, self.keys.started + name]
         prefix = uuid.uuid4().hex[:20]
         args = [max_jobs, self.keys.job, self.worker_name, ttl, now, now_iso, prefix, *counter]
         args += [max(1, budget_texts), max(1.0, guess_texts), TEXTS_FIELD, *JOB_FIELDS]
-        out = msgpack.unpackb(self._take(keys=keys, args=args), raw=True)
-        step = 3 + len(JOB_FIELDS)
+        pending = PendingTake(self.connection.connection_pool.get_connection(), keys, args, prefix)
+        try:
+            self._send(pending)
+        except BaseException:
+            pending.connection.disconnect()
+            self.connection.connection_pool.release(pending.connection)
+            raise
+        return pending
+
+    def read_take(self, pending: PendingTake) -> list[Taken]:
+        """The jobs of a take sent by `send_take` (waits for Redis if it is still running it)."""
+        try:
+            try:
+                reply = pending.connection.read_response()
+            except NoScriptError:  # the server lost its scripts (a restart): load and send again
+                self._take_sha = self.connection.script_load(_TAKE)
+                self._send(pending)
+                reply = pending.connection.read_response()
+        except BaseException:
+            pending.connection.disconnect()  # a reply may still be on its way: never reuse it
+            raise
+        finally:
+            self.connection.connection_pool.release(pending.connection)
+        out = msgpack.unpackb(reply, raw=True)
+        step = 4 + len(JOB_FIELDS)
         return [
             Taken(
                 int(out[i]) - 1,
                 out[i + 1],
-                [v or None for v in out[i + 3 : i + step]],
-                f"{prefix}{k}" if out[i + 2] else None,
+                [v or None for v in out[i + 4 : i + step]],
+                f"{pending.prefix}{k}" if out[i + 2] else None,
+                _int_or_none(out[i + 3]),
             )
             for k, i in enumerate(range(0, len(out), step), start=1)
         ]
+
+    def _send(self, pending: PendingTake) -> None:
+        keys, args = pending.keys, pending.args
+        pending.connection.send_command("EVALSHA", self._take_sha, len(keys), *keys, *args)
 
     def finish(self, done: list[Finished], *, now: float, now_iso: str) -> list[str]:
         """Write results and end executions; returns ids skipped as no longer this worker's."""
@@ -317,3 +362,10 @@ class JobStore:
         before 0.x) to the front of its queue (False: someone else did)."""
         keys = [self.keys.queue + queue_name, self.keys.intermediate(queue_name)]
         return bool(self._put_back(keys=keys, args=[job_id]))
+
+
+def _int_or_none(raw: object) -> int | None:
+    try:
+        return int(raw) if raw else None  # type: ignore[call-overload]
+    except ValueError:
+        return None

@@ -6,6 +6,7 @@ defaults are the ones a GPU worker on a shared Redis should run with.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -50,7 +51,18 @@ class WorkerSettings(BaseSettings):
     #: Seconds results (and finished jobs) are kept, unless a job sets its own result_ttl.
     result_ttl: int = 500
     metrics_port: int | None = None
+    #: Tokenize on all cores (`tokenizers`' thread pool) or on the worker's own thread.  None:
+    #: the pool when the engine runs on a GPU and the machine has 4+ cores; else one thread,
+    #: since a CPU engine (or Redis, on a small box) needs the other cores and the pool's
+    #: spinning threads cost ~1.6x the CPU of tokenizing on one thread (BENCHMARKS.md).
+    parallel_tokenize: bool | None = None
     burst: bool = False
+
+    def tokenize_in_parallel(self) -> bool:
+        """`parallel_tokenize`, or its default for this worker."""
+        if self.parallel_tokenize is not None:
+            return self.parallel_tokenize
+        return self.device.startswith("cuda") and self.backend != "null" and (os.cpu_count() or 1) >= 4
 
     @field_validator("lanes", mode="before")
     @classmethod

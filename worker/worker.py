@@ -123,6 +123,7 @@ class BatchWorker(SimpleWorker):
         self._stopping = False
         self._next_beat = 0.0
         self._took_last = False
+        self._flowing = False  # the last take found jobs: the next one is sent ahead (Intake.send_ahead)
         self.finished_jobs = 0
         self.failed_jobs = 0
         self.texts_done = 0
@@ -130,6 +131,7 @@ class BatchWorker(SimpleWorker):
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **kwargs: Any) -> BatchWorker:
         """Load the model (or the null engine) the settings name and build a worker around it."""
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if settings.tokenize_in_parallel() else "false"
         embedder = Embedder.load(settings.model_path, backend=settings.backend, device=settings.device)
         if settings.backend == "null":  # the null engine stands in for a GPU worker: give it GPU shapes
             from vecq.engines.backends.null import NullEngine
@@ -180,26 +182,34 @@ class BatchWorker(SimpleWorker):
         self._maintain(now)
         idle = self._idle()
         took = 0
-        if not self._stopping and self._wants_more():
+        if self.intake.ahead:
+            # a take sent earlier: collected once Redis has answered, or at once when the planner
+            # runs low; its jobs are started, so even a stopping worker runs them
+            if self._stopping or self.planner.pending < 256 or self.intake.ahead_ready():
+                took = self._take(block=0.0)
+        elif not self._stopping and self._wants_more():
             took = self._take(block=0.0 if (burst or not idle) else 1.0)
-        elif not self._stopping and len(self.intake.queue_names) > 1:
-            took = self._take(
-                block=0.0, first_lane_only=True
-            )  # bulk fills the budget: interactive still gets in
+        elif not self._stopping and self._interactive_room() > 0:
+            # bulk fills the budget: interactive jobs still get in
+            took = self._take(block=0.0, first_lane_only=True)
         self._took_last = took > 0
         self._collect(timeout=0.0)
         requeued = self._write()
         self._feed(time.monotonic())
-        if self._idle() and (self._stopping or (burst and took == 0 and not requeued)):
+        if self._flowing and not self.intake.ahead and not self._stopping and self._wants_more():
+            self.intake.send_ahead(self.prefetch.texts - self._open_texts)  # jobs keep coming: take on
+        done = self._stopping or (burst and took == 0 and not requeued)
+        if done and self._idle() and not self.intake.ahead:
             return True
         self._wait()
         return False
 
-    def _wants_more(self) -> bool:
-        """Take when below half the prefetch budget, or when the planner is about to run dry:
-        refilling in big gulps keeps round trips per job low."""
-        budget = self.prefetch.texts
-        return self._open_texts <= budget // 2 or (self._open_texts < budget and self.planner.pending < 256)
+    def _wants_more(self, held: int = 0, rows: int = 0) -> bool:
+        """Take when a quarter of the prefetch budget is free, or when the planner is about to
+        run dry: refilling in big gulps keeps round trips per job low.  `held`/`rows`: texts
+        and rows taken but not admitted yet."""
+        budget, held = self.prefetch.texts, self._open_texts + held
+        return held <= budget - budget // 4 or (held < budget and self.planner.pending + rows < 256)
 
     def _idle(self) -> bool:
         return (
@@ -224,8 +234,13 @@ class BatchWorker(SimpleWorker):
             taken = self.intake.take(self._interactive_room(), block_s=0.0, first_lane_only=True)
         else:
             taken = self.intake.take(self.prefetch.texts - self._open_texts, block_s=block)
+        if not first_lane_only:
+            self._flowing = bool(taken)
         if not taken:
             return 0
+        held = self.intake.texts_in(taken)
+        if not self._stopping and not first_lane_only and self._wants_more(held, held):
+            self.intake.send_ahead(self.prefetch.texts - self._open_texts - held)
         started, rejected = self.intake.admit(taken, now_wall=time.time())
         if rejected:
             self.intake.refuse(rejected)
