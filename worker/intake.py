@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import redis
 from redis import Redis
 from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.results import Result
@@ -101,7 +102,19 @@ class Intake:
 
     def ahead_ready(self) -> bool:
         """The take sent ahead has its reply waiting (collecting it will not block)."""
-        return self._ahead is not None and bool(self._ahead.connection.can_read(timeout=0))
+        if self._ahead is None:
+            return False
+        try:
+            return bool(self._ahead.connection.can_read(timeout=0))
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return True  # collecting it raises the error and drops the take
+
+    def abandon_ahead(self) -> None:
+        """Forget a take sent ahead (its connection failed): the jobs it may have started are
+        retried by recovery, as for a worker that died."""
+        if self._ahead is not None:
+            pending, self._ahead = self._ahead, None
+            self.store.abandon(pending)
 
     def send_ahead(self, budget_texts: int) -> None:
         """Send the next take now without waiting: Redis runs it on its own core while this

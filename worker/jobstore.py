@@ -330,6 +330,12 @@ class JobStore:
             for k, i in enumerate(range(0, len(out), step), start=1)
         ]
 
+    def abandon(self, pending: PendingTake) -> None:
+        """Close the connection of a take that will not be read (a late reply must not reach
+        the next user of that connection)."""
+        pending.connection.disconnect()
+        self.connection.connection_pool.release(pending.connection)
+
     def _send(self, pending: PendingTake) -> None:
         keys, args = pending.keys, pending.args
         pending.connection.send_command("EVALSHA", self._take_sha, len(keys), *keys, *args)

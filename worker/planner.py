@@ -12,7 +12,8 @@ shapes, so no request can ever cause a rebuild or re-warm:
   (a padding row costs the same as a real one);
 - interactive texts go before bulk texts.
 
-Pure logic, no Redis and no threads: the worker calls it from its main thread only.
+Pure logic, no Redis and no threads: the worker calls it from its main thread only (tokenizing,
+`encode_jobs`, may run elsewhere).
 """
 
 from __future__ import annotations
@@ -73,6 +74,37 @@ class NewJob:
     truncate: bool = True
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """Jobs with their texts' token ids (`encode_jobs`), ready for `Planner.add_encoded`."""
+
+    jobs: list[tuple[NewJob, Sequence[np.ndarray]]]
+    refused: list[tuple[Hashable, str]]  # (owner, message): an over-long text, truncation off
+    since: float  # monotonic time the jobs arrived
+
+
+def encode_jobs(encoder: Encoder, jobs: Sequence[NewJob], *, now: float) -> Encoded:
+    """The tokenizing half of `Planner.add`, free of planner state so that it can run on a thread
+    of its own (`tokenizers` releases the GIL).  Jobs that truncate share one tokenizer call."""
+    out: list[tuple[NewJob, Sequence[np.ndarray]]] = []
+    refused: list[tuple[Hashable, str]] = []
+    cutting = [j for j in jobs if j.truncate]
+    if cutting:
+        tok = encoder.encode([t for j in cutting for t in j.texts], truncate=True)
+        start = 0
+        for j in cutting:
+            out.append((j, tok.ids[start : start + len(j.texts)]))
+            start += len(j.texts)
+    for j in jobs:
+        if j.truncate:
+            continue
+        try:
+            out.append((j, encoder.encode(j.texts, truncate=False).ids))
+        except TextTooLong as exc:
+            refused.append((j.owner, f"TextTooLong: {exc}"))
+    return Encoded(out, refused, now)
+
+
 class Planner:
     """Pending texts by lane and seq_len bucket, and the rule that cuts them into batches."""
 
@@ -90,26 +122,14 @@ class Planner:
     # --- intake ------------------------------------------------------------------------------
     def add(self, jobs: Sequence[NewJob], *, now: float) -> list[tuple[Hashable, str]]:
         """Tokenize and queue the texts of `jobs`; returns (owner, message) for jobs refused whole
-        (an over-long text with truncation off).  Jobs that truncate share one tokenizer call."""
-        refused: list[tuple[Hashable, str]] = []
-        cutting = [j for j in jobs if j.truncate]
-        if cutting:
-            flat = [t for j in cutting for t in j.texts]
-            tok = self.encoder.encode(flat, truncate=True)
-            start = 0
-            for j in cutting:
-                self._queue(j, tok.ids[start : start + len(j.texts)], now)
-                start += len(j.texts)
-        for j in jobs:
-            if j.truncate:
-                continue
-            try:
-                tok = self.encoder.encode(j.texts, truncate=False)
-            except TextTooLong as exc:
-                refused.append((j.owner, f"TextTooLong: {exc}"))
-                continue
-            self._queue(j, tok.ids, now)
-        return refused
+        (an over-long text with truncation off)."""
+        return self.add_encoded(encode_jobs(self.encoder, jobs, now=now))
+
+    def add_encoded(self, encoded: Encoded) -> list[tuple[Hashable, str]]:
+        """Queue jobs `encode_jobs` tokenized (maybe on another thread); returns its refusals."""
+        for job, ids in encoded.jobs:
+            self._queue(job, ids, encoded.since)
+        return encoded.refused
 
     def _queue(self, job: NewJob, ids: Sequence[np.ndarray], now: float) -> None:
         lane = job.lane if job.lane in self._buckets else LANES[0]

@@ -25,6 +25,8 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,7 @@ from .connection import wait_for_redis
 from .intake import Intake, WorkItem
 from .jobstore import JobStore
 from .metrics import WorkerMetrics
-from .planner import NewJob, PlannedBatch, Planner
+from .planner import Encoded, NewJob, PlannedBatch, Planner, encode_jobs
 from .prefetch import PrefetchBudget
 from .recovery import Recovery
 from .runner import Crashed, Done, EngineRunner
@@ -118,6 +120,11 @@ class BatchWorker(SimpleWorker):
             cap=settings.prefetch_texts, largest_batch=max(shape.batch for shape in embedder.shapes)
         )
         self._open_interactive = 0  # texts of open interactive jobs (their own small allowance)
+        # Tokenizing runs on a thread of its own (`tokenizers` releases the GIL), overlapping the
+        # main thread's Python; each take's jobs are one task, planned in take order.
+        self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="vecq-tokenize")
+        self._tokenizing: deque[tuple[Future[Encoded], int]] = deque()
+        self._tokenizing_texts = 0
         self._outbox: list[tuple[WorkItem, np.ndarray]] = []
         self._failbox: list[Failure] = []
         self._stopping = False
@@ -165,6 +172,7 @@ class BatchWorker(SimpleWorker):
                     )
                     wait, lost_since = 0.5, None
             except CONNECTION_LOST as exc:  # through Sentinel, the next connection finds the new primary
+                self.intake.abandon_ahead()
                 if lost_since is None:
                     lost_since = time.monotonic()
                 log.warning(
@@ -185,7 +193,8 @@ class BatchWorker(SimpleWorker):
         if self.intake.ahead:
             # a take sent earlier: collected once Redis has answered, or at once when the planner
             # runs low; its jobs are started, so even a stopping worker runs them
-            if self._stopping or self.planner.pending < 256 or self.intake.ahead_ready():
+            low = self.planner.pending + self._tokenizing_texts < 256
+            if self._stopping or low or self.intake.ahead_ready():
                 took = self._take(block=0.0)
         elif not self._stopping and self._wants_more():
             took = self._take(block=0.0 if (burst or not idle) else 1.0)
@@ -195,6 +204,7 @@ class BatchWorker(SimpleWorker):
         self._took_last = took > 0
         self._collect(timeout=0.0)
         requeued = self._write()
+        self._plan_tokenized(wait=self.planner.pending == 0 or self._stopping)
         self._feed(time.monotonic())
         if self._flowing and not self.intake.ahead and not self._stopping and self._wants_more():
             self.intake.send_ahead(self.prefetch.texts - self._open_texts)  # jobs keep coming: take on
@@ -209,11 +219,13 @@ class BatchWorker(SimpleWorker):
         run dry: refilling in big gulps keeps round trips per job low.  `held`/`rows`: texts
         and rows taken but not admitted yet."""
         budget, held = self.prefetch.texts, self._open_texts + held
-        return held <= budget - budget // 4 or (held < budget and self.planner.pending + rows < 256)
+        rows += self.planner.pending + self._tokenizing_texts
+        return held <= budget - budget // 4 or (held < budget and rows < 256)
 
     def _idle(self) -> bool:
         return (
             not self._open
+            and not self._tokenizing
             and not self._outbox
             and not self._failbox
             and self.runner.in_flight == 0
@@ -257,10 +269,22 @@ class BatchWorker(SimpleWorker):
         self.metrics.queue_waits([i.queue_wait for i in started if i.queue_wait is not None])
         if started:
             self._set_busy(True)
-        jobs = [NewJob(i, i.texts, i.lane, i.truncate) for i in started]
-        for owner, message in self.planner.add(jobs, now=time.monotonic()):
-            self._fail(owner, message, "text_too_long", retry=False)  # type: ignore[arg-type]
+        if started:
+            jobs = [NewJob(i, i.texts, i.lane, i.truncate) for i in started]
+            encoder, now = self.planner.encoder, time.monotonic()
+            self._tokenizing.append((self._tokenizer.submit(encode_jobs, encoder, jobs, now=now), len(jobs)))
+            self._tokenizing_texts += sum(len(i.texts) for i in started)
         return len(taken)
+
+    def _plan_tokenized(self, *, wait: bool) -> None:
+        """Hand tokenized jobs to the planner, in take order; `wait`: for the oldest, if it is
+        still tokenizing.  A tokenizer failure re-raises here, so the worker exits non-zero."""
+        while self._tokenizing and (wait or self._tokenizing[0][0].done()):
+            future, texts = self._tokenizing.popleft()
+            self._tokenizing_texts -= texts
+            for owner, message in self.planner.add_encoded(future.result()):
+                self._fail(owner, message, "text_too_long", retry=False)  # type: ignore[arg-type]
+            wait = False
 
     def _feed(self, now: float) -> None:
         while self.runner.slot_free:
@@ -351,7 +375,7 @@ class BatchWorker(SimpleWorker):
                 self._close(item)
             self.finisher.submit(done)  # it slices the writes
         retried = self._write_failures() if self._failbox else 0
-        if not self._open:
+        if not self._open and not self._tokenizing:
             self.planner.forget_dropped()
             self._set_busy(False)
         self.metrics.pending_texts.set(self._open_texts)
@@ -507,6 +531,8 @@ class BatchWorker(SimpleWorker):
     def _teardown(self, *, quick: bool) -> None:
         self.runner.stop(timeout=0.0 if quick else 5.0)
         self.finisher.stop()
+        self._tokenizer.shutdown(wait=not quick, cancel_futures=True)
+        self.intake.abandon_ahead()  # only after a crash: a clean stop collected it
         try:
             self.intake.settle()
             self.connection.delete(HEALTH_PREFIX + self.name)

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import redis
 
 from vecq.producer import Client
 
@@ -87,3 +88,33 @@ def test_worker_started_before_redis_waits_and_says_so_once(tmp_path, null_embed
         code = stop_process(worker)
         server.stop()
     assert code == 0
+
+
+def test_a_take_sent_ahead_when_redis_goes_away_is_dropped_and_taking_resumes(tmp_path) -> None:
+    """A take in flight on its own connection when Redis dies: checking it must not wedge the
+    intake (the dead socket reads as ready, collecting it raises once, the next take works)."""
+    from vecq.worker.intake import Intake
+    from vecq.worker.jobstore import JobStore
+
+    server = RedisServer(tmp_path, password="pw-ahead").start()
+    conn = redis.Redis.from_url(server.url())
+    try:
+        store = JobStore(conn, worker_name="w", worker_key="rq:worker:w")
+        intake = Intake(conn, store, [INTERACTIVE], ["interactive"], MODEL, 15, 500)
+        with Client(server.url()) as client:
+            client.submit(["before"], model=MODEL)
+        intake.send_ahead(64)
+        server.stop(signal.SIGKILL)
+        assert intake.ahead and intake.ahead_ready()
+        with pytest.raises(redis.ConnectionError):
+            intake.take(64, block_s=0.0)
+        assert not intake.ahead
+        server.start()
+        intake.send_ahead(64)
+        intake.abandon_ahead()  # what the worker's loop does on a lost connection
+        with Client(server.url()) as client:
+            client.submit(["after"], model=MODEL)
+        until(lambda: bool(intake.take(64, block_s=0.0)), 10, "a take after the restart")
+    finally:
+        conn.close()
+        server.stop()
