@@ -123,6 +123,81 @@ def quantize_int8(
     return dst
 
 
+def weight_matmuls(model) -> list:
+    """The graph's MatMul nodes whose second input is a constant weight."""
+    weights = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def activation_max(path: Path, tokenizer, texts: Sequence[str], work: Path) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of every weight MatMul's input, over `texts` (one text per run, so no
+    padding row is counted)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    xs = sorted({n.input[0] for n in weight_matmuls(model)})
+    for x in xs:
+        model.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+    probe = work / "activations.onnx"
+    onnx.save(model, str(probe))
+    sess = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    inputs = {i.name for i in sess.get_inputs()}
+    out: dict[str, np.ndarray] = {}
+    for ids in tokenizer.encode(list(texts)).ids:
+        feed = {"input_ids": ids[None, :], "attention_mask": np.ones((1, len(ids)), np.int64)}
+        values = dict(zip(names, sess.run(None, {k: v for k, v in feed.items() if k in inputs}), strict=True))
+        for x in xs:
+            m = np.abs(values[x]).reshape(-1, values[x].shape[-1]).max(0)
+            out[x] = m if x not in out else np.maximum(out[x], m)
+    probe.unlink()
+    return out
+
+
+def smooth_activations(src: Path, dst: Path, act_max: dict[str, np.ndarray], *, alpha: float = 0.5) -> Path:
+    """SmoothQuant's channel smoothing: each weight MatMul `X·W` becomes
+    `(X·diag(1/s))·(diag(s)·W)`, exact in fp32, with `s_j = max|X_j|^α / max|W_j|^(1-α)`.
+
+    Why: a few hidden channels carry activations far larger than the rest, and dynamic int8
+    gives the whole tensor one scale; shifting part of each such channel's range into the
+    (per-channel quantized) weights leaves the other channels more levels.  Together with the
+    [CLS] row apart (`split_cls`) it lets all 36 MatMuls of all-MiniLM-L6-v2 run int8 at parity
+    0.9916, where the [CLS] row apart alone reached 0.986 (BENCHMARKS.md,
+    `benchmarks/smoothquant_probe.py`).  BERT normalizes after the residual add, so `1/s` cannot
+    be folded into the LayerNorm as in pre-LN models: it is one `Mul` per MatMul input (Q, K
+    and V, reading one input, share one `s`).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    groups: dict[str, list] = {}
+    for n in weight_matmuls(model):
+        groups.setdefault(n.input[0], []).append(n)
+    nodes = []
+    for node in model.graph.node:
+        x = node.input[0] if node.input else ""
+        if node.op_type == "MatMul" and x in groups:
+            group = groups.pop(x)
+            w_max = np.max([np.abs(numpy_helper.to_array(inits[n.input[1]])).max(1) for n in group], axis=0)
+            s = np.maximum(act_max[x], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+            inverse = numpy_helper.from_array((1.0 / s).astype(np.float32), f"{x}_smooth")
+            model.graph.initializer.append(inverse)
+            nodes.append(helper.make_node("Mul", [x, f"{x}_smooth"], [f"{x}_smoothed"], name=f"{x}_smooth"))
+            for n in group:
+                w = numpy_helper.to_array(inits[n.input[1]]) * s[:, None]
+                inits[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
+                n.input[0] = f"{x}_smoothed"
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return dst
+
+
 #: Suffix of the MatMul that `split_cls` adds for the [CLS] row of each weight MatMul.
 CLS_SUFFIX = "_cls"
 
