@@ -3,14 +3,12 @@
 - cpu fp32: the plain exported graph (ORT's own session-level optimizations still apply); on a
   small CPU the transformer optimizer's fused graph measured slower (BENCHMARKS.md).
 - cuda fp32 / fp16: fused attention from ORT's BERT optimizer; fp16 keeps float32 inputs/outputs.
-- cpu int8: dynamic int8 (per-channel 7-bit weights) of the MatMuls, after SmoothQuant-style
-  channel smoothing (`export.smooth_activations`), each with the [CLS] row quantized apart from
-  the other tokens (`export.split_cls`); if parity still fails, the MatMuls whose quantization
+- cpu int8: dynamic int8 (per-channel 7-bit weights) of the MatMuls, each with the [CLS] row
+  quantized apart from the other tokens (`export.split_cls`); the MatMuls whose quantization
   costs the most cosine (measured per model, at build time) stay fp32, as few as parity allows.
   Plain all-int8 moves short texts' vectors to cosine ~0.97 on all-MiniLM-L6-v2 and the loss is
   spread over many MatMuls, so no fixed rule ("skip the first layer", "only the FFN") was
-  enough; with the [CLS] row apart 4 of 36 had to stay fp32, and with smoothing too none do
-  (BENCHMARKS.md).
+  enough; with the [CLS] row apart, 4 of 36 stay fp32 instead of 14 (BENCHMARKS.md).
 
 Parity runs the candidate through `OnnxEngine` and vecq's own shape planner and padding, so it
 checks exactly what a worker will run.
@@ -26,16 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import (
-    CLS_SUFFIX,
-    activation_max,
-    export_onnx,
-    optimize,
-    quantize_int8,
-    smooth_activations,
-    split_cls,
-    weight_sizes,
-)
+from .export import CLS_SUFFIX, export_onnx, optimize, quantize_int8, split_cls, weight_sizes
 from .parity import ParityReport, calibration_texts, compare, reference_vectors
 from .shapes import ShapeSet
 from .spec import ModelSpec
@@ -90,10 +79,7 @@ def build_onnx(
                 )
                 return report.min_cosine
 
-            def act_max(path: Path, scratch: Path) -> dict[str, np.ndarray]:
-                return activation_max(path, tokenizer, calibration, scratch)
-
-            artifact, chosen = _int8(exported, work, parity, calibrate, act_max, say)
+            artifact, chosen = _int8(exported, work, parity, calibrate, say)
         elif device == "cpu":
             artifact, chosen = OnnxArtifact("exported", [], parity(exported)), exported
         else:
@@ -138,34 +124,17 @@ def int8_ladder(ranked: Sequence[str], *, step: int) -> list[list[str]]:
     return [list(ranked[:k]) for k in range(0, len(ranked) + 1, step)]
 
 
-def _int8(exported: Path, work: Path, parity, calibrate, act_max, say) -> tuple[OnnxArtifact, Path]:
-    """Smooth the activations' channels (`smooth_activations`), quantize every weight MatMul with
-    the [CLS] row apart (`split_cls`) and 7-bit weights, and while parity fails keep more of the
-    most sensitive in fp32.
+def _int8(exported: Path, work: Path, parity, calibrate, say) -> tuple[OnnxArtifact, Path]:
+    """Quantize every weight MatMul with the [CLS] row apart (`split_cls`) and 7-bit weights, and
+    while parity fails keep more of the most sensitive in fp32.
 
-    Sensitivity is measured only when all-int8 fails, on calibration texts distinct from the
-    parity texts (each MatMul quantized alone, cosine lost), so the final parity check is not the
-    set that chose the nodes.
+    Sensitivity is measured on calibration texts distinct from the parity texts (each MatMul
+    quantized alone, cosine lost), so the final parity check is not the set that chose the nodes.
     """
-    say("int8: smoothing activation channels (calibration texts)")
-    smoothed = smooth_activations(exported, work / "smoothed.onnx", act_max(exported, work))
     split = work / "split.onnx"
-    nodes = split_cls(smoothed, split)
+    nodes = split_cls(exported, split)
     pairs = {n: [n, n + CLS_SUFFIX] for n in nodes}
     every = [m for pair in pairs.values() for m in pair]
-
-    def attempt(keep: list[str], k: int) -> tuple[OnnxArtifact, Path]:
-        label = f"int8 ({len(nodes) - len(keep)}/{len(nodes)} MatMul, smoothed, [CLS] apart, 7-bit weights)"
-        path = quantize_int8(
-            split, work / f"int8-{k}.onnx", exclude=[m for n in keep for m in pairs[n]], reduce_range=True
-        )
-        report = parity(path)
-        say(f"{label}: parity min cosine {report.min_cosine:.6f} (text {report.worst_index})")
-        return OnnxArtifact(label, sorted(keep), report), path
-
-    best = attempt([], 0)
-    if best[0].report.passed:
-        return best
     say(f"int8: measuring the sensitivity of {len(nodes)} MatMuls (each quantized alone)")
     loss, sizes = {}, weight_sizes(exported)
     for node in nodes:
@@ -174,12 +143,20 @@ def _int8(exported: Path, work: Path, parity, calibrate, act_max, say) -> tuple[
         loss[node] = 1.0 - calibrate(probe)
     # Keep in fp32 first what loses the most cosine per weight (≈ per FLOP) quantized.
     ranked = sorted(nodes, key=lambda n: loss[n] / sizes.get(n, 1), reverse=True)
-    for k, keep in enumerate(int8_ladder(ranked, step=max(1, len(nodes) // 18))[1:], start=1):
-        artifact, path = attempt(keep, k)
-        if artifact.report.passed:
+    best: tuple[OnnxArtifact, Path] | None = None
+    for k, keep in enumerate(int8_ladder(ranked, step=max(1, len(nodes) // 18))):
+        label = f"int8 ({len(nodes) - len(keep)}/{len(nodes)} MatMul, [CLS] row apart, 7-bit weights)"
+        path = quantize_int8(
+            split, work / f"int8-{k}.onnx", exclude=[m for n in keep for m in pairs[n]], reduce_range=True
+        )
+        report = parity(path)
+        say(f"{label}: parity min cosine {report.min_cosine:.6f} (text {report.worst_index})")
+        artifact = OnnxArtifact(label, sorted(keep), report)
+        if report.passed:
             return artifact, path
-        if artifact.report.min_cosine > best[0].report.min_cosine:
+        if best is None or report.min_cosine > best[0].report.min_cosine:
             best = artifact, path
+    assert best is not None, "the int8 ladder is never empty (vecq bug)"
     return best  # fails `require` in the caller, with the best cosine reached
 
 
