@@ -1,0 +1,184 @@
+"""SmoothQuant-style channel smoothing before dynamic int8, with and without the [CLS] row apart:
+parity on the parity texts, and speed against onnx fp32 and `SentenceTransformer.encode`.
+
+    python benchmarks/smoothquant_probe.py --alphas 0.4,0.5,0.6 [--speed]
+
+Not used by `vecq build`: with α = 0.5 it passes parity on the 60 parity texts with all 36
+MatMuls int8 (0.9916), but over the 2,000-text corpus of `vecq bench embed` the worst cosine to
+sentence-transformers fell to 0.9894 (the build it would have replaced: 0.9955), for ~5 % more
+speed (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import numpy as np
+
+
+def weight_matmuls(model) -> list:
+    """The graph's MatMul nodes whose second input is a constant weight."""
+    weights = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def activation_max(path: Path, tokenizer, texts: Sequence[str], work: Path) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of every weight MatMul's input, over `texts` (one text per run, so no
+    padding row is counted)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    xs = sorted({n.input[0] for n in weight_matmuls(model)})
+    for x in xs:
+        model.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+    probe = work / "activations.onnx"
+    onnx.save(model, str(probe))
+    sess = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    inputs = {i.name for i in sess.get_inputs()}
+    out: dict[str, np.ndarray] = {}
+    for ids in tokenizer.encode(list(texts)).ids:
+        feed = {"input_ids": ids[None, :], "attention_mask": np.ones((1, len(ids)), np.int64)}
+        values = dict(zip(names, sess.run(None, {k: v for k, v in feed.items() if k in inputs}), strict=True))
+        for x in xs:
+            m = np.abs(values[x]).reshape(-1, values[x].shape[-1]).max(0)
+            out[x] = m if x not in out else np.maximum(out[x], m)
+    probe.unlink()
+    return out
+
+
+def smooth_activations(src: Path, dst: Path, act_max: dict[str, np.ndarray], *, alpha: float = 0.5) -> Path:
+    """SmoothQuant's channel smoothing: each weight MatMul `X·W` becomes
+    `(X·diag(1/s))·(diag(s)·W)`, exact in fp32, with `s_j = max|X_j|^α / max|W_j|^(1-α)`.
+
+    Why: a few hidden channels carry activations far larger than the rest, and dynamic int8
+    gives the whole tensor one scale; shifting part of each such channel's range into the
+    (per-channel quantized) weights leaves the other channels more levels.  Together with the
+    [CLS] row apart (`split_cls`) it lets all 36 MatMuls of all-MiniLM-L6-v2 run int8 at parity
+    0.9916, where the [CLS] row apart alone reached 0.986 (BENCHMARKS.md,
+    `benchmarks/smoothquant_probe.py`).  BERT normalizes after the residual add, so `1/s` cannot
+    be folded into the LayerNorm as in pre-LN models: it is one `Mul` per MatMul input (Q, K
+    and V, reading one input, share one `s`).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    groups: dict[str, list] = {}
+    for n in weight_matmuls(model):
+        groups.setdefault(n.input[0], []).append(n)
+    nodes = []
+    for node in model.graph.node:
+        x = node.input[0] if node.input else ""
+        if node.op_type == "MatMul" and x in groups:
+            group = groups.pop(x)
+            w_max = np.max([np.abs(numpy_helper.to_array(inits[n.input[1]])).max(1) for n in group], axis=0)
+            s = np.maximum(act_max[x], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+            inverse = numpy_helper.from_array((1.0 / s).astype(np.float32), f"{x}_smooth")
+            model.graph.initializer.append(inverse)
+            nodes.append(helper.make_node("Mul", [x, f"{x}_smooth"], [f"{x}_smoothed"], name=f"{x}_smooth"))
+            for n in group:
+                w = numpy_helper.to_array(inits[n.input[1]]) * s[:, None]
+                inits[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
+                n.input[0] = f"{x}_smoothed"
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return dst
+
+
+@click.command()
+@click.option("--alphas", default="0.4,0.5,0.6", show_default=True)
+@click.option("--speed/--no-speed", default=False, help="Also time the α=0.5 variants (1000 texts).")
+@click.option("--rounds", type=int, default=3, show_default=True)
+def main(alphas: str, speed: bool, rounds: int) -> None:
+    logging.getLogger().setLevel(logging.WARNING)
+    from vecq.engines.backends.onnx import OnnxEngine
+    from vecq.engines.embedder import Embedder, default_model_dir
+    from vecq.engines.export import export_onnx, quantize_int8, split_cls
+    from vecq.engines.parity import calibration_texts, parity_texts, reference_vectors
+    from vecq.engines.pooled import load_pooled
+    from vecq.engines.shapes import ShapeSet
+    from vecq.engines.spec import read_spec
+    from vecq.engines.tokenizer import TextTokenizer
+
+    model_dir = default_model_dir()
+    spec = read_spec(model_dir)
+    tok = TextTokenizer.from_dir(model_dir, max_seq_len=spec.max_seq_len)
+    shapes = ShapeSet.for_cpu(max_seq_len=spec.max_seq_len)
+    module = load_pooled(model_dir, spec, attn_implementation="eager")
+    texts = parity_texts()
+    ref = reference_vectors(module, tok, texts)
+
+    def embedder(path: Path) -> Embedder:
+        return Embedder(
+            spec=spec, tokenizer=tok, engine=OnnxEngine(path, shapes=shapes, dim=spec.dim, device="cpu")
+        )
+
+    def parity(path: Path) -> float:
+        with embedder(path) as e:
+            v = e.embed(texts)
+        return float(((v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)).min())
+
+    with tempfile.TemporaryDirectory(prefix="vecq-sq-") as tmp_s:
+        tmp = Path(tmp_s)
+        fp32 = export_onnx(module, tmp / "fp32.onnx")
+        stats = activation_max(fp32, tok, calibration_texts(), tmp)
+        click.echo(f"{'α':>4} {'int8 rr':>9} {'[CLS] apart, int8':>18} {'[CLS] apart, int8 rr':>21}")
+        for alpha in [float(a) for a in alphas.split(",")]:
+            sm = smooth_activations(fp32, tmp / f"sm-{alpha}.onnx", stats, alpha=alpha)
+            split_cls(sm, tmp / "split.onnx")
+            row = [
+                parity(quantize_int8(sm, tmp / "a.onnx", reduce_range=True)),
+                parity(quantize_int8(tmp / "split.onnx", tmp / "b.onnx")),
+                parity(quantize_int8(tmp / "split.onnx", tmp / "c.onnx", reduce_range=True)),
+            ]
+            click.echo(f"{alpha:>4} {row[0]:>9.5f} {row[1]:>18.5f} {row[2]:>21.5f}")
+        if not speed:
+            return
+        from sentence_transformers import SentenceTransformer
+
+        from vecq.worker.corpus import make_corpus
+
+        corpus = make_corpus(1000, seed=0)
+        split_cls(smooth_activations(fp32, tmp / "sm.onnx", stats), tmp / "sm-split.onnx")
+        split_cls(fp32, tmp / "split.onnx")
+        paths = {
+            "onnx fp32": fp32,
+            "all int8 (u8s8)": quantize_int8(fp32, tmp / "all.onnx"),
+            "[CLS] apart rr": quantize_int8(tmp / "split.onnx", tmp / "s.onnx", reduce_range=True),
+            "smooth 0.5 + [CLS] apart rr": quantize_int8(
+                tmp / "sm-split.onnx", tmp / "ss.onnx", reduce_range=True
+            ),
+        }
+        engines = {k: embedder(p) for k, p in paths.items()}
+        st = SentenceTransformer(str(model_dir), device="cpu")
+        rates: dict[str, list[float]] = {"sentence-transformers": [], **{k: [] for k in engines}}
+        st.encode(corpus[:50], batch_size=32)
+        for e in engines.values():
+            e.embed(corpus[:50])
+        for rnd in range(rounds):
+            t0 = time.perf_counter()
+            st.encode(corpus, batch_size=32)
+            rates["sentence-transformers"].append(len(corpus) / (time.perf_counter() - t0))
+            for k, e in engines.items():
+                t0 = time.perf_counter()
+                e.embed(corpus)
+                rates[k].append(len(corpus) / (time.perf_counter() - t0))
+            click.echo(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()))
+        base = max(rates["sentence-transformers"])
+        for k, v in rates.items():
+            click.echo(f"{k:<30} {' / '.join(f'{x:.0f}' for x in v):>20} {max(v) / base:>6.2f}× ST best/best")
+
+
+if __name__ == "__main__":
+    main()
