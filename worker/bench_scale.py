@@ -92,6 +92,12 @@ def _redis_counters(conn) -> tuple[float, int, int]:
 def _start_workers(
     n: int, url: str, flags: list[str], *, pin: bool, device: str, logs: Path
 ) -> list[subprocess.Popen]:
+    if device == "gpus":  # as operators run it: one supervisor, one worker per GPU 0..n-1
+        cmd = [sys.executable, "-m", "vecq.worker", "worker", "--redis", url, "--lanes", "bulk"]
+        cmd += ["--gpus", ",".join(str(i) for i in range(n)), "--worker-name", f"scale-{n}"]
+        out = (logs / f"supervisor-{n}.log").open("ab")
+        cmd += ["--log-level", "WARNING", *flags]
+        return [subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)]
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     procs = []
     for i in range(n):
@@ -174,7 +180,10 @@ def _round(conn, url: str, n_workers: int, texts: list[str], model: str, flags, 
 @click.option("--backend", type=click.Choice(["onnx", "torch", "null"]), default="null", show_default=True)
 @click.option("--bundle", type=click.Path(file_okay=False), help="Bundle dir (else the default model).")
 @click.option(
-    "--device", default="cpu", show_default=True, help="Every worker's device (cuda:0 shares one GPU)."
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Every worker's device (cuda:0 shares one GPU); `gpus`: N workers on GPUs 0..N-1 (`--gpus`).",
 )
 @click.option("--pin", is_flag=True, help="Pin worker i to core i (mod the cores this process may use).")
 @click.option(
