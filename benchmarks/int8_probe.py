@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 
 @click.command()
@@ -34,29 +32,15 @@ import numpy as np
 @click.option("--rounds", type=int, default=2, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
 def main(n_texts: int, rounds: int, json_out: Path | None) -> None:
-    from sentence_transformers import SentenceTransformer
+    from probe_common import DefaultModel, race, ratio_table
 
-    from vecq.engines.backends.onnx import OnnxEngine
-    from vecq.engines.embedder import Embedder, default_model_dir
     from vecq.engines.export import export_onnx, quantize_int8, split_cls
-    from vecq.engines.parity import parity_texts, reference_vectors
-    from vecq.engines.pooled import load_pooled
-    from vecq.engines.shapes import ShapeSet
-    from vecq.engines.spec import read_spec
-    from vecq.engines.tokenizer import TextTokenizer
     from vecq.worker.corpus import make_corpus
 
-    model_dir = default_model_dir()
-    spec = read_spec(model_dir)
-    tok = TextTokenizer.from_dir(model_dir, max_seq_len=spec.max_seq_len)
-    shapes = ShapeSet.for_cpu(max_seq_len=spec.max_seq_len)
-    module = load_pooled(model_dir, spec, attn_implementation="eager")
-    texts = parity_texts()
-    ref = reference_vectors(module, tok, texts)
-    corpus = make_corpus(n_texts, seed=0)
+    m = DefaultModel.load()
     with tempfile.TemporaryDirectory(prefix="vecq-int8-") as tmp_s:
         tmp = Path(tmp_s)
-        fp32 = export_onnx(module, tmp / "fp32.onnx")
+        fp32 = export_onnx(m.module, tmp / "fp32.onnx")
         split_cls(fp32, tmp / "split.onnx")
         variants = {
             "onnx fp32": fp32,
@@ -69,39 +53,12 @@ def main(n_texts: int, rounds: int, json_out: Path | None) -> None:
                 tmp / "split.onnx", tmp / "split-u8.onnx", unsigned_weights=True
             ),
         }
-        engines = {
-            k: Embedder(
-                spec=spec, tokenizer=tok, engine=OnnxEngine(p, shapes=shapes, dim=spec.dim, device="cpu")
-            )
-            for k, p in variants.items()
-        }
-        parity = {}
-        for name, emb in engines.items():
-            v = emb.embed(texts)
-            cos = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
-            parity[name] = float(cos.min())
-        st = SentenceTransformer(str(model_dir), device="cpu")
-        rates: dict[str, list[float]] = {"sentence-transformers": [], **{k: [] for k in engines}}
-        st.encode(corpus[:50], batch_size=32)
-        for emb in engines.values():
-            emb.embed(corpus[:50])
-        for rnd in range(rounds):
-            t0 = time.perf_counter()
-            st.encode(corpus, batch_size=32)
-            rates["sentence-transformers"].append(n_texts / (time.perf_counter() - t0))
-            for name, emb in engines.items():
-                t0 = time.perf_counter()
-                emb.embed(corpus)
-                rates[name].append(n_texts / (time.perf_counter() - t0))
-            click.echo(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()))
+        parity = {name: m.parity(path) for name, path in variants.items()}
+        engines = {k: m.embedder(p) for k, p in variants.items()}
+        rates = race(m.model_dir, engines, make_corpus(n_texts, seed=0), rounds)
         for emb in engines.values():
             emb.close()
-    base = max(rates["sentence-transformers"])
-    click.echo(f"\n{'variant':<32} {'min parity cos':>15} {'texts/s (rounds)':>22} {'× ST best/best':>15}")
-    for name, r in rates.items():
-        p = f"{parity[name]:.5f}" if name in parity else "—"
-        per = " / ".join(f"{x:.0f}" for x in r)
-        click.echo(f"{name:<32} {p:>15} {per:>22} {max(r) / base:>14.2f}×")
+    ratio_table(rates, parity)
     if json_out:
         json_out.write_text(json.dumps({"parity_min_cos": parity, "texts_per_s": rates}, indent=1))
 
