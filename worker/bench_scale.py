@@ -92,17 +92,17 @@ def _redis_counters(conn) -> tuple[float, int, int]:
 def _start_workers(
     n: int, url: str, flags: list[str], *, pin: bool, device: str, logs: Path
 ) -> list[subprocess.Popen]:
+    base = [sys.executable, "-m", "vecq.worker", "worker", "--redis", url, "--lanes", "bulk"]
     if device == "gpus":  # as operators run it: one supervisor, one worker per GPU 0..n-1
-        cmd = [sys.executable, "-m", "vecq.worker", "worker", "--redis", url, "--lanes", "bulk"]
-        cmd += ["--gpus", ",".join(str(i) for i in range(n)), "--worker-name", f"scale-{n}"]
+        cmd = [*base, "--gpus", ",".join(str(i) for i in range(n)), "--worker-name", f"scale-{n}"]
         out = (logs / f"supervisor-{n}.log").open("ab")
-        cmd += ["--log-level", "WARNING", *flags]
-        return [subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)]
+        return [
+            subprocess.Popen([*cmd, "--log-level", "WARNING", *flags], stdout=out, stderr=subprocess.STDOUT)
+        ]
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     procs = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "vecq.worker", "worker", "--redis", url, "--lanes", "bulk"]
-        cmd += ["--device", device, "--worker-name", f"scale-{n}-{i}", "--log-level", "WARNING", *flags]
+        cmd = [*base, "--device", device, "--worker-name", f"scale-{n}-{i}", "--log-level", "WARNING", *flags]
 
         def pin_to(core: int | None = cores[i % len(cores)] if pin and cores else None) -> None:
             if core is not None:

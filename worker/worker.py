@@ -113,8 +113,7 @@ class BatchWorker(Lifecycle, SimpleWorker):
         # Tokenizing runs on a thread of its own (`tokenizers` releases the GIL), overlapping the
         # main thread's Python; each take's jobs are one task, planned in take order.
         self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="vecq-tokenize")
-        self._tokenizing: deque[tuple[Future[Encoded], int]] = deque()
-        self._tokenizing_texts = 0
+        self._tokenizing: deque[tuple[Future[Encoded], int]] = deque()  # (task, its texts)
         self._outbox: list[tuple[WorkItem, np.ndarray]] = []
         self._failbox: list[Failure] = []
         self._stopping = False
@@ -183,7 +182,7 @@ class BatchWorker(Lifecycle, SimpleWorker):
         if self.intake.ahead:
             # a take sent earlier: collected once Redis has answered, or at once when the planner
             # runs low; its jobs are started, so even a stopping worker runs them
-            low = self.planner.pending + self._tokenizing_texts < 256
+            low = self.planner.pending + self._tokenizing_texts() < 256
             if self._stopping or low or self.intake.ahead_ready():
                 took = self._take(block=0.0)
         elif not self._stopping and self._wants_more():
@@ -209,7 +208,7 @@ class BatchWorker(Lifecycle, SimpleWorker):
         run dry: refilling in big gulps keeps round trips per job low.  `held`/`rows`: texts
         and rows taken but not admitted yet."""
         budget, held = self.prefetch.texts, self._open_texts + held
-        rows += self.planner.pending + self._tokenizing_texts
+        rows += self.planner.pending + self._tokenizing_texts()
         return held <= budget - budget // 4 or (held < budget and rows < 256)
 
     def _idle(self) -> bool:
@@ -259,19 +258,19 @@ class BatchWorker(Lifecycle, SimpleWorker):
         self.metrics.queue_waits([i.queue_wait for i in started if i.queue_wait is not None])
         if started:
             self._set_busy(True)
-        if started:
             jobs = [NewJob(i, i.texts, i.lane, i.truncate) for i in started]
-            encoder, now = self.planner.encoder, time.monotonic()
-            self._tokenizing.append((self._tokenizer.submit(encode_jobs, encoder, jobs, now=now), len(jobs)))
-            self._tokenizing_texts += sum(len(i.texts) for i in started)
+            task = self._tokenizer.submit(encode_jobs, self.planner.encoder, jobs, now=time.monotonic())
+            self._tokenizing.append((task, sum(len(i.texts) for i in started)))
         return len(taken)
+
+    def _tokenizing_texts(self) -> int:
+        return sum(texts for _, texts in self._tokenizing)
 
     def _plan_tokenized(self, *, wait: bool) -> None:
         """Hand tokenized jobs to the planner, in take order; `wait`: for the oldest, if it is
         still tokenizing.  A tokenizer failure re-raises here, so the worker exits non-zero."""
         while self._tokenizing and (wait or self._tokenizing[0][0].done()):
-            future, texts = self._tokenizing.popleft()
-            self._tokenizing_texts -= texts
+            future, _ = self._tokenizing.popleft()
             for owner, message in self.planner.add_encoded(future.result()):
                 self._fail(owner, message, "text_too_long", retry=False)  # type: ignore[arg-type]
             wait = False
