@@ -167,6 +167,12 @@ class Lifecycle:
         return False
 
     def _bootstrap(self) -> None:
+        # Signals first: a SIGTERM that lands while warming up or registering (a supervisor or
+        # a test stopping a worker as soon as it shows up) must drain and exit 0 like any other,
+        # not kill the process with the default handler.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGTERM, self.request_stop)
         try:  # warm before registering: a registered worker is one that serves at full speed
             self.runner.start()
         except Exception as exc:
@@ -174,9 +180,6 @@ class Lifecycle:
         self.register_birth()
         self.subscribe()
         self.set_state(WorkerStatus.STARTED)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self.request_stop)
-            signal.signal(signal.SIGTERM, self.request_stop)
         self.finisher.start()
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)
