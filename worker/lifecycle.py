@@ -17,6 +17,8 @@ import time
 from typing import TYPE_CHECKING
 
 import redis
+from rq.utils import now as rq_now
+from rq.utils import utcformat
 from rq.worker import WorkerStatus
 
 from .status import HEALTH_PREFIX
@@ -141,7 +143,12 @@ class Lifecycle:
         """rq refuses a name whose worker key is still there, so a supervisor restarting a crashed
         worker under its fixed name would fail until rq's key expires (minutes).  A namesake is
         taken over when it is surely dead: on this host with its pid gone, or silent for two
-        heartbeat TTLs (its health key expired).  A live one still makes rq refuse."""
+        heartbeat TTLs (its health key expired).  A live one still makes rq refuse.
+
+        The dead namesake is marked dead rather than deleted: rq's `Worker.all` (every `rq info`,
+        every dashboard) drops a listed worker whose key is missing, and a listing that fell in
+        the gap between a delete and rq's re-registration dropped the new worker too, leaving it
+        serving but unlisted.  rq replaces a dead worker's key in one MULTI, with no such gap."""
         death, host, pid = self.connection.hmget(self.key, ["death", "hostname", "pid"])
         if host is not None and death is None:
             if not self._namesake_dead(host.decode(), int(pid or 0)):
@@ -149,8 +156,8 @@ class Lifecycle:
                     f"a live worker is named {self.name!r} (pid {int(pid or 0)} on {host.decode()}); "
                     "pick another --worker-name"
                 )
-            log.warning("worker %s: taking over the name from a dead worker (pid %s)", self.name, pid)
-            self.connection.delete(self.key)
+            log.warning("worker %s: taking over the name of dead pid %d", self.name, int(pid or 0))
+            self.connection.hset(self.key, "death", utcformat(rq_now()))
         super().register_birth()
 
     def _namesake_dead(self, host: str, pid: int) -> bool:

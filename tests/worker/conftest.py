@@ -18,9 +18,18 @@ from vecq.producer.serializer import MsgpackSerializer
 from vecq.worker.settings import WorkerSettings
 from vecq.worker.worker import BatchWorker
 
+from .servers import reap_spawned
+
 MODEL = "all-minilm-l6-v2"
 INTERACTIVE = queue_name(MODEL, "interactive")
 BULK = queue_name(MODEL, "bulk")
+
+
+@pytest.fixture(autouse=True)
+def reap_workers() -> Iterator[None]:
+    """Kills worker processes a test left running (a failed assertion skipped its stop)."""
+    yield
+    reap_spawned()
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,25 @@ def spawn_worker(
     cmd = [*VECQ, "worker", "--backend", "null", "--redis", url, "--heartbeat-ttl", "3"]
     cmd += ["--cleanup-interval", "1", *flags]
     out = log.open("ab")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    SPAWNED.append(proc)
+    return proc
+
+
+# Every worker `spawn_worker` started; the `reap_workers` fixture (conftest.py) kills those still
+# running when their test ends.  A worker leaked by a failed test otherwise goes on serving the
+# shared test Redis and takes the next tests' jobs, turning one failure into many.
+SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
+def reap_spawned() -> list[int]:
+    """SIGKILL every spawned worker still running; their pids."""
+    leaked = [p for p in SPAWNED if p.poll() is None]
+    for proc in leaked:
+        proc.kill()
+        proc.wait(10)
+    SPAWNED.clear()
+    return [p.pid for p in leaked]
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -103,4 +105,35 @@ def test_a_live_namesake_is_refused_and_a_dead_one_taken_over(redis_url: str, tm
         until(lambda: _workers(conn, "twin").get("twin") == third.pid, 60, "the name taken over")
         assert stop_process(third) == 0
     finally:
-        stop_process(first)
+        stop_process(first)  # `third`, if the wait failed, is killed by the reap_workers fixture
+
+
+def test_a_name_taken_over_stays_listed_while_rq_lists_workers(redis_conn, make_worker) -> None:
+    """rq's `Worker.all` unlists a worker whose key is missing; taking over a dead namesake must
+    leave no moment without the key, or a listing at that moment unlists the new worker for good
+    (a CI failure: the worker served on, unseen, and took later tests' jobs)."""
+    worker = make_worker()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stop = threading.Event()
+
+    def list_workers() -> None:
+        while not stop.is_set():
+            Worker.all(connection=redis_conn)
+
+    listers = [threading.Thread(target=list_workers, daemon=True) for _ in range(2)]
+    for t in listers:
+        t.start()
+    try:
+        for _ in range(100):
+            # A namesake on this host whose pid is gone and whose health key has expired.
+            redis_conn.hset(worker.key, mapping={"hostname": socket.gethostname(), "pid": dead.pid})
+            redis_conn.sadd(Worker.redis_workers_keys, worker.key)
+            worker.register_birth()
+            assert redis_conn.sismember(Worker.redis_workers_keys, worker.key)
+            assert int(redis_conn.hget(worker.key, "pid")) == os.getpid()
+    finally:
+        stop.set()
+        for t in listers:
+            t.join(10)
+        worker.register_death()
