@@ -94,6 +94,8 @@ class Intake:
     _texts_per_job: float = field(default=4.0, init=False)
     _owed_texts: int = field(default=0, init=False)  # taken, not yet off the queued-texts counter
     _ahead: PendingTake | None = field(default=None, init=False)
+    _waiter: int | None = field(default=None, init=False)  # client id of a wait for jobs in progress
+    _woken: bool = field(default=False, init=False)
 
     @property
     def ahead(self) -> bool:
@@ -139,11 +141,46 @@ class Intake:
             return taken
         first = self.store.keys.queue + self.queue_names[0]
         wait = block_s if len(self.queue_names) == 1 else min(block_s, 0.05)
-        # BLMOVE a list onto its own head waits for a job without taking it: the take that
-        # follows does that, atomically with starting it.
-        if self.connection.blmove(first, first, wait, "LEFT", "LEFT") is None and len(self.queue_names) == 1:
+        if not self._wait_for_job(first, wait) and len(self.queue_names) == 1:
             return []
         return self._take(max_jobs, budget_texts)
+
+    def _wait_for_job(self, key: str, wait: float) -> bool:
+        """Block until `key` holds a job or `wait` s pass, without taking it (BLMOVE of a list
+        onto its own head; the take that follows starts it atomically).  On a connection of its
+        own, whose client id `wake` can unblock from another thread."""
+        pool = self.connection.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(
+                conn.pack_commands([("CLIENT", "ID"), ("BLMOVE", key, key, "LEFT", "LEFT", wait)])
+            )
+            try:
+                self._waiter = conn.read_response()
+            except redis.ResponseError:  # CLIENT ID refused by an ACL: this wait cannot be woken
+                self._waiter = None
+            if self._woken:  # asked to stop before the wait began: `wake` may have missed it
+                conn.disconnect()
+                return False
+            return conn.read_response() is not None
+        except BaseException:
+            conn.disconnect()  # a reply may still be on its way: never reuse it
+            raise
+        finally:
+            self._waiter = None
+            pool.release(conn)
+
+    def wake(self) -> None:
+        """From another thread: end a wait for jobs now (CLIENT UNBLOCK), so that a worker asked
+        to stop does not sit out its idle wait -- a second at the end of every embedded `vecq
+        embed` run.  A wake that races the wait's start is caught by `_woken`, or at worst the
+        wait runs its course, as it does where an ACL refuses CLIENT UNBLOCK (a `@dangerous`
+        command; only in-process stops use it, a signalled worker just finishes its wait)."""
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.connection.client_unblock(waiter)
 
     def _take(self, max_jobs: int, budget_texts: int, *, lanes: int | None = None) -> list[Taken]:
         return self.store.take(self.queue_names[:lanes], max_jobs, **self._take_options(budget_texts))

@@ -59,6 +59,10 @@ INTERACTIVE_BUDGET = 256
 class BatchWorker(Lifecycle, SimpleWorker):
     """One process, one model, loaded once; many jobs per Redis round trip."""
 
+    #: Seconds an idle worker waits on its queue per call (one queue; with two it polls every
+    #: 50 ms).  `stop()` cuts the wait short (`Intake.wake`); a signal lets it run out.
+    IDLE_WAIT_S = 1.0
+
     def __init__(
         self,
         embedder: Embedder,
@@ -186,7 +190,7 @@ class BatchWorker(Lifecycle, SimpleWorker):
             if self._stopping or low or self.intake.ahead_ready():
                 took = self._take(block=0.0)
         elif not self._stopping and self._wants_more():
-            took = self._take(block=0.0 if (burst or not idle) else 1.0)
+            took = self._take(block=0.0 if (burst or not idle) else self.IDLE_WAIT_S)
         elif not self._stopping and self._interactive_room() > 0:
             # bulk fills the budget: interactive jobs still get in
             took = self._take(block=0.0, first_lane_only=True)

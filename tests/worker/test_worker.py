@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from rq.worker import Worker
 from vecq.engines import Embedder
 from vecq.producer.contract import queued_texts_key
 from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer
+from vecq.worker.worker import BatchWorker
 
 from .conftest import BULK, INTERACTIVE, MODEL, enqueue, result_of, run, vectors_of
+from .servers import until
 
 VECQ = [sys.executable, "-c", "from vecq.worker.cli import main; main()"]
 
@@ -165,7 +168,6 @@ def test_rq_sees_queues_workers_and_counts(redis_conn, make_worker) -> None:
     enqueue(redis_conn, [[3]])
     worker = make_worker(burst=False)
     assert Queue(INTERACTIVE, connection=redis_conn).count == 4
-    import threading
 
     t = threading.Thread(target=worker.work, daemon=True)
     t.start()
@@ -189,6 +191,21 @@ def test_rq_sees_queues_workers_and_counts(redis_conn, make_worker) -> None:
     assert not t.is_alive()
     assert Worker.all(connection=redis_conn, serializer=MsgpackSerializer) == []
     assert redis_conn.exists(f"vecq:health:{worker.name}") == 0
+
+
+def test_a_worker_stopped_while_waiting_for_jobs_leaves_at_once(redis_conn, make_worker, monkeypatch) -> None:
+    """`stop()` wakes the idle wait (CLIENT UNBLOCK) and the pub/sub thread ends with the worker:
+    each used to add up to a second to every embedded `vecq embed` run."""
+    monkeypatch.setattr(BatchWorker, "IDLE_WAIT_S", 120.0)
+    for _ in range(3):
+        worker = make_worker(burst=False, lanes=("bulk",))  # one queue: a blocking wait, not a poll
+        t = threading.Thread(target=worker.work, daemon=True)
+        t.start()
+        until(lambda w=worker: w.intake._waiter is not None, 30, "the worker waiting for jobs")
+        worker.stop()
+        t.join(30)  # far less than the 120 s wait: only a wake ends it this soon
+        assert not t.is_alive()
+        assert not worker.pubsub_thread.is_alive()
 
 
 class FlakyEngine(PoisonEngine):
