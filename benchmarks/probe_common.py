@@ -4,6 +4,7 @@ race of `SentenceTransformer.encode` against vecq engines on one corpus, rounds 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,3 +87,34 @@ def ratio_table(rates: dict[str, list[float]], parity: dict[str, float], *, widt
     for name, r in rates.items():
         p = f"{parity[name]:.5f}" if name in parity else "—"
         click.echo(f"{name:<{width}} {p:>15} {' / '.join(f'{x:.0f}' for x in r):>24} {max(r) / base:>14.2f}×")
+
+
+def weight_matmuls(model) -> list:
+    """The graph's MatMul nodes whose second input is a constant weight."""
+    weights = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def matmul_inputs(path: Path, tokenizer, texts: Sequence[str], work: Path) -> Iterator[dict[str, np.ndarray]]:
+    """Per text, the input of every weight MatMul of the graph at `path` (one text per run, so
+    no padding row is seen), by input name."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    xs = sorted({n.input[0] for n in weight_matmuls(model)})
+    for x in xs:
+        model.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+    probe = work / "matmul-inputs.onnx"
+    onnx.save(model, str(probe))
+    sess = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    inputs = {i.name for i in sess.get_inputs()}
+    try:
+        for ids in tokenizer.encode(list(texts)).ids:
+            feed = {"input_ids": ids[None, :], "attention_mask": np.ones((1, len(ids)), np.int64)}
+            values = sess.run(None, {k: v for k, v in feed.items() if k in inputs})
+            yield {n: v for n, v in zip(names, values, strict=True) if n in xs}
+    finally:
+        probe.unlink()

@@ -30,29 +30,15 @@ import numpy as np
 
 def row_max(path: Path, tokenizer, texts: Sequence[str], work: Path) -> dict[str, tuple[float, float]]:
     """Per weight-MatMul input: (max |x| of the [CLS] row, max |x| of the other rows) over `texts`."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
+    from probe_common import matmul_inputs
 
-    model = onnx.load(str(path))
-    weights = {i.name for i in model.graph.initializer}
-    xs = sorted({n.input[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights})
-    for x in xs:
-        model.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
-    probe = work / "rows.onnx"
-    onnx.save(model, str(probe))
-    sess = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    inputs = {i.name for i in sess.get_inputs()}
-    out = {x: (0.0, 0.0) for x in xs}
-    for ids in tokenizer.encode(list(texts)).ids:
-        feed = {"input_ids": ids[None, :], "attention_mask": np.ones((1, len(ids)), np.int64)}
-        values = dict(zip(names, sess.run(None, {k: v for k, v in feed.items() if k in inputs}), strict=True))
-        for x in xs:
-            v = np.abs(values[x][0])
-            cls, rest = float(v[0].max()), float(v[1:].max()) if len(v) > 1 else 0.0
-            out[x] = (max(out[x][0], cls), max(out[x][1], rest))
-    probe.unlink()
+    out: dict[str, tuple[float, float]] = {}
+    for values in matmul_inputs(path, tokenizer, texts, work):
+        for x, v in values.items():
+            a = np.abs(v[0])
+            cls, rest = float(a[0].max()), float(a[1:].max()) if len(a) > 1 else 0.0
+            old = out.get(x, (0.0, 0.0))
+            out[x] = (max(old[0], cls), max(rest, old[1]))
     return out
 
 

@@ -20,36 +20,15 @@ import click
 import numpy as np
 
 
-def weight_matmuls(model) -> list:
-    """The graph's MatMul nodes whose second input is a constant weight."""
-    weights = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-
-
 def activation_max(path: Path, tokenizer, texts: Sequence[str], work: Path) -> dict[str, np.ndarray]:
-    """Per-channel max |x| of every weight MatMul's input, over `texts` (one text per run, so no
-    padding row is counted)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
+    """Per-channel max |x| of every weight MatMul's input, over `texts`."""
+    from probe_common import matmul_inputs
 
-    model = onnx.load(str(path))
-    xs = sorted({n.input[0] for n in weight_matmuls(model)})
-    for x in xs:
-        model.graph.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
-    probe = work / "activations.onnx"
-    onnx.save(model, str(probe))
-    sess = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    inputs = {i.name for i in sess.get_inputs()}
     out: dict[str, np.ndarray] = {}
-    for ids in tokenizer.encode(list(texts)).ids:
-        feed = {"input_ids": ids[None, :], "attention_mask": np.ones((1, len(ids)), np.int64)}
-        values = dict(zip(names, sess.run(None, {k: v for k, v in feed.items() if k in inputs}), strict=True))
-        for x in xs:
-            m = np.abs(values[x]).reshape(-1, values[x].shape[-1]).max(0)
+    for values in matmul_inputs(path, tokenizer, texts, work):
+        for x, v in values.items():
+            m = np.abs(v).reshape(-1, v.shape[-1]).max(0)
             out[x] = m if x not in out else np.maximum(out[x], m)
-    probe.unlink()
     return out
 
 
@@ -68,6 +47,7 @@ def smooth_activations(src: Path, dst: Path, act_max: dict[str, np.ndarray], *, 
     """
     import onnx
     from onnx import helper, numpy_helper
+    from probe_common import weight_matmuls
 
     model = onnx.load(str(src))
     inits = {i.name: i for i in model.graph.initializer}
