@@ -200,7 +200,7 @@ class BatchWorker(Lifecycle, SimpleWorker):
         self._plan_tokenized(wait=self.planner.pending == 0 or self._stopping)
         self._feed(time.monotonic())
         if self._flowing and not self.intake.ahead and not self._stopping and self._wants_more():
-            self.intake.send_ahead(self.prefetch.texts - self._open_texts)  # jobs keep coming: take on
+            self.intake.send_ahead(self.prefetch.texts - self._held_texts())  # jobs keep coming: take on
         done = self._stopping or (burst and took == 0 and not requeued)
         if done and self._idle() and not self.intake.ahead:
             return True
@@ -211,9 +211,16 @@ class BatchWorker(Lifecycle, SimpleWorker):
         """Take when a quarter of the prefetch budget is free, or when the planner is about to
         run dry: refilling in big gulps keeps round trips per job low.  `held`/`rows`: texts
         and rows taken but not admitted yet."""
-        budget, held = self.prefetch.texts, self._open_texts + held
+        budget, held = self.prefetch.texts, self._held_texts() + held
         rows += self.planner.pending + self._tokenizing_texts()
         return held <= budget - budget // 4 or (held < budget and rows < 256)
+
+    def _held_texts(self) -> int:
+        """Texts of the jobs this worker has started and not yet ended in Redis: open ones, and
+        done ones the finishing thread is still writing.  Takes are budgeted on this, so what a
+        worker holds stays within its prefetch budget (plus one job) even when writing lags,
+        as it does on a loaded machine."""
+        return self._open_texts + self.finisher.texts_in_flight
 
     def _idle(self) -> bool:
         return (
@@ -238,14 +245,14 @@ class BatchWorker(Lifecycle, SimpleWorker):
         if first_lane_only:
             taken = self.intake.take(self._interactive_room(), block_s=0.0, first_lane_only=True)
         else:
-            taken = self.intake.take(self.prefetch.texts - self._open_texts, block_s=block)
+            taken = self.intake.take(self.prefetch.texts - self._held_texts(), block_s=block)
         if not first_lane_only:
             self._flowing = bool(taken)
         if not taken:
             return 0
         held = self.intake.texts_in(taken)
         if not self._stopping and not first_lane_only and self._wants_more(held, held):
-            self.intake.send_ahead(self.prefetch.texts - self._open_texts - held)
+            self.intake.send_ahead(self.prefetch.texts - self._held_texts() - held)
         started, rejected = self.intake.admit(taken, now_wall=time.time())
         if rejected:
             self.intake.refuse(rejected)

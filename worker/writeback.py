@@ -179,10 +179,12 @@ class Writer:
 
 @dataclass(frozen=True)
 class Written:
-    """A finish call done: how many jobs it ended, and the ids it skipped (recovered elsewhere)."""
+    """A finish call done: how many jobs (and texts) it ended, and the ids it skipped
+    (recovered elsewhere)."""
 
     jobs: int
     skipped: list[str]
+    texts: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ class Finisher:
         self._order = itertools.count()
         self.results: queue.Queue[Written | WriterCrashed] = queue.Queue()
         self.in_flight = 0  # chunks submitted and not yet reported; main thread only
+        self.texts_in_flight = 0  # their texts: still started in Redis, so still the worker's
         self._thread = threading.Thread(target=self._main, name="vecq-finish", daemon=True)
 
     def start(self) -> None:
@@ -240,6 +243,7 @@ class Finisher:
     def _put(self, priority: int, chunk: list[tuple[WorkItem, np.ndarray]]) -> None:
         self.inbox.put((priority, next(self._order), chunk))
         self.in_flight += 1
+        self.texts_in_flight += sum(len(vectors) for _, vectors in chunk)
 
     def poll(self, timeout: float = 0.0) -> Written | WriterCrashed | None:
         """The next report, waiting up to `timeout` seconds."""
@@ -248,6 +252,8 @@ class Finisher:
         except queue.Empty:
             return None
         self.in_flight -= 1
+        if isinstance(out, Written):
+            self.texts_in_flight -= out.texts
         return out
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -261,7 +267,8 @@ class Finisher:
             if done is None:
                 return
             try:
-                self.results.put(Written(len(done), self._finish(done)))
+                skipped = self._finish(done)
+                self.results.put(Written(len(done), skipped, sum(len(vectors) for _, vectors in done)))
             except BaseException as exc:  # report, never die silently
                 log.exception("finishing thread crashed")
                 self.results.put(WriterCrashed(exc))

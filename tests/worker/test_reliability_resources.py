@@ -86,8 +86,9 @@ def test_results_and_jobs_expire_per_their_ttls(tmp_path, null_embedder) -> None
 
 
 def test_prefetch_caps_what_a_worker_holds_whatever_the_queue(tmp_path) -> None:
-    """Small jobs first (the worker learns ~5 texts per job), then 400-text jobs: each take
-    still stops at the prefetch budget (texts counted per job), plus at most one job."""
+    """Small jobs first (the worker learns ~5 texts per job), then 400-text jobs: what the
+    worker holds -- open jobs and done ones not yet written -- stays within the prefetch budget
+    (texts counted per job) plus one job."""
     server = RedisServer(tmp_path).start()
     conn = server.admin()
     try:
@@ -109,5 +110,6 @@ def test_prefetch_caps_what_a_worker_holds_whatever_the_queue(tmp_path) -> None:
         assert conn.llen(f"rq:queue:{BULK}") == 0
     finally:
         server.stop()
-    # in the started registry: what the worker holds plus what its finishing thread is writing
-    assert len(held) > 20 and 0 < max(held) <= 2 * 500 + 400, (len(held), max(held))
+    # in the started registry: what the worker holds, its finishing thread's backlog included
+    # (a loaded machine once put 1,600 texts there when that backlog was not counted)
+    assert len(held) > 20 and 0 < max(held) <= 500 + 400, (len(held), max(held))
