@@ -199,7 +199,8 @@ def health(redis_url: str | None, worker_name: str | None, name: str | None) -> 
 @click.option("--backend", type=click.Choice(["onnx", "torch", "null"]), help="Embedded worker's backend.")
 @click.option(
     "--precision", type=click.Choice(["fp32", "int8"]),
-    help="Embedded onnx worker on a model dir: int8 is ~1.7x fp32 on a CPU with VNNI (less without), cosine >= 0.99 to fp32.",
+    help="Embedded onnx worker on a model dir: int8 is ~1.7x fp32 on a CPU with VNNI (less "
+    "without), cosine >= 0.99 to fp32.",
 )  # fmt: skip
 @click.option("--redis", "redis_url", help="Use this Redis and its workers instead of embedded mode.")
 @click.option("--name", help="Model (queue) name; with --redis, the workers' model.")
