@@ -298,8 +298,7 @@ class JobStore:
         try:
             self._send(pending)
         except BaseException:
-            pending.connection.disconnect()
-            self.connection.connection_pool.release(pending.connection)
+            self.abandon(pending)
             raise
         return pending
 

@@ -206,10 +206,10 @@ class Finisher:
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
-        #: (priority, order, chunk): interactive chunks (0) are written before bulk ones (1)
-        #: already waiting, so a lone interactive result never queues behind megabytes of bulk
-        #: results; the stop marker (2) comes after everything.
-        self.inbox: queue.PriorityQueue[tuple[int, int, list[tuple[WorkItem, np.ndarray]] | None]] = (
+        #: (priority, order, texts, chunk): interactive chunks (0) are written before bulk ones
+        #: (1) already waiting, so a lone interactive result never queues behind megabytes of
+        #: bulk results; the stop marker (2) comes after everything.
+        self.inbox: queue.PriorityQueue[tuple[int, int, int, list[tuple[WorkItem, np.ndarray]] | None]] = (
             queue.PriorityQueue()
         )
         self._order = itertools.count()
@@ -241,9 +241,10 @@ class Finisher:
                 self._put(priority, chunk)
 
     def _put(self, priority: int, chunk: list[tuple[WorkItem, np.ndarray]]) -> None:
-        self.inbox.put((priority, next(self._order), chunk))
+        texts = sum(len(vectors) for _, vectors in chunk)
+        self.inbox.put((priority, next(self._order), texts, chunk))
         self.in_flight += 1
-        self.texts_in_flight += sum(len(vectors) for _, vectors in chunk)
+        self.texts_in_flight += texts
 
     def poll(self, timeout: float = 0.0) -> Written | WriterCrashed | None:
         """The next report, waiting up to `timeout` seconds."""
@@ -258,17 +259,16 @@ class Finisher:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread.is_alive():
-            self.inbox.put((2, next(self._order), None))
+            self.inbox.put((2, next(self._order), 0, None))
             self._thread.join(timeout)
 
     def _main(self) -> None:
         while True:
-            _, _, done = self.inbox.get()
+            _, _, texts, done = self.inbox.get()
             if done is None:
                 return
             try:
-                skipped = self._finish(done)
-                self.results.put(Written(len(done), skipped, sum(len(vectors) for _, vectors in done)))
+                self.results.put(Written(len(done), self._finish(done), texts))
             except BaseException as exc:  # report, never die silently
                 log.exception("finishing thread crashed")
                 self.results.put(WriterCrashed(exc))
