@@ -24,6 +24,7 @@ from rq.results import Result
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
+from vecq.producer.connection import CONNECTION_LOST
 from vecq.producer.contract import (
     DEFAULT_MODEL,
     JOB_FUNCTION,
@@ -122,9 +123,15 @@ class Intake:
         """Send the next take now without waiting: Redis runs it on its own core while this
         worker validates, tokenizes, writes back and waits for its engine, and the next `take`
         collects the reply.  Under a steady stream this hides the take's round trip, which
-        otherwise held up the main thread a third of the time (BENCHMARKS.md)."""
+        otherwise held up the main thread a third of the time (BENCHMARKS.md).  Never raises for
+        a lost connection: it is called with jobs just taken and not yet held, and only a head
+        start is lost -- the next take meets the same error, in the worker's reconnect loop."""
         max_jobs = self._max_jobs(budget_texts)
-        self._ahead = self.store.send_take(self.queue_names, max_jobs, **self._take_options(budget_texts))
+        try:
+            self._ahead = self.store.send_take(self.queue_names, max_jobs, **self._take_options(budget_texts))
+        except CONNECTION_LOST as exc:
+            log.debug("take sent ahead failed (%s); the next take retries", exc)
+            self._ahead = None
 
     def take(self, budget_texts: int, *, block_s: float, first_lane_only: bool = False) -> list[Taken]:
         """Every waiting job up to about `budget_texts` texts, started; blocks up to `block_s`
@@ -302,23 +309,32 @@ class Intake:
         return (texts, truncate) if type(truncate) is bool else None
 
     def refuse(self, rejected: list[Rejected]) -> None:
-        """rq's failure bookkeeping, lean, in one pipeline: end the execution the take started,
-        status, exc_info, failed registry and a failure result -- for ids with a job hash; an id
-        without one was only popped, and is dropped."""
+        """rq's failure bookkeeping, lean, in one MULTI: end the execution the take started,
+        status, exc_info, failed registry and a failure result.  Written only for a job whose
+        execution is still in the started registry (or, for one the take could not start -- a
+        hash without data -- that is not failed yet): so a call repeated after a lost reply
+        writes nothing twice, and a job recovery gave to another worker meanwhile is left to it.
+        An id without a job hash was only popped, and is dropped."""
         keys = self.store.keys
         now_wall, now_iso = time.time(), utcformat(rq_now())
         with self.connection.pipeline(transaction=False) as pipe:
             for rej in rejected:
-                pipe.hget(keys.job + rej.raw_id.decode("utf-8", "replace"), "failure_ttl")
-                pipe.exists(keys.job + rej.raw_id.decode("utf-8", "replace"))
-            found = pipe.execute()
-        with self.connection.pipeline(transaction=False) as pipe:
-            for n, rej in enumerate(rejected):
                 job_id = rej.raw_id.decode("utf-8", "replace")
+                pipe.zscore(keys.started + rej.queue, f"{job_id}:{rej.execution_id}")
+                pipe.hmget(keys.job + job_id, "status", "failure_ttl")
+            found = pipe.execute()
+        with self.connection.pipeline(transaction=True) as pipe:
+            for n, rej in enumerate(rejected):
+                started, (status, failure_ttl) = found[2 * n], found[2 * n + 1]
+                ours = (
+                    started is not None if rej.execution_id is not None else status not in (None, b"failed")
+                )
+                if not ours:
+                    continue
                 if rej.execution_id is not None:
+                    job_id = rej.raw_id.decode("utf-8", "replace")
                     pipe.zrem(keys.started + rej.queue, f"{job_id}:{rej.execution_id}")
-                if found[2 * n + 1]:
-                    self._write_refusal(pipe, rej, _int(found[2 * n]), now_wall=now_wall, now_iso=now_iso)
+                self._write_refusal(pipe, rej, _int(failure_ttl), now_wall=now_wall, now_iso=now_iso)
             pipe.execute()
 
     def _write_refusal(

@@ -36,7 +36,7 @@ from vecq.producer.contract import model_name, queue_names, queued_texts_key
 from vecq.producer.serializer import MsgpackSerializer
 
 from .connection import wait_for_redis
-from .intake import Intake, WorkItem
+from .intake import Intake, Rejected, WorkItem
 from .jobstore import JobStore
 from .lifecycle import Lifecycle, NameTaken, WorkerCrashed
 from .metrics import WorkerMetrics
@@ -120,6 +120,7 @@ class BatchWorker(Lifecycle, SimpleWorker):
         self._tokenizing: deque[tuple[Future[Encoded], int]] = deque()  # (task, its texts)
         self._outbox: list[tuple[WorkItem, np.ndarray]] = []
         self._failbox: list[Failure] = []
+        self._refusals: list[Rejected] = []  # jobs refused at intake, their failure not written yet
         self._stopping = False
         self._next_beat = 0.0
         self._took_last = False
@@ -228,6 +229,7 @@ class BatchWorker(Lifecycle, SimpleWorker):
             and not self._tokenizing
             and not self._outbox
             and not self._failbox
+            and not self._refusals
             and self.runner.in_flight == 0
             and self.finisher.in_flight == 0
         )
@@ -254,12 +256,16 @@ class BatchWorker(Lifecycle, SimpleWorker):
         if not self._stopping and not first_lane_only and self._wants_more(held, held):
             self.intake.send_ahead(self.prefetch.texts - self._held_texts() - held)
         started, rejected = self.intake.admit(taken, now_wall=time.time())
-        if rejected:
-            self.intake.refuse(rejected)
-            for rej in rejected:
-                self.metrics.failure(rej.kind)
-            self.metrics.jobs("failed", len(rejected))
-            self.failed_jobs += len(rejected)
+        self._hold(started)
+        self._refusals += rejected  # written by `_write`, which can lose its connection safely
+        if started:
+            self._set_busy(True)
+        return len(taken)
+
+    def _hold(self, started: list[WorkItem]) -> None:
+        """Open, heartbeat and tokenize what a take started -- before any further Redis call: a
+        connection lost after a take once left two jobs open but never tokenized, heartbeated
+        (so never recovered) and never run.  Held first, they survive any later call's failure."""
         for item in started:
             self._open[item] = None
             self._open_texts += len(item.texts)
@@ -268,11 +274,9 @@ class BatchWorker(Lifecycle, SimpleWorker):
             self.assembler.open(item)
         self.metrics.queue_waits([i.queue_wait for i in started if i.queue_wait is not None])
         if started:
-            self._set_busy(True)
             jobs = [NewJob(i, i.texts, i.lane, i.truncate) for i in started]
             task = self._tokenizer.submit(encode_jobs, self.planner.encoder, jobs, now=time.monotonic())
             self._tokenizing.append((task, sum(len(i.texts) for i in started)))
-        return len(taken)
 
     def _tokenizing_texts(self) -> int:
         return sum(texts for _, texts in self._tokenizing)
@@ -374,6 +378,13 @@ class BatchWorker(Lifecycle, SimpleWorker):
             for item, _ in done:
                 self._close(item)
             self.finisher.submit(done)  # it slices the writes
+        if self._refusals:
+            self.intake.refuse(self._refusals)  # safe to repeat after a lost reply
+            for rej in self._refusals:
+                self.metrics.failure(rej.kind)
+            self.metrics.jobs("failed", len(self._refusals))
+            self.failed_jobs += len(self._refusals)
+            self._refusals = []
         retried = self._write_failures() if self._failbox else 0
         if not self._open and not self._tokenizing:
             self.planner.forget_dropped()

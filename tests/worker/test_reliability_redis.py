@@ -6,15 +6,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import numpy as np
 import pytest
 import redis
+from rq.registry import StartedJobRegistry
+from rq.results import Result
 
 from vecq.producer import Client
+from vecq.producer.serializer import MsgpackSerializer
+from vecq.worker.worker import BatchWorker
 
-from .conftest import INTERACTIVE, MODEL, vectors_of
+from .conftest import BULK, INTERACTIVE, MODEL, enqueue, result_of, run, vectors_of
 from .servers import VECQ, RedisServer, spawn_worker, stop_process, until
 
 AOF = ["--appendonly", "yes", "--appendfsync", "everysec"]
@@ -118,3 +123,98 @@ def test_a_take_sent_ahead_when_redis_goes_away_is_dropped_and_taking_resumes(tm
     finally:
         conn.close()
         server.stop()
+
+
+class _CutReply:
+    """Drops the connection at the `k`-th reply read while a worker's loop runs: the command ran
+    in Redis, its reply is lost -- what a primary dying or a network cut does at the worst
+    moment.  Start-up and shutdown are left out (a worker that cannot register exits non-zero
+    for its supervisor to restart)."""
+
+    def __init__(self, k: int, worker: BatchWorker) -> None:
+        self.k, self.calls, self.cut, self.armed = k, 0, False, False
+        loop = worker._loop
+
+        def armed_loop(burst: bool) -> None:
+            self.armed = True
+            try:
+                loop(burst)
+            finally:
+                self.armed = False
+
+        worker._loop = armed_loop  # type: ignore[method-assign]
+        self._lock = threading.Lock()
+        self._real = redis.connection.AbstractConnection.read_response
+
+    def __enter__(self) -> _CutReply:
+        cutter = self
+
+        def read_response(conn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if isinstance(threading.current_thread(), redis.client.PubSubWorkerThread):
+                return cutter._real(conn, *args, **kwargs)  # rq's command channel: not the worker's loop
+            with cutter._lock:
+                cutter.calls += cutter.armed
+                now = cutter.armed and cutter.calls == cutter.k
+            if now:
+                cutter.cut = True
+                reply = cutter._real(conn, *args, **kwargs)  # Redis ran it and answered...
+                conn.disconnect()  # ...and the answer never arrives
+                raise redis.ConnectionError(f"test: connection cut at reply {cutter.k} ({reply!r:.40})")
+            return cutter._real(conn, *args, **kwargs)
+
+        redis.connection.AbstractConnection.read_response = read_response  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        redis.connection.AbstractConnection.read_response = self._real  # type: ignore[method-assign]
+
+
+def _enqueue_mix(conn: redis.Redis, texts: list[list[str]]) -> tuple[list, list]:
+    """The jobs of `texts` (bulk and interactive) and two bad ones (another model's) among them."""
+    good = enqueue(conn, texts[::2], queue=BULK, lane="bulk", retries=3)
+    bad = enqueue(conn, [["not mine"], ["nor this"]], queue=BULK, lane="bulk", model="other-model")
+    good += enqueue(conn, texts[1::2], retries=3)
+    return good, bad
+
+
+def _round_trips(make_worker, redis_conn, texts: list[list[str]]) -> int:
+    _enqueue_mix(redis_conn, texts)
+    worker = make_worker(prefetch_texts=24)
+    with _CutReply(0, worker) as counter:
+        run(worker)
+    return counter.calls
+
+
+@pytest.mark.slow
+def test_a_connection_cut_at_any_reply_loses_no_job_and_does_none_twice(
+    make_worker, redis_conn, null_embedder
+) -> None:
+    """Whichever reply of a worker's run is lost -- a take's, a finish's, a refusal's, a
+    heartbeat's, the worker state's -- every job still ends exactly once, finished with its own
+    vectors or (a bad one) failed: the worker keeps what it holds consistent across the lost
+    connection (it once left two jobs open but never run, heartbeated forever, when the reply
+    after a take was the one cut), and what it lost track of is retried by recovery."""
+    texts = [[f"cut {j} text {i}" for i in range(1 + j % 5)] for j in range(24)]
+    trips = _round_trips(make_worker, redis_conn, texts)
+    assert trips > 10
+    for k in range(1, trips + 1):
+        redis_conn.flushdb()
+        good, bad = _enqueue_mix(redis_conn, texts)
+        worker = make_worker(prefetch_texts=24)
+        with _CutReply(k, worker) as cut:
+            run(worker, timeout=30)  # a job held but never run would keep this burst worker going
+        assert cut.cut or cut.calls < k
+        # What the cut left started in Redis but unknown to the worker: recovery's TTL, now.
+        for queue in (BULK, INTERACTIVE):
+            registry = StartedJobRegistry(queue, connection=redis_conn, serializer=MsgpackSerializer)
+            registry.cleanup(timestamp=time.time() + 3600)
+        run(make_worker(prefetch_texts=24), timeout=30)
+        assert not redis_conn.keys("rq:wip:*") or all(
+            redis_conn.zcard(key) == 0 for key in redis_conn.keys("rq:wip:*")
+        ), f"cut at reply {k}: jobs left started"
+        for job in good + bad:
+            assert redis_conn.xlen(f"rq:results:{job.id}") == 1, f"cut at reply {k}: job {job.id}"
+        for job, t in zip(good, texts[::2] + texts[1::2], strict=True):
+            np.testing.assert_array_equal(vectors_of(redis_conn, job.id), null_embedder.embed(t))
+        for job in bad:
+            assert result_of(redis_conn, job.id).type == Result.Type.FAILED

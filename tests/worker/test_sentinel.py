@@ -57,7 +57,9 @@ def _watch_switch(sentinel: SentinelServer, to_port: int, since: float, out: lis
     return thread
 
 
-def _bulk(client: Client, texts: list[str], kill: Callable[[], None]) -> tuple[dict[int, np.ndarray], int]:
+def _bulk(
+    client: Client, texts: list[str], kill: Callable[[], None], log: Path
+) -> tuple[dict[int, np.ndarray], int]:
     """Every chunk's vectors, calling `kill()` once a quarter of them are in.  A chunk whose enqueue
     the dead primary acknowledged but never replicated would stall the run: then it is submitted
     again under the same run id, which adopts every job that survived (`resubmits` counts that)."""
@@ -75,7 +77,10 @@ def _bulk(client: Client, texts: list[str], kill: Callable[[], None]) -> tuple[d
             return got, resubmits
         except JobTimeout:
             resubmits += 1
-    pytest.fail(f"bulk run still stalled after {resubmits} resubmissions ({len(got)} chunks in)")
+    tail = "\n".join(log.read_text().splitlines()[-20:])
+    pytest.fail(
+        f"bulk run still stalled after {resubmits} resubmissions ({len(got)} chunks in); worker log:\n{tail}"
+    )
 
 
 @pytest.mark.slow
@@ -104,7 +109,7 @@ def test_primary_killed_mid_run_the_replica_is_promoted_and_the_run_finishes(tmp
         with Client(url, settings=settings) as client:
             assert client.embed(["before"], model=MODEL, timeout=30).shape == (1, null_embedder.dim)
             started = time.monotonic()
-            got, resubmits = _bulk(client, texts, kill)
+            got, resubmits = _bulk(client, texts, kill, tmp_path / "worker.log")
             run_s = time.monotonic() - started
             late = client.embed(["after the failover"], model=MODEL, timeout=30)
         np.testing.assert_array_equal(late, null_embedder.embed(["after the failover"]))
