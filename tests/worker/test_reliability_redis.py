@@ -126,13 +126,17 @@ def test_a_take_sent_ahead_when_redis_goes_away_is_dropped_and_taking_resumes(tm
 
 
 class _CutReply:
-    """Drops the connection at the `k`-th reply read while a worker's loop runs: the command ran
-    in Redis, its reply is lost -- what a primary dying or a network cut does at the worst
-    moment.  Start-up and shutdown are left out (a worker that cannot register exits non-zero
-    for its supervisor to restart)."""
+    """Drops the connection at the `k`-th reply read in this process (with `worker`: while its
+    loop runs): the command ran in Redis, its reply is lost -- what a primary dying or a network
+    cut does at the worst moment.  A worker's start-up and shutdown are left out (a worker that
+    cannot register exits non-zero for its supervisor to restart)."""
 
-    def __init__(self, k: int, worker: BatchWorker) -> None:
-        self.k, self.calls, self.cut, self.armed = k, 0, False, False
+    def __init__(self, k: int, worker: BatchWorker | None = None) -> None:
+        self.k, self.calls, self.cut, self.armed = k, 0, False, worker is None
+        self._lock = threading.Lock()
+        self._real = redis.connection.AbstractConnection.read_response
+        if worker is None:
+            return
         loop = worker._loop
 
         def armed_loop(burst: bool) -> None:
@@ -143,8 +147,6 @@ class _CutReply:
                 self.armed = False
 
         worker._loop = armed_loop  # type: ignore[method-assign]
-        self._lock = threading.Lock()
-        self._real = redis.connection.AbstractConnection.read_response
 
     def __enter__(self) -> _CutReply:
         cutter = self
@@ -218,3 +220,39 @@ def test_a_connection_cut_at_any_reply_loses_no_job_and_does_none_twice(
             np.testing.assert_array_equal(vectors_of(redis_conn, job.id), null_embedder.embed(t))
         for job in bad:
             assert result_of(redis_conn, job.id).type == Result.Type.FAILED
+
+
+@pytest.mark.slow
+def test_a_bulk_run_cut_at_any_reply_yields_every_chunk_once(tmp_path, redis_url, null_embedder) -> None:
+    """The producer's side: a `BulkSubmitter` run (statuses, enqueue MULTI, XREAD of results,
+    deletes) whose connection is cut at each reply in turn still yields every chunk exactly once
+    with its own vectors, and leaves none of its jobs or results behind."""
+    from vecq.producer import ProducerSettings
+    from vecq.producer.bulk import BulkSubmitter
+
+    texts = [f"bulk cut {i} " + "word " * (i % 6) for i in range(240)]
+    expected = null_embedder.embed(texts)
+    worker = spawn_worker(redis_url, tmp_path / "worker.log", "--worker-name", "cut-bulk")
+    settings = ProducerSettings(redis_url=redis_url, connect_attempts=10, retry_backoff_cap=0.05)
+
+    def bulk(k: int) -> tuple[_CutReply, list[int], np.ndarray]:
+        with Client(redis_url, settings=settings) as client, _CutReply(k) as cut:
+            submitter = BulkSubmitter(client, run_id=f"cut-{k}", model=MODEL, chunk_size=40, window=80)
+            got = list(submitter.run(texts))
+        order = [chunk for chunk, _ in got]
+        vectors = np.concatenate([v for _, v in sorted(got, key=lambda cv: cv[0])])
+        return cut, order, vectors
+
+    try:
+        trips = bulk(0)[0].calls
+        assert trips > 15
+        conn = redis.Redis.from_url(redis_url)
+        for k in range(1, trips + 1):
+            cut, order, vectors = bulk(k)
+            assert cut.cut or cut.calls < k
+            assert sorted(order) == list(range(6)), f"cut at reply {k}: chunks {order}"
+            np.testing.assert_array_equal(vectors, expected)
+            left = conn.keys(f"rq:*vecq-bulk-cut-{k}-*")
+            assert not left, f"cut at reply {k}: left {left[:3]}"
+    finally:
+        assert stop_process(worker) == 0
