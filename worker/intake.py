@@ -321,14 +321,16 @@ class Intake:
             for rej in rejected:
                 job_id = rej.raw_id.decode("utf-8", "replace")
                 pipe.zscore(keys.started + rej.queue, f"{job_id}:{rej.execution_id}")
+                pipe.exists(keys.job + job_id)
                 pipe.hmget(keys.job + job_id, "status", "failure_ttl")
             found = pipe.execute()
         with self.connection.pipeline(transaction=True) as pipe:
             for n, rej in enumerate(rejected):
-                started, (status, failure_ttl) = found[2 * n], found[2 * n + 1]
-                ours = (
-                    started is not None if rej.execution_id is not None else status not in (None, b"failed")
-                )
+                started, exists, (status, failure_ttl) = found[3 * n : 3 * n + 3]
+                if rej.execution_id is not None:
+                    ours = started is not None
+                else:
+                    ours = bool(exists) and status != b"failed"
                 if not ours:
                     continue
                 if rej.execution_id is not None:
