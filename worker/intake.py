@@ -317,25 +317,22 @@ class Intake:
         An id without a job hash was only popped, and is dropped."""
         keys = self.store.keys
         now_wall, now_iso = time.time(), utcformat(rq_now())
+        ids = [rej.raw_id.decode("utf-8", "replace") for rej in rejected]
         with self.connection.pipeline(transaction=False) as pipe:
-            for rej in rejected:
-                job_id = rej.raw_id.decode("utf-8", "replace")
+            for rej, job_id in zip(rejected, ids, strict=True):
                 pipe.zscore(keys.started + rej.queue, f"{job_id}:{rej.execution_id}")
                 pipe.exists(keys.job + job_id)
                 pipe.hmget(keys.job + job_id, "status", "failure_ttl")
             found = pipe.execute()
         with self.connection.pipeline(transaction=True) as pipe:
-            for n, rej in enumerate(rejected):
+            for n, (rej, job_id) in enumerate(zip(rejected, ids, strict=True)):
                 started, exists, (status, failure_ttl) = found[3 * n : 3 * n + 3]
                 if rej.execution_id is not None:
-                    ours = started is not None
-                else:
-                    ours = bool(exists) and status != b"failed"
-                if not ours:
-                    continue
-                if rej.execution_id is not None:
-                    job_id = rej.raw_id.decode("utf-8", "replace")
+                    if started is None:  # refused already, or recovered elsewhere
+                        continue
                     pipe.zrem(keys.started + rej.queue, f"{job_id}:{rej.execution_id}")
+                elif not exists or status == b"failed":
+                    continue
                 self._write_refusal(pipe, rej, _int(failure_ttl), now_wall=now_wall, now_iso=now_iso)
             pipe.execute()
 

@@ -379,12 +379,7 @@ class BatchWorker(Lifecycle, SimpleWorker):
                 self._close(item)
             self.finisher.submit(done)  # it slices the writes
         if self._refusals:
-            self.intake.refuse(self._refusals)  # safe to repeat after a lost reply
-            for rej in self._refusals:
-                self.metrics.failure(rej.kind)
-            self.metrics.jobs("failed", len(self._refusals))
-            self.failed_jobs += len(self._refusals)
-            self._refusals = []
+            self._write_refusals()
         retried = self._write_failures() if self._failbox else 0
         if not self._open and not self._tokenizing:
             self.planner.forget_dropped()
@@ -402,6 +397,14 @@ class BatchWorker(Lifecycle, SimpleWorker):
             self.finished_jobs += done
             self.metrics.jobs("finished", done)
             report = self.finisher.poll(0.0)
+
+    def _write_refusals(self) -> None:
+        self.intake.refuse(self._refusals)  # safe to repeat after a lost reply
+        for rej in self._refusals:
+            self.metrics.failure(rej.kind)
+        self.metrics.jobs("failed", len(self._refusals))
+        self.failed_jobs += len(self._refusals)
+        self._refusals = []
 
     def _write_failures(self) -> int:
         retried = self.writer.fail(
