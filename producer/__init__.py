@@ -7,7 +7,7 @@ from .async_client import AsyncClient
 from .bulk import BulkStats, BulkSubmitter
 from .client import Client
 from .connection import mask_url
-from .contract import DEFAULT_MODEL, JOB_FUNCTION, LANES, EmbedRequest, queue_name, queue_names
+from .contract import DEFAULT_MODEL, JOB_FUNCTION, EmbedRequest
 from .errors import (
     BadRequest,
     JobFailed,
@@ -17,6 +17,7 @@ from .errors import (
     RedisUnavailable,
     VecqError,
 )
+from .keys import LANES, queue_name, queue_names
 from .serializer import MsgpackSerializer
 from .settings import ProducerSettings
 from .similarity import similarity

@@ -21,8 +21,9 @@ from rq.job import Job
 from . import backpressure
 from .client import Client
 from .connection import acall, open_async
-from .contract import DEFAULT_MODEL, model_name
+from .contract import DEFAULT_MODEL
 from .enqueue import new_job_id
+from .keys import model_name
 from .results import await_result
 from .settings import ProducerSettings
 

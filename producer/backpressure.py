@@ -1,6 +1,6 @@
 """Backpressure: how many texts wait in a model's queues, and whether a new job may join them.
 
-The count is `contract.queued_texts_key(model)` (INCRBY'd with every enqueue, DECRBY'd by the
+The count is `keys.queued_texts_key(model)` (INCRBY'd with every enqueue, DECRBY'd by the
 worker), read together with the LLEN of both lane lists in one Lua call.  The counter is exact
 while every party keeps it; the LLENs bound it when one does not: each job holds at least one and
 at most MAX_TEXTS_PER_JOB texts, and empty lists mean zero texts (the script then resets a
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .contract import MAX_TEXTS_PER_JOB, queue_keys, queued_texts_key
+from .contract import MAX_TEXTS_PER_JOB
 from .errors import QueueFull
+from .keys import queue_keys, queued_texts_key
 
 # KEYS[1] = counter, KEYS[2..] = queue lists.  Returns {jobs, counter}.
 COUNT_SCRIPT = """

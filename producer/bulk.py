@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 import numpy as np
-from rq.executions import ExecutionRegistry
 from rq.job import Job
-from rq.registry import FinishedJobRegistry
 
 from . import backpressure
 from .client import Client
 from .connection import call
-from .contract import DEFAULT_MODEL, MAX_TEXTS_PER_JOB, model_name, queue_name
+from .contract import DEFAULT_MODEL, MAX_TEXTS_PER_JOB
 from .errors import BadRequest, JobFailed, JobTimeout
-from .results import MAX_BLOCK_MS, entries_of, job_key, result_key, scan
+from .keys import finished_key, job_key, job_keys, model_name, queue_name, result_key
+from .results import MAX_BLOCK_MS, entries_of, scan
 from .serializer import MsgpackSerializer
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -238,20 +237,13 @@ class BulkSubmitter:
     def _forget(self, job_ids: list[str]) -> None:
         """Delete finished jobs, their results and registry entries in one round trip."""
         conn = self.client.connection
-        finished = FinishedJobRegistry(
-            queue_name(self.model, "bulk"), connection=conn, serializer=MsgpackSerializer
-        )
+        registry = finished_key(queue_name(self.model, "bulk"))
 
         def delete() -> None:
             pipe = conn.pipeline(transaction=False)
-            pipe.zrem(finished.key, *job_ids)
+            pipe.zrem(registry, *job_ids)
             for job_id in job_ids:
-                pipe.delete(
-                    job_key(job_id),
-                    result_key(job_id),
-                    Job.dependents_key_for(job_id),
-                    ExecutionRegistry(job_id, connection=conn).key,
-                )
+                pipe.delete(*job_keys(job_id))
             pipe.execute()
 
         call(self.client.policy, self.client.url, delete)

@@ -17,8 +17,9 @@ from rq.job import Job
 
 from . import backpressure
 from .connection import RetryPolicy, call, describe, open_sync
-from .contract import DEFAULT_MODEL, EmbedRequest, build_request, model_name
+from .contract import DEFAULT_MODEL, EmbedRequest, build_request
 from .enqueue import Enqueuer, JobOptions, new_job_id
+from .keys import model_name
 from .results import wait
 from .settings import ProducerSettings
 

@@ -2,26 +2,27 @@
 
 Everything both sides must agree on lives here and only here.  A job is an ordinary rq job:
 function `JOB_FUNCTION`, args `[texts]`, kwargs the request options, serialized with
-`MsgpackSerializer`, on queue `queue_name(model, lane)`.  Its result is a float32 array of shape
+`MsgpackSerializer`, on queue `keys.queue_name(model, lane)`.  Its result is a float32 array of shape
 (len(texts), dim).
 
 What a producer writes, per job (all through rq's own enqueue, in one MULTI/EXEC):
 `rq:job:<id>` (rq's hash: meta `{META_KEY: WIRE_VERSION}`, rq `Retry`, result/failure TTLs),
 an RPUSH of the id onto `rq:queue:<queue_name>`, SADD `rq:queues`, and INCRBY
-`queued_texts_key(model)` by len(texts).  It reads results from `rq:results:<id>` (rq's stream).
+`keys.queued_texts_key(model)` by len(texts).  It reads results from `rq:results:<id>` (rq's
+stream).  Every key name is spelled in `keys.py`.
 Bulk jobs have ids `vecq-bulk-<run_id>-<chunk:08d>`; the bulk submitter deletes each one (job,
 result, finished-registry entry) after its caller has taken the vectors.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import BadRequest
+from .keys import Lane, model_name, queue_name
 
 #: rq imports this to run a vecq job in a plain `rq worker`; vecq's BatchWorker recognises it.
 JOB_FUNCTION = "vecq.worker.tasks.embed"
@@ -30,64 +31,23 @@ META_KEY = "vecq"
 WIRE_VERSION = 1
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
-Lane = Literal["interactive", "bulk"]
-LANES: tuple[Lane, ...] = ("interactive", "bulk")  # priority order: interactive first
-
 MAX_TEXTS_PER_JOB = 4096
 MAX_CHARS_PER_TEXT = 100_000
 MAX_CHARS_PER_JOB = 4_000_000
 
-_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# The queued-texts counter, `keys.queued_texts_key(model)`: texts waiting in a model's queue
+# lists (both lanes).  Producers INCRBY it by len(texts) in the same MULTI/EXEC as the enqueue; a
+# worker DECRBYs it by len(texts) for each job it moves out of a queue list, and INCRBYs it when
+# it pushes a job back (retry, requeue).  A counter rather than LLEN because a job holds
+# 1..MAX_TEXTS_PER_JOB texts, so LLEN alone is off by up to 4096x; and it is O(1) to read.
+# Producers treat it as an estimate: clamped to [jobs, jobs * MAX_TEXTS_PER_JOB] of the queue
+# lists and reset to 0 whenever both lists are empty, so a worker that never decrements (a stock
+# `rq worker`, a crash, an expired job) cannot wedge producers.
 
-#: Texts waiting in a model's queue lists (both lanes), as a Redis integer at
-#: `queued_texts_key(model)`.  Producers INCRBY it by len(texts) in the same MULTI/EXEC as the
-#: enqueue; a worker DECRBYs it by len(texts) for each job it moves out of a queue list, and
-#: INCRBYs it when it pushes a job back (retry, requeue).  A counter rather than LLEN because a
-#: job holds 1..MAX_TEXTS_PER_JOB texts, so LLEN alone is off by up to 4096x; and it is O(1) to
-#: read.  Producers treat it as an estimate: clamped to [jobs, jobs * MAX_TEXTS_PER_JOB] of the
-#: queue lists and reset to 0 whenever both lists are empty, so a worker that never decrements
-#: (a stock `rq worker`, a crash, an expired job) cannot wedge producers.
-QUEUED_TEXTS_PREFIX = "vecq:queued_texts:"
 #: Job-hash field holding len(texts), written with the job: a worker's take counts texts from it,
 #: so its prefetch budget holds whatever the sizes of the waiting jobs (jobs from producers that
 #: do not write it are counted at the worker's running average).
 TEXTS_FIELD = "vecq_texts"
-#: rq's key prefix for queue lists (`rq.Queue.redis_queue_namespace_prefix`), copied so the
-#: contract reads without importing rq.
-RQ_QUEUE_PREFIX = "rq:queue:"
-
-
-def model_name(name: str) -> str:
-    """Canonical model name (lower case); queue names are derived from it."""
-    if not isinstance(name, str):
-        raise BadRequest(f"model: expected str, got {type(name).__name__}")
-    canon = name.strip().lower()
-    if not _MODEL_NAME.match(canon):
-        raise BadRequest(f"model: {name!r} is not a valid model name (a-z, 0-9, '.', '_', '-'; max 64)")
-    return canon
-
-
-def queue_name(model: str, lane: str) -> str:
-    """The rq queue of one model and lane, e.g. `vecq.all-minilm-l6-v2.interactive`."""
-    if lane not in LANES:
-        raise BadRequest(f"lane: {lane!r} is not one of {', '.join(LANES)}")
-    return f"vecq.{model_name(model)}.{lane}"
-
-
-def queue_names(model: str, lanes: Iterable[str] = LANES) -> list[str]:
-    """Queue names in priority order (interactive before bulk), as a worker listens to them."""
-    chosen = set(lanes)
-    return [queue_name(model, lane) for lane in LANES if lane in chosen]
-
-
-def queue_keys(model: str) -> list[str]:
-    """Redis keys of the model's rq queue lists, both lanes, priority order."""
-    return [RQ_QUEUE_PREFIX + name for name in queue_names(model)]
-
-
-def queued_texts_key(model: str) -> str:
-    """The per-model queued-texts counter (see `QUEUED_TEXTS_PREFIX` for who writes it)."""
-    return QUEUED_TEXTS_PREFIX + model_name(model)
 
 
 def check_texts(texts: Any) -> list[str]:

@@ -23,7 +23,8 @@ from rq.queue import EnqueueData
 from rq.utils import utcformat
 
 from .connection import RetryPolicy, call, is_refused, is_transient, unavailable
-from .contract import JOB_FUNCTION, META_KEY, TEXTS_FIELD, WIRE_VERSION, EmbedRequest, queued_texts_key
+from .contract import JOB_FUNCTION, META_KEY, TEXTS_FIELD, WIRE_VERSION, EmbedRequest
+from .keys import queued_texts_key
 from .serializer import MsgpackSerializer
 from .settings import ProducerSettings
 

@@ -40,8 +40,9 @@ from pydantic_settings import NoDecode
 from tokenizers import Tokenizer
 
 from .async_client import AsyncClient
-from .contract import DEFAULT_MODEL, check_texts, model_name
+from .contract import DEFAULT_MODEL, check_texts
 from .errors import BadRequest, JobTimeout, QueueFull, RedisUnavailable, VecqError
+from .keys import model_name
 from .settings import ProducerSettings
 
 log = logging.getLogger(__name__)

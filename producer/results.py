@@ -16,26 +16,16 @@ from typing import Any
 import numpy as np
 import redis
 import redis.asyncio
-from rq.job import Job
 from rq.results import Result
 
 from .connection import RetryPolicy, acall, call
 from .errors import JobFailed, JobNotFound, JobTimeout
+from .keys import job_key, result_key
 from .serializer import MsgpackSerializer
 
 #: Longest single XREAD BLOCK: a dead connection is noticed at least this often.
 MAX_BLOCK_MS = 10_000  # must stay under connection.READ_TIMEOUT_S (a test checks)
 Entry = tuple[bytes, Mapping[bytes, bytes]]
-
-
-def result_key(job_id: str) -> str:
-    """rq's result stream key of a job."""
-    return Result.get_key(job_id)
-
-
-def job_key(job_id: str) -> str:
-    """rq's job hash key."""
-    return Job.key_for(job_id)
 
 
 def last_line(exc_string: str | None) -> str:

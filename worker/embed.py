@@ -123,7 +123,8 @@ def _service(job: EmbedJob) -> Iterator[tuple[str, str, Callable[[], None] | Non
     if job.redis_url is not None:
         if job.precision is not None:
             raise ValueError("--precision applies to the embedded worker; with --redis the workers decide")
-        from vecq.producer.contract import DEFAULT_MODEL, model_name
+        from vecq.producer.contract import DEFAULT_MODEL
+        from vecq.producer.keys import model_name
 
         yield job.redis_url, model_name(job.name or DEFAULT_MODEL), None
         return

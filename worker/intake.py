@@ -28,15 +28,14 @@ from vecq.producer.connection import CONNECTION_LOST
 from vecq.producer.contract import (
     DEFAULT_MODEL,
     JOB_FUNCTION,
-    LANES,
     MAX_CHARS_PER_JOB,
     MAX_CHARS_PER_TEXT,
     MAX_TEXTS_PER_JOB,
     OPTION_NAMES,
     parse_request,
-    queued_texts_key,
 )
 from vecq.producer.errors import BadRequest
+from vecq.producer.keys import LANES, queue_key, queued_texts_key
 from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer, SerializationError
 
 from .jobstore import JobStore, PendingTake, Running, Taken
@@ -146,7 +145,7 @@ class Intake:
         taken = self._take(max_jobs, budget_texts)
         if taken or block_s <= 0:
             return taken
-        first = self.store.keys.queue + self.queue_names[0]
+        first = queue_key(self.queue_names[0])
         wait = block_s if len(self.queue_names) == 1 else min(block_s, 0.05)
         if not self._wait_for_job(first, wait) and len(self.queue_names) == 1:
             return []

@@ -4,8 +4,7 @@ Stock rq spends ~20 round trips and a full job-hash rewrite per job; at thousand
 second that bookkeeping, not the model, is the bottleneck.  Here each step for a whole group of
 jobs is one Lua script call that writes the keys rq itself reads (same names, same fields, same
 scores), so `rq info`, `Job.fetch`, `job.return_value()`, the registries and `rq requeue` see
-vecq's jobs as ordinary rq jobs.  The key names come from rq's own templates, so a custom
-`RQ_KEY_PREFIX` is honoured.
+vecq's jobs as ordinary rq jobs.  The key names come from `vecq.producer.keys` (rq's own templates).
 
 Leaner than rq on purpose, since Redis time per job is what caps a batch worker:
 
@@ -31,42 +30,12 @@ from redis import Redis
 from redis.commands.core import Script
 from redis.connection import Connection
 from redis.exceptions import NoScriptError
-from rq.intermediate_queue import IntermediateQueue
-from rq.job import Job
-from rq.queue import Queue
-from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
-from rq.results import Result
 
 from vecq.producer.contract import TEXTS_FIELD
+from vecq.producer.keys import intermediate_key, queue_key, rq_keys
 
 #: Job-hash fields a worker needs to validate and run a job (their order in `Taken.fields`).
 JOB_FIELDS = ("data", "meta", "result_ttl", "enqueued_at")
-
-
-@dataclass(frozen=True)
-class KeyLayout:
-    """Prefixes of rq 3.0's keys, derived once from rq's templates."""
-
-    job: str
-    queue: str
-    started: str
-    finished: str
-    failed: str
-    results: str
-
-    @classmethod
-    def from_rq(cls) -> KeyLayout:
-        return cls(
-            job=Job.key_for(""),
-            queue=Queue.redis_queue_namespace_prefix,
-            started=StartedJobRegistry.key_template.format(""),
-            finished=FinishedJobRegistry.key_template.format(""),
-            failed=FailedJobRegistry.key_template.format(""),
-            results=Result.get_key(""),
-        )
-
-    def intermediate(self, queue_name: str) -> str:
-        return IntermediateQueue.get_intermediate_queue_key(self.queue + queue_name)
 
 
 # KEYS: pairs (queue key, started-registry key) in priority order.  ARGV: max jobs, job key
@@ -259,7 +228,7 @@ class JobStore:
 
     def __init__(self, connection: Redis, *, worker_name: str, worker_key: str) -> None:
         self.connection = connection
-        self.keys = KeyLayout.from_rq()
+        self.keys = rq_keys()
         self.worker_name = worker_name
         self.worker_key = worker_key
         self._take_sha = Script(connection, _TAKE).sha  # loaded on first use (NOSCRIPT)
@@ -365,7 +334,7 @@ class JobStore:
     def put_back(self, queue_name: str, job_id: str | bytes) -> bool:
         """Return a job stranded in an intermediate list (by a stock rq worker, or a vecq worker
         before 0.x) to the front of its queue (False: someone else did)."""
-        keys = [self.keys.queue + queue_name, self.keys.intermediate(queue_name)]
+        keys = [queue_key(queue_name), intermediate_key(queue_name)]
         return bool(self._put_back(keys=keys, args=[job_id]))
 
 

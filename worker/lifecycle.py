@@ -21,7 +21,7 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 from rq.worker import WorkerStatus
 
-from .status import HEALTH_PREFIX
+from vecq.producer.keys import HEALTH_PREFIX
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor

@@ -28,7 +28,7 @@ import numpy as np
 from vecq.engines.errors import TextTooLong
 from vecq.engines.shapes import Shape, ShapeSet
 from vecq.engines.tokenizer import Tokenized
-from vecq.producer.contract import LANES
+from vecq.producer.keys import LANES
 
 #: A due partial batch takes rows of shorter buckets down to this share of its seq_len.
 NEAR = 0.875

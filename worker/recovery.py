@@ -23,14 +23,12 @@ import time
 from redis import Redis
 from rq.registry import StartedJobRegistry
 
+from vecq.producer.keys import cleanup_lock_key, intermediate_key, stranded_key
 from vecq.producer.serializer import MsgpackSerializer
 
 from .jobstore import JobStore
 
 log = logging.getLogger(__name__)
-
-LOCK_PREFIX = "vecq:cleanup:"
-SEEN_PREFIX = "vecq:stranded:"
 
 
 class Recovery:
@@ -59,7 +57,7 @@ class Recovery:
         self._next = now + self.interval
         for name in self.queue_names:
             if self.connection.set(
-                LOCK_PREFIX + name, self.store.worker_name, nx=True, px=max(1, int(self.interval * 900))
+                cleanup_lock_key(name), self.store.worker_name, nx=True, px=max(1, int(self.interval * 900))
             ):
                 self.clean(name)
 
@@ -79,8 +77,8 @@ class Recovery:
     def put_back_stranded(self, queue_name: str, *, now: float | None = None) -> int:
         """Requeue ids that sat in the intermediate list unstarted for `stranded_after` seconds."""
         now = time.time() if now is None else now
-        inter = self.store.keys.intermediate(queue_name)
-        seen_key = SEEN_PREFIX + queue_name
+        inter = intermediate_key(queue_name)
+        seen_key = stranded_key(queue_name)
         ids = self.connection.lrange(inter, 0, -1)
         seen = self.connection.hgetall(seen_key)
         current = set(ids)

@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from vecq.producer.contract import LANES
+from vecq.producer.keys import LANES
 
 
 class WorkerSettings(BaseSettings):

@@ -14,12 +14,18 @@ from redis import Redis
 from rq.queue import Queue
 from rq.worker import Worker
 
-from vecq.producer.contract import queued_texts_key
+from vecq.producer.keys import (
+    HEALTH_PREFIX,
+    QUEUE_PREFIX,
+    failed_key,
+    finished_key,
+    intermediate_key,
+    parse_queue_name,
+    queue_key,
+    queued_texts_key,
+    started_key,
+)
 from vecq.producer.serializer import MsgpackSerializer
-
-from .jobstore import KeyLayout
-
-HEALTH_PREFIX = "vecq:health:"
 
 
 @dataclass(frozen=True)
@@ -67,28 +73,27 @@ def health(connection: Redis) -> dict[str, dict]:
 
 def gather(connection: Redis, *, sample_s: float = 1.0) -> Report:
     """Queues named `vecq.*`, the workers listening on them, and throughput over `sample_s`."""
-    keys = KeyLayout.from_rq()
     names = sorted(
         q.name
         for q in Queue.all(connection=connection, serializer=MsgpackSerializer)
-        if q.name.startswith("vecq.")
+        if parse_queue_name(q.name) is not None
     )
     report = Report()
     with connection.pipeline(transaction=False) as pipe:
         for n in names:
-            pipe.llen(keys.queue + n)
-            pipe.llen(keys.intermediate(n))
-            for prefix in (keys.started, keys.finished, keys.failed):
-                pipe.zcard(prefix + n)
+            pipe.llen(queue_key(n))
+            pipe.llen(intermediate_key(n))
+            for key in (started_key, finished_key, failed_key):
+                pipe.zcard(key(n))
         sizes = pipe.execute()
     for i, n in enumerate(names):
         report.queues.append(QueueRow(n, *sizes[5 * i : 5 * i + 5]))
-    for model in sorted({n.split(".")[1] for n in names}):
+    for model in sorted({parse_queue_name(n).model for n in names}):  # type: ignore[union-attr]
         raw = connection.get(queued_texts_key(model))
         report.queued_texts[model] = max(0, int(raw)) if raw else 0  # an estimate (see contract)
     before = health(connection)
     for w in Worker.all(connection=connection, serializer=MsgpackSerializer):
-        if any(q.startswith("vecq.") for q in w.queue_names()):
+        if any(q.startswith(QUEUE_PREFIX) for q in w.queue_names()):
             report.workers.append(
                 WorkerRow(
                     w.name,

@@ -32,7 +32,7 @@ from rq.worker import SimpleWorker
 
 from vecq.engines import Embedder, ShapeSet
 from vecq.producer.connection import CONNECTION_LOST, describe, open_sync
-from vecq.producer.contract import model_name, queue_names, queued_texts_key
+from vecq.producer.keys import model_name, queue_names, queued_texts_key
 from vecq.producer.serializer import MsgpackSerializer
 
 from .connection import wait_for_redis

@@ -22,7 +22,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from vecq.producer.contract import DEFAULT_MODEL, queue_keys
+from vecq.producer.contract import DEFAULT_MODEL
+from vecq.producer.keys import queue_keys
 from vecq.producer.settings import ProducerSettings
 from vecq.worker.cli import main
 from vecq.worker.settings import WorkerSettings

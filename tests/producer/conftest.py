@@ -15,7 +15,8 @@ import redis
 from rq import Queue, SimpleWorker
 
 from vecq.producer import Client, MsgpackSerializer, ProducerSettings
-from vecq.producer.contract import DEFAULT_MODEL, queue_names
+from vecq.producer.contract import DEFAULT_MODEL
+from vecq.producer.keys import queue_names
 
 Drain = Callable[..., None]
 

@@ -10,7 +10,8 @@ import redis
 
 from vecq.producer import Client, QueueFull
 from vecq.producer.backpressure import estimate, has_room
-from vecq.producer.contract import DEFAULT_MODEL, queued_texts_key
+from vecq.producer.contract import DEFAULT_MODEL
+from vecq.producer.keys import queued_texts_key
 
 MSG = "queues of model 'all-minilm-l6-v2' hold {q} texts, limit {limit} (max_queued_texts)"
 

@@ -24,9 +24,8 @@ from vecq.producer.contract import (
     META_KEY,
     WIRE_VERSION,
     EmbedRequest,
-    queue_name,
-    queued_texts_key,
 )
+from vecq.producer.keys import queue_name, queued_texts_key
 
 TEXTS = ["The cat sits on the mat.", "向量检索", "", "a much longer text " * 20]
 

@@ -24,7 +24,7 @@ from vecq.producer.connection import (
     open_sync,
     parse_sentinel_url,
 )
-from vecq.producer.contract import queue_name
+from vecq.producer.keys import queue_name
 
 from .conftest import SpawnedRedis, fast_settings, free_port, start_redis, stop_redis
 

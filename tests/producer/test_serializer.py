@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from vecq.producer import Client, JobFailed, MsgpackSerializer
-from vecq.producer.results import result_key
+from vecq.producer.keys import result_key
 from vecq.producer.serializer import SerializationError
 
 

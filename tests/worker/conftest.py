@@ -13,7 +13,8 @@ from rq.job import Job
 from rq.results import Result
 
 from vecq.engines import Embedder
-from vecq.producer.contract import JOB_FUNCTION, queue_name
+from vecq.producer.contract import JOB_FUNCTION
+from vecq.producer.keys import queue_name
 from vecq.producer.serializer import MsgpackSerializer
 from vecq.worker.settings import WorkerSettings
 from vecq.worker.worker import BatchWorker

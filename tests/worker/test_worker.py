@@ -19,7 +19,7 @@ from rq.results import Result
 from rq.worker import Worker
 
 from vecq.engines import Embedder
-from vecq.producer.contract import queued_texts_key
+from vecq.producer.keys import queued_texts_key
 from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer
 from vecq.worker.worker import BatchWorker
 
