@@ -16,10 +16,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import backends
+from .batching import embed_texts
 from .bundle import FORMAT_VERSION, MANIFEST, Manifest, checksums
 from .errors import BundleError, UnknownBackend
 from .parity import compare, parity_texts, reference_vectors, require
-from .shapes import ShapeSet
+from .shapes import DEFAULT_BATCH_SIZES, DEFAULT_SEQ_LENS, ShapeSet, default_shapes
 from .spec import ModelSpec, Pooling, check_model_dir, read_spec
 from .tokenizer import TextTokenizer
 
@@ -28,12 +30,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 TORCH_FILES = ("config.json", "model.safetensors")
-PRECISIONS = {
-    ("onnx", "cpu"): ("fp32", "int8"),
-    ("onnx", "cuda"): ("fp32", "fp16"),
-    ("torch", "cpu"): ("fp32",),
-    ("torch", "cuda"): ("fp32", "fp16", "bf16"),
-}
 
 
 def build_bundle(
@@ -131,11 +127,12 @@ def manifest_json(manifest: Manifest) -> str:
 def _torch_parity(bundle, spec, shapes, tokenizer, device, precision, texts, reference):
     """A torch bundle's parity: the served path (sdpa, shapes, padding, precision) vs the reference."""
     from .backends.torch import TorchEngine
-    from .embedder import Embedder
 
     engine = TorchEngine.from_model_dir(bundle, spec=spec, shapes=shapes, device=device, precision=precision)
-    with Embedder(spec=spec, tokenizer=tokenizer, engine=engine) as embedder:
-        return compare(embedder.embed(texts), reference, precision=precision)
+    try:
+        return compare(embed_texts(tokenizer, engine, texts), reference, precision=precision)
+    finally:
+        engine.close()
 
 
 def library_versions() -> dict[str, str]:
@@ -152,9 +149,6 @@ def library_versions() -> dict[str, str]:
 
 
 def _shapes(spec: ModelSpec, device: str, batch_sizes, seq_lens, max_batch_tokens) -> ShapeSet:
-    from .embedder import default_shapes
-    from .shapes import DEFAULT_BATCH_SIZES, DEFAULT_SEQ_LENS
-
     if batch_sizes is None and seq_lens is None and max_batch_tokens is None:
         return default_shapes(spec.max_seq_len, device)
     return ShapeSet.grid(
@@ -172,11 +166,7 @@ def _device_kind(device: str) -> str:
 
 
 def _check_choice(backend: str, device: str, precision: str) -> None:
-    if backend == "tensorrt":
-        raise UnknownBackend("backend 'tensorrt': vecq cannot build TensorRT bundles yet (use onnx or torch)")
-    if backend not in ("onnx", "torch"):
-        raise UnknownBackend(f"backend {backend!r} is not one of onnx, torch")
-    allowed = PRECISIONS[(backend, device)]
+    allowed = backends.precisions(backend, device)
     if precision not in allowed:
         raise UnknownBackend(
             f"precision {precision!r} is not available for {backend} on {device} "

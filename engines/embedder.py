@@ -1,8 +1,11 @@
 """`Embedder`: the tokenizer, the shape set and an engine, put together behind `embed(texts)`.
 
-This is the whole model side of vecq in one object.  The worker uses its parts separately
-(`tokenizer.encode`, `tokenizer.make_batch`, `engine.run`) because it plans batches across jobs;
-`embed` is the same path for a list of texts known up front.
+This is the whole model side of vecq in one object, and `Embedder.load` is the one place that
+turns a path and a backend name into an engine: a bundle's through the backend registry
+(`backends/`), a model dir's straight from the registry or, for backends that run only from
+bundles (onnx), through a bundle built once into the cache (`cache.py`).  The worker uses the
+parts separately (`tokenizer.encode`, `tokenizer.make_batch`, `engine.run`) because it plans
+batches across jobs; `embed` is the same path for a list of texts known up front.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from . import backends
 from .base import Engine
-from .errors import BadInput, UnknownBackend
-from .shapes import ShapeSet
+from .batching import embed_texts
+from .bundle import ENGINE_OPTIONS, MANIFEST, read_manifest, verify_files
+from .errors import BundleError
+from .shapes import ShapeSet, default_shapes
 from .spec import ModelSpec, check_model_dir, read_spec
 from .tokenizer import TextTokenizer
 
-BACKENDS = ("torch", "onnx", "tensorrt", "null")
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 
 
@@ -65,26 +70,42 @@ class Embedder:
         model's max length are truncated (as sentence-transformers does) unless `truncate=False`,
         which refuses them with `TextTooLong`.
         """
-        if backend is not None and backend not in BACKENDS:
-            raise UnknownBackend(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        chosen = backends.get(backend or "torch")  # an unknown name fails before any loading
         name = options.pop("name", None)
         if path is None or str(path) == "default":
             path, name = default_model_dir(), name or DEFAULT_MODEL_NAME
         root = Path(path)
-        if (root / "manifest.json").is_file():
-            from .bundle import load_bundle
-
-            return load_bundle(root, backend=backend, device=device, truncate=truncate, **options)
+        if (root / MANIFEST).is_file():
+            return cls.from_bundle(root, backend=backend, device=device, truncate=truncate, **options)
         check_model_dir(root)
         spec = read_spec(root, name=name, **_spec_overrides(options))
-        shapes = shapes or default_shapes(spec.max_seq_len, device)
-        engine = make_engine(backend or "torch", root, spec=spec, shapes=shapes, device=device, **options)
-        return cls(
-            spec=spec,
-            tokenizer=TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len),
-            engine=engine,
-            truncate=truncate,
-        )
+        if chosen.bundled:
+            bundle = _cached_bundle(root, chosen, spec, shapes, device, options.pop("precision", "fp32"))
+            engine_options = {k: v for k, v in options.items() if k in ENGINE_OPTIONS}
+            return cls.from_bundle(
+                bundle, backend=chosen.name, device=device, truncate=truncate, **engine_options
+            )
+        engine = backends.for_model_dir(chosen.name, root, spec=spec, shapes=shapes, device=device, **options)
+        tokenizer = TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len)
+        return cls(spec=spec, tokenizer=tokenizer, engine=engine, truncate=truncate)
+
+    @classmethod
+    def from_bundle(
+        cls, root: str | Path, *, backend: str | None = None, device: str = "cpu", truncate: bool = True,
+        **options: Any,
+    ) -> Embedder:  # fmt: skip
+        """A verified bundle, on its own backend or "null".  Options that would change what the
+        bundle is (pooling, precision...) are refused: rebuild it."""
+        root = Path(root)
+        manifest = read_manifest(root)
+        verify_files(root, manifest)
+        options.pop("name", None)
+        for key in options:
+            if key not in ENGINE_OPTIONS:
+                raise BundleError(f"{root}: option {key!r} cannot change a built bundle (rebuild it)")
+        engine = backends.for_bundle(backend or manifest.backend, root, manifest, device=device, **options)
+        tokenizer = TextTokenizer.from_dir(root, max_seq_len=manifest.max_seq_len)
+        return cls(spec=manifest.spec, tokenizer=tokenizer, engine=engine, truncate=truncate)
 
     # --- the public surface ----------------------------------------------------------------
     @property
@@ -101,14 +122,9 @@ class Embedder:
 
     def embed(self, texts: Sequence[str], *, truncate: bool | None = None) -> np.ndarray:
         """(len(texts), dim) float32; each text's vector is independent of its batch-mates."""
-        check_texts(texts)
-        tokens = self.tokenizer.encode(texts, truncate=self.truncate if truncate is None else truncate)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for planned in self.shapes.plan(tokens.lengths):
-            rows = [tokens.ids[i] for i in planned.indices]
-            batch = self.tokenizer.make_batch(rows, planned.shape)
-            out[planned.indices] = self.engine.run(batch)[: len(rows)]
-        return out
+        return embed_texts(
+            self.tokenizer, self.engine, texts, truncate=self.truncate if truncate is None else truncate
+        )
 
     def warmup(self) -> None:
         self.engine.warmup()
@@ -123,49 +139,22 @@ class Embedder:
         self.close()
 
 
-def check_texts(texts: object) -> None:
-    """Refuse what cannot be embedded, naming the first bad item; an empty string is fine."""
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise BadInput(f"texts: expected a list of str, got {type(texts).__name__}")
-    if len(texts) == 0:
-        raise BadInput("texts: empty list (pass at least one text)")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise BadInput(f"texts[{i}]: expected str, got {type(t).__name__}")
+def _cached_bundle(
+    root: Path,
+    backend: backends.Backend,
+    spec: ModelSpec,
+    shapes: ShapeSet | None,
+    device: str,
+    precision: str,
+) -> Path:
+    """The bundle a model dir is built into for a backend that runs from bundles only."""
+    from .cache import cached_bundle
 
-
-def default_shapes(max_seq_len: int, device: str) -> ShapeSet:
-    """Fine shapes on CPU (no per-shape cost), the bundle defaults on GPU."""
-    if device.startswith("cpu"):
-        return ShapeSet.for_cpu(max_seq_len=max_seq_len)
-    return ShapeSet.grid(max_seq_len=max_seq_len)
-
-
-def make_engine(
-    backend: str, model_dir: Path, *, spec: ModelSpec, shapes: ShapeSet, device: str, **options: Any
-) -> Engine:
-    """The engine of `backend` for a model dir (bundles build theirs in `bundle.py`)."""
-    if backend == "null":
-        from .backends.null import NullEngine
-
-        return NullEngine(shapes=shapes, dim=spec.dim)
-    if backend == "torch":
-        from .backends.torch import TorchEngine
-
-        graphs = options.pop("graphs", True)
-        engine = TorchEngine.from_model_dir(model_dir, spec=spec, shapes=shapes, device=device, **options)
-        if device.startswith("cuda") and graphs:
-            from .backends.torch_graphs import TorchGraphEngine
-
-            return TorchGraphEngine(engine.module, shapes=shapes, dim=spec.dim, device=device)
-        return engine
-    if backend == "onnx":
-        from .bundle import onnx_engine_for_model_dir
-
-        return onnx_engine_for_model_dir(model_dir, spec=spec, shapes=shapes, device=device, **options)
-    if backend == "tensorrt":
-        raise UnknownBackend("backend 'tensorrt' needs a bundle built with `vecq build --backend tensorrt`")
-    raise UnknownBackend(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    backend.load()  # a backend that cannot be served is refused before anything is built
+    shapes = shapes or default_shapes(spec.max_seq_len, device)
+    return cached_bundle(
+        root, backend=backend.name, spec=spec, shapes=shapes, device=device, precision=precision
+    )
 
 
 def _spec_overrides(options: dict[str, Any]) -> dict[str, Any]:

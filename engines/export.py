@@ -70,14 +70,6 @@ def optimize(src: Path, dst: Path, *, spec: ModelSpec, num_heads: int, fp16: boo
     return dst
 
 
-def matmul_nodes(path: Path) -> list[str]:
-    """Names of the graph's MatMul nodes (the ones dynamic quantization would touch), in order."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
-
-
 def weight_sizes(path: Path) -> dict[str, int]:
     """Elements of each MatMul's constant weight (what its int8 form saves is proportional)."""
     import onnx

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .batching import embed_texts
+from .bundle import PACKED_FILE
 from .export import CLS_SUFFIX, export_onnx, optimize, quantize_int8, split_cls, weight_sizes
 from .parity import ParityReport, calibration_texts, compare, reference_vectors
 from .shapes import ShapeSet
@@ -31,9 +33,6 @@ from .spec import ModelSpec
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
-
-
-PACKED = "model.packed.onnx"
 
 
 @dataclass(frozen=True)
@@ -110,13 +109,13 @@ def _with_packed(artifact: OnnxArtifact, fused: Path, bundle: Path, work: Path, 
     say("converting the fused graph to packing mode (padding removed inside the graph)")
     model = OnnxModel(onnx.load(str(fused)))
     PackingMode(model).convert()
-    packed = work / PACKED
+    packed = work / PACKED_FILE
     model.save_model_to_file(str(packed))
     report = parity(packed, packed=True)
     say(f"packed graph parity: min cosine {report.min_cosine:.6f}")
-    shutil.move(str(packed), bundle / PACKED)
+    shutil.move(str(packed), bundle / PACKED_FILE)
     worse = report if report.min_cosine < artifact.report.min_cosine else artifact.report
-    return OnnxArtifact(f"{artifact.graph} + packed", [], worse, extra_files=(PACKED,))
+    return OnnxArtifact(f"{artifact.graph} + packed", [], worse, extra_files=(PACKED_FILE,))
 
 
 def int8_ladder(ranked: Sequence[str], *, step: int) -> list[list[str]]:
@@ -164,7 +163,6 @@ def _parity(
     path, spec, shapes, tokenizer, device, precision, texts, reference, *, packed=False
 ) -> ParityReport:
     from .backends.onnx import OnnxEngine
-    from .embedder import Embedder
 
     if packed:  # PackedAttention is a CUDA-only contrib op: run it the way a worker will
         from .backends.onnx_cuda import OnnxCudaEngine
@@ -172,5 +170,7 @@ def _parity(
         engine = OnnxCudaEngine(path, shapes=shapes, dim=spec.dim, graphs=False)
     else:
         engine = OnnxEngine(path, shapes=shapes, dim=spec.dim, device="cpu" if device == "cpu" else "cuda")
-    with Embedder(spec=spec, tokenizer=tokenizer, engine=engine) as embedder:
-        return compare(embedder.embed(texts), reference, precision=precision)
+    try:
+        return compare(embed_texts(tokenizer, engine, texts), reference, precision=precision)
+    finally:
+        engine.close()

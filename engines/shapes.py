@@ -166,3 +166,11 @@ class ShapeSet:
     @classmethod
     def from_list(cls, items: Iterable[Sequence[int]]) -> ShapeSet:
         return cls(Shape(int(b), int(L)) for b, L in items)
+
+
+def default_shapes(max_seq_len: int, device: str) -> ShapeSet:
+    """Fine shapes on CPU (a shape costs nothing there, and compute follows padded tokens), the
+    GPU grid on CUDA (each shape is warmed and captured once)."""
+    if device.startswith("cpu"):
+        return ShapeSet.for_cpu(max_seq_len=max_seq_len)
+    return ShapeSet.grid(max_seq_len=max_seq_len)

@@ -30,7 +30,7 @@ import numpy as np
 from redis import Redis
 from rq.worker import SimpleWorker
 
-from vecq.engines import Embedder, ShapeSet
+from vecq.engines import Embedder
 from vecq.producer.connection import CONNECTION_LOST, describe, open_sync
 from vecq.producer.keys import model_name, queue_names, queued_texts_key
 from vecq.producer.serializer import MsgpackSerializer
@@ -134,11 +134,6 @@ class BatchWorker(Lifecycle, SimpleWorker):
         """Load the model (or the null engine) the settings name and build a worker around it."""
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if settings.tokenize_in_parallel() else "false"
         embedder = Embedder.load(settings.model_path, backend=settings.backend, device=settings.device)
-        if settings.backend == "null":  # the null engine stands in for a GPU worker: give it GPU shapes
-            from vecq.engines.backends.null import NullEngine
-
-            engine = NullEngine(shapes=ShapeSet.grid(max_seq_len=embedder.spec.max_seq_len), dim=embedder.dim)
-            embedder = Embedder(spec=embedder.spec, tokenizer=embedder.tokenizer, engine=engine)
         return cls(embedder, settings=settings, **kwargs)  # warmed up on the engine thread
 
     # --- the loop ----------------------------------------------------------------------------

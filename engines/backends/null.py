@@ -1,16 +1,26 @@
 """A deterministic engine with no model: vectors are a function of each row's real tokens.
 
 Used by tests (exact, model-free expectations) and by queue-overhead benchmarks (`vecq worker
---backend null`), where any real compute would hide the cost being measured.
+--backend null`), where any real compute would hide the cost being measured.  For a model dir it
+serves the GPU shape grid (it stands in for a GPU worker: few, large shapes, as the planner of a
+real GPU worker sees them); for a bundle, the bundle's own shapes.  Its vectors do not depend on
+the shape a text is padded to, so either way they are the same.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..base import Batch
 from ..errors import ShapeError
 from ..shapes import ShapeSet
+
+if TYPE_CHECKING:
+    from ..bundle import Manifest
+    from ..spec import ModelSpec
 
 _MOD = np.int64(2_147_483_647)
 
@@ -45,3 +55,13 @@ def null_vectors(input_ids: np.ndarray, attention_mask: np.ndarray, freqs: np.nd
     v = np.sin(np.outer(h.astype(np.float64) / 1000.0 + 0.5, freqs))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v.astype(np.float32)
+
+
+def for_model_dir(
+    model_dir: Path, *, spec: ModelSpec, shapes: ShapeSet | None, device: str, **_: Any
+) -> NullEngine:
+    return NullEngine(shapes=shapes or ShapeSet.grid(max_seq_len=spec.max_seq_len), dim=spec.dim)
+
+
+def for_bundle(root: Path, manifest: Manifest, *, device: str, **_: Any) -> NullEngine:
+    return NullEngine(shapes=manifest.shape_set, dim=manifest.dim)

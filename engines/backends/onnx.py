@@ -4,7 +4,9 @@ The graph takes `input_ids` and `attention_mask` (int64, dynamic batch and lengt
 (B, dim) output with pooling and normalization already applied.  fp16 graphs built with
 `keep_io_types` still return float32, but a cast is kept for graphs that do not.
 The provider list follows the seed write-up: CUDA (or TensorRT, then CUDA) first, CPU as the
-fallback ORT uses for any node the first provider cannot run.
+fallback ORT uses for any node the first provider cannot run.  On CUDA a bundle is served by the
+fixed-shape engines of `onnx_cuda.py` (CUDA graphs, the packed twin) unless another provider list
+is asked for.  ONNX engines run from bundles only: a model dir is built into a cached one first.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..base import Batch
+from ..base import Batch, Engine
 from ..errors import ShapeError, UnknownBackend
 from ..shapes import ShapeSet
+
+if TYPE_CHECKING:
+    from ..bundle import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,8 @@ ProviderList = list[str | tuple[str, dict[str, str]]]
 #: operator, but on a small CPU it takes the cores the worker's own threads (taking, tokenizing,
 #: writing back) and the embedded server need while a batch runs.
 CPU_SPINNING = False
+#: What `vecq build --backend onnx` makes per device (int8: CPU only; fp16: CUDA only).
+PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
 
 
 def physical_cores() -> int:
@@ -154,3 +161,27 @@ class OnnxEngine:
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+
+
+def for_bundle(
+    root: Path,
+    manifest: Manifest,
+    *,
+    device: str,
+    providers: str | None = None,
+    threads: int | None = None,
+    spinning: bool | None = None,
+    graphs: bool = True,
+    packed_from_batch: int | None = None,
+) -> Engine:
+    """The bundle's `model.onnx` on `device`: on CUDA with the CUDA provider, fixed-shape engines
+    with graphs (and the packed twin from `packed_from_batch` rows); else one plain session."""
+    manifest.require_backend(root, "onnx")
+    if device.startswith("cuda") and providers in (None, "cuda"):
+        from .onnx_cuda import fixed_shape_engine
+
+        return fixed_shape_engine(root, manifest, device, graphs=graphs, packed_from_batch=packed_from_batch)
+    return OnnxEngine(
+        root / "model.onnx", shapes=manifest.shape_set, dim=manifest.dim, device=device,
+        providers=providers, threads=threads, spinning=spinning, cache_dir=root / "trt-cache",
+    )  # fmt: skip

@@ -15,13 +15,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..base import Batch
+from ..base import Batch, Engine
+from ..bundle import PACKED_FILE
 from ..errors import ShapeError, UnknownBackend
 from ..shapes import Shape, ShapeSet
+
+if TYPE_CHECKING:
+    from ..bundle import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ class _Slot:
 #: runs to size its memory arena, so warming a shape takes three runs (a third is a replay where
 #: the capture came on the second).
 CAPTURE_RUN = 3
+#: Batches of at least this many rows go to the packed twin (BENCHMARKS.md, H100 engine table).
+PACKED_FROM_BATCH = 32
 
 
 class OnnxCudaEngine:
@@ -153,7 +159,7 @@ class HybridCudaEngine:
     """
 
     def __init__(
-        self, graphs: OnnxCudaEngine, packed: OnnxCudaEngine, *, packed_from_batch: int = 32
+        self, graphs: OnnxCudaEngine, packed: OnnxCudaEngine, *, packed_from_batch: int = PACKED_FROM_BATCH
     ) -> None:
         if graphs.shapes != packed.shapes:
             raise ValueError("graph and packed engines must serve the same shapes")
@@ -175,3 +181,16 @@ class HybridCudaEngine:
     def close(self) -> None:
         self.graphs.close()
         self.packed.close()
+
+
+def fixed_shape_engine(
+    root: Path, manifest: Manifest, device: str, *, graphs: bool, packed_from_batch: int | None
+) -> Engine:
+    """A CUDA bundle's engine: a CUDA graph per shape, and the packed twin for large batches."""
+    shapes, dim = manifest.shape_set, manifest.dim
+    device_id = int(device.partition(":")[2] or 0)
+    fused = OnnxCudaEngine(root / "model.onnx", shapes=shapes, dim=dim, device_id=device_id, graphs=graphs)
+    if PACKED_FILE not in manifest.files:
+        return fused
+    packed = OnnxCudaEngine(root / PACKED_FILE, shapes=shapes, dim=dim, device_id=device_id, graphs=False)
+    return HybridCudaEngine(fused, packed, packed_from_batch=packed_from_batch or PACKED_FROM_BATCH)

@@ -1,26 +1,31 @@
 """PyTorch backend: the pooled encoder run eagerly under `torch.inference_mode`, CPU or CUDA.
 
 The reference every other backend is checked against, and a fair engine in its own right.  On
-CUDA it can run in fp16 or bf16 (vectors always come back float32); per-shape CUDA graphs live in
-`torch_graphs.py` and wrap the same module.
+CUDA it can run in fp16 or bf16 (vectors always come back float32) and is served through one
+captured CUDA graph per shape (`torch_graphs.py`, wrapping the same module) unless `graphs=False`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..base import Batch
+from ..base import Batch, Engine
 from ..errors import ShapeError, UnknownBackend
-from ..shapes import ShapeSet
+from ..shapes import ShapeSet, default_shapes
 from ..spec import ModelSpec
+
+if TYPE_CHECKING:
+    from ..bundle import Manifest
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS_ANYWHERE = ("fp32", "fp16", "bf16")
+#: What `vecq build --backend torch` makes per device (it copies the safetensors weights).
+PRECISIONS = {"cpu": ("fp32",), "cuda": PRECISIONS_ANYWHERE}
 
 
 class TorchEngine:
@@ -54,8 +59,10 @@ class TorchEngine:
 
         from ..pooled import load_pooled
 
-        if precision not in PRECISIONS:
-            raise UnknownBackend(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} for torch")
+        if precision not in PRECISIONS_ANYWHERE:
+            raise UnknownBackend(
+                f"precision {precision!r} is not one of {', '.join(PRECISIONS_ANYWHERE)} for torch"
+            )
         if precision != "fp32" and not device.startswith("cuda"):
             raise UnknownBackend(f"precision {precision!r} needs a CUDA device (got {device!r})")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -86,3 +93,37 @@ class TorchEngine:
         self.module = None
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()
+
+
+def for_model_dir(
+    model_dir: Path,
+    *,
+    spec: ModelSpec,
+    shapes: ShapeSet | None,
+    device: str,
+    precision: str = "fp32",
+    graphs: bool = True,
+    **_: Any,
+) -> Engine:
+    shapes = shapes or default_shapes(spec.max_seq_len, device)
+    engine = TorchEngine.from_model_dir(
+        model_dir, spec=spec, shapes=shapes, device=device, precision=precision
+    )
+    return _served(engine, graphs=graphs)
+
+
+def for_bundle(root: Path, manifest: Manifest, *, device: str, graphs: bool = True, **_: Any) -> Engine:
+    manifest.require_backend(root, "torch")
+    engine = TorchEngine.from_model_dir(
+        root, spec=manifest.spec, shapes=manifest.shape_set, device=device, precision=manifest.precision
+    )
+    return _served(engine, graphs=graphs)
+
+
+def _served(engine: TorchEngine, *, graphs: bool) -> Engine:
+    """On CUDA, one captured graph per shape: eager launches cost more than small batches run."""
+    if engine.device.type != "cuda" or not graphs:
+        return engine
+    from .torch_graphs import TorchGraphEngine
+
+    return TorchGraphEngine(engine.module, shapes=engine.shapes, dim=engine.dim, device=str(engine.device))

@@ -134,7 +134,7 @@ def test_build_refuses_to_overwrite_a_directory_that_is_not_a_bundle(
 
 def test_cache_key_follows_the_build_recipe(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A changed export/quantize recipe must not be served an old cached bundle."""
-    from vecq.engines import bundle
+    from vecq.engines import cache
     from vecq.engines.shapes import ShapeSet
     from vecq.engines.spec import read_spec
 
@@ -142,9 +142,9 @@ def test_cache_key_follows_the_build_recipe(tiny_bert_dir: Path, monkeypatch: py
     shapes = ShapeSet.for_cpu(max_seq_len=spec.max_seq_len)
 
     def key() -> str:
-        return bundle.cache_key(tiny_bert_dir, spec=spec, shapes=shapes, device="cpu", precision="int8")
+        return cache.cache_key(tiny_bert_dir, spec=spec, shapes=shapes, device="cpu", precision="int8")
 
     first = key()
     assert key() == first
-    monkeypatch.setattr(bundle, "RECIPE_MODULES", bundle.RECIPE_MODULES[:-1])
+    monkeypatch.setattr(cache, "RECIPE_MODULES", cache.RECIPE_MODULES[:-1])
     assert key() != first

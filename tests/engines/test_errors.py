@@ -74,7 +74,7 @@ def test_unknown_backend(tiny_bert_dir: Path) -> None:
     with pytest.raises(UnknownBackend) as err:
         Embedder.load(tiny_bert_dir, backend="tpu")
     assert str(err.value) == "backend 'tpu' is not one of torch, onnx, tensorrt, null"
-    with pytest.raises(UnknownBackend, match="backend 'tensorrt' needs a bundle"):
+    with pytest.raises(UnknownBackend, match="backend 'tensorrt' is not served"):
         Embedder.load(tiny_bert_dir, backend="tensorrt")
 
 

@@ -27,7 +27,7 @@ def test_null_vectors_are_deterministic_unit_and_batch_independent(tiny_bert_dir
 def test_null_engine_refuses_undeclared_shapes(tiny_bert_dir: Path) -> None:
     emb = Embedder.load(tiny_bert_dir, backend="null")
     engine = NullEngine(shapes=ShapeSet.grid([2], [16], max_seq_len=16), dim=8)
-    batch = emb.tokenizer.make_batch([np.array([101, 102])], emb.shapes.fit(1, 8))
+    batch = emb.tokenizer.make_batch([np.array([101, 102])], emb.shapes.fit(1, 16))
     with pytest.raises(ShapeError, match="is not one of the engine's shapes"):
         engine.run(batch)
 
@@ -37,7 +37,8 @@ def test_importing_the_engines_layer_imports_no_heavy_library() -> None:
     import sys
 
     code = (
-        "import sys, vecq.engines, vecq.engines.bundle, vecq.engines.build, vecq.engines.onnx_build;"
+        "import sys, vecq.engines, vecq.engines.bundle, vecq.engines.build, vecq.engines.onnx_build,"
+        " vecq.engines.cache, vecq.engines.backends;"
         "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'onnxruntime') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
