@@ -6,7 +6,6 @@ transformers wrapper costs more host time than a small GPU batch takes to run.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,9 @@ class TextTokenizer:
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_seq_len)
         self.max_seq_len = max_seq_len
+        #: Batch calls may use `tokenizers`' thread pool (one thread per core); False: this
+        #: thread only (the worker's choice, `WorkerSettings.parallel_tokenize`).
+        self.parallel = True
         self.pad_id = _token_id(tokenizer, ("[PAD]", "<pad>"), default=0)
         cls_id = _token_id(tokenizer, ("[CLS]", "<s>"), default=101)
         sep_id = _token_id(tokenizer, ("[SEP]", "</s>"), default=102)
@@ -87,17 +89,18 @@ class TextTokenizer:
         return encodings
 
     def _encode_many(self, texts: list[str], *, add_special_tokens: bool) -> list:
-        """A few texts one by one, many in one batch call.
+        """Many texts in one batch call on `tokenizers`' thread pool when `parallel`; else (and
+        for a few texts) one by one on the calling thread.
 
-        `tokenizers` hands every batch call to its thread pool (one thread per core), and on the
-        16-core GPU machine those threads' wake-up and spin cost a small call more than the
-        tokenizing itself: the seed workload ran 1.2-1.3× more calls/s with batches of 2-16
-        queries tokenized without the pool (BENCHMARKS.md, `benchmarks/seed_tokenizer_probe.py`).
+        The pool has a thread per core: a CPU engine (or Redis, on a small box) needs those
+        cores, and on the 16-core GPU machine the pool's wake-up and spin cost a small call more
+        than the tokenizing itself -- the seed workload ran 1.2-1.3× more calls/s with batches of
+        2-16 queries tokenized without it (BENCHMARKS.md, `benchmarks/probes/seed_tokenizer.py`).
         """
-        batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        if len(texts) <= SEQUENTIAL_MAX and parallel_tokenizing():
-            return [self._tok.encode(t, add_special_tokens=add_special_tokens) for t in texts]
-        return batch(texts, add_special_tokens=add_special_tokens)  # no pool: no offsets is cheaper
+        if self.parallel and len(texts) > SEQUENTIAL_MAX:
+            batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+            return batch(texts, add_special_tokens=add_special_tokens)  # no offsets: cheaper
+        return [self._tok.encode(t, add_special_tokens=add_special_tokens) for t in texts]
 
     def make_batch(self, rows: Sequence[np.ndarray], shape: Shape) -> Batch:
         """A `Batch` of exactly `shape`: rows right-padded, spare rows filled with `[CLS] [SEP]`."""
@@ -120,15 +123,8 @@ class TextTokenizer:
         return Batch(input_ids=input_ids, attention_mask=mask, rows=len(rows))
 
 
-#: Up to this many texts are tokenized one by one, not through the tokenizer's thread pool.
+#: Up to this many texts are tokenized one by one even when the thread pool may be used.
 SEQUENTIAL_MAX = 16
-
-
-def parallel_tokenizing() -> bool:
-    """Whether `tokenizers` runs batch calls on its thread pool: it reads TOKENIZERS_PARALLELISM
-    on every call (unset: yes), and this is its own reading of the value."""
-    value = os.environ.get("TOKENIZERS_PARALLELISM", "true").strip().lower()
-    return value not in ("", "off", "false", "f", "no", "n", "0")
 
 
 #: Texts longer than max_seq_len × this many characters are tokenized from a prefix first.

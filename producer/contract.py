@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import BadRequest
-from .keys import Lane, model_name, queue_name
+from .keys import LANES, Lane, model_name, queue_name
 
 #: rq imports this to run a vecq job in a plain `rq worker`; vecq's BatchWorker recognises it.
 JOB_FUNCTION = "vecq.worker.tasks.embed"
@@ -50,23 +50,35 @@ MAX_CHARS_PER_JOB = 4_000_000
 TEXTS_FIELD = "vecq_texts"
 
 
-def check_texts(texts: Any) -> list[str]:
-    """Refuse unusable texts with one line naming the first bad item and the limit it breaks."""
+def texts_fault(texts: Any) -> str | None:
+    """The one line naming the first rule `texts` breaks (type, count, length, total), or None.
+
+    Plain Python and no strings built when all is well: the worker runs it on every job it
+    takes.  Encoding is not checked here (`check_texts` does): a str decoded from msgpack is
+    always valid UTF-8."""
     if not isinstance(texts, (list, tuple)):
-        raise BadRequest(f"texts: expected a list of str, got {type(texts).__name__}")
+        return f"texts: expected a list of str, got {type(texts).__name__}"
     if not texts:
-        raise BadRequest("texts: empty list (send at least one text)")
+        return "texts: empty list (send at least one text)"
     if len(texts) > MAX_TEXTS_PER_JOB:
-        raise BadRequest(f"texts: {len(texts)} texts in one job, over the limit of {MAX_TEXTS_PER_JOB}")
+        return f"texts: {len(texts)} texts in one job, over the limit of {MAX_TEXTS_PER_JOB}"
     total = 0
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise BadRequest(f"texts[{i}]: expected str, got {type(t).__name__}")
+            return f"texts[{i}]: expected str, got {type(t).__name__}"
         if len(t) > MAX_CHARS_PER_TEXT:
-            raise BadRequest(f"texts[{i}]: {len(t)} characters, over the limit of {MAX_CHARS_PER_TEXT}")
+            return f"texts[{i}]: {len(t)} characters, over the limit of {MAX_CHARS_PER_TEXT}"
         total += len(t)
     if total > MAX_CHARS_PER_JOB:
-        raise BadRequest(f"texts: {total} characters in one job, over the limit of {MAX_CHARS_PER_JOB}")
+        return f"texts: {total} characters in one job, over the limit of {MAX_CHARS_PER_JOB}"
+    return None
+
+
+def check_texts(texts: Any) -> list[str]:
+    """Refuse unusable texts with one line naming the first bad item and the limit it breaks."""
+    fault = texts_fault(texts)
+    if fault is not None:
+        raise BadRequest(fault)
     for i, t in enumerate(texts):
         try:
             t.encode("utf-8")
@@ -121,6 +133,21 @@ def parse_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> EmbedReques
             f"options: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(OPTION_NAMES))}"
         )
     return build_request(args[0], **kwargs)
+
+
+def fast_request(args: Any, kwargs: Any, *, model: str) -> tuple[list[str], bool] | None:
+    """(texts, truncate) of a well-formed request for `model` from msgpack-decoded job args,
+    checked in plain Python (~20x cheaper than `parse_request`, which a worker needs for every
+    job it takes); None for anything unusual, which `parse_request` then decides on and words."""
+    if type(args) is not list or len(args) != 1 or type(kwargs) is not dict:
+        return None
+    texts = args[0]
+    if type(texts) is not list or texts_fault(texts) is not None or not kwargs.keys() <= OPTION_NAMES:
+        return None
+    truncate = kwargs.get("truncate", True)
+    if kwargs.get("model", DEFAULT_MODEL) != model or kwargs.get("lane", "interactive") not in LANES:
+        return None
+    return (texts, truncate) if type(truncate) is bool else None
 
 
 def build_request(texts: Any, **options: Any) -> EmbedRequest:

@@ -37,7 +37,7 @@ class JobOptions:
     result_ttl: int = 3600
     failure_ttl: int = 7 * 86400
     ttl: int | None = None
-    timeout: int | None = None
+    timeout: int = 600
 
     @classmethod
     def from_settings(cls, settings: ProducerSettings) -> JobOptions:

@@ -131,7 +131,8 @@ def test_the_bench_package_is_loaded_only_by_the_command_line() -> None:
     users = {
         module
         for module, targets in import_graph().items()
-        if any(t.startswith("vecq.worker.bench") for t in targets) and not module.startswith("vecq.worker.bench")
+        if any(t.startswith("vecq.worker.bench") for t in targets)
+        and not module.startswith("vecq.worker.bench")
     }
     assert users <= {"vecq.worker.cli"}
 

@@ -35,7 +35,7 @@ from vecq.producer.contract import TEXTS_FIELD
 from vecq.producer.keys import intermediate_key, queue_key, rq_keys
 
 #: Job-hash fields a worker needs to validate and run a job (their order in `Taken.fields`).
-JOB_FIELDS = ("data", "meta", "result_ttl", "enqueued_at")
+JOB_FIELDS = ("data", "meta", "result_ttl", "enqueued_at", "timeout")
 
 
 # KEYS: pairs (queue key, started-registry key) in priority order.  ARGV: max jobs, job key

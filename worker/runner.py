@@ -20,6 +20,7 @@ import numpy as np
 from vecq.engines.base import Batch, Engine
 from vecq.engines.tokenizer import TextTokenizer
 
+from .errors import one_line
 from .planner import PlannedBatch
 
 log = logging.getLogger(__name__)
@@ -105,10 +106,6 @@ class EngineRunner:
                 return
             self._thread.join(timeout)
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def _main(self) -> None:
         try:
             self.engine.warmup()
@@ -142,11 +139,6 @@ class EngineRunner:
                     f"engine returned shape {vectors.shape}, expected {(batch.rows, self.engine.dim)}"
                 )
         except Exception as exc:
-            log.warning("batch %s of %d rows failed: %s", planned.shape, len(planned.rows), _one_line(exc))
-            return Done(planned, None, time.perf_counter() - t0, 0, error=_one_line(exc))
+            log.warning("batch %s of %d rows failed: %s", planned.shape, len(planned.rows), one_line(exc))
+            return Done(planned, None, time.perf_counter() - t0, 0, error=one_line(exc))
         return Done(planned, vectors, time.perf_counter() - t0, batch.real_tokens)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or "no message"
-    return f"{type(exc).__name__}: {text[:500]}"

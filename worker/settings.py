@@ -1,7 +1,8 @@
 """`WorkerSettings`: every knob of a vecq worker, from `VECQ_*` env vars or CLI flags (1:1).
 
 One typed object so that the CLI, embedded mode and tests build workers the same way; the
-defaults are the ones a GPU worker on a shared Redis should run with.
+defaults are the ones a GPU worker on a shared Redis should run with.  `vecq worker`'s options
+are made from these fields (`cli/options.py`): a field's description is its `--help` line.
 """
 
 from __future__ import annotations
@@ -11,52 +12,66 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from vecq.engines import backends
 from vecq.producer.keys import LANES
+from vecq.producer.settings import CommonSettings
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(CommonSettings):
     """What one `vecq worker` process serves and how it batches."""
 
     model_config = SettingsConfigDict(env_prefix="VECQ_", extra="forbid", frozen=True)
 
-    redis_url: str = "redis://localhost:6379/0"
-    #: A bundle dir (`vecq build` output) or a model dir; neither means the default model.
-    bundle: Path | None = None
-    model: Path | None = None
-    #: onnx | torch | tensorrt | null; None: the bundle's own (torch for a model dir).
-    backend: str | None = None
-    device: str = "cpu"
-    #: Lanes served, highest priority first is enforced (interactive before bulk) whatever the order.
-    lanes: Annotated[tuple[str, ...], NoDecode] = LANES
-    #: Model name the queues are derived from; None: the loaded model's own name.
-    name: str | None = None
-    worker_name: str | None = None
-    #: How long the oldest text of a partial batch may wait for batch-mates.
-    max_wait_ms: float = Field(default=5.0, ge=0)
-    #: Texts taken from Redis but not yet written back, at most (the prefetch budget).
-    prefetch_texts: int = Field(default=4096, ge=1)
-    #: rq job timeout: a job still unfinished after this long is failed.
-    job_timeout: int = Field(default=600, ge=1)
-    #: Longest one engine call may run: past it the worker exits non-zero (its jobs are retried
-    #: elsewhere), since a hung call cannot be interrupted.  Far above any real batch.
-    engine_timeout: float = Field(default=300.0, gt=0)
-    #: Started-registry / execution TTL; refreshed every third of it while a job is in flight.
-    heartbeat_ttl: int = Field(default=15, ge=3)
-    #: How often this worker runs started-registry and intermediate-list cleanup.
-    cleanup_interval: float = Field(default=5.0, gt=0)
-    #: A job taken (LMOVE) but not started after this long is put back on its queue.
-    stranded_after: float = Field(default=10.0, gt=0)
-    #: Seconds results (and finished jobs) are kept, unless a job sets its own result_ttl.
-    result_ttl: int = 500
-    metrics_port: int | None = None
-    #: Tokenize on all cores (`tokenizers`' thread pool) or on the worker's own thread.  None:
-    #: the pool when the engine runs on a GPU and the machine has 4+ cores; else one thread,
+    bundle: Path | None = Field(default=None, description="Bundle dir (`vecq build` output).")
+    model: Path | None = Field(default=None, description="Model dir (default: all-MiniLM-L6-v2).")
+    backend: str | None = Field(
+        default=None,
+        description="Engine backend (default: the bundle's own; torch for a model dir).",
+        json_schema_extra={"choices": list(backends.names())},
+    )
+    device: str = Field(default="cpu", description="cpu, cuda or cuda:N.")
+    lanes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=LANES, description="Lanes served, e.g. interactive,bulk (interactive always first)."
+    )
+    name: str | None = Field(
+        default=None, description="Model name the queues are derived from (default: the model's own)."
+    )
+    worker_name: str | None = Field(
+        default=None, description="rq worker name (default: vecq.<host>.<pid>.<random>)."
+    )
+    max_wait_ms: float = Field(
+        default=5.0, ge=0, description="Longest the oldest text of a partial batch waits for batch-mates."
+    )
+    prefetch_texts: int = Field(
+        default=4096, ge=1, description="Texts taken but not yet written back, at most."
+    )
+    engine_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds one engine call may run before the worker exits (its jobs are retried "
+        "elsewhere: a hung call cannot be interrupted).",
+    )
+    heartbeat_ttl: int = Field(
+        default=15,
+        ge=3,
+        description="Seconds an execution lives without a heartbeat (refreshed every third).",
+    )
+    cleanup_interval: float = Field(default=5.0, gt=0, description="Seconds between recovery passes.")
+    stranded_after: float = Field(
+        default=10.0, gt=0, description="Seconds a job may sit in an intermediate list before it is put back."
+    )
+    metrics_port: int | None = Field(default=None, description="Serve Prometheus metrics on this port.")
+    #: None: the pool when the engine runs on a GPU and the machine has 4+ cores; else one thread,
     #: since a CPU engine (or Redis, on a small box) needs the other cores and the pool's
     #: spinning threads cost ~1.6x the CPU of tokenizing on one thread (BENCHMARKS.md).
-    parallel_tokenize: bool | None = None
-    burst: bool = False
+    parallel_tokenize: bool | None = Field(
+        default=None,
+        description="Tokenize on all cores or on one (default: all only for a GPU engine on 4+ cores).",
+        json_schema_extra={"flag": "--parallel-tokenize/--serial-tokenize"},
+    )
+    burst: bool = Field(default=False, description="Exit when the queues are empty.")
 
     def tokenize_in_parallel(self) -> bool:
         """`parallel_tokenize`, or its default for this worker."""
@@ -75,6 +90,13 @@ class WorkerSettings(BaseSettings):
         if not chosen:
             raise ValueError("at least one lane")
         return tuple(lane for lane in LANES if lane in chosen)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str | None) -> str | None:
+        if v is not None:
+            backends.get(v)  # an unknown name: one line listing the known ones
+        return v
 
     @field_validator("device")
     @classmethod

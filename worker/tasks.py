@@ -2,19 +2,20 @@
 
 vecq's BatchWorker never calls it (it batches across jobs instead), but a stock `rq worker` with
 vecq installed can run vecq jobs through it — slowly, one job at a time, correctly.  The model is
-loaded once per process: the default model, or the bundle / model dir named by `VECQ_BUNDLE` /
-`VECQ_MODEL`.
+loaded once per process: the default model, or the bundle / model dir and backend named by the
+worker's settings (`VECQ_BUNDLE`, `VECQ_MODEL`, `VECQ_BACKEND`).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
 
 from vecq.engines import Embedder
 from vecq.producer.contract import build_request
+
+from .settings import WorkerSettings
 
 _lock = threading.Lock()
 _loaded: dict[str, Embedder] = {}
@@ -30,8 +31,8 @@ def embed(texts: list[str], **options: object) -> np.ndarray:
 def _embedder_for(model: str) -> Embedder:
     with _lock:
         if model not in _loaded:
-            path = os.environ.get("VECQ_BUNDLE") or os.environ.get("VECQ_MODEL") or None
-            embedder = Embedder.load(path, backend=os.environ.get("VECQ_BACKEND") or None)
+            settings = WorkerSettings()
+            embedder = Embedder.load(settings.model_path, backend=settings.backend, device=settings.device)
             if embedder.name != model:
                 raise LookupError(f"unknown model {model!r}: this worker serves {embedder.name!r}")
             _loaded[model] = embedder

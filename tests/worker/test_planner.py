@@ -1,4 +1,4 @@
-"""Planner and Assembler: pure logic, no Redis."""
+"""The planner: pure logic, no Redis."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from vecq.engines.errors import TextTooLong
 from vecq.engines.shapes import Shape, ShapeSet
 from vecq.engines.tokenizer import Tokenized
 from vecq.worker.planner import NewJob, Planner
-from vecq.worker.writeback import Assembler
 
 SHAPES = ShapeSet.grid((1, 2, 4, 8), (8, 16, 32), max_seq_len=32)
 WAIT = 0.005
@@ -147,25 +146,6 @@ def test_dropped_owner_rows_never_come_back() -> None:
     p.drop("gone")
     rows = [r for b in drain(p, 0.0) for r in b.rows]
     assert [r.owner for r in rows] == ["kept", "kept"] and p.pending == 0
-
-
-def test_assembler_restores_each_jobs_order() -> None:
-    class Item:
-        def __init__(self, n: int) -> None:
-            self.texts = ["t"] * n
-
-    a, b = Item(3), Item(2)
-    asm = Assembler(dim=2)
-    asm.open(a)
-    asm.open(b)
-    owners = [(b, 1), (a, 2), (a, 0)]
-    vecs = np.array([[11, 11], [2, 2], [0, 0]], dtype=np.float32)
-    assert asm.fill(owners, vecs) == []
-    done = asm.fill([(a, 1), (b, 0)], np.array([[1, 1], [10, 10]], dtype=np.float32))
-    assert [d[0] for d in done] == [a, b]
-    np.testing.assert_array_equal(done[0][1], [[0, 0], [1, 1], [2, 2]])
-    np.testing.assert_array_equal(done[1][1], [[10, 10], [11, 11]])
-    assert len(asm) == 0
 
 
 def test_a_due_interactive_text_goes_before_full_bulk_batches() -> None:

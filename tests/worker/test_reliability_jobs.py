@@ -150,7 +150,7 @@ def test_pickles_as_meta_result_and_abandoned_job_are_never_unpickled(
             "(producers must use vecq.producer.serializer.MsgpackSerializer)"
         )
     np.testing.assert_array_equal(vectors_of(redis_conn, job.id), null_embedder.embed(["real result"]))
-    worker.recovery.clean(INTERACTIVE)
+    worker.serving.recovery.clean(INTERACTIVE)
     assert redis_conn.hget("rq:job:abandoned", "status") == b"failed"
     assert redis_conn.zrange(f"rq:failed:{INTERACTIVE}", 0, -1) == [
         b"abandoned",

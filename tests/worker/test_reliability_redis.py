@@ -100,26 +100,27 @@ def test_a_take_sent_ahead_when_redis_goes_away_is_dropped_and_taking_resumes(tm
     intake (the dead socket reads as ready, collecting it raises once, the next take works)."""
     from vecq.worker.intake import Intake
     from vecq.worker.jobstore import JobStore
+    from vecq.worker.takepolicy import Take
 
     server = RedisServer(tmp_path, password="pw-ahead").start()
     conn = redis.Redis.from_url(server.url())
     try:
         store = JobStore(conn, worker_name="w", worker_key="rq:worker:w")
-        intake = Intake(conn, store, [INTERACTIVE], ["interactive"], MODEL, 15, 500)
+        intake = Intake(conn, store, [INTERACTIVE], model=MODEL, heartbeat_ttl=15)
         with Client(server.url()) as client:
             client.submit(["before"], model=MODEL)
         intake.send_ahead(64)
         server.stop(signal.SIGKILL)
         assert intake.ahead and intake.ahead_ready()
         with pytest.raises(redis.ConnectionError):
-            intake.take(64, block_s=0.0)
+            intake.take(Take(64))
         assert not intake.ahead
         server.start()
         intake.send_ahead(64)
         intake.abandon_ahead()  # what the worker's loop does on a lost connection
         with Client(server.url()) as client:
             client.submit(["after"], model=MODEL)
-        until(lambda: bool(intake.take(64, block_s=0.0)), 10, "a take after the restart")
+        until(lambda: bool(intake.take(Take(64))), 10, "a take after the restart")
     finally:
         conn.close()
         server.stop()

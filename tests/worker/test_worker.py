@@ -21,7 +21,7 @@ from rq.worker import Worker
 from vecq.engines import Embedder
 from vecq.producer.keys import queued_texts_key
 from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer
-from vecq.worker.worker import BatchWorker
+from vecq.worker import serving
 
 from .conftest import BULK, INTERACTIVE, MODEL, enqueue, result_of, run, vectors_of
 from .servers import until
@@ -196,12 +196,12 @@ def test_rq_sees_queues_workers_and_counts(redis_conn, make_worker) -> None:
 def test_a_worker_stopped_while_waiting_for_jobs_leaves_at_once(redis_conn, make_worker, monkeypatch) -> None:
     """`stop()` wakes the idle wait (CLIENT UNBLOCK) and the pub/sub thread ends with the worker:
     each used to add up to a second to every embedded `vecq embed` run."""
-    monkeypatch.setattr(BatchWorker, "IDLE_WAIT_S", 120.0)
+    monkeypatch.setattr(serving, "IDLE_WAIT_S", 120.0)  # read when a worker is made
     for _ in range(3):
         worker = make_worker(burst=False, lanes=("bulk",))  # one queue: a blocking wait, not a poll
         t = threading.Thread(target=worker.work, daemon=True)
         t.start()
-        until(lambda w=worker: w.intake._waiter is not None, 30, "the worker waiting for jobs")
+        until(lambda w=worker: w.serving.intake._waiter is not None, 30, "the worker waiting for jobs")
         worker.stop()
         t.join(30)  # far less than the 120 s wait: only a wake ends it this soon
         assert not t.is_alive()

@@ -1,0 +1,26 @@
+"""Typed errors of the worker, and the one-line form every error takes when shown or stored."""
+
+from __future__ import annotations
+
+
+class NameTaken(ValueError):
+    """Another live worker already uses this worker name."""
+
+
+class WorkerCrashed(RuntimeError):
+    """The engine thread, the finishing thread or the loop failed in a way the worker cannot
+    serve through: the process exits non-zero and recovery gives its jobs to other workers."""
+
+
+class JobRefused(Exception):
+    """Why a taken job cannot run (`kind` is its metrics label; the message is one line)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def one_line(exc: BaseException, *, limit: int = 500) -> str:
+    """`Type: message` on one line, cut at `limit` characters: a failed job's reason, a CLI error."""
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text[:limit]}"

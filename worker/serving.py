@@ -1,0 +1,312 @@
+"""The batch loop of one worker: take → validate → tokenize/plan → run → write back.
+
+`Serving` wires the owners together and moves work between them, one way, once per pass:
+- `TakePolicy` decides what to take, `Intake` takes it, `Admission` (pure) says which jobs may
+  run, `OpenJobs` holds those until Redis has their end;
+- `Tokenizing` tokenizes each take on its own thread, `Planner` (the one owner of pending texts)
+  cuts batches of declared shapes, `EngineRunner` (the one owner of the model) runs them with one
+  batch waiting in its hand-off slot;
+- finished jobs go to the `Finisher` thread, failures and refusals to the `FailureWriter`.
+Redis I/O happens on this thread except the finishing writes; work crosses threads only through
+queues.  `BatchWorker` (worker.py) is the rq face around it: registration, heartbeats, signals.
+
+Failures, per job: a bad job fails alone at intake; a text over the limit with truncation off
+fails its job; an engine error on a batch of several jobs re-runs each of them alone, so a
+poison text fails only its own job (through rq `Retry` first) while its batch-mates finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis import Redis
+
+from vecq.engines import Embedder
+from vecq.producer.keys import queued_texts_key
+
+from .errors import WorkerCrashed
+from .failures import FailureWriter
+from .finisher import Finisher, WriterCrashed
+from .intake import Intake
+from .jobstore import JobStore
+from .metrics import WorkerMetrics
+from .openjobs import OpenJobs
+from .planner import PlannedBatch, Planner
+from .prefetch import PrefetchBudget
+from .recovery import Recovery
+from .runner import Crashed, Done, EngineRunner
+from .settings import WorkerSettings
+from .takepolicy import Load, Take, TakePolicy
+from .tokenizing import Tokenizing
+from .validation import Admission, WorkItem
+
+log = logging.getLogger(__name__)
+
+#: Seconds an idle worker waits on its queue per call (one queue; with two it polls every 50 ms).
+IDLE_WAIT_S = 1.0
+#: Executions heartbeated per script call.
+HEARTBEAT_CHUNK = 2048
+
+
+class Serving:
+    """Everything one worker holds while it serves, and the pass that moves it along."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        settings: WorkerSettings,
+        connection: Redis,
+        store: JobStore,
+        metrics: WorkerMetrics,
+        model: str,
+        queue_names: list[str],
+    ) -> None:
+        largest = max(shape.batch for shape in embedder.shapes)
+        self.metrics = metrics
+        self.store = store
+        self.jobs = OpenJobs(embedder.dim)
+        self.policy = TakePolicy(
+            lanes=settings.lanes,
+            prefetch=PrefetchBudget(cap=settings.prefetch_texts, largest_batch=largest),
+            idle_wait_s=IDLE_WAIT_S,
+        )
+        self.intake = Intake(
+            connection, store, queue_names, model=model, heartbeat_ttl=settings.heartbeat_ttl
+        )
+        self.admission = Admission(
+            queue_names, list(settings.lanes), model, settings.result_ttl, settings.job_timeout
+        )
+        self.tokenizing = Tokenizing(embedder.tokenizer)
+        self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
+        self.runner = EngineRunner(embedder.engine, embedder.tokenizer)
+        self.finisher = Finisher(store)
+        self.failures = FailureWriter(connection, store, counter_key=queued_texts_key(model))
+        self.recovery = Recovery(
+            connection,
+            store,
+            queue_names,
+            interval=settings.cleanup_interval,
+            stranded_after=settings.stranded_after,
+        )
+
+    # --- what is held ------------------------------------------------------------------------
+    def load(self) -> Load:
+        return Load(
+            held_texts=self.jobs.texts + self.finisher.texts_in_flight,
+            open_texts=self.jobs.texts,
+            interactive_texts=self.jobs.interactive_texts,
+            pending_rows=self.planner.pending + self.tokenizing.texts,
+            idle=self.idle,
+        )
+
+    @property
+    def idle(self) -> bool:
+        """Nothing open, tokenizing, running or being written."""
+        return (
+            self.jobs.idle
+            and not self.tokenizing
+            and self.runner.in_flight == 0
+            and self.finisher.in_flight == 0
+        )
+
+    @property
+    def busy(self) -> bool:
+        """Jobs are open (rq's worker state: busy)."""
+        return len(self.jobs) > 0 or bool(self.tokenizing)
+
+    # --- the pass ----------------------------------------------------------------------------
+    def step(self, *, burst: bool) -> bool:
+        """One pass: take, collect engine results, write back, feed the engine, wait; True: done."""
+        take = self.policy.next_take(
+            self.load(), ahead=self.intake.ahead, ahead_ready=self.intake.ahead_ready, burst=burst
+        )
+        took = self._take(take) if take is not None else 0
+        self._collect(timeout=0.0)
+        requeued = self._write()
+        self._plan_tokenized(wait=self.planner.pending == 0 or self.policy.stopping)
+        self._feed(time.monotonic())
+        if not self.intake.ahead:
+            budget = self.policy.take_ahead(self.load())
+            if budget is not None:
+                self.intake.send_ahead(budget)  # jobs keep coming: take on
+        done = self.policy.stopping or (burst and took == 0 and not requeued)
+        if done and self.idle and not self.intake.ahead:
+            return True
+        self._wait(took_now=took > 0)
+        return False
+
+    def _take(self, take: Take) -> int:
+        taken = self.intake.take(take)
+        self.policy.took(take, len(taken))
+        if not taken:
+            return 0
+        if not take.first_lane_only:
+            ahead = self.policy.take_ahead(self.load(), taken_texts=self.intake.texts_in(taken))
+            if ahead is not None:
+                self.intake.send_ahead(ahead)
+        started, refused = self.admission.admit(taken, now_wall=time.time(), now=time.monotonic())
+        self._hold(started)
+        self.jobs.refuse(refused)  # written by `_write`, which can lose its connection safely
+        return len(taken)
+
+    def _hold(self, started: list[WorkItem]) -> None:
+        """Open and tokenize what a take started -- before any further Redis call: a connection
+        lost after a take once left two jobs open but never tokenized, heartbeated (so never
+        recovered) and never run.  Held first, they survive any later call's failure."""
+        self.intake.admitted(started)
+        self.jobs.hold(started)
+        self.metrics.queue_waits([i.queue_wait for i in started if i.queue_wait is not None])
+        self.tokenizing.submit(started, now=time.monotonic())
+
+    def _plan_tokenized(self, *, wait: bool) -> None:
+        """Hand tokenized jobs to the planner, in take order; `wait`: for the oldest, if it is
+        still tokenizing.  A tokenizer failure re-raises here, so the worker exits non-zero."""
+        for encoded in self.tokenizing.ready(wait=wait):
+            for owner, message in self.planner.add_encoded(encoded):
+                self.fail(owner, message, "text_too_long", retry=False)  # type: ignore[arg-type]
+
+    def _feed(self, now: float) -> None:
+        while self.runner.slot_free:
+            # Waiting for batch-mates only pays while the engine is busy: an idle engine takes
+            # the partial batch now (a lone interactive text must not sit out max_wait).
+            idle_engine = self.runner.in_flight == 0
+            planned = self.planner.next_batch(now, flush=self.policy.stopping or idle_engine)
+            if planned is None:
+                return
+            self.runner.offer(planned)
+
+    def _wait(self, *, took_now: bool) -> None:
+        """Block until the engine returns a batch, the planner's next deadline, or a poll tick."""
+        if self.runner.in_flight == 0 and self.planner.pending == 0:
+            if self.finisher.in_flight and not took_now:
+                self._reap(timeout=0.005)
+            return
+        # a due batch cannot go while the hand-off slot is taken: then wait for the engine,
+        # not for the deadline (a past deadline would spin this loop and starve the engine thread)
+        deadline = self.planner.next_deadline() if self.runner.slot_free else None
+        poll = 0.0005 if took_now else 0.005
+        if self.policy.stopping or self.policy.full(self.load()) or not self.runner.slot_free:
+            # nothing can be fed before the engine takes the waiting batch: sleep until it returns
+            # one (polling here cost ~15% of a CPU core beside a CPU engine, BENCHMARKS.md)
+            poll = 0.05
+        timeout = poll if deadline is None else min(poll, max(0.0, deadline - time.monotonic()))
+        if self.runner.in_flight:
+            self._collect(timeout=timeout)
+        elif timeout > 0:
+            time.sleep(timeout)
+
+    # --- engine results ----------------------------------------------------------------------
+    def _collect(self, *, timeout: float) -> None:
+        result = self.runner.wait(timeout)
+        while result is not None:
+            if isinstance(result, Crashed):
+                raise WorkerCrashed(f"engine thread crashed: {result.error!r}") from result.error
+            self._on_done(result)
+            result = self.runner.wait(0.0)
+
+    def _on_done(self, done: Done) -> None:
+        planned = done.planned
+        if done.error is not None or done.vectors is None:
+            self._on_batch_error(planned, done.error or "engine returned no vectors")
+            return
+        shape = planned.shape
+        self.metrics.batch(
+            shape_rows=shape.batch,
+            rows=len(planned.rows),
+            shape_tokens=shape.tokens,
+            real_tokens=done.real_tokens,
+            seconds=done.seconds,
+            shape=str(shape),
+        )
+        self.jobs.tally.texts += len(planned.rows)
+        self.policy.prefetch.batch_done(len(planned.rows), done.seconds)
+        self.jobs.fill(((r.owner, r.index) for r in planned.rows), done.vectors)
+
+    def _on_batch_error(self, planned: PlannedBatch, error: str) -> None:
+        owners = [o for o in planned.owners if o in self.jobs]
+        if len(owners) > 1 and not planned.isolated:
+            log.warning("batch of %d jobs failed (%s): re-running each job alone", len(owners), error)
+            self.planner.retry_isolated(planned)
+            return
+        for owner in owners:
+            self.fail(owner, f"EngineError: {error}", "engine_error", retry=True)  # type: ignore[arg-type]
+
+    # --- upkeep ------------------------------------------------------------------------------
+    def check_engine(self, now: float, *, limit: float) -> None:
+        """An engine call that never returns (a wedged GPU, a deadlocked runtime) cannot be
+        interrupted from Python; heartbeating its jobs forever would keep them from every other
+        worker.  So the worker exits non-zero, its heartbeats stop, and recovery retries its jobs
+        elsewhere -- each such attempt costs the job one rq retry, so a text that always hangs
+        ends failed instead of looping."""
+        since = self.runner.busy_since
+        if since is not None and now - since > limit:
+            raise WorkerCrashed(
+                f"engine call running for {now - since:.0f}s, over engine_timeout={limit:g}s; exiting "
+                f"so that its {len(self.jobs)} job(s) are retried by other workers"
+            )
+
+    def heartbeat(self, *, ttl: int, now: float) -> None:
+        """Extend the started-registry entry of every job held (recovery's deadline), drop those
+        recovery already took away, and fail (rq Retry applies) those past their timeout."""
+        items = list(self.jobs)
+        for start in range(0, len(items), HEARTBEAT_CHUNK):
+            chunk = items[start : start + HEARTBEAT_CHUNK]
+            lost = set(self.store.heartbeat([i.running for i in chunk], ttl=ttl, now=time.time()))
+            for item in chunk:
+                if item.job_id in lost:
+                    self.lost(item)
+        for item in self.jobs.overdue(now):
+            self.fail(item, f"JobTimeoutException: not done within {item.timeout}s", "timeout", retry=True)
+
+    # --- ends --------------------------------------------------------------------------------
+    def fail(self, item: WorkItem, reason: str, kind: str, *, retry: bool) -> None:
+        """Fail an open job (written by the next `_write`); its pending rows are not run."""
+        if self.jobs.fail(item, reason, kind, retry=retry):
+            self.planner.drop(item)
+
+    def lost(self, item: WorkItem) -> None:
+        """Recovery gave an open job to another worker: forget it, write nothing for it."""
+        if self.jobs.drop(item):
+            log.warning("job %s: execution expired and was recovered elsewhere; dropping it", item.job_id)
+            self.planner.drop(item)
+
+    def _write(self) -> int:
+        """Hand what is done to the finishing thread, write failures; returns how many jobs went
+        back on a queue (rq Retry)."""
+        self._reap(timeout=0.0)
+        done = self.jobs.take_done()
+        if done:
+            self.finisher.submit(done)  # it slices the writes
+        retried = self._write_failures()
+        if not len(self.jobs) and not self.tokenizing:
+            self.planner.forget_dropped()
+        self.metrics.pending_texts.set(self.jobs.texts)
+        return retried
+
+    def _write_failures(self) -> int:
+        failures, refusals = self.jobs.unwritten
+        if not failures and not refusals:
+            return 0
+        self.failures.refuse(refusals)  # both are safe to repeat after a lost reply
+        retried = self.failures.fail(failures)
+        self.jobs.written()
+        for kind in [r.kind for r in refusals] + [f.kind for f in failures]:
+            self.metrics.failure(kind)
+        failed = len(refusals) + len(failures) - len(retried)
+        self.metrics.jobs("retried", len(retried))
+        self.metrics.jobs("failed", failed)
+        self.jobs.tally.failed += failed
+        return len(retried)
+
+    def _reap(self, *, timeout: float) -> None:
+        """Count what the finishing thread wrote; its crash ends the worker."""
+        report = self.finisher.poll(timeout)
+        while report is not None:
+            if isinstance(report, WriterCrashed):
+                raise WorkerCrashed(f"finishing thread crashed: {report.error!r}") from report.error
+            done = report.jobs - len(report.skipped)
+            self.jobs.tally.finished += done
+            self.metrics.jobs("finished", done)
+            report = self.finisher.poll(0.0)
