@@ -11,7 +11,6 @@ drift from rq's layout silently; a thread per enqueue costs microseconds next to
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,19 +91,11 @@ class AsyncClient:
 
     async def wait_for_room(self, model: str, n_texts: int, deadline_s: float | None) -> None:
         """`Client.wait_for_room`, sleeping on the event loop."""
-        limit = self.max_queued_texts
-        if limit is None:
+        if self.max_queued_texts is None:
             return
-        start = time.monotonic()
-        delays = backpressure.poll_delays()
-        while True:
-            queued = await self.queued_texts(model)
-            if backpressure.has_room(queued, n_texts, limit):
-                return
-            waited = time.monotonic() - start
-            if deadline_s is None or waited >= deadline_s:
-                raise backpressure.queue_full(model, queued, limit, waited if deadline_s else None)
-            await asyncio.sleep(min(next(delays), max(0.0, deadline_s - waited)))
+        wait = backpressure.RoomWait(model, n_texts, self.max_queued_texts, deadline_s)
+        while (delay := wait.after(await self.queued_texts(model))) is not None:
+            await asyncio.sleep(delay)
 
     async def ping(self) -> bool:
         """True if Redis answers; `RedisUnavailable` (password masked) if not."""

@@ -9,7 +9,7 @@ drifted counter).  The limit is soft: two producers checking at once may both ge
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
 
 from .contract import MAX_TEXTS_PER_JOB
 from .errors import QueueFull
@@ -56,9 +56,21 @@ def queue_full(model: str, queued: int, limit: int, waited: float | None) -> Que
     )
 
 
-def poll_delays(first: float = 0.02, cap: float = 0.5) -> Iterator[float]:
-    """Waits between re-checks while waiting for room: short at first, then every `cap` s."""
-    delay = first
-    while True:
-        yield delay
-        delay = min(cap, delay * 2)
+class RoomWait:
+    """The I/O-free half of waiting for room under the limit, shared by the sync and async
+    clients: given each count read, how long to sleep before the next (None: there is room),
+    or `QueueFull` once `deadline_s` is spent (at once when it is None)."""
+
+    def __init__(self, model: str, n_texts: int, limit: int, deadline_s: float | None) -> None:
+        self.model, self.n_texts, self.limit, self.deadline_s = model, n_texts, limit, deadline_s
+        self.start = time.monotonic()
+        self._delay = 0.02  # re-checks: short at first, then every 0.5 s
+
+    def after(self, queued: int) -> float | None:
+        if has_room(queued, self.n_texts, self.limit):
+            return None
+        waited = time.monotonic() - self.start
+        if self.deadline_s is None or waited >= self.deadline_s:
+            raise queue_full(self.model, queued, self.limit, waited if self.deadline_s else None)
+        delay, self._delay = self._delay, min(0.5, self._delay * 2)
+        return min(delay, max(0.0, self.deadline_s - waited))

@@ -122,19 +122,11 @@ class Client:
 
     def wait_for_room(self, model: str, n_texts: int, deadline_s: float | None) -> None:
         """Return once a job of `n_texts` fits under the limit, or raise `QueueFull`."""
-        limit = self.max_queued_texts
-        if limit is None:
+        if self.max_queued_texts is None:
             return
-        start = time.monotonic()
-        delays = backpressure.poll_delays()
-        while True:
-            queued = self.queued_texts(model)
-            if backpressure.has_room(queued, n_texts, limit):
-                return
-            waited = time.monotonic() - start
-            if deadline_s is None or waited >= deadline_s:
-                raise backpressure.queue_full(model, queued, limit, waited if deadline_s else None)
-            time.sleep(min(next(delays), max(0.0, deadline_s - waited)))
+        wait = backpressure.RoomWait(model, n_texts, self.max_queued_texts, deadline_s)
+        while (delay := wait.after(self.queued_texts(model))) is not None:
+            time.sleep(delay)
 
     def ping(self) -> bool:
         """True if Redis answers; `RedisUnavailable` (password masked) if not."""

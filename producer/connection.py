@@ -136,12 +136,7 @@ def call(policy: RetryPolicy, url: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except Exception as exc:
-            if not isinstance(exc, (*_TRANSIENT_ERRORS, *_AUTH_ERRORS)):
-                raise
-            delay = next(delays, None) if is_transient(exc) else None
-            if delay is None:
-                raise unavailable(url, exc) from None
-            time.sleep(delay)
+            time.sleep(_retry_delay(exc, delays, url))
 
 
 async def acall(policy: RetryPolicy, url: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -151,12 +146,19 @@ async def acall(policy: RetryPolicy, url: str, fn: Callable[[], Awaitable[T]]) -
         try:
             return await fn()
         except Exception as exc:
-            if not isinstance(exc, (*_TRANSIENT_ERRORS, *_AUTH_ERRORS)):
-                raise
-            delay = next(delays, None) if is_transient(exc) else None
-            if delay is None:
-                raise unavailable(url, exc) from None
-            await asyncio.sleep(delay)
+            await asyncio.sleep(_retry_delay(exc, delays, url))
+
+
+def _retry_delay(exc: Exception, delays: Iterator[float], url: str) -> float:
+    """How long to wait before trying again after `exc` (shared by `call` and `acall`); raises
+    what is not a Redis connection error as it is, and `RedisUnavailable` when retries are spent
+    or cannot help."""
+    if not isinstance(exc, (*_TRANSIENT_ERRORS, *_AUTH_ERRORS)):
+        raise exc
+    delay = next(delays, None) if is_transient(exc) else None
+    if delay is None:
+        raise unavailable(url, exc) from None
+    return delay
 
 
 #: Read timeout of producer connections.  redis-py 8 defaults to 5 s, shorter than the XREAD

@@ -166,10 +166,13 @@ def one_line(exc: ValidationError, *, unnamed: str = "request") -> str:
     """`field[index]: message` for the first error of a pydantic ValidationError (`unnamed`
     stands for the field of an error about the whole object)."""
     err = exc.errors(include_url=False)[0]
-    loc = "".join(
-        f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"])
-    )
+    loc = location(err["loc"])
     msg = str(err["msg"]).removeprefix("Value error, ")
     if loc and msg.startswith(loc) and msg[len(loc) : len(loc) + 1] in (":", "["):
         return msg
     return f"{loc or unnamed}: {msg}"
+
+
+def location(loc: Sequence[int | str]) -> str:
+    """A pydantic error location as vecq's messages name fields: `texts[3]`, `options.lane`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))

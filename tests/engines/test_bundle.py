@@ -109,14 +109,13 @@ def test_int8_bundle_keeps_parity_on_the_tiny_model(tiny_bert_dir: Path, tmp_pat
 def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["build", str(tmp_path / "nope"), "--out", str(tmp_path / "b")])
     assert result.exit_code == 2
-    assert result.output.strip() == f"error: {tmp_path / 'nope'}: not a directory"
+    assert result.output.strip() == f"vecq: {tmp_path / 'nope'}: not a directory"
     result = CliRunner().invoke(
         main, ["build", "default", "--out", str(tmp_path / "b"), "--precision", "fp16"]
     )
     assert result.exit_code == 2
     assert (
-        result.output.strip()
-        == "error: precision 'fp16' is not available for onnx on cpu (choose fp32, int8)"
+        result.output.strip() == "vecq: precision 'fp16' is not available for onnx on cpu (choose fp32, int8)"
     )
 
 

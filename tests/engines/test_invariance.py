@@ -6,7 +6,7 @@ import numpy as np
 
 from vecq.engines import Shape
 from vecq.engines.parity import cosines
-from vecq.worker.corpus import make_corpus
+from vecq.worker.bench.corpus import make_corpus
 
 
 def test_vector_alone_equals_vector_inside_a_big_mixed_batch(default_onnx, varied_texts) -> None:

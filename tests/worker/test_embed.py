@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from vecq.engines import Embedder
 from vecq.worker.cli import main
-from vecq.worker.embed import EmbedJob, embed_file
+from vecq.worker.embed import EmbedSettings, embed_file
 
 
 def _lines(n: int, seed: int = 0) -> list[str]:
@@ -52,7 +52,7 @@ def test_jsonl_to_parquet_keeps_ids_and_order(tmp_path: Path) -> None:
     src.write_text("".join(json.dumps({"doc": f"d{i}", "body": t}) + "\n" for i, t in enumerate(texts)))
     out = tmp_path / "vectors.parquet"
     report = embed_file(
-        EmbedJob(
+        EmbedSettings(
             input=src,
             out=out,
             backend="null",
@@ -134,7 +134,7 @@ def test_precision_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
     (bundle / "manifest.json").write_text("{}", encoding="utf-8")
     out = tmp_path / "out.npy"
     with pytest.raises(ValueError, match="with --redis the workers decide"):
-        embed_file(EmbedJob(input=corpus, out=out, redis_url="redis://127.0.0.1:1/0", precision="int8"))
+        embed_file(EmbedSettings(input=corpus, out=out, redis_url="redis://127.0.0.1:1/0", precision="int8"))
     with pytest.raises(ValueError, match="a bundle has its own"):
-        embed_file(EmbedJob(input=corpus, out=out, model_path=bundle, precision="int8", progress=False))
+        embed_file(EmbedSettings(input=corpus, out=out, bundle=bundle, precision="int8", progress=False))
     assert not out.exists()

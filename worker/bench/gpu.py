@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vecq.engines import Embedder, ShapeSet
+from vecq.engines import Embedder, ShapeSet, backends
 from vecq.engines.base import Batch, Engine
+from vecq.engines.bundle import read_manifest
 from vecq.engines.shapes import Shape
 from vecq.engines.spec import ModelSpec, read_spec
 from vecq.engines.tokenizer import TextTokenizer
@@ -78,64 +79,59 @@ def writeup_baseline(model_dir: Path, device: str) -> Callable[[list[str]], np.n
     return predict_vec
 
 
-def seed_embedder(model_dir: Path, device: str, engine: str) -> Embedder:
+def seed_embedder(model_dir: Path, device: str, engine: str, work: Path) -> Embedder:
     """vecq on the seed workload: shapes batch 1..16 × seq 16..64, the named GPU engine."""
-    spec = read_spec(model_dir)
+    spec = read_spec(model_dir).model_copy(update={"max_seq_len": 64})
     shapes = ShapeSet.grid(SEED_BATCHES, (16, 32, 64), max_seq_len=64)
-    spec = spec.model_copy(update={"max_seq_len": 64})
     return Embedder(
         spec=spec,
         tokenizer=TextTokenizer.from_dir(model_dir, max_seq_len=64),
-        engine=make_gpu_engine(engine, model_dir, spec, shapes, device),
+        engine=make_gpu_engine(engine, model_dir, spec, shapes, device, work=work),
     )
 
 
-def make_gpu_engine(
-    kind: str,
-    model_dir: Path,
-    spec: ModelSpec,
-    shapes: ShapeSet,
-    device: str,
-    onnx_files: dict[str, Path] | None = None,
-) -> Engine:
-    """torch32 | torch16 | torch16g (torch fp16 + CUDA graphs) | ort16g | ort16 | packed16 | hybrid."""
-    from vecq.engines.backends.torch import TorchEngine
+#: Keyword options of the onnx backend that give each ORT variant, on one CUDA fp16 bundle.
+_ORT_VARIANTS: dict[str, dict[str, object]] = {
+    "ort16g": {"graphs": True, "packed_from_batch": 1 << 30},  # fused graph, one CUDA graph per shape
+    "ort16": {"graphs": False, "packed_from_batch": 1 << 30},  # fused graph, plain runs
+    "packed16": {"graphs": False, "packed_from_batch": 1},  # ORT's packing mode for every batch
+    "hybrid": {},  # what a worker serves: graphs below 32 rows, packed from 32
+}
 
+
+def make_gpu_engine(
+    kind: str, model_dir: Path, spec: ModelSpec, shapes: ShapeSet, device: str, *, work: Path
+) -> Engine:
+    """torch32 | torch16 | torch16g (torch fp16 + CUDA graphs) | ort16g | ort16 | packed16 | hybrid,
+    each made as a user's would be: through the backend registry, the ORT ones from a CUDA fp16
+    bundle that `vecq build` makes (parity-checked) for exactly `shapes`."""
     if kind.startswith("torch"):
         precision = "fp32" if kind == "torch32" else "fp16"
-        eng = TorchEngine.from_model_dir(
-            model_dir, spec=spec, shapes=shapes, device=device, precision=precision
-        )
-        if kind == "torch16g":
-            from vecq.engines.backends.torch_graphs import TorchGraphEngine
-
-            return TorchGraphEngine(eng.module, shapes=shapes, dim=spec.dim, device=device)
-        return eng
-    from vecq.engines.backends.onnx_cuda import HybridCudaEngine, OnnxCudaEngine
-
-    files = onnx_files or export_gpu_onnx(model_dir, spec, Path(model_dir) / "onnx")
-    dev = int(device.split(":")[1]) if ":" in device else 0
-    if kind == "hybrid":
-        return HybridCudaEngine(
-            OnnxCudaEngine(files["fused16"], shapes=shapes, dim=spec.dim, device_id=dev),
-            OnnxCudaEngine(files["packed16"], shapes=shapes, dim=spec.dim, device_id=dev, graphs=False),
-        )
-    source = files["packed16" if kind == "packed16" else "fused16"]
-    return OnnxCudaEngine(source, shapes=shapes, dim=spec.dim, device_id=dev, graphs=kind == "ort16g")
+        return backends.for_model_dir(
+            "torch", model_dir, spec=spec, shapes=shapes, device=device, precision=precision,
+            graphs=kind == "torch16g",
+        )  # fmt: skip
+    bundle = gpu_bundle(model_dir, spec, shapes, work)
+    options = _ORT_VARIANTS[kind]
+    return backends.for_bundle("onnx", bundle, read_manifest(bundle), device=device, **options)
 
 
-def export_gpu_onnx(model_dir: Path, spec: ModelSpec, work: Path) -> dict[str, Path]:
-    """fp16 fused graph and its packed twin, taken from a CUDA bundle that `vecq build` makes
-    (parity-checked), so the benchmark times exactly the files a worker serves."""
+def gpu_bundle(model_dir: Path, spec: ModelSpec, shapes: ShapeSet, work: Path) -> Path:
+    """A CUDA fp16 bundle of `shapes` under `work`, built once per shape set."""
     from vecq.engines.build import build_bundle
 
-    bundle = work / "bundle-fp16"
+    bundle = work / ("bundle-fp16-" + "-".join(str(L) for L in shapes.seq_lens))
     if not (bundle / "manifest.json").is_file():
-        build_bundle(model_dir, bundle, device="cuda", precision="fp16", name=spec.name)
-    return {"fused16": bundle / "model.onnx", "packed16": bundle / "model.packed.onnx"}
+        build_bundle(
+            model_dir, bundle, device="cuda", precision="fp16", shapes=shapes, name=spec.name,
+            max_seq_len=spec.max_seq_len,
+        )  # fmt: skip
+    return bundle
 
 
-def seed_workload(model_dir: Path, device: str, engines: Sequence[str] = ("torch16g", "ort16g")) -> list[Row]:
+def seed_workload(
+    model_dir: Path, device: str, work: Path, engines: Sequence[str] = ("torch16g", "ort16g")
+) -> list[Row]:
     """calls/s of the write-up's benchmark: baseline and vecq engines, same queries, same run."""
     batches = {b: [SEED_QUERIES[i % 3] for i in range(b)] for b in SEED_BATCHES}
     baseline = writeup_baseline(model_dir, device)
@@ -146,7 +142,7 @@ def seed_workload(model_dir: Path, device: str, engines: Sequence[str] = ("torch
         )
     ]
     for kind in engines:
-        emb = seed_embedder(model_dir, device, kind)
+        emb = seed_embedder(model_dir, device, kind, work)
         emb.warmup()
         rates = {b: per_second(rotating(emb.embed, [t])) for b, t in batches.items()}
         rows.append(Row(f"vecq {kind} (bucketed, tokenizer incl.)", rates))
@@ -167,26 +163,21 @@ def half_padded(shape: Shape, rng: np.random.Generator, *, vocab: int, n: int = 
 
 
 def engine_table(
-    model_dir: Path, device: str, *, seq_len: int, batches: Sequence[int], engines: Sequence[str]
+    model_dir: Path, device: str, work: Path, *, seq_len: int, batches: Sequence[int], engines: Sequence[str]
 ) -> list[Row]:
     """seq/s per engine × batch, half-padded rows, each engine on the same batches."""
+    import json
+
     spec = read_spec(model_dir)
     shapes = ShapeSet([Shape(b, seq_len) for b in batches])
     rng = np.random.default_rng(0)
-    import json
-
     vocab = int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
-    work = {b: half_padded(Shape(b, seq_len), rng, vocab=vocab) for b in batches}
-    files = (
-        export_gpu_onnx(model_dir, spec, Path(model_dir) / "onnx")
-        if any(not e.startswith("torch") for e in engines)
-        else None
-    )
+    work_batches = {b: half_padded(Shape(b, seq_len), rng, vocab=vocab) for b in batches}
     rows = []
     for kind in engines:
-        eng = make_gpu_engine(kind, model_dir, spec, shapes, device, files)
+        eng = make_gpu_engine(kind, model_dir, spec, shapes, device, work=work)
         eng.warmup()
-        rows.append(Row(kind, {b: b * per_second(rotating(eng.run, w)) for b, w in work.items()}))
+        rows.append(Row(kind, {b: b * per_second(rotating(eng.run, w)) for b, w in work_batches.items()}))
         eng.close()
     return rows
 
@@ -195,33 +186,26 @@ ENGINE_COLUMNS = ("torch32", "torch16", "torch16g", "ort16", "ort16g", "packed16
 TABLE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def run_gpu_tables(device: str, *, seed_workload: bool, shape_table: bool, model: str) -> None:
+def run_gpu_tables(device: str, *, seed: bool, shape_table: bool, model: str) -> None:
     """Print the seed-workload table and/or the engine × batch tables (seq 128 and 200)."""
     import tempfile
 
-    from vecq.engines import default_model_dir
-
-    from .bench_pipeline import _model_dir
+    from .models import RANDOM_BERT_BASE, model_dir
 
     with tempfile.TemporaryDirectory(prefix="vecq-gpubench-") as tmp:
-        model_dir = _model_dir(
-            "random-bert-base" if model == "default" else model, Path(tmp), default_model_dir
-        )
-        if seed_workload:
+        work = Path(tmp)
+        model = model_dir(RANDOM_BERT_BASE if model == "default" else model, work)
+        if seed:
             print_rows(
                 "seed workload: calls/s (one call = one batch of the three queries, tokenizer incl.)",
-                seed_workload_rows(model_dir, device),
+                seed_workload(model, device, work),
             )
         if shape_table:
             for seq_len in (128, 200):
                 rows = engine_table(
-                    model_dir, device, seq_len=seq_len, batches=TABLE_BATCHES, engines=ENGINE_COLUMNS
+                    model, device, work, seq_len=seq_len, batches=TABLE_BATCHES, engines=ENGINE_COLUMNS
                 )
                 print_rows(f"engines: seq/s at seq {seq_len}, half the rows padded to {seq_len // 2}", rows)
-
-
-def seed_workload_rows(model_dir: Path, device: str) -> list[Row]:
-    return seed_workload(model_dir, device, engines=("torch16g", "ort16g"))
 
 
 def print_rows(title: str, rows: list[Row]) -> None:

@@ -51,9 +51,9 @@ def engines(
     from rich.console import Console
 
     if seed_workload or shape_table:
-        from .gpubench import run_gpu_tables
+        from .gpu import run_gpu_tables
 
-        run_gpu_tables(device, seed_workload=seed_workload, shape_table=shape_table, model=model)
+        run_gpu_tables(device, seed=seed_workload, shape_table=shape_table, model=model)
         return
     from .corpus import make_corpus
 

@@ -126,10 +126,6 @@ class WorkArea:
         elif self.dir.exists():
             shutil.rmtree(self.dir)
 
-    @property
-    def resumed(self) -> bool:
-        return self.vectors is not None
-
     def _read_meta(self) -> dict | None:
         try:
             return json.loads((self.dir / "run.json").read_text())

@@ -55,8 +55,8 @@ def _latencies(url: str, model: str, texts: list[str], n: int) -> list[float]:
 def _start_worker(url: str, bundle: Path, device: str, log: Path) -> subprocess.Popen:
     args = [
         sys.executable,
-        "-c",
-        "from vecq.worker.cli import main; main()",
+        "-m",
+        "vecq.worker",
         "worker",
         "--bundle",
         str(bundle),
@@ -98,15 +98,16 @@ def _wait_workers(url: str, procs: list[subprocess.Popen], timeout: float = 600)
 )
 def pipeline(device: str, n_texts: int, model: str, latency_requests: int, workers: int) -> None:
     """Bulk through Redis vs engine-only vs sentence-transformers fp16; interactive p50/p99."""
-    from vecq.engines import Embedder, default_model_dir
+    from vecq.engines import Embedder
     from vecq.engines.build import build_bundle
 
+    from ..embed.server import embedded_redis
     from .corpus import make_corpus
-    from .embedded import embedded_redis
+    from .models import model_dir as bench_model_dir
 
     texts = make_corpus(n_texts, seed=1)
     with tempfile.TemporaryDirectory(prefix="vecq-pipeline-") as tmp:
-        model_dir = _model_dir(model, Path(tmp), default_model_dir)
+        model_dir = bench_model_dir(model, Path(tmp))
         bundle = Path(tmp) / "bundle"
         build_bundle(
             model_dir,
@@ -171,16 +172,6 @@ def bulk_busy(url: str, name: str, texts: list[str]) -> Iterator[None]:
     finally:
         done.set()
         thread.join(timeout=120)
-
-
-def _model_dir(model: str, tmp: Path, default_model_dir) -> Path:
-    if model == "default":
-        return default_model_dir()
-    if model == "random-bert-base":
-        from vecq.engines.random_model import write_random_bert
-
-        return write_random_bert(tmp / "bert-base-random")
-    return Path(model)
 
 
 def _st_rate(model_dir: Path, device: str, texts: list[str]) -> float:

@@ -85,14 +85,14 @@ def sentence_transformers(texts: list[str], batch_size: int) -> Contender:
 def vecq_embed(corpus: Path, tmp: Path, precision: str) -> Contender:
     """The embedded `vecq embed CORPUS --out OUT [--precision P]`, a fresh OUT each time (an old
     one would be resumed, not recomputed)."""
-    from .embed import EmbedJob, embed_file
+    from ..embed import EmbedSettings, embed_file
 
     out = tmp / f"out-{precision}.npy"
 
     def run() -> np.ndarray:
         out.unlink(missing_ok=True)
         shutil.rmtree(out.with_name(out.name + ".vecq-partial"), ignore_errors=True)
-        report = embed_file(EmbedJob(input=corpus, out=out, precision=precision, progress=False))
+        report = embed_file(EmbedSettings(input=corpus, out=out, precision=precision, progress=False))
         assert report.chunks_resumed == 0, "a timed run resumed an earlier one (bench bug)"
         return np.load(out)
 

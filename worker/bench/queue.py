@@ -1,4 +1,4 @@
-"""`vecq bench`: benchmarks (not tests).  `vecq bench queue` measures the queue path alone.
+"""`vecq bench queue`: the queue path alone, against stock rq on the same jobs.
 
 `queue` runs against a private `redis-server` it starts on a free port (so it never touches real
 data), with the null engine, so what it measures is vecq's own overhead: take, validate, plan,
@@ -19,40 +19,35 @@ from datetime import datetime
 import click
 
 
-@click.group()
-def bench() -> None:
-    """Benchmarks: engines, the queue path, end to end."""
+def _enqueue(url: str, n_jobs: int, texts_per_job: int, tag: str) -> list[str]:
+    """`n_jobs` jobs of the default model on the interactive lane, through the producer, 1,000
+    per round trip."""
+    from vecq.producer import Client
+    from vecq.producer.enqueue import new_job_id
 
-
-def _enqueue(conn, n_jobs: int, texts_per_job: int, tag: str) -> list[str]:
-    from rq import Queue, Retry
-
-    from vecq.producer.contract import DEFAULT_MODEL, JOB_FUNCTION, queue_name
-    from vecq.producer.serializer import MsgpackSerializer
-
-    q = Queue(queue_name(DEFAULT_MODEL, "interactive"), connection=conn, serializer=MsgpackSerializer)
     ids: list[str] = []
-    for start in range(0, n_jobs, 1000):
-        data = [
-            Queue.prepare_data(
-                JOB_FUNCTION,
-                args=[[f"{tag} job {j} text {k} of a short sentence" for k in range(texts_per_job)]],
-                kwargs={"model": DEFAULT_MODEL},
-                retry=Retry(max=3),
-            )
-            for j in range(start, min(n_jobs, start + 1000))
-        ]
-        with conn.pipeline() as pipe:
-            ids += [job.id for job in q.enqueue_many(data, pipeline=pipe)]
-            pipe.execute()
+    with Client(url) as client:
+        for start in range(0, n_jobs, 1000):
+            items = [
+                (
+                    client.request(
+                        [f"{tag} job {j} text {k} of a short sentence" for k in range(texts_per_job)]
+                    ),
+                    new_job_id(),
+                )
+                for j in range(start, min(n_jobs, start + 1000))
+            ]
+            ids += [job.id for job in client.enqueuer.enqueue(items)]
     return ids
 
 
 def _span(conn, ids: list[str]) -> float:
     """Seconds from the first job started to the last job ended (all must have finished)."""
+    from vecq.producer.keys import job_key
+
     with conn.pipeline(transaction=False) as pipe:
         for i in ids:
-            pipe.hmget(f"rq:job:{i}", "status", "started_at", "ended_at")
+            pipe.hmget(job_key(i), "status", "started_at", "ended_at")
         rows = pipe.execute()
     bad = [r[0] for r in rows if r[0] != b"finished"]
     if bad:
@@ -63,8 +58,8 @@ def _span(conn, ids: list[str]) -> float:
 
 
 def _run_vecq(url: str, *, prefetch: int) -> float:
-    from vecq.worker.settings import WorkerSettings
-    from vecq.worker.worker import BatchWorker
+    from ..settings import WorkerSettings
+    from ..worker import BatchWorker
 
     worker = BatchWorker.from_settings(
         WorkerSettings(redis_url=url, backend="null", burst=True, prefetch_texts=prefetch)
@@ -88,13 +83,14 @@ def run_stock_rq(url: str, queue: str, *, serializer: str | None = None) -> floa
 
 
 def _run_stock(url: str) -> float:
-    from vecq.producer.contract import DEFAULT_MODEL, queue_name
+    from vecq.producer.contract import DEFAULT_MODEL
+    from vecq.producer.keys import queue_name
     from vecq.producer.serializer import SERIALIZER_PATH
 
     return run_stock_rq(url, queue_name(DEFAULT_MODEL, "interactive"), serializer=SERIALIZER_PATH)
 
 
-@bench.command("queue")
+@click.command("queue")
 @click.option("--jobs", "n_jobs", type=int, default=20000, show_default=True, help="1-text jobs for vecq.")
 @click.option("--stock-jobs", type=int, default=2000, show_default=True, help="1-text jobs for stock rq.")
 @click.option("--batch-jobs", type=int, default=500, show_default=True, help="64-text jobs for vecq.")
@@ -103,7 +99,7 @@ def queue_bench(n_jobs: int, stock_jobs: int, batch_jobs: int, prefetch_texts: i
     """Queue overhead with the null engine: vecq vs stock rq (1-text jobs), and 64-text jobs."""
     import redis
 
-    from .embedded import embedded_redis
+    from ..embed.server import embedded_redis
 
     if shutil.which("redis-server") is None:
         raise click.ClickException("vecq bench queue needs redis-server on PATH")
@@ -111,11 +107,11 @@ def queue_bench(n_jobs: int, stock_jobs: int, batch_jobs: int, prefetch_texts: i
         conn = redis.Redis.from_url(url)
         try:
             rows = []
-            ids = _enqueue(conn, n_jobs, 1, "vecq")
+            ids = _enqueue(url, n_jobs, 1, "vecq")
             wall = _run_vecq(url, prefetch=prefetch_texts)
             rows.append(("vecq BatchWorker, 1-text jobs", n_jobs, n_jobs / _span(conn, ids), n_jobs / wall))
             conn.flushdb()
-            ids = _enqueue(conn, stock_jobs, 1, "stock")
+            ids = _enqueue(url, stock_jobs, 1, "stock")
             wall = _run_stock(url)
             rows.append(
                 (
@@ -126,7 +122,7 @@ def queue_bench(n_jobs: int, stock_jobs: int, batch_jobs: int, prefetch_texts: i
                 )
             )
             conn.flushdb()
-            ids = _enqueue(conn, batch_jobs, 64, "bulk")
+            ids = _enqueue(url, batch_jobs, 64, "bulk")
             wall = _run_vecq(url, prefetch=prefetch_texts)
             span = _span(conn, ids)
             rows.append(("vecq BatchWorker, 64-text jobs", batch_jobs, batch_jobs / span, batch_jobs / wall))
@@ -137,22 +133,3 @@ def queue_bench(n_jobs: int, stock_jobs: int, batch_jobs: int, prefetch_texts: i
         click.echo(f"{name:<38} {n:>7} {rate:>9.0f} {wall_rate:>14.0f}")
     click.echo(f"64-text jobs: {rows[2][2] * 64:.0f} texts/s")
     click.echo(f"vecq / stock rq (1-text jobs): {rows[0][2] / rows[1][2]:.1f}x")
-
-
-def _register_engines() -> None:
-    """`vecq bench engines` lives in its own module (engine throughput vs sentence-transformers)."""
-    from .bench_engines import engines
-
-    bench.add_command(engines)
-    from .bench_pipeline import pipeline
-
-    bench.add_command(pipeline)
-    from .bench_embed import embed_bench
-
-    bench.add_command(embed_bench)
-    from .bench_scale import scale
-
-    bench.add_command(scale)
-
-
-_register_engines()

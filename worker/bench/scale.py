@@ -29,37 +29,29 @@ import click
 TEXTS_PER_JOB = 64
 
 
-def _enqueue(conn, model: str, texts: list[str], tag: str) -> list[str]:
-    from rq import Queue, Retry
+def _enqueue(url: str, model: str, texts: list[str], tag: str) -> list[str]:
+    """The corpus as bulk jobs of `TEXTS_PER_JOB` texts, through the producer, 500 per round trip
+    (ids `scale-<tag>-<n>`, so every round's jobs are told apart)."""
+    from vecq.producer import Client
 
-    from vecq.producer.contract import JOB_FUNCTION, TEXTS_FIELD, queue_name
-    from vecq.producer.serializer import MsgpackSerializer
-
-    q = Queue(queue_name(model, "bulk"), connection=conn, serializer=MsgpackSerializer)
     ids: list[str] = []
-    for start in range(0, len(texts), TEXTS_PER_JOB * 500):
-        data = [
-            Queue.prepare_data(
-                JOB_FUNCTION,
-                args=[texts[i : i + TEXTS_PER_JOB]],
-                kwargs={"model": model, "lane": "bulk"},
-                job_id=f"scale-{tag}-{i // TEXTS_PER_JOB:08d}",
-                retry=Retry(max=3),
-            )
-            for i in range(start, min(len(texts), start + TEXTS_PER_JOB * 500), TEXTS_PER_JOB)
-        ]
-        with conn.pipeline() as pipe:
-            jobs = q.enqueue_many(data, pipeline=pipe)
-            for job in jobs:
-                pipe.hset(job.key, TEXTS_FIELD, len(job.args[0]))
-            pipe.execute()
-        ids += [job.id for job in jobs]
+    with Client(url) as client:
+        for start in range(0, len(texts), TEXTS_PER_JOB * 500):
+            items = [
+                (
+                    client.request(texts[i : i + TEXTS_PER_JOB], model=model, lane="bulk"),
+                    f"scale-{tag}-{i // TEXTS_PER_JOB:08d}",
+                )
+                for i in range(start, min(len(texts), start + TEXTS_PER_JOB * 500), TEXTS_PER_JOB)
+            ]
+            ids += [job.id for job in client.enqueuer.enqueue(items)]
     return ids
 
 
 def _check(conn, ids: list[str], n_texts: int) -> tuple[float, int]:
     """(span seconds, texts in results); fails unless every job finished with exactly one result."""
-    from vecq.producer.results import decode_entry, job_key, result_key
+    from vecq.producer.keys import job_key, result_key
+    from vecq.producer.results import decode_entry
 
     with conn.pipeline(transaction=False) as pipe:
         for i in ids:
@@ -135,11 +127,11 @@ def _wait(predicate, timeout: float, what: str, procs: list[subprocess.Popen], p
 def _round(conn, url: str, n_workers: int, texts: list[str], model: str, flags, opts) -> dict:
     from rq import Worker
 
-    from vecq.producer.contract import RQ_QUEUE_PREFIX, queue_name
+    from vecq.producer.keys import BENCH_HELD_KEY, finished_key, queue_key, queue_name
 
     conn.flushdb()
-    ids = _enqueue(conn, model, texts, f"w{n_workers}")
-    live, held = RQ_QUEUE_PREFIX + queue_name(model, "bulk"), "vecq:bench:held"
+    ids = _enqueue(url, model, texts, f"w{n_workers}")
+    live, held = queue_key(queue_name(model, "bulk")), BENCH_HELD_KEY
     conn.rename(live, held)
     procs = _start_workers(n_workers, url, flags, pin=opts["pin"], device=opts["device"], logs=opts["logs"])
     try:
@@ -147,9 +139,7 @@ def _round(conn, url: str, n_workers: int, texts: list[str], model: str, flags, 
         before, t0 = _redis_counters(conn), time.perf_counter()
         conn.rename(held, live)
         _wait(
-            lambda: (
-                conn.llen(live) == 0 and conn.zcard(f"rq:finished:{queue_name(model, 'bulk')}") >= len(ids)
-            ),
+            lambda: conn.llen(live) == 0 and conn.zcard(finished_key(queue_name(model, "bulk"))) >= len(ids),
             opts["run_timeout"],
             "embedding",
             procs,
@@ -208,8 +198,8 @@ def scale(
 
     import redis
 
+    from ..embed.server import embedded_redis
     from .corpus import make_corpus
-    from .embedded import embedded_redis
 
     counts = [int(w) for w in workers.split(",")]
     texts = make_corpus(n_texts, seed=7)

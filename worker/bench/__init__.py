@@ -1,0 +1,27 @@
+"""`vecq bench`: benchmarks, a client of the product like any user's code.
+
+Loaded only when `vecq bench` runs (the command line names this package lazily).  Every
+benchmark enqueues through the producer (`Client`, `BulkSubmitter`) and builds engines through
+`Embedder` and the backend registry, so what it times is what users run.  One module per
+command: `queue`, `engines` (with `gpu` for the GPU tables), `embed`, `pipeline`, `scale`;
+`corpus` is the deterministic corpus they share and `models` the benchmark models.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .embed import embed_bench
+from .engines import engines
+from .pipeline import pipeline
+from .queue import queue_bench
+from .scale import scale
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: engines, the queue path, end to end."""
+
+
+for _command in (queue_bench, engines, pipeline, embed_bench, scale):
+    bench.add_command(_command)

@@ -1,0 +1,46 @@
+"""`vecq gateway`: the OpenAI-compatible HTTP front (needs vecq[gateway], never torch)."""
+
+from __future__ import annotations
+
+import click
+
+from .options import fail
+
+
+@click.command()
+@click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
+@click.option("--host", help="Address to listen on (default 127.0.0.1; env VECQ_HOST).")
+@click.option("--port", type=int, help="Port to listen on (default 8000; env VECQ_PORT).")
+@click.option("--timeout", type=float, help="Seconds a request waits for its vectors before a 504.")
+@click.option("--max-queued-texts", type=int, help="Answer 429 when a model's queues hold more texts.")
+@click.option(
+    "--tokenizer", "tokenizers", multiple=True, metavar="NAME=PATH",
+    help="Model NAME's tokenizer (a model dir or bundle with tokenizer.json), for usage counts; repeatable.",
+)  # fmt: skip
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def gateway(log_level: str, tokenizers: tuple[str, ...], **flags: object) -> None:
+    """Serve an OpenAI-compatible POST /v1/embeddings, /health and /metrics (needs vecq[gateway])."""
+    import logging
+
+    from pydantic import ValidationError
+
+    from vecq.producer.contract import one_line
+
+    try:
+        import uvicorn
+
+        from vecq.producer.gateway import GatewaySettings, create_app
+    except ImportError as exc:
+        fail(f"vecq gateway needs the gateway extra (pip install 'vecq[gateway]'): {exc}")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    given = {k: v for k, v in flags.items() if v is not None}
+    if tokenizers:
+        given["tokenizers"] = list(tokenizers)
+    try:
+        settings = GatewaySettings(**given)
+        app = create_app(settings)
+    except ValidationError as exc:
+        fail(one_line(exc, unnamed="settings"))
+    except ValueError as exc:  # a tokenizer dir without tokenizer.json, an unreadable config
+        fail(str(exc))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())

@@ -1,0 +1,119 @@
+"""`vecq worker`, `vecq status`, `vecq health`: serving jobs, and reading how serving goes."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import one_line
+from ..settings import WorkerSettings
+from .options import fail, given, options_from, settings_or_fail, to_args
+
+#: Flags each `--gpus` child gets of its own instead of the supervisor's.
+PER_CHILD = ("device", "metrics_port", "worker_name")
+
+
+@click.command()
+@options_from(WorkerSettings)
+@click.option(
+    "--gpus", help="'all' or a list like 0,1: one worker process per GPU, supervised (not with --device)."
+)
+@click.option("--workers-per-gpu", type=click.IntRange(1, 16), default=1, show_default=True)
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def worker(log_level: str, gpus: str | None, workers_per_gpu: int, **flags: object) -> None:
+    """Serve embedding jobs from Redis in batches (SIGTERM drains and exits 0)."""
+    import logging
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    values = given(flags)
+    settings: WorkerSettings = settings_or_fail(WorkerSettings, values)
+    if gpus is not None:
+        raise SystemExit(_supervise(settings, gpus, workers_per_gpu, log_level, values))
+    if workers_per_gpu != 1:
+        fail("--workers-per-gpu needs --gpus")
+    from ..worker import BatchWorker, NameTaken, WorkerCrashed
+
+    try:
+        batch_worker = BatchWorker.from_settings(settings)
+    except Exception as exc:  # model, bundle, backend or Redis problems: one line
+        fail(one_line(exc, limit=300))
+    try:
+        batch_worker.work()
+    except NameTaken as exc:
+        fail(one_line(exc, limit=300))
+    except WorkerCrashed as exc:  # exit 1, not 2: a supervisor restarts a crash, not a usage error
+        fail(one_line(exc, limit=300), code=1)
+
+
+def _supervise(
+    settings: WorkerSettings, gpus: str, per_gpu: int, log_level: str, values: dict[str, object]
+) -> int:
+    """`--gpus`: the same flags, minus the per-process ones, for one child worker per GPU."""
+    from ..supervisor import NoGPUs, Supervisor, parse_gpus
+
+    if "device" in values:
+        fail("--gpus and --device exclude each other (each GPU's worker gets its own device)")
+    try:
+        ids = parse_gpus(gpus)
+    except (NoGPUs, ValueError) as exc:
+        fail(str(exc))
+    args = ["--log-level", log_level, *to_args(WorkerSettings, values, skip=PER_CHILD)]
+    supervisor = Supervisor.for_gpus(
+        ids,
+        args,
+        workers_per_gpu=per_gpu,
+        metrics_port=settings.metrics_port,
+        worker_name=settings.worker_name,
+    )
+    click.echo(f"vecq: {len(supervisor.children)} worker(s) on GPU(s) {','.join(ids)}", err=True)
+    return supervisor.run()
+
+
+def _redis_url(flag: str | None) -> str:
+    return flag or WorkerSettings().redis_url
+
+
+@click.command()
+@click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
+@click.option("--sample", type=float, default=1.0, show_default=True, help="Seconds to measure throughput.")
+def status(redis_url: str | None, sample: float) -> None:
+    """Queues (jobs waiting, taken, started, finished, failed), workers, in-flight, throughput."""
+    import redis
+
+    from vecq.producer.connection import mask_url, open_sync
+    from vecq.producer.errors import RedisUnavailable
+
+    from ..status import gather, render
+
+    url = _redis_url(redis_url)
+    try:
+        report = gather(open_sync(url), sample_s=sample)
+    except RedisUnavailable as exc:  # a bad URL: the message names it, masked
+        fail(str(exc))
+    except (redis.RedisError, ValueError) as exc:
+        fail(f"{mask_url(url)}: {one_line(exc, limit=300)}")
+    click.echo(render(report, url=mask_url(url)))
+
+
+@click.command()
+@click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
+@click.option("--worker-name", help="This worker's health (default: any vecq worker).")
+@click.option("--name", help="Only workers of this model.")
+def health(redis_url: str | None, worker_name: str | None, name: str | None) -> None:
+    """Exit 0 if the worker (or any vecq worker) has a live health key, else 1."""
+    import redis
+
+    from vecq.producer.connection import mask_url, open_sync
+    from vecq.producer.errors import RedisUnavailable
+
+    from ..status import check_health
+
+    url = _redis_url(redis_url)
+    try:
+        ok, message = check_health(open_sync(url), worker=worker_name, model=name)
+    except (redis.RedisError, RedisUnavailable, ValueError) as exc:
+        detail = (
+            str(exc) if isinstance(exc, RedisUnavailable) else f"{mask_url(url)}: {one_line(exc, limit=300)}"
+        )
+        fail(detail, code=1)
+    click.echo(message)
+    raise SystemExit(0 if ok else 1)
