@@ -6,6 +6,7 @@ transformers wrapper costs more host time than a small GPU batch takes to run.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,12 @@ class TextTokenizer:
         if not file.is_file():
             raise ModelNotFound(f"{path}: no tokenizer.json (vecq needs the fast-tokenizer file)")
         return cls(Tokenizer.from_file(str(file)), max_seq_len=max_seq_len)
+
+    def with_parallelism(self, parallel: bool) -> TextTokenizer:
+        """This tokenizer (the same underlying one) with its batch calls on or off the pool."""
+        other = copy.copy(self)
+        other.parallel = parallel
+        return other
 
     def encode(self, texts: Sequence[str], *, truncate: bool = True) -> Tokenized:
         """Token ids of each text; over-long texts are cut to `max_seq_len`, or refused with

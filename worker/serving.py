@@ -78,7 +78,7 @@ class Serving:
         self.admission = Admission(
             queue_names, list(settings.lanes), model, settings.result_ttl, settings.job_timeout
         )
-        self.tokenizing = Tokenizing(embedder.tokenizer)
+        self.tokenizing = Tokenizing(embedder.tokenizer.with_parallelism(settings.tokenize_in_parallel()))
         self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer)
         self.finisher = Finisher(store)

@@ -73,7 +73,6 @@ class BatchWorker(SimpleWorker):
             default_result_ttl=settings.result_ttl,
             worker_ttl=max(35, 2 * settings.heartbeat_ttl),
         )
-        embedder.tokenizer.parallel = settings.tokenize_in_parallel()
         self.metrics = metrics or WorkerMetrics()
         self.store = JobStore(conn, worker_name=self.name, worker_key=self.key)
         self.serving = Serving(

@@ -5,7 +5,7 @@ streams N texts through `BulkSubmitter` (256-text chunks, 8,192-text window) and
 worker's VmRSS from /proc at each checkpoint.  A flat RSS shows the worker keeps nothing per job;
 a flat key count shows bulk deletes what it wrote.
 
-    python benchmarks/rss_over_texts.py --texts 1000000 --checkpoints 100000,500000,1000000
+    python benchmarks/probes/rss_over_texts.py --texts 1000000 --checkpoints 100000,500000,1000000
 """
 
 from __future__ import annotations

@@ -256,3 +256,38 @@ def test_worker_takes_texts_off_the_queued_texts_counter(redis_conn, make_worker
 def test_cli_worker_help_is_instant(flags) -> None:
     out = subprocess.run([*VECQ, "worker", *flags], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "--max-wait-ms" in out.stdout
+
+
+class SlowEngine(PoisonEngine):
+    """The null engine, taking `seconds` per call."""
+
+    def __init__(self, inner, seconds: float) -> None:
+        super().__init__(inner, poison_id=-1)
+        self.seconds = seconds
+
+    def run(self, batch):
+        import time
+
+        time.sleep(self.seconds)
+        return super().run(batch)
+
+
+def test_a_job_is_failed_after_its_own_timeout(redis_conn, redis_url, make_worker, null_embedder) -> None:
+    """The producer's job timeout travels with the job (rq's `timeout` field) and the worker
+    applies it: one meaning of VECQ_JOB_TIMEOUT for both.  A job that may take 1 s fails after
+    about that long; one with the default (600 s) on the same slow engine finishes."""
+    from vecq.producer import Client, ProducerSettings
+
+    engine = SlowEngine(null_embedder.engine, seconds=2.5)
+    embedder = Embedder(spec=null_embedder.spec, tokenizer=null_embedder.tokenizer, engine=engine)
+    with Client(redis_url, settings=ProducerSettings(job_timeout=1, job_retries=0)) as hurried:
+        short = hurried.submit(["must be quick"])
+    with Client(redis_url) as patient:
+        long = patient.submit(["may take its time"])
+    assert redis_conn.hget(f"rq:job:{short.id}", "timeout") == b"1"
+    assert redis_conn.hget(f"rq:job:{long.id}", "timeout") == b"600"
+    run(make_worker(embedder, heartbeat_ttl=3), timeout=60)
+    failed = Job.fetch(short.id, connection=redis_conn, serializer=MsgpackSerializer)
+    assert failed.get_status() == JobStatus.FAILED
+    assert "JobTimeoutException: not done within 1s" in (failed.latest_result().exc_string or "")
+    np.testing.assert_array_equal(vectors_of(redis_conn, long.id), null_embedder.embed(["may take its time"]))
