@@ -94,7 +94,7 @@ def quantize_int8(
     multiplies with AVX2's `vpmaddubsw`, which sums pairs of products in 16 bits and saturates
     once activations spread over their whole 8-bit range -- as they do after `split_cls`.
     `unsigned_weights` (uint8) avoids that kernel too, but runs at about fp32 speed on AVX2;
-    `benchmarks/int8_probe.py` measures it, builds do not use it.
+    BENCHMARKS.md measures it (the int8 probe); builds do not use it.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -128,7 +128,7 @@ def split_cls(src: Path, dst: Path, *, skip: str = r"/self/MatMul(_\d+)?$") -> l
     [CLS] row carries activations far larger than any other token's, so with one shared scale the
     other tokens get a handful of levels.  Quantized apart, each half gets its own scale: on
     all-MiniLM-L6-v2 this alone lifts the worst parity cosine of all-int8 from 0.971 to 0.986
-    (BENCHMARKS.md, `benchmarks/int8_probe.py`), for two Slices per input and one Concat per
+    (BENCHMARKS.md, the int8 probe), for two Slices per input and one Concat per
     MatMul.  `skip` names MatMuls left whole (activation × activation ones in attention).
     """
     import re

@@ -102,7 +102,7 @@ class TextTokenizer:
         The pool has a thread per core: a CPU engine (or Redis, on a small box) needs those
         cores, and on the 16-core GPU machine the pool's wake-up and spin cost a small call more
         than the tokenizing itself -- the seed workload ran 1.2-1.3× more calls/s with batches of
-        2-16 queries tokenized without it (BENCHMARKS.md, `benchmarks/probes/seed_tokenizer.py`).
+        2-16 queries tokenized without it (BENCHMARKS.md, the seed tokenizer probe).
         """
         if self.parallel and len(texts) > SEQUENTIAL_MAX:
             batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)

@@ -7,7 +7,6 @@ are made from these fields (`cli/options.py`): a field's description is its `--h
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -63,12 +62,13 @@ class WorkerSettings(CommonSettings):
         default=10.0, gt=0, description="Seconds a job may sit in an intermediate list before it is put back."
     )
     metrics_port: int | None = Field(default=None, description="Serve Prometheus metrics on this port.")
-    #: None: the pool when the engine runs on a GPU and the machine has 4+ cores; else one thread,
-    #: since a CPU engine (or Redis, on a small box) needs the other cores and the pool's
-    #: spinning threads cost ~1.6x the CPU of tokenizing on one thread (BENCHMARKS.md).
+    #: None: the pool unless a CPU engine needs the cores (device cpu, a real backend): there the
+    #: tokenizer's share is tiny beside the engine, and texts are tokenized one call each on the
+    #: worker's tokenizing thread.  The null engine and GPU engines want the pool: one call per
+    #: take keeps the GIL off the main thread, and the cores are free (BENCHMARKS.md, queue bench).
     parallel_tokenize: bool | None = Field(
         default=None,
-        description="Tokenize on all cores or on one (default: all only for a GPU engine on 4+ cores).",
+        description="Tokenize on all cores or on one (default: one only beside a CPU engine).",
         json_schema_extra={"flag": "--parallel-tokenize/--serial-tokenize"},
     )
     burst: bool = Field(default=False, description="Exit when the queues are empty.")
@@ -77,7 +77,7 @@ class WorkerSettings(CommonSettings):
         """`parallel_tokenize`, or its default for this worker."""
         if self.parallel_tokenize is not None:
             return self.parallel_tokenize
-        return self.device.startswith("cuda") and self.backend != "null" and (os.cpu_count() or 1) >= 4
+        return self.device.startswith("cuda") or self.backend == "null"
 
     @field_validator("lanes", mode="before")
     @classmethod

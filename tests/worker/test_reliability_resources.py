@@ -1,6 +1,6 @@
 """Reliability (issue 5), bounded resources: worker RSS flat over a long bulk run, Redis keys
 bounded while it runs and gone after it, TTLs honoured, prefetch capping what a worker holds
-whatever the queue length.  (1M texts: benchmarks/rss_over_texts.py, numbers in BENCHMARKS.md.)"""
+whatever the queue length.  (1M texts: benchmarks/probes/rss_over_texts.py, numbers in BENCHMARKS.md.)"""
 
 from __future__ import annotations
 
