@@ -25,7 +25,7 @@ def embed(input_path: Path, log_level: str, **flags: object) -> None:
     import logging
 
     from ..embed import embed_file
-    from ..embed.files import CorpusError
+    from ..embed.formats import CorpusError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rq").setLevel(log_level.upper())  # rq's worker installs its own INFO handler

@@ -26,7 +26,8 @@ from vecq.producer.bulk import BulkSubmitter
 from vecq.producer.contract import MAX_TEXTS_PER_JOB
 
 from ..settings import WorkerSettings
-from .files import WorkArea, check_output, read_corpus, run_id
+from .files import WorkArea, check_output, run_id
+from .formats import read_corpus
 
 log = logging.getLogger(__name__)
 
