@@ -20,7 +20,7 @@ class JobRefused(Exception):
         self.kind = kind
 
 
-def one_line(exc: BaseException, *, limit: int = 500) -> str:
+def error_line(exc: BaseException, *, limit: int = 300) -> str:
     """`Type: message` on one line, cut at `limit` characters: a failed job's reason, a CLI error."""
     text = " ".join(str(exc).split()) or "no message"
     return f"{type(exc).__name__}: {text[:limit]}"

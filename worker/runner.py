@@ -20,7 +20,7 @@ import numpy as np
 from vecq.engines.base import Batch, Engine
 from vecq.engines.tokenizer import TextTokenizer
 
-from .errors import one_line
+from .errors import error_line
 from .planner import PlannedBatch
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,8 @@ class EngineRunner:
                     f"engine returned shape {vectors.shape}, expected {(batch.rows, self.engine.dim)}"
                 )
         except Exception as exc:
-            log.warning("batch %s of %d rows failed: %s", planned.shape, len(planned.rows), one_line(exc))
-            return Done(planned, None, time.perf_counter() - t0, 0, error=one_line(exc))
+            log.warning(
+                "batch %s of %d rows failed: %s", planned.shape, len(planned.rows), error_line(exc, limit=500)
+            )
+            return Done(planned, None, time.perf_counter() - t0, 0, error=error_line(exc, limit=500))
         return Done(planned, vectors, time.perf_counter() - t0, batch.real_tokens)

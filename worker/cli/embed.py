@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..embed import EmbedSettings
-from ..errors import one_line
+from ..errors import error_line
 from .options import fail, given, options_from, settings_or_fail
 
 
@@ -35,7 +35,7 @@ def embed(input_path: Path, log_level: str, **flags: object) -> None:
     except KeyboardInterrupt:
         fail(f"interrupted; run the same command again to resume {settings.out}")
     except (CorpusError, ValueError, RuntimeError, ConnectionError, TimeoutError, LookupError) as exc:
-        fail(one_line(exc, limit=300))
+        fail(error_line(exc))
     click.echo(
         f"{settings.out}: {report.rows} vectors of {report.dim} dims in {report.seconds:.1f}s "
         f"({report.texts_per_second:,.0f} texts/s; {report.chunks_resumed} chunks resumed)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import one_line
+from ..errors import error_line
 from ..settings import WorkerSettings
 from .options import fail, given, options_from, settings_or_fail, to_args
 
@@ -35,13 +35,13 @@ def worker(log_level: str, gpus: str | None, workers_per_gpu: int, **flags: obje
     try:
         batch_worker = BatchWorker.from_settings(settings)
     except Exception as exc:  # model, bundle, backend or Redis problems: one line
-        fail(one_line(exc, limit=300))
+        fail(error_line(exc))
     try:
         batch_worker.work()
     except NameTaken as exc:
-        fail(one_line(exc, limit=300))
+        fail(error_line(exc))
     except WorkerCrashed as exc:  # exit 1, not 2: a supervisor restarts a crash, not a usage error
-        fail(one_line(exc, limit=300), code=1)
+        fail(error_line(exc), code=1)
 
 
 def _supervise(
@@ -90,7 +90,7 @@ def status(redis_url: str | None, sample: float) -> None:
     except RedisUnavailable as exc:  # a bad URL: the message names it, masked
         fail(str(exc))
     except (redis.RedisError, ValueError) as exc:
-        fail(f"{mask_url(url)}: {one_line(exc, limit=300)}")
+        fail(f"{mask_url(url)}: {error_line(exc)}")
     click.echo(render(report, url=mask_url(url)))
 
 
@@ -111,9 +111,7 @@ def health(redis_url: str | None, worker_name: str | None, name: str | None) -> 
     try:
         ok, message = check_health(open_sync(url), worker=worker_name, model=name)
     except (redis.RedisError, RedisUnavailable, ValueError) as exc:
-        detail = (
-            str(exc) if isinstance(exc, RedisUnavailable) else f"{mask_url(url)}: {one_line(exc, limit=300)}"
-        )
+        detail = str(exc) if isinstance(exc, RedisUnavailable) else f"{mask_url(url)}: {error_line(exc)}"
         fail(detail, code=1)
     click.echo(message)
     raise SystemExit(0 if ok else 1)
