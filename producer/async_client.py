@@ -20,7 +20,7 @@ from rq.job import Job
 from . import backpressure
 from .client import Client
 from .connection import acall, open_async
-from .contract import DEFAULT_MODEL
+from .contract import DEFAULT_MODEL, ResultDtype
 from .enqueue import new_job_id
 from .keys import model_name
 from .results import await_result
@@ -56,9 +56,10 @@ class AsyncClient:
         lane: str = "interactive",
         timeout: float | None = 30,
         truncate: bool = True,
+        result_dtype: ResultDtype = "float32",
     ) -> np.ndarray:
         """`Client.embed`, awaiting the result instead of blocking."""
-        job = await self.submit(texts, model=model, lane=lane, truncate=truncate)
+        job = await self.submit(texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype)
         return await self.result(job, timeout=timeout)
 
     async def submit(
@@ -70,9 +71,12 @@ class AsyncClient:
         truncate: bool = True,
         job_id: str | None = None,
         wait_for_room: float | None = None,
+        result_dtype: ResultDtype = "float32",
     ) -> Job:
         """`Client.submit`; waiting for room sleeps on the loop, the rq write runs on a thread."""
-        request = self.sync.request(texts, model=model, lane=lane, truncate=truncate)
+        request = self.sync.request(
+            texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype
+        )
         await self.wait_for_room(request.model, len(request.texts), wait_for_room)
         items = [(request, job_id or new_job_id())]
         jobs = await asyncio.to_thread(self.sync.enqueuer.enqueue, items)

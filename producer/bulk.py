@@ -22,7 +22,7 @@ from rq.job import Job
 from . import backpressure
 from .client import Client
 from .connection import call
-from .contract import DEFAULT_MODEL, MAX_TEXTS_PER_JOB
+from .contract import DEFAULT_MODEL, MAX_TEXTS_PER_JOB, ResultDtype
 from .errors import BadRequest, JobFailed, JobTimeout
 from .keys import finished_key, job_key, job_keys, model_name, queue_name, result_key
 from .results import MAX_BLOCK_MS, entries_of, scan
@@ -71,6 +71,8 @@ class BulkSubmitter:
     chunk raises `JobFailed` with `.chunk` set.  Stopping early (closing the generator) leaves the
     in-flight jobs in Redis for a re-run with the same `run_id` to adopt (they expire with the
     client's result_ttl).  `stall_timeout`: raise `JobTimeout` if no chunk finishes for that long.
+    Results travel raw (the vectors' bytes, no base64: `contract.VECTORS_FIELD`), as float32 or,
+    with `result_dtype="float16"`, at half the bytes.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class BulkSubmitter:
         window: int = 8192,
         truncate: bool = True,
         stall_timeout: float | None = None,
+        result_dtype: ResultDtype = "float32",
     ) -> None:
         if not _RUN_ID.match(run_id):
             raise BadRequest(f"run_id: {run_id!r} must be 1-80 characters of A-Z, a-z, 0-9, '_', '-'")
@@ -97,6 +100,7 @@ class BulkSubmitter:
         self.window = window
         self.truncate = truncate
         self.stall_timeout = stall_timeout
+        self.result_dtype = result_dtype
         self.stats = BulkStats()
 
     def job_id(self, chunk: int) -> str:
@@ -187,7 +191,10 @@ class BulkSubmitter:
                     self._drop(job_id)
                 elif has_result:  # the job expired before its result: that outcome is stale
                     stale.append(result_key(job_id))
-                request = self.client.request(texts, model=self.model, lane="bulk", truncate=self.truncate)
+                request = self.client.request(
+                    texts, model=self.model, lane="bulk", truncate=self.truncate,
+                    result_dtype=self.result_dtype, result_encoding="raw",
+                )  # fmt: skip
                 fresh.append((request, job_id))
             flight.add(job_id, index, len(texts))
         if stale:

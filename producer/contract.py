@@ -17,7 +17,8 @@ result, finished-registry entry) after its caller has taken the vectors.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -49,6 +50,15 @@ MAX_CHARS_PER_JOB = 4_000_000
 #: do not write it are counted at the worker's running average).
 TEXTS_FIELD = "vecq_texts"
 
+ResultDtype = Literal["float32", "float16"]
+ResultEncoding = Literal["rq", "raw"]
+#: numpy's little-endian name of each result dtype.
+RESULT_DTYPES: dict[str, str] = {"float32": "<f4", "float16": "<f2"}
+#: A "raw" result entry holds the vectors' bytes here, and "n,dim,<numpy dtype>" in `SHAPE_FIELD`,
+#: instead of rq's `return_value` (which stock rq's `Result` then reads as None).
+VECTORS_FIELD = "vecq_vectors"
+SHAPE_FIELD = "vecq_shape"
+
 
 def texts_fault(texts: Any) -> str | None:
     """The one line naming the first rule `texts` breaks (type, count, length, total), or None.
@@ -79,11 +89,14 @@ def check_texts(texts: Any) -> list[str]:
     fault = texts_fault(texts)
     if fault is not None:
         raise BadRequest(fault)
-    for i, t in enumerate(texts):
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise BadRequest(f"texts[{i}]: not valid Unicode ({exc.reason} at {exc.start})") from None
+    try:
+        "".join(texts).encode("utf-8")  # one call; only a lone surrogate fails it
+    except UnicodeEncodeError:
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise BadRequest(f"texts[{i}]: not valid Unicode ({exc.reason} at {exc.start})") from None
     return list(texts)
 
 
@@ -98,6 +111,13 @@ class EmbedRequest(BaseModel):
     #: True: cut texts over the model's max length (sentence-transformers' behaviour).
     #: False: fail the job with `TextTooLong` instead.
     truncate: bool = True
+    #: The vectors' dtype in Redis: float16 halves the bytes every result moves (cosine >= 0.9999
+    #: to float32); producers hand back float32 either way.
+    result_dtype: ResultDtype = "float32"
+    #: "rq": rq's own return value (base64 of vecq's msgpack array), which stock rq tools read;
+    #: "raw": the vectors' little-endian bytes in `VECTORS_FIELD`, read with one `np.frombuffer`
+    #: and a third smaller -- what bulk runs use.
+    result_encoding: ResultEncoding = "rq"
 
     @field_validator("texts", mode="before")
     @classmethod
@@ -114,11 +134,32 @@ class EmbedRequest(BaseModel):
         return queue_name(self.model, self.lane)
 
     def job_kwargs(self) -> dict[str, Any]:
-        """The rq kwargs of this request (everything but the texts, which are the one arg)."""
-        return {"model": self.model, "lane": self.lane, "truncate": self.truncate}
+        """The rq kwargs of this request (everything but the texts, which are the one arg); the
+        result options only when not their defaults, so jobs that need none stay readable by
+        workers that predate them."""
+        kwargs: dict[str, Any] = {"model": self.model, "lane": self.lane, "truncate": self.truncate}
+        if self.result_dtype != "float32":
+            kwargs["result_dtype"] = self.result_dtype
+        if self.result_encoding != "rq":
+            kwargs["result_encoding"] = self.result_encoding
+        return kwargs
 
 
-OPTION_NAMES = frozenset({"model", "lane", "truncate"})
+OPTION_NAMES = frozenset({"model", "lane", "truncate", "result_dtype", "result_encoding"})
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a worker needs of a job's request once it is checked."""
+
+    texts: list[str]
+    truncate: bool = True
+    result_dtype: str = "float32"
+    raw: bool = False  # result_encoding "raw"
+
+    @classmethod
+    def of(cls, request: EmbedRequest) -> JobRequest:
+        return cls(request.texts, request.truncate, request.result_dtype, request.result_encoding == "raw")
 
 
 def parse_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> EmbedRequest:
@@ -135,19 +176,26 @@ def parse_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> EmbedReques
     return build_request(args[0], **kwargs)
 
 
-def fast_request(args: Any, kwargs: Any, *, model: str) -> tuple[list[str], bool] | None:
-    """(texts, truncate) of a well-formed request for `model` from msgpack-decoded job args,
-    checked in plain Python (~20x cheaper than `parse_request`, which a worker needs for every
-    job it takes); None for anything unusual, which `parse_request` then decides on and words."""
+def fast_request(args: Any, kwargs: Any, *, model: str) -> JobRequest | None:
+    """The request of a well-formed job for `model` from msgpack-decoded job args, checked in
+    plain Python (~20x cheaper than `parse_request`, which a worker needs for every job it
+    takes); None for anything unusual, which `parse_request` then decides on and words."""
     if type(args) is not list or len(args) != 1 or type(kwargs) is not dict:
         return None
     texts = args[0]
     if type(texts) is not list or texts_fault(texts) is not None or not kwargs.keys() <= OPTION_NAMES:
         return None
-    truncate = kwargs.get("truncate", True)
-    if kwargs.get("model", DEFAULT_MODEL) != model or kwargs.get("lane", "interactive") not in LANES:
+    get = kwargs.get
+    truncate, dtype, encoding = (
+        get("truncate", True),
+        get("result_dtype", "float32"),
+        get("result_encoding", "rq"),
+    )
+    if get("model", DEFAULT_MODEL) != model or get("lane", "interactive") not in LANES:
         return None
-    return (texts, truncate) if type(truncate) is bool else None
+    if type(truncate) is not bool or dtype not in RESULT_DTYPES or encoding not in ("rq", "raw"):
+        return None
+    return JobRequest(texts, truncate, dtype, encoding == "raw")
 
 
 def build_request(texts: Any, **options: Any) -> EmbedRequest:

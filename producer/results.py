@@ -19,6 +19,7 @@ import redis.asyncio
 from rq.results import Result
 
 from .connection import RetryPolicy, acall, call
+from .contract import RESULT_DTYPES, SHAPE_FIELD, VECTORS_FIELD
 from .errors import JobFailed, JobNotFound, JobTimeout
 from .keys import job_key, result_key
 from .serializer import MsgpackSerializer
@@ -36,6 +37,9 @@ def last_line(exc_string: str | None) -> str:
 
 def decode_entry(job_id: str, entry_id: bytes, payload: Mapping[bytes, bytes]) -> np.ndarray | None:
     """The vectors of a successful entry; None for a RETRIED marker; `JobFailed` for a failure."""
+    raw = payload.get(_VECTORS)
+    if raw is not None and payload.get(b"type") == b"1":
+        return raw_vectors(job_id, raw, payload.get(_SHAPE))
     try:
         result = Result.restore(
             job_id, entry_id.decode(), dict(payload), connection=None, serializer=MsgpackSerializer
@@ -52,6 +56,22 @@ def decode_entry(job_id: str, entry_id: bytes, payload: Mapping[bytes, bytes]) -
     if kind == Result.Type.STOPPED:
         raise JobFailed(job_id, "stopped before it finished")
     raise JobFailed(job_id, last_line(result.exc_string))
+
+
+_VECTORS, _SHAPE = VECTORS_FIELD.encode(), SHAPE_FIELD.encode()
+_RAW_DTYPES = frozenset(RESULT_DTYPES.values())
+
+
+def raw_vectors(job_id: str, raw: bytes, shape: bytes | None) -> np.ndarray:
+    """A raw result's vectors, read with one `np.frombuffer` (float16 widened to float32)."""
+    try:
+        n, dim, dtype = (shape or b"").decode().split(",")
+        if dtype not in _RAW_DTYPES:
+            raise ValueError(f"dtype {dtype!r}")
+        vectors = np.frombuffer(raw, dtype=dtype).reshape(int(n), int(dim))
+    except ValueError as exc:  # a foreign or corrupted entry must not look like success
+        raise JobFailed(job_id, f"undecodable raw result ({exc})") from None
+    return vectors.astype(np.float32)  # a writable copy, float32 whatever Redis held
 
 
 def as_vectors(job_id: str, value: Any) -> np.ndarray:

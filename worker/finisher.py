@@ -30,19 +30,33 @@ from .validation import WorkItem
 log = logging.getLogger(__name__)
 
 
+def finished(item: WorkItem, vectors: np.ndarray) -> Finished:
+    """The finish record of a job: its vectors in the dtype and encoding it asked for."""
+    arr = np.ascontiguousarray(vectors, dtype=item.result_dtype)
+    if item.raw:  # the bytes as they are, their shape beside them
+        return Finished(item.running, item.started_at, item.result_ttl, arr.tobytes(), raw_shape(arr))
+    return Finished(item.running, item.started_at, item.result_ttl, encode_result(arr))
+
+
+def raw_shape(arr: np.ndarray) -> str:
+    """`SHAPE_FIELD` of a raw result: "n,dim,<numpy dtype>"."""
+    n, dim = arr.shape
+    return f"{n},{dim},{arr.dtype.str}"
+
+
 def encode_result(vectors: np.ndarray) -> str:
     """A job's vectors as rq's result stream stores a return value: base64 of the serializer's
-    bytes.  Byte for byte `MsgpackSerializer.dumps(vectors)`, but the msgpack header of a
-    float32 (n, dim) array depends only on (n, dim), so it is built once per shape and the
+    bytes.  Byte for byte `MsgpackSerializer.dumps(vectors)`, but the msgpack header of an
+    (n, dim) array depends only on (n, dim) and its dtype, so it is built once per shape and the
     rows are appended as they are -- no per-job msgpack calls."""
-    arr = np.ascontiguousarray(vectors, dtype="<f4")
-    prefix = _header(arr.shape)
+    arr = np.ascontiguousarray(vectors)
+    prefix = _header(arr.shape, arr.dtype.str)
     return base64.b64encode(prefix + arr.tobytes()).decode("ascii")
 
 
 @functools.lru_cache(maxsize=1024)
-def _header(shape: tuple[int, ...]) -> bytes:
-    zeros = np.zeros(shape, dtype="<f4")
+def _header(shape: tuple[int, ...], dtype: str) -> bytes:
+    zeros = np.zeros(shape, dtype=dtype)
     packed = MsgpackSerializer.dumps(zeros)
     assert packed.endswith(zeros.tobytes()), "msgpack array layout changed (vecq bug)"
     return packed[: len(packed) - zeros.nbytes]
@@ -147,7 +161,7 @@ class Finisher:
 
     def _finish(self, done: list[tuple[WorkItem, np.ndarray]]) -> list[str]:
         wait = 0.5
-        records = [Finished(i.running, i.started_at, i.result_ttl, encode_result(v)) for i, v in done]
+        records = [finished(i, v) for i, v in done]
         while True:
             try:
                 skipped = self.store.finish(records, now=time.time(), now_iso=utcformat(rq_now()))

@@ -31,7 +31,7 @@ from redis.commands.core import Script
 from redis.connection import Connection
 from redis.exceptions import NoScriptError
 
-from vecq.producer.contract import TEXTS_FIELD
+from vecq.producer.contract import SHAPE_FIELD, TEXTS_FIELD, VECTORS_FIELD
 from vecq.producer.keys import intermediate_key, queue_key, rq_keys
 
 #: Job-hash fields a worker needs to validate and run a job (their order in `Taken.fields`).
@@ -94,38 +94,46 @@ end
 return cmsgpack.pack(out)
 """
 
-# ARGV: prefixes (job, started, finished, results), worker key, worker name, now, now_iso, then
-# a msgpack list alternating queue name and a flat list of 5-tuples (job id, execution id,
-# execution started_at, result ttl, base64 result) -- one argument, so redis-py does not encode
-# thousands of small ones.  rq's handle_job_success without rewriting the whole job hash, and
-# only for executions still in the started registry (one ZMSCORE and one ZREM per queue, not
-# per job).  Per job: the result stream entry, status, TTLs.  Returns the ids skipped.
+# ARGV: prefixes (job, started, finished, results), worker key, worker name, now, now_iso, the
+# raw-result field names (vectors, shape), then a msgpack list alternating queue name and a flat
+# list of 6-tuples (job id, execution id, execution started_at, result ttl, result, raw shape:
+# '' for rq's base64 return value, else "n,dim,dtype" for raw bytes) -- one argument, so
+# redis-py does not encode thousands of small ones.  rq's handle_job_success without rewriting
+# the whole job hash, and only for executions still in the started registry (one ZMSCORE and one
+# ZREM per queue, not per job).  Per job: the result stream entry, status, TTLs.  Returns the ids skipped.
 _FINISH = """
 local JP, SP, FP, RP = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local wkey, w = ARGV[5], ARGV[6]
 local now, iso = tonumber(ARGV[7]), ARGV[8]
 local skipped = {}
 local done, busy = 0, 0
-local groups = cmsgpack.unpack(ARGV[9])
+local VF, SF = ARGV[9], ARGV[10]
+local groups = cmsgpack.unpack(ARGV[11])
 for g = 1, #groups, 2 do
   local q, jobs = groups[g], groups[g + 1]
   local members = {}
-  for i = 1, #jobs, 5 do members[#members + 1] = jobs[i] .. ':' .. jobs[i + 1] end
+  for i = 1, #jobs, 6 do members[#members + 1] = jobs[i] .. ':' .. jobs[i + 1] end
   local scores = redis.call('ZMSCORE', SP .. q, unpack(members))
   local ours, finished = {}, {}
   for m = 1, #members do
-    local i = 5 * m - 4
+    local i = 6 * m - 5
     local id, ex, st = jobs[i], jobs[i + 1], jobs[i + 2]
-    local ttl, value = tonumber(jobs[i + 3]), jobs[i + 4]
+    local ttl, value, shape = tonumber(jobs[i + 3]), jobs[i + 4], jobs[i + 5]
     if scores[m] then
       ours[#ours + 1] = members[m]
       if ttl == 0 then
         redis.call('DEL', JP .. id)
       else
         local rk = RP .. id
-        redis.call('XADD', rk, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', w,
-                   'return_value', value, 'execution_id', ex, 'execution_started_at', st,
-                   'execution_ended_at', now)
+        if shape == '' then
+          redis.call('XADD', rk, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', w,
+                     'return_value', value, 'execution_id', ex, 'execution_started_at', st,
+                     'execution_ended_at', now)
+        else
+          redis.call('XADD', rk, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', w,
+                     VF, value, SF, shape, 'execution_id', ex, 'execution_started_at', st,
+                     'execution_ended_at', now)
+        end
         redis.call('HSET', JP .. id, 'status', 'finished', 'ended_at', iso)
         if ttl > 0 then
           redis.call('EXPIRE', rk, ttl)
@@ -220,7 +228,8 @@ class Finished:
     running: Running
     started_at: float
     result_ttl: int
-    payload: str  # base64 of the serializer's bytes, as rq's result stream stores it
+    payload: str | bytes  # base64 of the serializer's bytes (rq's return value), or raw bytes
+    raw_shape: str = ""  # raw results: "n,dim,<numpy dtype>" (`contract.SHAPE_FIELD`)
 
 
 class JobStore:
@@ -315,13 +324,14 @@ class JobStore:
         for f in done:
             r = f.running
             by_queue.setdefault(r.queue, []).extend(
-                (r.job_id, r.execution_id, f.started_at, f.result_ttl, f.payload)
+                (r.job_id, r.execution_id, f.started_at, f.result_ttl, f.payload, f.raw_shape)
             )
         groups: list[object] = []
         for queue, flat in by_queue.items():
             groups += [queue, flat]
         args = [k.job, k.started, k.finished, k.results, self.worker_key, self.worker_name, now, now_iso]
-        args.append(msgpack.packb(groups))
+        # raw bytes packed as msgpack "raw" strings: the Lua cmsgpack of Valkey rejects bin types
+        args += [VECTORS_FIELD, SHAPE_FIELD, msgpack.packb(groups, use_bin_type=False)]
         return [s.decode() for s in self._finish(keys=[], args=args)]
 
     def heartbeat(self, runs: list[Running], *, ttl: int, now: float) -> list[str]:

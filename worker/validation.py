@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from vecq.producer.contract import JOB_FUNCTION, fast_request, parse_request
+from vecq.producer.contract import JOB_FUNCTION, RESULT_DTYPES, JobRequest, fast_request, parse_request
 from vecq.producer.errors import BadRequest
 from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer, SerializationError
 
@@ -37,6 +37,8 @@ class WorkItem:
     lane: str
     texts: list[str]
     truncate: bool
+    result_dtype: str  # numpy's name: <f4 or <f2
+    raw: bool  # result bytes in the entry's vectors field, not rq's return value
     result_ttl: int
     timeout: int  # seconds it may stay open before it is failed: its own rq timeout, else the worker's
     started_at: float  # wall clock, seconds
@@ -82,7 +84,7 @@ class Admission:
         for t in taken:
             queue = self.queue_names[t.queue_index]
             try:
-                texts, truncate = self._validate(t)
+                request = self._validate(t)
             except JobRefused as exc:
                 log.warning("job %s refused: %s", t.job_id, exc)
                 reason = f"{_LABELS.get(exc.kind, 'InvalidJob')}: {exc}"
@@ -94,8 +96,10 @@ class Admission:
                 WorkItem(
                     running=Running(t.job_id, queue, t.execution_id),  # type: ignore[arg-type]
                     lane=self.lanes[t.queue_index],
-                    texts=texts,
-                    truncate=truncate,
+                    texts=request.texts,
+                    truncate=request.truncate,
+                    result_dtype=RESULT_DTYPES[request.result_dtype],
+                    raw=request.raw,
                     result_ttl=_int(result_ttl, self.default_result_ttl),
                     timeout=_timeout(timeout, self.default_timeout),
                     started_at=now_wall,
@@ -105,8 +109,8 @@ class Admission:
             )
         return items, rejected
 
-    def _validate(self, t: Taken) -> tuple[list[str], bool]:
-        """(texts, truncate) of a job that may run, else `JobRefused` with a one-line reason."""
+    def _validate(self, t: Taken) -> JobRequest:
+        """The request of a job that may run, else `JobRefused` with a one-line reason."""
         data, meta_raw = t.fields[0], t.fields[1]
         if data is None or t.execution_id is None:
             raise JobRefused("missing", "job hash missing or without a 'data' field (not an rq job)")
@@ -134,7 +138,7 @@ class Admission:
             raise JobRefused(
                 "wrong_model", f"model: {request.model!r} is not served here (this queue is {self.model!r})"
             )
-        return request.texts, request.truncate
+        return JobRequest.of(request)
 
 
 def decode_payload(raw: bytes, *, what: str = "job data") -> object:

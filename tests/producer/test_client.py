@@ -58,6 +58,8 @@ def test_submit_writes_an_ordinary_rq_job(client: Client, redis_conn: redis.Redi
     assert stored.ttl is None
     assert stored.description == f"vecq embed 2 texts ({DEFAULT_MODEL}, bulk)"
     assert stored.get_status() == JobStatus.QUEUED
+    # stored uncompressed (enqueue.VecqJob): a msgpack 4-tuple, which stock rq reads back above
+    assert redis_conn.hget("rq:job:my-job-1", "data")[:1] == b"\x94"
     queue = Queue(queue_name(DEFAULT_MODEL, "bulk"), connection=redis_conn, serializer=MsgpackSerializer)
     assert queue.job_ids == ["my-job-1"]
     assert int(redis_conn.get(queued_texts_key(DEFAULT_MODEL))) == 2

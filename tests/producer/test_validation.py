@@ -40,7 +40,10 @@ def test_unknown_option_is_refused(client: Client, redis_conn: redis.Redis) -> N
     # The same refusal on the wire, for jobs written by other producers.
     with pytest.raises(BadRequest) as info:
         parse_request([["x"]], {"pooling": "mean"})
-    assert str(info.value) == "options: unknown option(s) pooling; known: lane, model, truncate"
+    assert (
+        str(info.value)
+        == "options: unknown option(s) pooling; known: lane, model, result_dtype, result_encoding, truncate"
+    )
     assert redis_conn.dbsize() == 0
 
 
