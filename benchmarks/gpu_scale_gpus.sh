@@ -22,8 +22,8 @@ vecq() { python3 -m vecq.worker "$@"; }
   git log -1 --format='code: %h %s' 2>/dev/null || true
 } | tee "$out/gpu.txt"
 
-# A random BERT-base (the write-up's shape: 12 x 768, vocab 21128, CLS pooling), torch fp16 on CUDA.
-python3 -c "from vecq.engines.random_model import write_random_bert; write_random_bert('/tmp/bert-base')"
+# A random BERT-base (12 x 768, bert-base-uncased's WordPiece tokenizer, CLS pooling), torch fp16 on CUDA.
+python3 -c "from vecq.engines.random_model import write_random_bert; write_random_bert('/tmp/bert-base', vocab='english')"
 vecq build /tmp/bert-base --out /tmp/bundle --backend torch --device cuda --precision fp16 \
   --batch-sizes 16,32,64,128 2>&1 | tail -2 | tee -a "$out/gpu.txt"
 

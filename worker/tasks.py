@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from vecq.engines import Embedder
-from vecq.producer.contract import build_request
+from vecq.producer.contract import RESULT_DTYPES, build_request
 
 from .settings import WorkerSettings
 
@@ -25,7 +25,8 @@ def embed(texts: list[str], **options: object) -> np.ndarray:
     """Vectors for one job's texts, validated against the wire contract first."""
     request = build_request(texts, **options)
     embedder = _embedder_for(request.model)
-    return embedder.embed(request.texts, truncate=request.truncate)
+    vectors = embedder.embed(request.texts, truncate=request.truncate)
+    return vectors.astype(RESULT_DTYPES[request.result_dtype], copy=False)  # rq's own encoding, always
 
 
 def _embedder_for(model: str) -> Embedder:

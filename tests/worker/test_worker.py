@@ -291,3 +291,46 @@ def test_a_job_is_failed_after_its_own_timeout(redis_conn, redis_url, make_worke
     assert failed.get_status() == JobStatus.FAILED
     assert "JobTimeoutException: not done within 1s" in (failed.latest_result().exc_string or "")
     np.testing.assert_array_equal(vectors_of(redis_conn, long.id), null_embedder.embed(["may take its time"]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_bulk_results_travel_raw_in_the_dtype_asked_for(
+    redis_conn, redis_url, make_worker, null_embedder, dtype
+):
+    """A bulk run's results are the vectors' bytes (no base64, no rq return value), float32 or
+    float16 (half the bytes); the submitter hands back float32, within cosine 0.9999 of float32."""
+    from vecq.engines.parity import cosines
+    from vecq.producer import BulkSubmitter, Client
+    from vecq.producer.enqueue import new_job_id
+    from vecq.producer.results import decode_entry
+
+    numpy_dtype, width = {"float32": ("<f4", 4), "float16": ("<f2", 2)}[dtype]
+    with Client(redis_url) as client:  # one raw job, its entry read as Redis holds it
+        request = client.request(["one raw result"], lane="bulk", result_dtype=dtype, result_encoding="raw")
+        [job] = client.enqueuer.enqueue([(request, new_job_id())])
+    run(make_worker(lanes=("bulk",)))
+    [(entry_id, payload)] = redis_conn.xrange(f"rq:results:{job.id}")
+    assert b"return_value" not in payload
+    assert payload[b"vecq_shape"] == f"1,{null_embedder.dim},{numpy_dtype}".encode()
+    assert len(payload[b"vecq_vectors"]) == null_embedder.dim * width
+    one = decode_entry(job.id, entry_id, payload)
+    assert one.dtype == np.float32 and cosines(one, null_embedder.embed(["one raw result"]))[0] >= 0.9999
+
+    texts = [f"bulk text {i} " + "word " * (i % 17) for i in range(600)]
+    worker = make_worker(lanes=("bulk",), burst=False)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        with Client(redis_url) as client:
+            bulk = BulkSubmitter(client, run_id=f"raw-{dtype}", chunk_size=100, result_dtype=dtype)
+            got = dict(bulk.run(texts))
+    finally:
+        worker.stop()
+        thread.join(30)
+    vectors = np.concatenate([got[k] for k in sorted(got)])
+    reference = null_embedder.embed(texts)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    if dtype == "float32":
+        np.testing.assert_array_equal(vectors, reference)
+    else:
+        assert cosines(vectors, reference).min() >= 0.9999

