@@ -8,12 +8,13 @@ are made from these fields (`cli/options.py`): a field's description is its `--h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from vecq.engines import backends
+from vecq.engines.backends.onnx import physical_cores
 from vecq.producer.keys import LANES
 from vecq.producer.settings import CommonSettings
 
@@ -31,6 +32,16 @@ class WorkerSettings(CommonSettings):
         json_schema_extra={"choices": list(backends.names())},
     )
     device: str = Field(default="cpu", description="cpu, cuda or cuda:N.")
+    precision: Literal["fp32", "fp16", "bf16", "int8"] | None = Field(
+        default=None,
+        description="For a model dir: int8 (onnx on CPU: ~1.7x fp32 with VNNI, cosine >= 0.99) or "
+        "fp16/bf16 (CUDA). A bundle has its own.",
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Engine threads on CPU (default: the physical cores this process may use).",
+    )
     lanes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=LANES, description="Lanes served, e.g. interactive,bulk (interactive always first)."
     )
@@ -72,6 +83,27 @@ class WorkerSettings(CommonSettings):
         json_schema_extra={"flag": "--parallel-tokenize/--serial-tokenize"},
     )
     burst: bool = Field(default=False, description="Exit when the queues are empty.")
+
+    def engine_backend(self) -> str | None:
+        """The backend to load: the one asked for; else a bundle's own (None); else, for a model
+        dir or the default model, onnx on CPU (a bundle built once into the cache: 1.3x torch,
+        BENCHMARKS.md) and torch with CUDA graphs on a GPU."""
+        if self.backend is not None:
+            return self.backend
+        if self.model_path is not None and (Path(self.model_path) / "manifest.json").is_file():
+            return None
+        return "onnx" if self.device == "cpu" else "torch"
+
+    def engine_options(self) -> dict[str, object]:
+        """`Embedder.load` options these settings ask for (refused, in one line, by a bundle)."""
+        if self.precision is not None and self.engine_backend() is None:
+            raise ValueError("--precision applies to a model dir or the default model; a bundle has its own")
+        options: dict[str, object] = {}
+        if self.precision is not None:
+            options["precision"] = self.precision
+        if self.device == "cpu":
+            options["threads"] = self.threads or physical_cores()
+        return options
 
     def tokenize_in_parallel(self) -> bool:
         """`parallel_tokenize`, or its default for this worker."""

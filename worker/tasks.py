@@ -33,7 +33,10 @@ def _embedder_for(model: str) -> Embedder:
     with _lock:
         if model not in _loaded:
             settings = WorkerSettings()
-            embedder = Embedder.load(settings.model_path, backend=settings.backend, device=settings.device)
+            embedder = Embedder.load(
+                settings.model_path, backend=settings.engine_backend(), device=settings.device,
+                **settings.engine_options(),
+            )  # fmt: skip
             if embedder.name != model:
                 raise LookupError(f"unknown model {model!r}: this worker serves {embedder.name!r}")
             _loaded[model] = embedder

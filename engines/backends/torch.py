@@ -103,17 +103,28 @@ def for_model_dir(
     device: str,
     precision: str = "fp32",
     graphs: bool = True,
+    threads: int | None = None,
     **_: Any,
 ) -> Engine:
     shapes = shapes or default_shapes(spec.max_seq_len, device)
+    if threads is not None and device == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)  # torch's pool is the process's: the worker owns it
     engine = TorchEngine.from_model_dir(
         model_dir, spec=spec, shapes=shapes, device=device, precision=precision
     )
     return _served(engine, graphs=graphs)
 
 
-def for_bundle(root: Path, manifest: Manifest, *, device: str, graphs: bool = True, **_: Any) -> Engine:
+def for_bundle(
+    root: Path, manifest: Manifest, *, device: str, graphs: bool = True, threads: int | None = None, **_: Any
+) -> Engine:
     manifest.require_backend(root, "torch")
+    if threads is not None and device == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
     engine = TorchEngine.from_model_dir(
         root, spec=manifest.spec, shapes=manifest.shape_set, device=device, precision=manifest.precision
     )

@@ -52,3 +52,22 @@ def test_a_supervisor_passes_every_given_setting_on_to_its_children() -> None:
     parsed = {k: v for k, v in ctx.params.items() if v is not None and k in WorkerSettings.model_fields}
     expected = {k: v for k, v in given.items() if k not in PER_CHILD}
     assert WorkerSettings(**parsed) == WorkerSettings(**expected)
+
+
+def test_a_worker_without_a_bundle_serves_onnx_on_cpu_and_torch_on_a_gpu(tmp_path) -> None:
+    """The fastest measured backend by default (a cached ONNX bundle on CPU, as `vecq embed`
+    serves), a bundle's own backend for a bundle, and what was asked for when it was."""
+    from vecq.engines.backends.onnx import physical_cores
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    assert WorkerSettings().engine_backend() == "onnx"
+    assert WorkerSettings(device="cuda:0").engine_backend() == "torch"
+    assert WorkerSettings(bundle=bundle).engine_backend() is None
+    assert WorkerSettings(backend="torch").engine_backend() == "torch"
+    assert WorkerSettings().engine_options() == {"threads": physical_cores()}
+    assert WorkerSettings(threads=3, precision="int8").engine_options() == {"threads": 3, "precision": "int8"}
+    assert WorkerSettings(device="cuda:0").engine_options() == {}
+    with pytest.raises(ValueError, match="a bundle has its own"):
+        WorkerSettings(bundle=bundle, precision="int8").engine_options()

@@ -31,9 +31,6 @@ from .formats import read_corpus
 
 log = logging.getLogger(__name__)
 
-#: Embedded runs use ONNX Runtime on CPU: ~1.15x sentence-transformers (BENCHMARKS.md).
-EMBEDDED_BACKEND = "onnx"
-
 
 class EmbedSettings(BaseModel):
     """One `vecq embed` run; the command's options are made from these fields (a field's
@@ -52,7 +49,7 @@ class EmbedSettings(BaseModel):
     model: Path | None = Field(default=None, description="Model dir (embedded worker).")
     backend: str | None = Field(
         default=None,
-        description="Embedded worker's backend (default: onnx).",
+        description="Embedded worker's backend (default: onnx on CPU).",
         json_schema_extra={"choices": list(backends.names())},
     )
     device: str = Field(default="cpu", description="Embedded worker's device.")
@@ -182,37 +179,21 @@ def _service(job: EmbedSettings) -> Iterator[tuple[str, str, Callable[[], None] 
         yield url, model, check
 
 
-def _embedded_worker(job: EmbedSettings, settings: WorkerSettings):  # -> BatchWorker (lazy import)
-    """The in-process worker; a `precision` other than the model's own needs an engine built for
-    it (a cached bundle, built on first use), which `from_settings` does not take."""
-    from vecq.engines import Embedder
-
-    from ..worker import BatchWorker
-
-    if job.precision is None:
-        return BatchWorker.from_settings(settings)
-    if job.model_path is not None and (Path(job.model_path) / "manifest.json").is_file():
-        raise ValueError("--precision applies to a model dir or the default model; a bundle has its own")
-    if settings.backend != "onnx":
-        raise ValueError(f"--precision needs the onnx backend (got {settings.backend!r})")
-    embedder = Embedder.load(
-        settings.model_path, backend="onnx", device=settings.device, precision=job.precision
-    )
-    return BatchWorker(embedder, settings=settings)  # warmed up on its engine thread
-
-
 @contextlib.contextmanager
 def _in_process_worker(job: EmbedSettings, url: str) -> Iterator[tuple[str, Callable[[], None]]]:
+    from ..worker import BatchWorker
+
     settings = WorkerSettings(
         redis_url=url,
         bundle=job.model_path,
-        backend=job.backend or EMBEDDED_BACKEND,
+        backend=job.backend,
         device=job.device,
+        precision=job.precision,
         name=job.name,
         lanes=("bulk",),
         max_wait_ms=2.0,
     )
-    worker = _embedded_worker(job, settings)
+    worker = BatchWorker.from_settings(settings)
     # rq gives its worker logger a level of its own (INFO); the user's --log-level governs here.
     worker.log.setLevel(max(worker.log.getEffectiveLevel(), logging.getLogger().getEffectiveLevel()))
     failure: list[BaseException] = []
