@@ -60,7 +60,7 @@ def build_bundle(
     _check_choice(backend, kind, precision)
     root = check_model_dir(model_dir)
     spec = read_spec(root, name=name, pooling=pooling, normalize=normalize, max_seq_len=max_seq_len)
-    shapes = shapes or _shapes(spec, kind, batch_sizes, seq_lens, max_batch_tokens)
+    shapes = shapes or _shapes(root, spec, backend, kind, batch_sizes, seq_lens, max_batch_tokens)
     out = Path(out)
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,10 +125,12 @@ def manifest_json(manifest: Manifest) -> str:
 
 
 def _torch_parity(bundle, spec, shapes, tokenizer, device, precision, texts, reference):
-    """A torch bundle's parity: the served path (sdpa, shapes, padding, precision) vs the reference."""
-    from .backends.torch import TorchEngine
+    """A torch bundle's parity through the engine that will serve it (sdpa, or packed token
+    buffers on CUDA; its shapes, padding, precision) against the reference."""
+    from .backends.torch import for_model_dir
 
-    engine = TorchEngine.from_model_dir(bundle, spec=spec, shapes=shapes, device=device, precision=precision)
+    engine = for_model_dir(bundle, spec=spec, shapes=shapes, device=device, precision=precision)
+    engine.warmup()
     try:
         return compare(embed_texts(tokenizer, engine, texts), reference, precision=precision)
     finally:
@@ -148,8 +150,14 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _shapes(spec: ModelSpec, device: str, batch_sizes, seq_lens, max_batch_tokens) -> ShapeSet:
+def _shapes(
+    root: Path, spec: ModelSpec, backend: str, device: str, batch_sizes, seq_lens, max_batch_tokens
+) -> ShapeSet:
     if batch_sizes is None and seq_lens is None and max_batch_tokens is None:
+        if backend == "torch":
+            from .backends.torch import served_shapes
+
+            return served_shapes(root, spec, device)
         return default_shapes(spec.max_seq_len, device)
     return ShapeSet.grid(
         batch_sizes or DEFAULT_BATCH_SIZES,

@@ -31,8 +31,9 @@ MANIFEST = "manifest.json"
 PACKED_FILE = "model.packed.onnx"
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 # Options that tune how a bundle runs, not what it is.  `graphs`: one CUDA graph per shape on
-# CUDA (default on); `packed_from_batch`: batches this large use the packed graph when there is one.
-ENGINE_OPTIONS = ("providers", "threads", "spinning", "graphs", "packed_from_batch")
+# CUDA (default on); `packed`: torch on CUDA packs batches into token buffers (default on, where the
+# model allows); `packed_from_batch`: batches this large use ORT's packed graph when there is one.
+ENGINE_OPTIONS = ("providers", "threads", "spinning", "graphs", "packed", "packed_from_batch")
 
 
 class Manifest(BaseModel):

@@ -10,7 +10,8 @@ Pure torch + tokenizers + transformers, so it runs on the GPU image with nothing
     here:   python benchmarks/probes/packed_bert.py prepare .proto     (corpus + tokenizer, from vecq)
     device: python3 benchmarks/probes/packed_bert.py .proto VARIANTS
 
-VARIANTS: eager,graph,compiled | bucketed | padded | profile | profile64 | fa3 | fa4.
+VARIANTS: eager,graph,compiled | bucketed | padded | profile | profile64 | fa3 | fa4 |
+vecq-profile (vecq's own PackedEncoder with its Triton kernels; needs vecq installed).
 
 Results: BENCHMARKS.md, "Issue 14".
 """
@@ -407,6 +408,50 @@ if "bucketed" in variants:
     for T in (32768, 65536):
         res = run_bucketed("  + bias-GELU in the GEMM epilogue", packed_model, T)
     parity(res)
+    sys.exit(0)
+if "vecq-profile" in variants:
+    from torch.profiler import ProfilerActivity, profile
+
+    from vecq.engines.packed_encoder import PackedEncoder
+
+    T, slots = 32768, 2048
+    enc = PackedEncoder(hf.to(dev).to(dtype), pooling="cls", normalize=False)
+    b = plan(lengths, T)[0]
+    rows = [ids[i] for i in b]
+    flat = np.concatenate(rows)
+    cu = np.full(slots + 1, len(flat), dtype=np.int32)
+    cu[0] = 0
+    cu[1 : len(rows) + 1] = np.cumsum([len(r) for r in rows])
+    buf = np.zeros(T, dtype=np.int64)
+    buf[: len(flat)] = flat
+    args = (
+        torch.from_numpy(buf).to(dev),
+        torch.from_numpy(cu).to(dev),
+        torch.tensor([len(flat)], dtype=torch.int32, device=dev),
+    )
+    print(f"profiled buffer: {len(rows)} texts, {len(flat)} real tokens of {T}")
+    with torch.inference_mode():
+        for _ in range(3):
+            enc(*args)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = enc(*args)
+        t = time.perf_counter()
+        for _ in range(20):
+            g.replay()
+        torch.cuda.synchronize()
+        per = (time.perf_counter() - t) / 20
+        print(
+            f"graph replay {per * 1000:.2f} ms = {len(flat) / per / 1e6:.2f}M real tokens/s, "
+            f"{len(rows) / per:,.0f} texts/s",
+            flush=True,
+        )
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                enc(*args)
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))
     sys.exit(0)
 if "profile" in variants or "profile64" in variants:
     from torch.profiler import ProfilerActivity, profile

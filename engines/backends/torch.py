@@ -103,38 +103,69 @@ def for_model_dir(
     device: str,
     precision: str = "fp32",
     graphs: bool = True,
+    packed: bool = True,
     threads: int | None = None,
     **_: Any,
 ) -> Engine:
-    shapes = shapes or default_shapes(spec.max_seq_len, device)
+    _set_threads(device, threads)
+    engine = TorchEngine.from_model_dir(
+        model_dir, spec=spec, shapes=shapes or default_shapes(spec.max_seq_len, device),
+        device=device, precision=precision,
+    )  # fmt: skip
+    return _served(engine, graphs=graphs, packed=packed, shapes=shapes)
+
+
+def for_bundle(
+    root: Path, manifest: Manifest, *, device: str, graphs: bool = True, packed: bool = True,
+    threads: int | None = None, **_: Any,
+) -> Engine:  # fmt: skip
+    manifest.require_backend(root, "torch")
+    _set_threads(device, threads)
+    engine = TorchEngine.from_model_dir(
+        root, spec=manifest.spec, shapes=manifest.shape_set, device=device, precision=manifest.precision
+    )
+    return _served(engine, graphs=graphs, packed=packed, shapes=manifest.shape_set)
+
+
+def served_shapes(model_dir: Path, spec: ModelSpec, device: str) -> ShapeSet:
+    """The shapes a torch engine serves by default: packed ones where the packed encoder runs the
+    model on CUDA (they cost nothing to declare), else the device's grid."""
+    if device.startswith("cuda"):
+        from transformers import AutoConfig
+
+        from ..packed_encoder import supports
+
+        if supports(AutoConfig.from_pretrained(str(model_dir))) is None:
+            from .torch_packed import packed_shapes
+
+            return packed_shapes(spec.max_seq_len)
+    return default_shapes(spec.max_seq_len, device)
+
+
+def _set_threads(device: str, threads: int | None) -> None:
     if threads is not None and device == "cpu":
         import torch
 
         torch.set_num_threads(threads)  # torch's pool is the process's: the worker owns it
-    engine = TorchEngine.from_model_dir(
-        model_dir, spec=spec, shapes=shapes, device=device, precision=precision
-    )
-    return _served(engine, graphs=graphs)
 
 
-def for_bundle(
-    root: Path, manifest: Manifest, *, device: str, graphs: bool = True, threads: int | None = None, **_: Any
-) -> Engine:
-    manifest.require_backend(root, "torch")
-    if threads is not None and device == "cpu":
-        import torch
-
-        torch.set_num_threads(threads)
-    engine = TorchEngine.from_model_dir(
-        root, spec=manifest.spec, shapes=manifest.shape_set, device=device, precision=manifest.precision
-    )
-    return _served(engine, graphs=graphs)
-
-
-def _served(engine: TorchEngine, *, graphs: bool) -> Engine:
-    """On CUDA, one captured graph per shape: eager launches cost more than small batches run."""
+def _served(engine: TorchEngine, *, graphs: bool, packed: bool, shapes: ShapeSet | None) -> Engine:
+    """On CUDA: the padding-free packed engine where the model allows it, else one captured graph
+    per shape (eager launches cost more than small batches run); as is on CPU or without graphs."""
     if engine.device.type != "cuda" or not graphs:
         return engine
+    from ..packed_encoder import PackedEncoder, supports
+
+    encoder = engine.module.encoder
+    why = supports(encoder.config)
+    if packed and why is None:
+        from .torch_packed import PackedGraphEngine, packed_shapes
+
+        module = PackedEncoder(encoder, pooling=engine.module.pooling, normalize=engine.module.normalize)
+        chosen = shapes or packed_shapes(max(s.seq_len for s in engine.shapes))
+        return PackedGraphEngine(module, shapes=chosen, dim=engine.dim, device=str(engine.device))
+    if packed:
+        log.info("torch: not packed (%s); one graph per shape", why)
     from .torch_graphs import TorchGraphEngine
 
     return TorchGraphEngine(engine.module, shapes=engine.shapes, dim=engine.dim, device=str(engine.device))

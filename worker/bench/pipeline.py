@@ -104,11 +104,18 @@ def _wait_workers(url: str, procs: list[subprocess.Popen], timeout: float = 600)
     help="Worker processes sharing the device, per round: e.g. 1,4.",
 )
 @click.option(
+    "--backends",
+    default="torch,onnx",
+    show_default=True,
+    help="Bundles to build and time alone (fp16 on CUDA); bulk and latency rounds use the first.",
+)
+@click.option(
     "--skip-baselines", is_flag=True, help="Only vecq's rows (no sentence-transformers / plain torch)."
 )
 def pipeline(
-    device: str, n_texts: int, model: str, latency_requests: int, workers: str, skip_baselines: bool
-) -> None:
+    device: str, n_texts: int, model: str, latency_requests: int, workers: str, backends: str,
+    skip_baselines: bool,
+) -> None:  # fmt: skip
     """Engine alone, Embedder, bulk through Redis with 1 and N workers, sentence-transformers and
     plain PyTorch, against the card's dense ceiling; interactive p50/p99 idle and under bulk."""
     from vecq.engines.build import build_bundle
@@ -123,13 +130,16 @@ def pipeline(
         model_dir = bench_model_dir(model, Path(tmp))
         lengths = baselines.real_tokens(model_dir, texts)
         tokens = sum(lengths)
-        bundle = Path(tmp) / "bundle"
         cuda = device.startswith("cuda")
-        build_bundle(
-            model_dir, bundle, device="cuda" if cuda else "cpu", precision="fp16" if cuda else "fp32",
-            progress=click.echo,
-        )  # fmt: skip
-        rates = _engine_rates(bundle, device, texts, tokens)
+        bundles = []
+        for backend in [b.strip() for b in backends.split(",") if b.strip()]:
+            bundles.append(Path(tmp) / f"bundle-{backend}")
+            build_bundle(
+                model_dir, bundles[-1], backend=backend, device="cuda" if cuda else "cpu",
+                precision="fp16" if cuda else "fp32", progress=click.echo,
+            )  # fmt: skip
+        rates = [rate for bundle in bundles for rate in _engine_rates(bundle, device, texts, tokens)]
+        bundle = bundles[0]
         if not skip_baselines:
             for batch in (128, 512):
                 rates.append(baselines.sentence_transformers_rate(model_dir, device, texts, tokens, batch))
@@ -149,6 +159,8 @@ def _engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> l
 
     from .baselines import Rate
 
+    backend = _manifest(bundle).backend
+
     with Embedder.load(bundle, device=device) as emb:
         emb.warmup()
         encoded = emb.tokenizer.encode(texts)
@@ -167,8 +179,10 @@ def _engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> l
         emb.embed(texts)
         embedder = time.perf_counter() - start
     return [
-        Rate("vecq engine alone (batches built beforehand)", len(texts) / kernels, tokens / kernels),
-        Rate("vecq Embedder.embed (tokenizer included)", len(texts) / embedder, tokens / embedder),
+        Rate(
+            f"vecq {backend} engine alone (batches built in advance)", len(texts) / kernels, tokens / kernels
+        ),
+        Rate(f"vecq {backend} Embedder.embed (tokenizer included)", len(texts) / embedder, tokens / embedder),
     ]
 
 
@@ -196,14 +210,18 @@ def _redis_round(
                 proc.terminate()
             for proc in procs:
                 proc.wait(timeout=60)
-    label = f"vecq bulk through Redis, {n} worker{'s' if n > 1 else ''} (vecq embed path)"
+    label = f"vecq {_manifest(bundle).backend} bulk through Redis, {n} worker{'s' if n > 1 else ''}"
     return Rate(label, rate, rate * tokens / len(texts)), latency
 
 
 def _served_model(bundle: Path) -> str:
+    return _manifest(bundle).name
+
+
+def _manifest(bundle: Path):  # -> Manifest (lazy import)
     from vecq.engines.bundle import read_manifest
 
-    return read_manifest(bundle).name
+    return read_manifest(bundle)
 
 
 def _loaded_latencies(url: str, name: str, texts: list[str], n: int) -> tuple[float, float]:

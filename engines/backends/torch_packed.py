@@ -1,0 +1,172 @@
+"""torch on CUDA, padding-free: each batch packed into a fixed token buffer, one graph per size.
+
+The write-up vecq grew from found that TensorRT re-warms whenever the batch shape changes;
+vecq's answer was a fixed set of padded (batch, seq_len) shapes, each warmed once.  Padding is
+the price: a 39-token text in a 64-token row computes 25 pad tokens.  This engine keeps the
+answer and drops the price.  It accepts the same padded batches as every engine (any declared
+shape), lays their real tokens end to end into the smallest of a few token buffers
+(`TOKEN_BUCKETS`) that holds them, and replays that buffer's CUDA graph: the GPU only ever
+sees these few sizes, captured at warmup, and never a pad token.
+
+One H200 (BENCHMARKS.md, issue 14): see the engine rows there.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..base import Batch
+from ..errors import ShapeError
+from ..kernels import BLOCK_M
+from ..shapes import Shape, ShapeSet
+
+log = logging.getLogger(__name__)
+
+#: Token buffer sizes, each a multiple of the attention block.  Fine steps near the top, where
+#: bulk batches land, keep the filler share small (a batch of 17k tokens runs in 20k, not 32k).
+TOKEN_BUCKETS: tuple[int, ...] = (
+    256, 512, 1024, 2048, 3072, 4096, 6144, 8192, 10240, 12288, 14336, 16384,
+    20480, 24576, 28672, 32768,
+)  # fmt: skip
+#: Padded shapes are declared up to this many tokens (the largest buffer: real <= padded).
+MAX_TOKENS = TOKEN_BUCKETS[-1]
+SEQ_LENS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+
+
+def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet:
+    """The padded shapes the worker plans with: powers of two up to `max_tokens` per batch.
+
+    They cost nothing to declare (graphs follow token buffers, not shapes), so they go up to
+    batches of 2,048 short texts: the planner then fills a whole buffer with one batch.
+    """
+    lens = sorted({min(L, max_seq_len) for L in SEQ_LENS} | {max_seq_len})
+    shapes = []
+    for L in lens:
+        b = 1
+        while b * L <= max_tokens or b == 1:
+            shapes.append(Shape(b, L))
+            b *= 2
+    return ShapeSet(shapes)
+
+
+@dataclass
+class _Buffer:
+    """One token buffer size's graph and the output tensor it writes."""
+
+    tokens: int
+    graph: Any
+    out: Any
+
+
+class PackedGraphEngine:
+    """Serves `PackedEncoder` through one CUDA graph per token buffer size."""
+
+    def __init__(
+        self, module: Any, *, shapes: ShapeSet, dim: int, device: str = "cuda",
+        buckets: Sequence[int] = TOKEN_BUCKETS,
+    ) -> None:  # fmt: skip
+        import torch
+
+        if any(T % BLOCK_M for T in buckets):
+            raise ValueError(f"token buckets must be multiples of {BLOCK_M}")
+        self._torch = torch
+        self.module = module
+        self.shapes, self.dim = shapes, dim
+        self.device = torch.device(device)
+        self.slots = max(s.batch for s in shapes)
+        largest = max(s.tokens for s in shapes)
+        ladder = sorted(buckets)
+        top = next((T for T in ladder if largest <= T), _round_up(largest))
+        self.buckets = (*[T for T in ladder if top > T], top)
+        T_max = self.buckets[-1]
+        # Inputs every graph reads (a graph of T tokens reads the first T of `ids`).
+        self._ids = torch.zeros(T_max, dtype=torch.long, device=self.device)
+        self._cu = torch.zeros(self.slots + 1, dtype=torch.int32, device=self.device)
+        self._n = torch.zeros(1, dtype=torch.int32, device=self.device)
+        self._host_ids = torch.zeros(T_max, dtype=torch.long, pin_memory=True)
+        self._host_cu = torch.zeros(self.slots + 1, dtype=torch.int32, pin_memory=True)
+        self._host_n = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+        self._host_out = torch.empty((self.slots, dim), dtype=torch.float32, pin_memory=True)
+        self._pool = torch.cuda.graph_pool_handle()
+        self._stream = torch.cuda.Stream(device=self.device)
+        self._graphs: dict[int, _Buffer] = {}
+        self.captures = 0
+        self.runs_by_bucket: dict[int, int] = dict.fromkeys(self.buckets, 0)
+
+    def _capture(self, T: int) -> _Buffer:
+        torch = self._torch
+        ids = self._ids[:T]
+        with torch.inference_mode():
+            self._cu.fill_(0)
+            self._cu[1:].fill_(min(T, 2))  # one 2-token text: a valid batch to warm on
+            self._n.fill_(min(T, 2))
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._stream):
+                for _ in range(2):  # Triton compiles and autotunes outside the capture
+                    self.module(ids, self._cu, self._n)
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = self.module(ids, self._cu, self._n)
+        self.captures += 1
+        return _Buffer(T, graph, out)
+
+    def warmup(self) -> None:
+        """Capture every token buffer, largest first so the shared memory pool is sized once."""
+        for T in sorted(self.buckets, reverse=True):
+            if T not in self._graphs:
+                self._graphs[T] = self._capture(T)
+        self._torch.cuda.synchronize(self.device)
+        log.info("torch packed: %d token buffers captured, up to %d tokens", self.captures, self.buckets[-1])
+
+    def run(self, batch: Batch) -> np.ndarray:
+        if batch.shape not in self.shapes:
+            raise ShapeError(f"batch shape {batch.shape} is not one of the engine's shapes (vecq bug)")
+        n, rows = self._pack(batch)
+        T = self.buckets[bisect.bisect_left(self.buckets, n)]
+        buf = self._graphs.get(T)
+        if buf is None:
+            buf = self._graphs[T] = self._capture(T)  # only if warmup was skipped
+        self._ids[:n].copy_(self._host_ids[:n], non_blocking=True)
+        self._cu.copy_(self._host_cu, non_blocking=True)
+        self._n.copy_(self._host_n, non_blocking=True)
+        buf.graph.replay()
+        self.runs_by_bucket[T] += 1
+        out = self._host_out[:rows]
+        out.copy_(buf.out[:rows], non_blocking=True)
+        self._torch.cuda.current_stream(self.device).synchronize()
+        return out.numpy().copy()
+
+    def _pack(self, batch: Batch) -> tuple[int, int]:
+        n = pack_into(batch, self._host_ids.numpy(), self._host_cu.numpy())
+        self._host_n.numpy()[0] = n
+        return n, batch.rows
+
+    def close(self) -> None:
+        self._graphs.clear()
+
+
+def pack_into(batch: Batch, ids: np.ndarray, cu: np.ndarray) -> int:
+    """Lay the batch's real tokens end to end into `ids` and their cumulative lengths into `cu`
+    (slots past the batch's rows stay empty: cu = n); returns n, the real tokens."""
+    rows = batch.rows
+    if rows > len(cu) - 1:
+        raise ShapeError(f"{rows} rows for {len(cu) - 1} sequence slots (vecq bug)")
+    mask = batch.attention_mask[:rows].astype(bool, copy=False)
+    lengths = mask.sum(axis=1)
+    n = int(lengths.sum())
+    ids[:n] = batch.input_ids[:rows][mask]
+    cu[0] = 0
+    cu[1 : rows + 1] = np.cumsum(lengths)
+    cu[rows + 1 :] = n
+    return n
+
+
+def _round_up(tokens: int) -> int:
+    return -(-tokens // BLOCK_M) * BLOCK_M

@@ -1,0 +1,160 @@
+"""The two kernels the packed encoder needs beyond torch's own, in Triton, with torch fallbacks.
+
+Profiled on the H200 (BENCHMARKS.md, issue 14), a padding-free BERT-base buffer spent 21 % of
+its time in torch's variable-length flash attention: that kernel gives every sequence its own
+128-row blocks, so a 47-token text leaves most of each block idle, and it costs the same with a
+64- or a 512-token max.  `packed_attention` instead cuts the packed buffer itself into blocks of
+`BLOCK_M` consecutive tokens, whatever sequences they belong to; each block reads the keys of
+the sequences it touches and masks attention to a token's own sequence.  Short texts share a
+block, long ones span several, nothing is padded.  `add_layer_norm` is BERT's `LN(x + y)` in one
+pass (the residual add and the LayerNorm were another 18 %).
+
+Triton is imported only on CUDA; on CPU (and in CI) the same functions run their torch
+reference, which is also what the GPU tests compare the kernels with.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+try:  # present with every CUDA build of torch; absent from the CPU wheel
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the torch build
+    triton = None
+
+#: Rows per attention block: 64 fills Hopper's smallest tensor-core tile (BENCHMARKS.md).
+BLOCK_M = 64
+BLOCK_N = 64
+
+
+def triton_ready(x: torch.Tensor) -> bool:
+    """Whether the Triton kernels can run on `x`'s device."""
+    return triton is not None and x.is_cuda
+
+
+if triton is not None:
+
+    @triton.jit
+    def _attention_kernel(
+        qkv, out, seq_of, cu, n_real, stride_t, stride_o, scale,
+        HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        # qkv: (T, 3, HEADS, HEAD_DIM) rows of stride_t; out: (T, HEADS, HEAD_DIM) of stride_o.
+        start = tl.program_id(0) * BLOCK_M
+        head = tl.program_id(1)
+        n = tl.load(n_real)
+        rows = start + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, HEAD_DIM)
+        out_ptrs = out + rows[:, None] * stride_o + head * HEAD_DIM + dims[None, :]
+        if start >= n:  # filler tokens past the real ones: their outputs are never read
+            tl.store(out_ptrs, tl.zeros((BLOCK_M, HEAD_DIM), dtype=out.dtype.element_ty))
+            return
+        live = rows < n
+        seq = tl.load(seq_of + rows, mask=live, other=-1)
+        first = tl.load(seq_of + start)
+        last = tl.load(seq_of + tl.minimum(start + BLOCK_M, n) - 1)
+        k_start = tl.load(cu + first)
+        k_end = tl.load(cu + last + 1)
+        q = tl.load(
+            qkv + rows[:, None] * stride_t + head * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0
+        )
+        m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_N):
+            cols = k0 + tl.arange(0, BLOCK_N)
+            inside = cols < k_end
+            base = qkv + cols[:, None] * stride_t + head * HEAD_DIM + dims[None, :]
+            k = tl.load(base + HEADS * HEAD_DIM, mask=inside[:, None], other=0.0)
+            v = tl.load(base + 2 * HEADS * HEAD_DIM, mask=inside[:, None], other=0.0)
+            k_seq = tl.load(seq_of + cols, mask=inside, other=-2)
+            s = tl.dot(q, tl.trans(k)) * scale  # scale carries log2(e): exp2 below
+            s = tl.where(seq[:, None] == k_seq[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        acc = acc / tl.maximum(l_i, 1e-30)[:, None]  # rows past n saw no key: zeros
+        tl.store(out_ptrs, acc.to(out.dtype.element_ty))
+
+    @triton.jit
+    def _add_layer_norm_kernel(x, y, w, b, out, stride, width, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        inside = cols < width
+        v = tl.load(x + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
+        v += tl.load(y + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
+        mean = tl.sum(v, 0) / width
+        centred = tl.where(inside, v - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / width + eps)
+        gain = tl.load(w + cols, mask=inside).to(tl.float32)
+        shift = tl.load(b + cols, mask=inside).to(tl.float32)
+        tl.store(
+            out + row * stride + cols, (centred * rstd * gain + shift).to(out.dtype.element_ty), mask=inside
+        )
+
+
+def packed_attention(
+    qkv: torch.Tensor, seq_of: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, *, heads: int
+) -> torch.Tensor:
+    """Self-attention of every sequence of a packed buffer within itself.
+
+    `qkv` is (T, 3, heads, head_dim); `cu` the cumulative lengths (int32, cu[i]..cu[i+1] is
+    sequence i); `seq_of` (int32, T) each token's sequence; `n_real` (int32, 1) the tokens that
+    belong to sequences — those past it are filler, whose outputs are zero.  All are device
+    tensors, so one CUDA graph serves every batch of the buffer's size.  Returns (T, heads *
+    head_dim).
+    """
+    T, _, _, head_dim = qkv.shape
+    if T % BLOCK_M:
+        raise ValueError(f"packed buffer of {T} tokens: must be a multiple of {BLOCK_M}")
+    if not triton_ready(qkv):
+        return _attention_reference(qkv, cu, int(n_real.item()), heads=heads)
+    out = torch.empty((T, heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    grid = (triton.cdiv(T, BLOCK_M), heads)
+    scale = math.log2(math.e) / math.sqrt(head_dim)
+    _attention_kernel[grid](
+        qkv, out, seq_of, cu, n_real, qkv.stride(0), out.stride(0), scale,
+        HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return out.view(T, heads * head_dim)
+
+
+def _attention_reference(qkv: torch.Tensor, cu: torch.Tensor, n: int, *, heads: int) -> torch.Tensor:
+    """One SDPA per sequence: the meaning `packed_attention` must keep (CPU, and the GPU tests)."""
+    T, _, _, head_dim = qkv.shape
+    out = qkv.new_zeros((T, heads * head_dim))
+    bounds = cu.tolist()
+    for a, b in itertools.pairwise(bounds):
+        if b > n or b <= a:
+            break
+        q, k, v = (qkv[a:b, j].transpose(0, 1) for j in range(3))  # (heads, L, head_dim)
+        out[a:b] = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(b - a, -1)
+    return out
+
+
+def add_layer_norm(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """`layer_norm(x + y)` over the last dim, in one pass on CUDA (fp32 statistics)."""
+    if not triton_ready(x):
+        return F.layer_norm(x + y, (x.shape[-1],), weight, bias, eps)
+    rows, width = x.shape
+    out = torch.empty_like(x)
+    _add_layer_norm_kernel[(rows,)](
+        x, y, weight, bias, out, x.stride(0), width, eps, BLOCK=triton.next_power_of_2(width), num_warps=4
+    )
+    return out
+
+
+def kernels_available() -> dict[str, Any]:
+    """What the packed encoder will run, for logs and the bench."""
+    return {"triton": None if triton is None else triton.__version__}

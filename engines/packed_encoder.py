@@ -1,0 +1,118 @@
+"""A BERT-family encoder over a packed token buffer: texts end to end, no padding computed.
+
+Every layer of BERT except attention works token by token, so a batch's texts can be laid end to
+end in one buffer of T tokens with their cumulative lengths (`cu`) beside it; attention keeps
+each token to its own text (`kernels.packed_attention`).  The buffer's size, not the batch's
+shape, is what the GPU sees, so one CUDA graph per buffer size serves every mix of lengths
+(`backends/torch_packed.py`): the fixed-shape rule kept, and no pad token computed.
+
+Built from the transformers model's own weights (no copy of the architecture's code beyond the
+forward below); `supports` says which configs it reproduces exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import add_layer_norm, packed_attention
+
+#: model_type → offset of the first position id (RoBERTa counts from padding_idx + 1).
+ARCHITECTURES = {"bert": 0, "roberta": None, "xlm-roberta": None}
+
+
+def supports(config: Any) -> str | None:
+    """None if the packed encoder reproduces this config, else why not (one line)."""
+    kind = getattr(config, "model_type", "?")
+    if kind not in ARCHITECTURES:
+        return f"model_type {kind!r} (packed: {', '.join(ARCHITECTURES)})"
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return f"position_embedding_type {config.position_embedding_type!r}"
+    if config.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        return f"hidden_act {config.hidden_act!r}"
+    head_dim = config.hidden_size // config.num_attention_heads
+    if head_dim & (head_dim - 1) or head_dim < 16:
+        return f"head size {head_dim} (packed attention needs a power of two >= 16)"
+    return None
+
+
+class PackedEncoder(nn.Module):
+    """`(ids[T], cu[S+1], n_real[1]) -> (S, dim)` float32 sentence vectors, pooled and normalized.
+
+    Sequence i is tokens cu[i]..cu[i+1]; slots past the batch's texts are empty (cu stays at
+    n_real), tokens past n_real are filler.  All three are device tensors of fixed size, so the
+    forward can be captured once per T.
+    """
+
+    def __init__(self, encoder: nn.Module, *, pooling: str, normalize: bool) -> None:
+        super().__init__()
+        config = encoder.config
+        why = supports(config)
+        if why is not None:
+            raise ValueError(f"the packed encoder does not serve {why}")
+        e = encoder.embeddings
+        offset = ARCHITECTURES[config.model_type]
+        self.first_position = (config.pad_token_id + 1) if offset is None else offset
+        self.max_position = config.max_position_embeddings - 1
+        self.word = e.word_embeddings.weight
+        self.position = e.position_embeddings.weight
+        types = getattr(e, "token_type_embeddings", None)
+        self.type0 = None if types is None else types.weight[0]
+        self.embed_norm = (e.LayerNorm.weight, e.LayerNorm.bias, e.LayerNorm.eps)
+        self.heads = config.num_attention_heads
+        self.hidden = config.hidden_size
+        self.gelu = "none" if config.hidden_act == "gelu" else "tanh"
+        self.layers = [_layer_weights(layer) for layer in encoder.encoder.layer]
+        self.pooling, self.normalize = pooling, normalize
+        self._encoder = encoder  # keeps the weights alive (and on the device they were moved to)
+
+    def forward(self, ids: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
+        T, slots = ids.shape[0], cu.shape[0] - 1
+        token = torch.arange(T, device=ids.device, dtype=torch.int32)
+        # each token's sequence; filler (past n_real) lands in slot `slots`, which pooling drops
+        seq = torch.searchsorted(cu, token, right=True) - 1
+        seq = torch.where(token < n_real, seq, slots)
+        start = cu[seq.clamp(max=slots - 1)]
+        positions = (token - start).clamp(min=0, max=self.max_position - self.first_position)
+        x = self.word[ids] + self.position[positions + self.first_position]
+        if self.type0 is not None:
+            x = x + self.type0
+        x = F.layer_norm(x, (self.hidden,), *self.embed_norm)
+        seq32 = seq.to(torch.int32)
+        for layer in self.layers:
+            qkv = F.linear(x, layer["wqkv"], layer["bqkv"]).view(T, 3, self.heads, -1)
+            att = packed_attention(qkv, seq32, cu, n_real, heads=self.heads)
+            x = add_layer_norm(x, F.linear(att, layer["wo"], layer["bo"]), *layer["norm1"])
+            h = F.gelu(F.linear(x, layer["w1"], layer["b1"]), approximate=self.gelu)
+            x = add_layer_norm(x, F.linear(h, layer["w2"], layer["b2"]), *layer["norm2"])
+        return self._pool(x, seq, cu, slots)
+
+    def _pool(self, x: torch.Tensor, seq: torch.Tensor, cu: torch.Tensor, slots: int) -> torch.Tensor:
+        if self.pooling == "cls":
+            vectors = x[cu[:-1].clamp(max=x.shape[0] - 1).long()].float()
+        else:  # sentence-transformers' mean: the sum over a text's tokens / its token count
+            sums = x.new_zeros((slots + 1, x.shape[1]), dtype=torch.float32).index_add_(0, seq, x.float())
+            vectors = sums[:slots] / (cu[1:] - cu[:-1]).clamp(min=1)[:, None].float()
+        if self.normalize:
+            vectors = F.normalize(vectors, p=2.0, dim=1)
+        return vectors
+
+
+def _layer_weights(layer: nn.Module) -> dict[str, Any]:
+    """One layer's weights, Q, K and V stacked into one GEMM."""
+    a = layer.attention
+    return {
+        "wqkv": torch.cat([a.self.query.weight, a.self.key.weight, a.self.value.weight]),
+        "bqkv": torch.cat([a.self.query.bias, a.self.key.bias, a.self.value.bias]),
+        "wo": a.output.dense.weight,
+        "bo": a.output.dense.bias,
+        "norm1": (a.output.LayerNorm.weight, a.output.LayerNorm.bias, a.output.LayerNorm.eps),
+        "w1": layer.intermediate.dense.weight,
+        "b1": layer.intermediate.dense.bias,
+        "w2": layer.output.dense.weight,
+        "b2": layer.output.dense.bias,
+        "norm2": (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps),
+    }

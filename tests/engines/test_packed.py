@@ -1,0 +1,84 @@
+"""The padding-free packed encoder (issue 14) on CPU: same vectors as the padded model.
+
+The Triton kernels run only on CUDA (tests/engines/test_gpu_packed.py); here the packed forward
+runs its torch reference kernels, which checks everything around them: packing, positions
+(RoBERTa's offset included), filler tokens, empty slots, CLS and mean pooling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vecq.engines.backends.torch_packed import packed_shapes, pack_into
+from vecq.engines.base import Batch
+from vecq.engines.packed_encoder import PackedEncoder, supports
+from vecq.engines.pooled import PooledEncoder
+
+LENGTHS = [5, 1, 17, 64, 3, 40, 2]
+
+
+def _tiny(kind: str):
+    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    shape = dict(
+        vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=80,
+    )  # fmt: skip
+    if kind == "roberta":
+        config = RobertaConfig(**{**shape, "max_position_embeddings": 82}, pad_token_id=1, type_vocab_size=1)
+        return RobertaModel(config, add_pooling_layer=False).eval()
+    return BertModel(BertConfig(**shape), add_pooling_layer=False).eval()
+
+
+def _padded(lengths: list[int], pad_id: int, rows_extra: int = 2) -> Batch:
+    rng = np.random.default_rng(1)
+    L = max(lengths)
+    ids = np.full((len(lengths) + rows_extra, L), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(5, 500, size=n)
+        mask[i, :n] = 1
+    mask[len(lengths) :, :2] = 1  # padding rows, as make_batch writes them
+    return Batch(input_ids=ids, attention_mask=mask, rows=len(lengths))
+
+
+@pytest.mark.parametrize(
+    ("kind", "pooling", "normalize"), [("bert", "cls", False), ("bert", "mean", True), ("roberta", "mean", True)]
+)
+def test_packed_vectors_equal_the_padded_models(kind: str, pooling: str, normalize: bool) -> None:
+    encoder = _tiny(kind)
+    pad = encoder.config.pad_token_id
+    batch = _padded(LENGTHS, pad)
+    padded = PooledEncoder(encoder, pooling=pooling, normalize=normalize).eval()
+    with torch.inference_mode():
+        want = padded(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+    slots, T = 12, 256  # more slots than rows, more tokens than the batch has: filler and empties
+    ids, cu = np.zeros(T, dtype=np.int64), np.zeros(slots + 1, dtype=np.int32)
+    n = pack_into(batch, ids, cu)
+    assert n == sum(LENGTHS) and list(cu[: len(LENGTHS) + 1]) == [0, *np.cumsum(LENGTHS)]
+    packed = PackedEncoder(encoder, pooling=pooling, normalize=normalize)
+    with torch.inference_mode():
+        got = packed(torch.from_numpy(ids), torch.from_numpy(cu), torch.tensor([n], dtype=torch.int32))
+    assert got.shape == (slots, 64) and got.dtype == torch.float32
+    np.testing.assert_allclose(got[: len(LENGTHS)].numpy(), want[: len(LENGTHS)].numpy(), atol=2e-5)
+    assert torch.isfinite(got).all()
+
+
+def test_a_model_the_packed_encoder_cannot_run_is_named() -> None:
+    from transformers import BertConfig, DistilBertConfig
+
+    assert supports(BertConfig()) is None
+    assert "distilbert" in supports(DistilBertConfig())
+    assert "relative_key" in supports(BertConfig(position_embedding_type="relative_key"))
+    assert "head size 24" in supports(BertConfig(hidden_size=48, num_attention_heads=2))
+
+
+def test_packed_shapes_fill_a_token_buffer_with_one_batch() -> None:
+    shapes = packed_shapes(512)
+    assert shapes.max_batch(16) == 2048 and shapes.max_batch(64) == 512 and shapes.max_batch(512) == 64
+    assert max(s.tokens for s in shapes) == 32768
+    short = packed_shapes(128)
+    assert short.seq_lens == (16, 32, 64, 128) and short.max_batch(128) == 256
