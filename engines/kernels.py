@@ -28,9 +28,9 @@ try:  # present with every CUDA build of torch; absent from the CPU wheel
 except ImportError:  # pragma: no cover - depends on the torch build
     triton = None
 
-#: Rows per attention block: 64 fills Hopper's smallest tensor-core tile (BENCHMARKS.md).
-BLOCK_M = 64
-BLOCK_N = 64
+#: Packed buffers are multiples of this many tokens, so that any attention block size up to it
+#: tiles them exactly.
+BUFFER_MULTIPLE = 128
 
 
 def triton_ready(x: torch.Tensor) -> bool:
@@ -102,9 +102,16 @@ if triton is not None:
         )
 
 
+#: (BLOCK_M, BLOCK_N, num_warps, num_stages) of the attention kernel: query rows per block (64
+#: fills Hopper's smallest tensor-core tile), keys per step.  From the sweep in
+#: benchmarks/probes/packed_bert.py (vecq-profile) on the H200.
+ATTENTION_CONFIG = (64, 64, 4, 2)
+
+
 def packed_attention(
-    qkv: torch.Tensor, seq_of: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, *, heads: int
-) -> torch.Tensor:
+    qkv: torch.Tensor, seq_of: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, *, heads: int,
+    config: tuple[int, int, int, int] | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Self-attention of every sequence of a packed buffer within itself.
 
     `qkv` is (T, 3, heads, head_dim); `cu` the cumulative lengths (int32, cu[i]..cu[i+1] is
@@ -114,16 +121,16 @@ def packed_attention(
     head_dim).
     """
     T, _, _, head_dim = qkv.shape
-    if T % BLOCK_M:
-        raise ValueError(f"packed buffer of {T} tokens: must be a multiple of {BLOCK_M}")
+    if T % BUFFER_MULTIPLE:
+        raise ValueError(f"packed buffer of {T} tokens: must be a multiple of {BUFFER_MULTIPLE}")
     if not triton_ready(qkv):
         return _attention_reference(qkv, cu, int(n_real.item()), heads=heads)
     out = torch.empty((T, heads, head_dim), dtype=qkv.dtype, device=qkv.device)
-    grid = (triton.cdiv(T, BLOCK_M), heads)
+    block_m, block_n, warps, stages = config or ATTENTION_CONFIG
     scale = math.log2(math.e) / math.sqrt(head_dim)
-    _attention_kernel[grid](
+    _attention_kernel[(T // block_m, heads)](
         qkv, out, seq_of, cu, n_real, qkv.stride(0), out.stride(0), scale,
-        HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=4, num_stages=2,
+        HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.view(T, heads * head_dim)
 

@@ -412,6 +412,7 @@ if "bucketed" in variants:
 if "vecq-profile" in variants:
     from torch.profiler import ProfilerActivity, profile
 
+    from vecq.engines import kernels
     from vecq.engines.packed_encoder import PackedEncoder
 
     T, slots = 32768, 2048
@@ -430,28 +431,68 @@ if "vecq-profile" in variants:
         torch.tensor([len(flat)], dtype=torch.int32, device=dev),
     )
     print(f"profiled buffer: {len(rows)} texts, {len(flat)} real tokens of {T}")
+
+    def timed(fn, reps=20):
+        fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / reps  # ms
+
     with torch.inference_mode():
-        for _ in range(3):
-            enc(*args)
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            out = enc(*args)
-        t = time.perf_counter()
-        for _ in range(20):
-            g.replay()
-        torch.cuda.synchronize()
-        per = (time.perf_counter() - t) / 20
-        print(
-            f"graph replay {per * 1000:.2f} ms = {len(flat) / per / 1e6:.2f}M real tokens/s, "
-            f"{len(rows) / per:,.0f} texts/s",
-            flush=True,
-        )
+        # attention alone, per kernel config, on this buffer's sequence layout
+        qkv = torch.randn(T, 3, NH, D, dtype=dtype, device=dev)
+        tok = torch.arange(T, device=dev, dtype=torch.int32)
+        seq = torch.where(tok < args[2], torch.searchsorted(args[1], tok, right=True) - 1, slots)
+        seq = seq.to(torch.int32)
+        cu64 = args[1]
+        ms = timed(lambda: varlen_attn(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu64, cu64, 512, 512))
+        print(f"attention per layer: torch varlen_attn {ms * 1000:.0f} µs", flush=True)
+        ref = kernels.packed_attention(qkv, seq, args[1], args[2], heads=NH)
+        for cfg in [
+            (32, 32, 2, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3),
+            (64, 128, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 64, 4, 2),
+            (128, 32, 4, 2),
+        ]:  # fmt: skip
+            try:
+                got = kernels.packed_attention(qkv, seq, args[1], args[2], heads=NH, config=cfg)
+                err = (got - ref).abs().max().item()
+                ms = timed(
+                    lambda c=cfg: kernels.packed_attention(qkv, seq, args[1], args[2], heads=NH, config=c)
+                )
+                print(
+                    f"attention per layer: triton {cfg} {ms * 1000:.0f} µs (max diff {err:.1e})", flush=True
+                )
+            except Exception as exc:
+                print(f"attention config {cfg}: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+        for epilogue in (False, True):
+            enc.gelu_epilogue = epilogue
+            for _ in range(3):
+                enc(*args)
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out = enc(*args)
+            per = timed(g.replay) / 1000
+            print(
+                f"graph replay, GELU {'in GEMM epilogue' if epilogue else 'separate'}: {per * 1e3:.2f} ms "
+                f"= {len(flat) / per / 1e6:.2f}M real tokens/s, {len(rows) / per:,.0f} texts/s",
+                flush=True,
+            )
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
                 enc(*args)
             torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+    # parity of the served path (epilogue on) against fp32 HF, per text
+    results = np.zeros((len(texts), H), dtype=np.float32)
+    out_rows = out[: len(rows)].float().cpu().numpy()
+    results[b] = out_rows
+    parity(results)
     sys.exit(0)
 if "profile" in variants or "profile64" in variants:
     from torch.profiler import ProfilerActivity, profile

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..base import Batch
 from ..errors import ShapeError
-from ..kernels import BLOCK_M
+from ..kernels import BUFFER_MULTIPLE
 from ..shapes import Shape, ShapeSet
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ class PackedGraphEngine:
     ) -> None:  # fmt: skip
         import torch
 
-        if any(T % BLOCK_M for T in buckets):
-            raise ValueError(f"token buckets must be multiples of {BLOCK_M}")
+        if any(T % BUFFER_MULTIPLE for T in buckets):
+            raise ValueError(f"token buckets must be multiples of {BUFFER_MULTIPLE}")
         self._torch = torch
         self.module = module
         self.shapes, self.dim = shapes, dim
@@ -169,4 +169,4 @@ def pack_into(batch: Batch, ids: np.ndarray, cu: np.ndarray) -> int:
 
 
 def _round_up(tokens: int) -> int:
-    return -(-tokens // BLOCK_M) * BLOCK_M
+    return -(-tokens // BUFFER_MULTIPLE) * BUFFER_MULTIPLE
