@@ -8,7 +8,7 @@ normalization already applied (inside the exported graph where there is one).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -52,3 +52,34 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release sessions, buffers and device memory."""
+
+
+class Pending(Protocol):
+    """A batch an engine has begun: `result()` waits for its vectors."""
+
+    def result(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A batch that ran to the end when it was started."""
+
+    vectors: np.ndarray
+
+    def result(self) -> np.ndarray:
+        return self.vectors
+
+
+def start(engine: Engine | Any, batch: Batch) -> Pending:
+    """Begin `batch` on `engine`, so that the caller can prepare the next one meanwhile.
+
+    An engine whose device runs asynchronously has a `start` of its own (the packed torch
+    engine: the host packs batch k+1 while the GPU runs batch k, which was 17 % of its wall time
+    run by run, BENCHMARKS.md); every other engine runs the batch here.  Callers finish batches
+    in the order they started them.
+    """
+    begin = getattr(engine, "start", None)
+    if begin is not None:
+        pending: Pending = begin(batch)
+        return pending
+    return Finished(engine.run(batch))

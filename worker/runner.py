@@ -2,7 +2,9 @@
 
 The worker's main thread does Redis I/O and planning; this thread pads each planned batch to its
 shape and runs the engine.  The hand-off queue holds exactly one batch, so while batch k runs,
-batch k+1 is ready and the main thread is already tokenizing and writing back around it.
+batch k+1 is ready and the main thread is already tokenizing and writing back around it.  On an
+engine that runs asynchronously (`vecq.engines.base.start`), batch k+1 is padded and started
+before batch k is collected, so the device never waits for the host between them.
 Nothing here can die silently: an engine error becomes that batch's `Done.error`, and anything
 else that escapes is reported as `Crashed` on the results queue before the thread ends.
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vecq.engines.base import Batch, Engine
+from vecq.engines.base import Batch, Engine, Pending, start
 from vecq.engines.tokenizer import TextTokenizer
 
 from .errors import error_line
@@ -115,32 +117,85 @@ class EngineRunner:
         finally:
             self._warm.set()
         try:
-            while True:
-                planned = self.handoff.get()
-                if planned is _STOP:
-                    return
-                self.busy_since = time.monotonic()
-                done = self._run(planned)  # type: ignore[arg-type]
-                self.busy_since = None
-                self.results.put(done)
+            self._serve()
         except BaseException as exc:  # report, never die silently
             log.exception("engine thread crashed")
             self.results.put(Crashed(exc))
 
-    def _run(self, planned: PlannedBatch) -> Done:
+    def _serve(self) -> None:
+        """Start each batch as it comes; collect the one before it once the next has started, or
+        at once when nothing else is waiting.  Results go out in the order batches started."""
+        begun: _Begun | None = None
+        while True:
+            planned = self._next(holding=begun is not None)
+            if planned is None:  # nothing waiting: finish what is on the device
+                assert begun is not None
+                self._finish(begun)
+                begun = None
+                continue
+            if planned is _STOP:
+                if begun is not None:
+                    self._finish(begun)
+                return
+            if begun is None:
+                self.busy_since = time.monotonic()
+            started = self._start(planned)  # type: ignore[arg-type]
+            if begun is not None:
+                self._finish(begun)
+            if isinstance(started, Done):  # it failed before reaching the device
+                self.results.put(started)
+                begun = None
+            else:
+                begun = started
+            self.busy_since = None if begun is None else begun.since
+
+    def _next(self, *, holding: bool) -> object | None:
+        """The next hand-off; without waiting (None if there is none) while a batch is begun."""
+        if not holding:
+            return self.handoff.get()
+        try:
+            return self.handoff.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _finish(self, begun: _Begun) -> None:
+        self.results.put(self._collect(begun))
+        self.busy_since = None
+
+    def _start(self, planned: PlannedBatch) -> _Begun | Done:
         t0 = time.perf_counter()
-        batch: Batch | None = None
         try:
             batch = self.tokenizer.make_batch([r.ids for r in planned.rows], planned.shape)
-            out = self.engine.run(batch)
-            vectors = np.asarray(out[: batch.rows], dtype=np.float32)
+            return _Begun(planned, batch, start(self.engine, batch), t0, time.monotonic())
+        except Exception as exc:
+            return self._failed(planned, exc, t0)
+
+    def _collect(self, begun: _Begun) -> Done:
+        planned, batch = begun.planned, begun.batch
+        try:
+            vectors = np.asarray(begun.pending.result()[: batch.rows], dtype=np.float32)
             if vectors.shape != (batch.rows, self.engine.dim):
                 raise ValueError(
                     f"engine returned shape {vectors.shape}, expected {(batch.rows, self.engine.dim)}"
                 )
         except Exception as exc:
-            log.warning(
-                "batch %s of %d rows failed: %s", planned.shape, len(planned.rows), error_line(exc, limit=500)
-            )
-            return Done(planned, None, time.perf_counter() - t0, 0, error=error_line(exc, limit=500))
-        return Done(planned, vectors, time.perf_counter() - t0, batch.real_tokens)
+            return self._failed(planned, exc, begun.t0)
+        return Done(planned, vectors, time.perf_counter() - begun.t0, batch.real_tokens)
+
+    @staticmethod
+    def _failed(planned: PlannedBatch, exc: Exception, t0: float) -> Done:
+        log.warning(
+            "batch %s of %d rows failed: %s", planned.shape, len(planned.rows), error_line(exc, limit=500)
+        )
+        return Done(planned, None, time.perf_counter() - t0, 0, error=error_line(exc, limit=500))
+
+
+@dataclass(frozen=True)
+class _Begun:
+    """A batch the engine has started and the thread has not collected yet."""
+
+    planned: PlannedBatch
+    batch: Batch
+    pending: Pending
+    t0: float  # perf_counter at its start, for its Done.seconds
+    since: float  # monotonic at its start, for the watchdog

@@ -56,6 +56,40 @@ def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet
 
 
 @dataclass
+class _Staging:
+    """Pinned host buffers of one batch in flight, and the event its last copy records."""
+
+    ids: Any
+    cu: Any
+    n: Any
+    out: Any
+    done: Any  # torch.cuda.Event
+
+    @classmethod
+    def make(cls, torch: Any, tokens: int, slots: int, dim: int) -> _Staging:
+        pinned = {"pin_memory": True}
+        return cls(
+            torch.zeros(tokens, dtype=torch.long, **pinned),
+            torch.zeros(slots + 1, dtype=torch.int32, **pinned),
+            torch.zeros(1, dtype=torch.int32, **pinned),
+            torch.empty((slots, dim), dtype=torch.float32, **pinned),
+            torch.cuda.Event(),
+        )
+
+
+@dataclass
+class _Started:
+    """A packed batch on its way through the GPU."""
+
+    done: Any
+    out: Any  # pinned rows the device-to-host copy fills
+
+    def result(self) -> np.ndarray:
+        self.done.synchronize()
+        return self.out.numpy().copy()
+
+
+@dataclass
 class _Buffer:
     """One token buffer size's graph and the output tensor it writes."""
 
@@ -89,10 +123,10 @@ class PackedGraphEngine:
         self._ids = torch.zeros(T_max, dtype=torch.long, device=self.device)
         self._cu = torch.zeros(self.slots + 1, dtype=torch.int32, device=self.device)
         self._n = torch.zeros(1, dtype=torch.int32, device=self.device)
-        self._host_ids = torch.zeros(T_max, dtype=torch.long, pin_memory=True)
-        self._host_cu = torch.zeros(self.slots + 1, dtype=torch.int32, pin_memory=True)
-        self._host_n = torch.zeros(1, dtype=torch.int32, pin_memory=True)
-        self._host_out = torch.empty((self.slots, dim), dtype=torch.float32, pin_memory=True)
+        # Two sets of pinned staging buffers: batch k+1 is packed into one while batch k's
+        # copies still read (and write) the other.
+        self._staging = [_Staging.make(torch, T_max, self.slots, dim) for _ in range(2)]
+        self._turn = 0
         self._pool = torch.cuda.graph_pool_handle()
         self._stream = torch.cuda.Stream(device=self.device)
         self._graphs: dict[int, _Buffer] = {}
@@ -126,27 +160,34 @@ class PackedGraphEngine:
         log.info("torch packed: %d token buffers captured, up to %d tokens", self.captures, self.buckets[-1])
 
     def run(self, batch: Batch) -> np.ndarray:
+        return self.start(batch).result()
+
+    def start(self, batch: Batch) -> _Started:
+        """Pack `batch`, queue its copies and graph replay on the GPU, and return at once.
+
+        Batches are finished (`result()`) in the order they were started, at most two apart:
+        the staging set a batch used is reused by the batch after next.
+        """
         if batch.shape not in self.shapes:
             raise ShapeError(f"batch shape {batch.shape} is not one of the engine's shapes (vecq bug)")
-        n, rows = self._pack(batch)
+        stage = self._staging[self._turn]
+        self._turn ^= 1
+        stage.done.synchronize()  # the batch before last has left this set
+        n = pack_into(batch, stage.ids.numpy(), stage.cu.numpy())
+        stage.n.numpy()[0] = n
         T = self.buckets[bisect.bisect_left(self.buckets, n)]
         buf = self._graphs.get(T)
         if buf is None:
             buf = self._graphs[T] = self._capture(T)  # only if warmup was skipped
-        self._ids[:n].copy_(self._host_ids[:n], non_blocking=True)
-        self._cu.copy_(self._host_cu, non_blocking=True)
-        self._n.copy_(self._host_n, non_blocking=True)
+        self._ids[:n].copy_(stage.ids[:n], non_blocking=True)
+        self._cu.copy_(stage.cu, non_blocking=True)
+        self._n.copy_(stage.n, non_blocking=True)
         buf.graph.replay()
         self.runs_by_bucket[T] += 1
-        out = self._host_out[:rows]
-        out.copy_(buf.out[:rows], non_blocking=True)
-        self._torch.cuda.current_stream(self.device).synchronize()
-        return out.numpy().copy()
-
-    def _pack(self, batch: Batch) -> tuple[int, int]:
-        n = pack_into(batch, self._host_ids.numpy(), self._host_cu.numpy())
-        self._host_n.numpy()[0] = n
-        return n, batch.rows
+        out = stage.out[: batch.rows]
+        out.copy_(buf.out[: batch.rows], non_blocking=True)
+        stage.done.record()
+        return _Started(stage.done, out)
 
     def close(self) -> None:
         self._graphs.clear()

@@ -88,7 +88,7 @@ def test_each_token_buffer_captured_once_and_batches_use_the_smallest(packed_emb
         ids = rng.integers(1000, 20000, size=mask.shape) * mask
         out = engine.run(Batch(input_ids=ids, attention_mask=mask, rows=shape.batch))
         assert out.shape == (shape.batch, engine.dim) and np.isfinite(out).all()
-        smallest = min(T for T in engine.buckets if T >= lengths.sum())
+        smallest = min(T for T in engine.buckets if lengths.sum() <= T)
         assert engine.runs_by_bucket[smallest] == before[smallest] + 1
         before[smallest] += 1
     assert engine.captures == len(engine.buckets)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vecq.engines.backends.torch_packed import packed_shapes, pack_into
+from vecq.engines.backends.torch_packed import pack_into, packed_shapes
 from vecq.engines.base import Batch
 from vecq.engines.packed_encoder import PackedEncoder, supports
 from vecq.engines.pooled import PooledEncoder
@@ -46,7 +46,8 @@ def _padded(lengths: list[int], pad_id: int, rows_extra: int = 2) -> Batch:
 
 
 @pytest.mark.parametrize(
-    ("kind", "pooling", "normalize"), [("bert", "cls", False), ("bert", "mean", True), ("roberta", "mean", True)]
+    ("kind", "pooling", "normalize"),
+    [("bert", "cls", False), ("bert", "mean", True), ("roberta", "mean", True)],
 )
 def test_packed_vectors_equal_the_padded_models(kind: str, pooling: str, normalize: bool) -> None:
     encoder = _tiny(kind)

@@ -1,0 +1,79 @@
+"""The engine thread with an asynchronous engine (issue 14): batch k+1 starts before batch k is
+collected, results come back in order and exact, and a batch that fails to start fails alone."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vecq.engines.backends.null import NullEngine, null_vectors
+from vecq.engines.base import Batch, Finished
+from vecq.engines.shapes import ShapeSet
+from vecq.engines.tokenizer import TextTokenizer
+from vecq.worker.planner import PlannedBatch, Row
+from vecq.worker.runner import Done, EngineRunner
+
+
+class AsyncNull(NullEngine):
+    """The null engine with a `start`, logging when each batch starts and is collected."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.log: list[tuple[str, int]] = []
+
+    def start(self, batch: Batch):
+        key = int(batch.input_ids[0, 1])
+        if key == 666:
+            raise RuntimeError("poisoned batch")
+        self.log.append(("start", key))
+        if key == 11:
+            time.sleep(0.3)  # batch 12 is in the hand-off slot by the time 11 is on its way
+        vectors = self.run(batch)
+        engine = self
+
+        class _Pending:
+            def result(self) -> np.ndarray:
+                engine.log.append(("collect", key))
+                return Finished(vectors).result()
+
+        return _Pending()
+
+
+def _planned(key: int, shape) -> PlannedBatch:
+    ids = np.array([101, key, 7, 102], dtype=np.int64)
+    return PlannedBatch(shape, [Row(owner=key, index=0, ids=ids, since=0.0)])
+
+
+def test_batches_overlap_in_order_and_a_failed_start_fails_alone(tiny_bert_dir: Path) -> None:
+    shapes = ShapeSet.grid((1,), (16,), max_seq_len=16)
+    engine = AsyncNull(shapes=shapes, dim=8)
+    tokenizer = TextTokenizer.from_dir(tiny_bert_dir, max_seq_len=16)
+    runner = EngineRunner(engine, tokenizer)
+    runner.start()
+    shape = next(iter(shapes))
+    keys = [11, 12, 666, 13, 14]
+    for key in keys:
+        deadline = time.monotonic() + 10
+        while not runner.offer(_planned(key, shape)):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    done: list[Done] = []
+    while len(done) < len(keys):
+        item = runner.wait(10)
+        assert isinstance(item, Done)
+        done.append(item)
+    runner.stop()
+    by_key = {d.planned.rows[0].owner: d for d in done}
+    assert by_key[666].error is not None and "poisoned batch" in by_key[666].error
+    for key in (11, 12, 13, 14):
+        batch = tokenizer.make_batch([by_key[key].planned.rows[0].ids], shape)
+        want = null_vectors(batch.input_ids, batch.attention_mask, engine._freqs)
+        np.testing.assert_array_equal(by_key[key].vectors, want)
+    good = [d.planned.rows[0].owner for d in done if d.error is None]
+    assert good == [11, 12, 13, 14]  # collected in the order they started
+    collected = [k for what, k in engine.log if what == "collect"]
+    assert collected == [11, 12, 13, 14]
+    assert all(engine.log.index(("collect", k)) > engine.log.index(("start", k)) for k in collected)
+    assert engine.log.index(("start", 12)) < engine.log.index(("collect", 11))  # overlapped
