@@ -66,7 +66,7 @@ class EmbedSettings(BaseModel):
         default=None, description=".jsonl/.csv/.parquet id field, written beside each vector in .parquet."
     )
     chunk_size: int = Field(default=256, ge=1, le=MAX_TEXTS_PER_JOB, description="Texts per job.")
-    window: int = Field(default=8192, ge=1, description="Texts in flight, at most.")
+    window: int = Field(default=32768, ge=1, description="Texts in flight, at most.")
     result_dtype: ResultDtype = Field(
         default="float32",
         description="Vectors' dtype in Redis: float16 halves the bytes results move (cosine >= 0.9999); "
