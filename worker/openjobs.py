@@ -85,13 +85,23 @@ class OpenJobs:
                 self.interactive_texts += len(item.texts)
 
     def fill(self, rows: Iterable[tuple[Hashable, int]], vectors: np.ndarray) -> None:
-        """Place each row's vector at its text's index; a row of a job no longer open is dropped."""
+        """Place each row's vector at its text's index; a row of a job no longer open is dropped.
+
+        One numpy assignment per job of the batch, not per row: a packed batch holds up to 2,048
+        rows of a few dozen jobs, and row-by-row copies were the worker's main-thread hot spot."""
+        by_owner: dict[Hashable, tuple[list[int], list[int]]] = {}
         for r, (owner, index) in enumerate(rows):
+            entry = by_owner.get(owner)
+            if entry is None:
+                entry = by_owner[owner] = ([], [])
+            entry[0].append(r)
+            entry[1].append(index)
+        for owner, (positions, indexes) in by_owner.items():
             slot = self._open.get(owner)  # type: ignore[call-overload]
             if slot is None or not slot.left:
                 continue
-            slot.out[index] = vectors[r]
-            slot.left -= 1
+            slot.out[indexes] = vectors[positions]
+            slot.left -= len(indexes)
             if slot.left == 0:
                 self._done.append(owner)  # type: ignore[arg-type]
 

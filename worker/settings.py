@@ -55,7 +55,7 @@ class WorkerSettings(CommonSettings):
         default=5.0, ge=0, description="Longest the oldest text of a partial batch waits for batch-mates."
     )
     prefetch_texts: int = Field(
-        default=16384,
+        default=4096,
         ge=1,
         description="Texts taken but not yet written back, at most (and at most 2 s of engine work).",
     )

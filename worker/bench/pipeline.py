@@ -35,7 +35,7 @@ def _bulk(url: str, model: str, texts: list[str], run_id: str) -> float:
     from vecq.producer.bulk import BulkSubmitter
 
     with Client(url) as client:
-        submitter = BulkSubmitter(client, run_id=run_id, model=model, chunk_size=256, window=65536)
+        submitter = BulkSubmitter(client, run_id=run_id, model=model, chunk_size=256, window=32768)
         start = time.perf_counter()
         rows = sum(len(v) for _, v in submitter.run(texts))
         elapsed = time.perf_counter() - start
