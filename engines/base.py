@@ -7,6 +7,7 @@ normalization already applied (inside the exported graph where there is one).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -83,3 +84,16 @@ def start(engine: Engine | Any, batch: Batch) -> Pending:
         pending: Pending = begin(batch)
         return pending
     return Finished(engine.run(batch))
+
+
+def run_in_turn(engine: Engine | Any, batches: Iterable[Batch]) -> Iterator[np.ndarray]:
+    """Each batch's vectors, in order, with batch k+1 started (and, for a lazy `batches`, made)
+    before batch k is collected."""
+    begun: Pending | None = None
+    for batch in batches:
+        pending = start(engine, batch)
+        if begun is not None:
+            yield begun.result()
+        begun = pending
+    if begun is not None:
+        yield begun.result()

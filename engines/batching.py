@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import Engine, start
+from .base import Engine, run_in_turn
 from .errors import BadInput
 from .tokenizer import TextTokenizer
 
@@ -34,13 +34,8 @@ def embed_texts(
     check_texts(texts)
     tokens = tokenizer.encode(texts, truncate=truncate)
     out = np.empty((len(texts), engine.dim), dtype=np.float32)
-    begun = None  # the batch on the device while the next one is made
-    for planned in engine.shapes.plan(tokens.lengths):
-        batch = tokenizer.make_batch([tokens.ids[i] for i in planned.indices], planned.shape)
-        pending = start(engine, batch)
-        if begun is not None:
-            out[begun[0]] = begun[1].result()[: len(begun[0])]
-        begun = (planned.indices, pending)
-    if begun is not None:
-        out[begun[0]] = begun[1].result()[: len(begun[0])]
+    plan = engine.shapes.plan(tokens.lengths)
+    batches = (tokenizer.make_batch([tokens.ids[i] for i in p.indices], p.shape) for p in plan)
+    for planned, vectors in zip(plan, run_in_turn(engine, batches), strict=True):
+        out[planned.indices] = vectors[: len(planned.indices)]
     return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -160,8 +159,3 @@ def add_layer_norm(
         x, y, weight, bias, out, x.stride(0), width, eps, BLOCK=triton.next_power_of_2(width), num_warps=4
     )
     return out
-
-
-def kernels_available() -> dict[str, Any]:
-    """What the packed encoder will run, for logs and the bench."""
-    return {"triton": None if triton is None else triton.__version__}

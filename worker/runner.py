@@ -131,7 +131,7 @@ class EngineRunner:
             if planned is None:  # nothing waiting: finish what is on the device
                 assert begun is not None
                 self._finish(begun)
-                begun = None
+                begun = self.busy_since = None
                 continue
             if planned is _STOP:
                 if begun is not None:
@@ -160,7 +160,6 @@ class EngineRunner:
 
     def _finish(self, begun: _Begun) -> None:
         self.results.put(self._collect(begun))
-        self.busy_since = None
 
     def _start(self, planned: PlannedBatch) -> _Begun | Done:
         t0 = time.perf_counter()

@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from vecq.engines import backends
+from vecq.engines import Embedder, backends
 from vecq.engines.backends.onnx import physical_cores
+from vecq.engines.bundle import MANIFEST
 from vecq.producer.keys import LANES
 from vecq.producer.settings import CommonSettings
 
@@ -92,7 +93,7 @@ class WorkerSettings(CommonSettings):
         BENCHMARKS.md) and torch with CUDA graphs on a GPU."""
         if self.backend is not None:
             return self.backend
-        if self.model_path is not None and (Path(self.model_path) / "manifest.json").is_file():
+        if self.model_path is not None and (Path(self.model_path) / MANIFEST).is_file():
             return None
         return "onnx" if self.device == "cpu" else "torch"
 
@@ -106,6 +107,12 @@ class WorkerSettings(CommonSettings):
         if self.device == "cpu":
             options["threads"] = self.threads or physical_cores()
         return options
+
+    def load_embedder(self) -> Embedder:
+        """The model (or the null engine) these settings name, on their backend and device."""
+        return Embedder.load(
+            self.model_path, backend=self.engine_backend(), device=self.device, **self.engine_options()
+        )
 
     def tokenize_in_parallel(self) -> bool:
         """`parallel_tokenize`, or its default for this worker."""

@@ -32,11 +32,7 @@ def embed(texts: list[str], **options: object) -> np.ndarray:
 def _embedder_for(model: str) -> Embedder:
     with _lock:
         if model not in _loaded:
-            settings = WorkerSettings()
-            embedder = Embedder.load(
-                settings.model_path, backend=settings.engine_backend(), device=settings.device,
-                **settings.engine_options(),
-            )  # fmt: skip
+            embedder = WorkerSettings().load_embedder()
             if embedder.name != model:
                 raise LookupError(f"unknown model {model!r}: this worker serves {embedder.name!r}")
             _loaded[model] = embedder

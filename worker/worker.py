@@ -89,11 +89,7 @@ class BatchWorker(SimpleWorker):
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **kwargs: Any) -> BatchWorker:
         """Load the model (or the null engine) the settings name and build a worker around it."""
-        embedder = Embedder.load(
-            settings.model_path, backend=settings.engine_backend(), device=settings.device,
-            **settings.engine_options(),
-        )  # fmt: skip
-        return cls(embedder, settings=settings, **kwargs)  # warmed up on the engine thread
+        return cls(settings.load_embedder(), settings=settings, **kwargs)  # warmed up on the engine thread
 
     @property
     def finished_jobs(self) -> int:

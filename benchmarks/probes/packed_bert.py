@@ -206,6 +206,24 @@ def padded_index(rows, T, bound):
     return gather, tok, mask
 
 
+def static_inputs(T, packed):
+    """The device tensors a captured graph reads (ids, positions, cu_seqlens, CLS index), and
+    `load(k)`: copy packed buffer k's pinned arrays into them."""
+    static = (
+        torch.zeros(T, dtype=torch.long, device=dev),
+        torch.zeros(T, dtype=torch.long, device=dev),
+        torch.zeros(MAX_SEQS + 1, dtype=torch.int32, device=dev),
+        torch.zeros(MAX_SEQS, dtype=torch.long, device=dev),
+    )
+    host = [tuple(torch.from_numpy(a).pin_memory() for a in p[:4]) for p in packed]
+
+    def load(k):
+        for dst, src in zip(static, host[k], strict=True):
+            dst.copy_(src, non_blocking=True)
+
+    return static, load
+
+
 def run_bucketed(name, model, T, padded=False):
     batches = plan_bucketed(lengths, T)
     packed = [pack([ids[i] for i in b], T) for _, b in batches]
@@ -224,19 +242,11 @@ def run_bucketed(name, model, T, padded=False):
                 torch.from_numpy(m).to(dev),
             )
         host_pad = [tuple(torch.from_numpy(a).pin_memory() for a in pd) for pd in pads]
-    s_ids = torch.zeros(T, dtype=torch.long, device=dev)
-    s_pos = torch.zeros(T, dtype=torch.long, device=dev)
-    s_cu = torch.zeros(MAX_SEQS + 1, dtype=torch.int32, device=dev)
-    s_cls = torch.zeros(MAX_SEQS, dtype=torch.long, device=dev)
-    host = [tuple(torch.from_numpy(a).pin_memory() for a in p[:4]) for p in packed]
+    (s_ids, s_pos, s_cu, s_cls), load_packed = static_inputs(T, packed)
     graphs, outs = {}, {}
 
     def load(k):
-        a, b, c, d = host[k]
-        s_ids.copy_(a, non_blocking=True)
-        s_pos.copy_(b, non_blocking=True)
-        s_cu.copy_(c, non_blocking=True)
-        s_cls.copy_(d, non_blocking=True)
+        load_packed(k)
         if padded:
             for dst, src in zip(s_pad[batches[k][0]], host_pad[k], strict=True):
                 dst.copy_(src, non_blocking=True)
@@ -278,18 +288,7 @@ def run_variant(name, model, T, graphs, compiled=False):
         fwd = torch.compile(model, mode="max-autotune-no-cudagraphs", dynamic=False, fullgraph=False)
     batches = plan(lengths, T)
     packed = [pack([ids[i] for i in b], T) for b in batches]
-    s_ids = torch.zeros(T, dtype=torch.long, device=dev)
-    s_pos = torch.zeros(T, dtype=torch.long, device=dev)
-    s_cu = torch.zeros(MAX_SEQS + 1, dtype=torch.int32, device=dev)
-    s_cls = torch.zeros(MAX_SEQS, dtype=torch.long, device=dev)
-    host = [tuple(torch.from_numpy(a).pin_memory() for a in p[:4]) for p in packed]
-
-    def load(k):
-        a, b, c, d = host[k]
-        s_ids.copy_(a, non_blocking=True)
-        s_pos.copy_(b, non_blocking=True)
-        s_cu.copy_(c, non_blocking=True)
-        s_cls.copy_(d, non_blocking=True)
+    (s_ids, s_pos, s_cu, s_cls), load = static_inputs(T, packed)
 
     with torch.inference_mode():
         load(0)

@@ -24,7 +24,7 @@ import numpy as np
 from ..base import Batch
 from ..errors import ShapeError
 from ..kernels import BUFFER_MULTIPLE
-from ..shapes import Shape, ShapeSet
+from ..shapes import DEFAULT_SEQ_LENS, Shape, ShapeSet
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ TOKEN_BUCKETS: tuple[int, ...] = (
 )  # fmt: skip
 #: Padded shapes are declared up to this many tokens (the largest buffer: real <= padded).
 MAX_TOKENS = TOKEN_BUCKETS[-1]
-SEQ_LENS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
 
 
 def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet:
@@ -45,7 +44,7 @@ def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet
     They cost nothing to declare (graphs follow token buffers, not shapes), so they go up to
     batches of 2,048 short texts: the planner then fills a whole buffer with one batch.
     """
-    lens = sorted({min(L, max_seq_len) for L in SEQ_LENS} | {max_seq_len})
+    lens = sorted({min(L, max_seq_len) for L in DEFAULT_SEQ_LENS} | {max_seq_len})
     shapes = []
     for L in lens:
         b = 1
@@ -93,7 +92,6 @@ class _Started:
 class _Buffer:
     """One token buffer size's graph and the output tensor it writes."""
 
-    tokens: int
     graph: Any
     out: Any
 
@@ -149,7 +147,7 @@ class PackedGraphEngine:
             with torch.cuda.graph(graph, pool=self._pool):
                 out = self.module(ids, self._cu, self._n)
         self.captures += 1
-        return _Buffer(T, graph, out)
+        return _Buffer(graph, out)
 
     def warmup(self) -> None:
         """Capture every token buffer, largest first so the shared memory pool is sized once."""

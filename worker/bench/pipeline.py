@@ -156,7 +156,7 @@ def pipeline(
 def _engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> list:
     """The engine's kernels alone (pre-tokenized, batches built beforehand) and `Embedder.embed`."""
     from vecq.engines import Embedder
-    from vecq.engines.base import start as begin
+    from vecq.engines.base import run_in_turn
 
     from .baselines import Rate
 
@@ -172,14 +172,8 @@ def _engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> l
         for batch in batches[:50]:
             emb.engine.run(batch)
         start = time.perf_counter()
-        begun = None
-        for batch in batches:  # as the worker's engine thread drives it: start k+1, collect k
-            pending = begin(emb.engine, batch)
-            if begun is not None:
-                begun.result()
-            begun = pending
-        if begun is not None:
-            begun.result()  # host arrays: the device work is done when the last one is back
+        for _ in run_in_turn(emb.engine, batches):  # as the engine thread drives it; host arrays,
+            pass  # so the device work is done when the last one is back
         kernels = time.perf_counter() - start
         emb.embed(texts[:2000])
         start = time.perf_counter()
