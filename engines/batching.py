@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import Engine, run_in_turn
+from .base import Engine, TokenBatch, packs, run_in_turn, token_slices
 from .errors import BadInput
 from .tokenizer import TextTokenizer
 
@@ -34,6 +34,12 @@ def embed_texts(
     check_texts(texts)
     tokens = tokenizer.encode(texts, truncate=truncate)
     out = np.empty((len(texts), engine.dim), dtype=np.float32)
+    if packs(engine):  # texts end to end, in order, each batch filled to the budget
+        cuts = token_slices(tokens.lengths, budget=engine.token_budget, max_rows=engine.max_rows)  # type: ignore[attr-defined]
+        runs = (TokenBatch(part.flat, part.lengths) for part in (tokens.slice(c.start, c.stop) for c in cuts))
+        for cut, vectors in zip(cuts, run_in_turn(engine, runs), strict=True):
+            out[cut] = vectors
+        return out
     plan = engine.shapes.plan(tokens.lengths)
     batches = (tokenizer.make_batch([tokens.ids[i] for i in p.indices], p.shape) for p in plan)
     for planned, vectors in zip(plan, run_in_turn(engine, batches), strict=True):

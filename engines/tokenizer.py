@@ -7,8 +7,10 @@ transformers wrapper costs more host time than a small GPU batch takes to run.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +23,38 @@ from .shapes import Shape
 
 @dataclass(frozen=True)
 class Tokenized:
-    """Token ids of several texts, unpadded, with `[CLS]`/`[SEP]` already in place."""
+    """Token ids of several texts, unpadded, with `[CLS]`/`[SEP]` already in place: one flat
+    array of every text's ids in turn and each text's length (a packing engine takes them as
+    they are; `ids` splits them per text for padded batches)."""
 
-    ids: list[np.ndarray]  # one int64 array per text
-    lengths: np.ndarray  # int64, len(ids)
+    flat: np.ndarray  # int64, (sum(lengths),)
+    lengths: np.ndarray  # int64, one per text
+
+    @cached_property
+    def ids(self) -> list[np.ndarray]:
+        """One int64 view per text."""
+        return np.split(self.flat, np.cumsum(self.lengths)[:-1]) if len(self.lengths) else []
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def slice(self, start: int, stop: int) -> Tokenized:
+        """Texts start..stop (views, no copy)."""
+        offsets = self.offsets
+        return Tokenized(self.flat[offsets[start] : offsets[stop]], self.lengths[start:stop])
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """Where each text starts in `flat`, and where the last one ends (len + 1 entries)."""
+        out = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=out[1:])
+        return out
+
+    @classmethod
+    def join(cls, parts: Sequence[Tokenized]) -> Tokenized:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(np.concatenate([p.flat for p in parts]), np.concatenate([p.lengths for p in parts]))
 
 
 class TextTokenizer:
@@ -50,6 +80,11 @@ class TextTokenizer:
             raise ModelNotFound(f"{path}: no tokenizer.json (vecq needs the fast-tokenizer file)")
         return cls(Tokenizer.from_file(str(file)), max_seq_len=max_seq_len)
 
+    def to_json(self) -> str:
+        """The tokenizer as `tokenizers` serializes it (truncation included): another process
+        rebuilds the same one from it (`TextTokenizer(Tokenizer.from_str(...), ...)`)."""
+        return self._tok.to_str()
+
     def with_parallelism(self, parallel: bool) -> TextTokenizer:
         """This tokenizer (the same underlying one) with its batch calls on or off the pool."""
         other = copy.copy(self)
@@ -69,9 +104,7 @@ class TextTokenizer:
                         f"texts[{i}]: longer than the model's max of {self.max_seq_len} tokens "
                         "(truncation is off)"
                     )
-        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
-        lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
-        return Tokenized(ids=ids, lengths=lengths)
+        return flatten([e.ids for e in encodings])
 
     def _encode_cut(self, texts: list[str]) -> list:
         """Encodings of `texts`, long ones tokenized from a prefix only.
@@ -128,6 +161,14 @@ class TextTokenizer:
             input_ids[len(rows) :, :k] = self.filler
             mask[len(rows) :, :k] = 1
         return Batch(input_ids=input_ids, attention_mask=mask, rows=len(rows))
+
+
+def flatten(ids: Sequence[Sequence[int]]) -> Tokenized:
+    """`Tokenized` of per-text id lists: one pass over all ids (a numpy array per text cost ~30 %
+    more host time, and the arrays are never needed apart)."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    return Tokenized(flat, lengths)
 
 
 #: Up to this many texts are tokenized one by one even when the thread pool may be used.

@@ -9,11 +9,12 @@ recovery gave it to another worker.  Main thread only; no Redis.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from .planner import Placement
 from .validation import Rejected, WorkItem
 
 
@@ -84,24 +85,17 @@ class OpenJobs:
             if item.lane == "interactive":
                 self.interactive_texts += len(item.texts)
 
-    def fill(self, rows: Iterable[tuple[Hashable, int]], vectors: np.ndarray) -> None:
-        """Place each row's vector at its text's index; a row of a job no longer open is dropped.
-
-        One numpy assignment per job of the batch, not per row: a packed batch holds up to 2,048
-        rows of a few dozen jobs, and row-by-row copies were the worker's main-thread hot spot."""
-        by_owner: dict[Hashable, tuple[list[int], list[int]]] = {}
-        for r, (owner, index) in enumerate(rows):
-            entry = by_owner.get(owner)
-            if entry is None:
-                entry = by_owner[owner] = ([], [])
-            entry[0].append(r)
-            entry[1].append(index)
-        for owner, (positions, indexes) in by_owner.items():
+    def fill(self, placements: Iterable[Placement], vectors: np.ndarray) -> None:
+        """Place a batch's vectors at their texts' indexes, one numpy assignment per placement
+        (a job's run of texts, or its rows of a padded batch); a job no longer open is skipped.
+        A token batch holds up to 2,048 texts of a few dozen jobs: row-by-row copies were the
+        worker's main-thread hot spot."""
+        for owner, dst, src in placements:
             slot = self._open.get(owner)  # type: ignore[call-overload]
             if slot is None or not slot.left:
                 continue
-            slot.out[indexes] = vectors[positions]
-            slot.left -= len(indexes)
+            slot.out[dst] = vectors[src]
+            slot.left -= (dst.stop - dst.start) if isinstance(dst, slice) else len(dst)
             if slot.left == 0:
                 self._done.append(owner)  # type: ignore[arg-type]
 

@@ -13,7 +13,10 @@ shapes, so no request can ever cause a rebuild or re-warm:
 - interactive texts go before bulk texts.
 
 Pure logic, no Redis and no threads: the worker calls it from its main thread only (tokenizing,
-`encode_jobs`, may run elsewhere).
+`encode_jobs`, may run elsewhere).  This is the planner of engines that compute padding (ONNX,
+CPU, one graph per shape); an engine that packs gets `packing.TokenPlanner` instead.  Both hand
+out batches with the same face (`inputs`, `placements`, `owners`, `texts`), which is all the
+engine thread and the worker's loop use.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from typing import Protocol
 
 import numpy as np
 
+from vecq.engines.base import Batch
 from vecq.engines.errors import TextTooLong
 from vecq.engines.shapes import Shape, ShapeSet
-from vecq.engines.tokenizer import Tokenized
+from vecq.engines.tokenizer import TextTokenizer, Tokenized
 from vecq.producer.keys import LANES
 
 #: A due partial batch takes rows of shorter buckets down to this share of its seq_len.
@@ -63,6 +67,40 @@ class PlannedBatch:
         """Distinct owners, in row order."""
         return list(dict.fromkeys(r.owner for r in self.rows))
 
+    @property
+    def texts(self) -> int:
+        return len(self.rows)
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        """(rows, tokens) the engine computes for it: the padded shape's."""
+        return self.shape.batch, self.shape.tokens
+
+    @property
+    def label(self) -> str:
+        return str(self.shape)
+
+    def inputs(self, tokenizer: TextTokenizer) -> Batch:
+        """The padded batch the engine runs (on the engine thread: padding is host time)."""
+        return tokenizer.make_batch([r.ids for r in self.rows], self.shape)
+
+    def placements(self) -> list[Placement]:
+        """Where each row's vector goes: one (owner, text indexes, batch rows) per job, so that
+        a batch of a few jobs' many rows is placed with one numpy assignment per job."""
+        by_owner: dict[Hashable, tuple[list[int], list[int]]] = {}
+        for position, r in enumerate(self.rows):
+            entry = by_owner.get(r.owner)
+            if entry is None:
+                entry = by_owner[r.owner] = ([], [])
+            entry[0].append(r.index)
+            entry[1].append(position)
+        return [(owner, dst, src) for owner, (dst, src) in by_owner.items()]
+
+
+#: (owner, indexes into the job's texts, rows of the batch's vectors): a slice or a list each,
+#: of equal length.
+Placement = tuple[Hashable, "slice | list[int]", "slice | list[int]"]
+
 
 @dataclass(frozen=True)
 class NewJob:
@@ -78,7 +116,7 @@ class NewJob:
 class Encoded:
     """Jobs with their texts' token ids (`encode_jobs`), ready for `Planner.add_encoded`."""
 
-    jobs: list[tuple[NewJob, Sequence[np.ndarray]]]
+    jobs: list[tuple[NewJob, Tokenized]]
     refused: list[tuple[Hashable, str]]  # (owner, message): an over-long text, truncation off
     since: float  # monotonic time the jobs arrived
 
@@ -86,20 +124,20 @@ class Encoded:
 def encode_jobs(encoder: Encoder, jobs: Sequence[NewJob], *, now: float) -> Encoded:
     """The tokenizing half of `Planner.add`, free of planner state so that it can run on a thread
     of its own (`tokenizers` releases the GIL).  Jobs that truncate share one tokenizer call."""
-    out: list[tuple[NewJob, Sequence[np.ndarray]]] = []
+    out: list[tuple[NewJob, Tokenized]] = []
     refused: list[tuple[Hashable, str]] = []
     cutting = [j for j in jobs if j.truncate]
     if cutting:
         tok = encoder.encode([t for j in cutting for t in j.texts], truncate=True)
         start = 0
         for j in cutting:
-            out.append((j, tok.ids[start : start + len(j.texts)]))
+            out.append((j, tok.slice(start, start + len(j.texts))))
             start += len(j.texts)
     for j in jobs:
         if j.truncate:
             continue
         try:
-            out.append((j, encoder.encode(j.texts, truncate=False).ids))
+            out.append((j, encoder.encode(j.texts, truncate=False)))
         except TextTooLong as exc:
             refused.append((j.owner, f"TextTooLong: {exc}"))
     return Encoded(out, refused, now)
@@ -131,9 +169,13 @@ class Planner:
             self._queue(job, ids, encoded.since)
         return encoded.refused
 
-    def _queue(self, job: NewJob, ids: Sequence[np.ndarray], now: float) -> None:
+    #: This planner never takes a batch back from the engine's hand-off slot (`TokenPlanner` does).
+    preempts = False
+
+    def _queue(self, job: NewJob, tokens: Tokenized, now: float) -> None:
         lane = job.lane if job.lane in self._buckets else LANES[0]
         buckets = self._buckets[lane]
+        ids = tokens.ids
         for i, row_ids in enumerate(ids):
             L = self.shapes.seq_len_for(len(row_ids))
             buckets[L].append(Row(job.owner, i, row_ids, now))

@@ -1,10 +1,12 @@
 """The engine thread: the one owner of the model, fed one prefetched batch at a time.
 
-The worker's main thread does Redis I/O and planning; this thread pads each planned batch to its
-shape and runs the engine.  The hand-off queue holds exactly one batch, so while batch k runs,
-batch k+1 is ready and the main thread is already tokenizing and writing back around it.  On an
-engine that runs asynchronously (`vecq.engines.base.start`), batch k+1 is padded and started
-before batch k is collected, so the device never waits for the host between them.
+The worker's main thread does Redis I/O and planning; this thread makes each planned batch's
+inputs (a padded batch, or a token batch for an engine that packs) and runs the engine.  The
+hand-off slot holds exactly one batch, so while batch k runs, batch k+1 is ready and the main
+thread is already tokenizing and writing back around it; an interactive batch may take the slot
+from a bulk one that has not started (`offer_first`).  On an engine that runs asynchronously
+(`vecq.engines.base.start`), batch k+1 is prepared and started before batch k is collected, so
+the device never waits for the host between them.
 Nothing here can die silently: an engine error becomes that batch's `Done.error`, and anything
 else that escapes is reported as `Crashed` on the results queue before the thread ends.
 """
@@ -15,15 +17,20 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from vecq.engines.base import Batch, Engine, Pending, start
+from vecq.engines.base import Batch, Engine, Pending, TokenBatch, start
 from vecq.engines.tokenizer import TextTokenizer
 
 from .errors import error_line
+from .packing import PackedPlan
 from .planner import PlannedBatch
+
+#: A batch either planner cut.
+Planned = PlannedBatch | PackedPlan
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,7 @@ _STOP = object()
 class Done:
     """A batch back from the engine: vectors for its real rows, or the one-line error."""
 
-    planned: PlannedBatch
+    planned: Planned
     vectors: np.ndarray | None
     seconds: float
     real_tokens: int
@@ -54,7 +61,7 @@ class EngineRunner:
     def __init__(self, engine: Engine, tokenizer: TextTokenizer) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
-        self.handoff: queue.Queue[object] = queue.Queue(maxsize=1)
+        self.handoff = _Slot()
         self.results: queue.Queue[Done | Crashed] = queue.Queue()
         self.in_flight = 0
         #: monotonic start of the engine call now running (None: idle); read by the watchdog.
@@ -76,18 +83,25 @@ class EngineRunner:
         if self._warm_error is not None:
             raise self._warm_error
 
-    def offer(self, planned: PlannedBatch) -> bool:
+    def offer(self, planned: Planned) -> bool:
         """Hand `planned` over if the hand-off slot is free; False if the engine is still behind."""
-        try:
-            self.handoff.put_nowait(planned)
-        except queue.Full:
+        if not self.handoff.put(planned):
             return False
         self.in_flight += 1
         return True
 
+    def offer_first(self, planned: PackedPlan) -> tuple[bool, Planned | None]:
+        """Hand over an interactive batch ahead of a bulk one waiting in the slot: (whether it
+        went, the bulk batch it replaced, for the planner to take back).  It does not go when
+        the slot holds an interactive batch already."""
+        placed, bumped = self.handoff.replace(planned, lambda old: not getattr(old, "interactive", True))
+        if placed and bumped is None:
+            self.in_flight += 1
+        return placed, bumped  # type: ignore[return-value]
+
     @property
     def slot_free(self) -> bool:
-        return not self.handoff.full()
+        return self.handoff.empty
 
     def wait(self, timeout: float) -> Done | Crashed | None:
         """The next finished batch, waiting up to `timeout` seconds."""
@@ -102,9 +116,7 @@ class EngineRunner:
     def stop(self, timeout: float = 5.0) -> None:
         """End the thread; a hung engine call is left behind (daemon thread) after `timeout`."""
         if self._thread.is_alive():
-            try:
-                self.handoff.put(_STOP, timeout=timeout)
-            except queue.Full:
+            if not self.handoff.put(_STOP, timeout=timeout):
                 return
             self._thread.join(timeout)
 
@@ -151,20 +163,15 @@ class EngineRunner:
 
     def _next(self, *, holding: bool) -> object | None:
         """The next hand-off; without waiting (None if there is none) while a batch is begun."""
-        if not holding:
-            return self.handoff.get()
-        try:
-            return self.handoff.get_nowait()
-        except queue.Empty:
-            return None
+        return self.handoff.get(block=not holding)
 
     def _finish(self, begun: _Begun) -> None:
         self.results.put(self._collect(begun))
 
-    def _start(self, planned: PlannedBatch) -> _Begun | Done:
+    def _start(self, planned: Planned) -> _Begun | Done:
         t0 = time.perf_counter()
         try:
-            batch = self.tokenizer.make_batch([r.ids for r in planned.rows], planned.shape)
+            batch = planned.inputs(self.tokenizer)
             return _Begun(planned, batch, start(self.engine, batch), t0, time.monotonic())
         except Exception as exc:
             return self._failed(planned, exc, t0)
@@ -182,9 +189,9 @@ class EngineRunner:
         return Done(planned, vectors, time.perf_counter() - begun.t0, batch.real_tokens)
 
     @staticmethod
-    def _failed(planned: PlannedBatch, exc: Exception, t0: float) -> Done:
+    def _failed(planned: Planned, exc: Exception, t0: float) -> Done:
         log.warning(
-            "batch %s of %d rows failed: %s", planned.shape, len(planned.rows), error_line(exc, limit=500)
+            "batch %s of %d rows failed: %s", planned.label, planned.texts, error_line(exc, limit=500)
         )
         return Done(planned, None, time.perf_counter() - t0, 0, error=error_line(exc, limit=500))
 
@@ -193,8 +200,48 @@ class EngineRunner:
 class _Begun:
     """A batch the engine has started and the thread has not collected yet."""
 
-    planned: PlannedBatch
-    batch: Batch
+    planned: Planned
+    batch: Batch | TokenBatch
     pending: Pending
     t0: float  # perf_counter at its start, for its Done.seconds
     since: float  # monotonic at its start, for the watchdog
+
+
+class _Slot:
+    """The one-batch hand-off between the main thread (puts) and the engine thread (gets)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._item: object | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self._item is None
+
+    def put(self, item: object, timeout: float = 0.0) -> bool:
+        """Place `item` if the slot is (or, within `timeout`, becomes) free."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._item is None, timeout=timeout):
+                return False
+            self._item = item
+            self._cv.notify_all()
+            return True
+
+    def replace(self, item: object, bump: Callable[[object], bool]) -> tuple[bool, object | None]:
+        """Place `item` in a free slot, or in place of one for which `bump` is true (returned)."""
+        with self._cv:
+            old = self._item
+            if old is not None and (old is _STOP or not bump(old)):
+                return False, None
+            self._item = item
+            self._cv.notify_all()
+            return True, old
+
+    def get(self, *, block: bool) -> object | None:
+        with self._cv:
+            if block:
+                self._cv.wait_for(lambda: self._item is not None)
+            item, self._item = self._item, None
+            if item is not None:
+                self._cv.notify_all()
+            return item

@@ -3,9 +3,10 @@
 `Serving` wires the owners together and moves work between them, one way, once per pass:
 - `TakePolicy` decides what to take, `Intake` takes it, `Admission` (pure) says which jobs may
   run, `OpenJobs` holds those until Redis has their end;
-- `Tokenizing` tokenizes each take on its own thread, `Planner` (the one owner of pending texts)
-  cuts batches of declared shapes, `EngineRunner` (the one owner of the model) runs them with one
-  batch waiting in its hand-off slot;
+- `Tokenizing` tokenizes each take on its own thread (or in tokenizer processes), `Planner`
+  (the one owner of pending texts; `TokenPlanner` for an engine that packs) cuts batches,
+  `EngineRunner` (the one owner of the model) runs them with one batch waiting in its hand-off
+  slot, which an interactive batch may take from a bulk one (`_preempt`);
 - finished jobs go to the `Finisher` thread, failures and refusals to the `FailureWriter`.
 Redis I/O happens on this thread except the finishing writes; work crosses threads only through
 queues.  `BatchWorker` (worker.py) is the rq face around it: registration, heartbeats, signals.
@@ -23,7 +24,8 @@ import time
 from redis import Redis
 
 from vecq.engines import Embedder
-from vecq.producer.keys import queued_texts_key
+from vecq.engines.base import packs
+from vecq.producer.keys import LANES, queued_texts_key
 
 from .errors import WorkerCrashed
 from .failures import FailureWriter
@@ -32,10 +34,11 @@ from .intake import Intake
 from .jobstore import JobStore
 from .metrics import WorkerMetrics
 from .openjobs import OpenJobs
-from .planner import PlannedBatch, Planner
+from .packing import TokenPlanner
+from .planner import Planner
 from .prefetch import PrefetchBudget
 from .recovery import Recovery
-from .runner import Crashed, Done, EngineRunner
+from .runner import Crashed, Done, EngineRunner, Planned
 from .settings import WorkerSettings
 from .takepolicy import Load, Take, TakePolicy
 from .tokenizing import Tokenizing
@@ -63,7 +66,8 @@ class Serving:
         model: str,
         queue_names: list[str],
     ) -> None:
-        largest = max(shape.batch for shape in embedder.shapes)
+        engine = embedder.engine
+        largest = engine.max_rows if packs(engine) else max(shape.batch for shape in embedder.shapes)
         self.metrics = metrics
         self.store = store
         self.jobs = OpenJobs(embedder.dim)
@@ -78,8 +82,20 @@ class Serving:
         self.admission = Admission(
             queue_names, list(settings.lanes), model, settings.result_ttl, settings.job_timeout
         )
-        self.tokenizing = Tokenizing(embedder.tokenizer.with_parallelism(settings.tokenize_in_parallel()))
-        self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
+        self.tokenizing = Tokenizing(
+            embedder.tokenizer.with_parallelism(settings.tokenize_in_parallel()),
+            processes=settings.tokenizer_processes(),
+        )
+        self.planner: Planner | TokenPlanner
+        if packs(engine):  # texts end to end, cut at the token budget: no padding to plan
+            self.planner = TokenPlanner(
+                budget=min(engine.token_budget, settings.max_batch_tokens),  # type: ignore[attr-defined]
+                max_rows=engine.max_rows,  # type: ignore[attr-defined]
+                max_wait_s=settings.max_wait_s,
+                buckets=getattr(engine, "buckets", None),
+            )
+        else:
+            self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer)
         self.finisher = Finisher(store)
         self.failures = FailureWriter(connection, store, counter_key=queued_texts_key(model))
@@ -176,6 +192,23 @@ class Serving:
             if planned is None:
                 return
             self.runner.offer(planned)
+        self._preempt()
+
+    def _preempt(self) -> None:
+        """An interactive text waiting while a bulk batch holds the hand-off slot takes the slot
+        (the bulk batch goes back to the planner, first in line): it then waits only for the
+        batches already on the device, not for one more full bulk buffer."""
+        planner = self.planner
+        if not isinstance(planner, TokenPlanner) or not planner.waiting(LANES[0]):
+            return
+        urgent = planner.urgent_batch()
+        if urgent is None:
+            return
+        placed, bumped = self.runner.offer_first(urgent)
+        if not placed:
+            planner.put_back(urgent)
+        elif bumped is not None:
+            planner.put_back(bumped)  # type: ignore[arg-type]
 
     def _wait(self, *, took_now: bool) -> None:
         """Block until the engine returns a batch, the planner's next deadline, or a poll tick."""
@@ -211,24 +244,24 @@ class Serving:
         if done.error is not None or done.vectors is None:
             self._on_batch_error(planned, done.error or "engine returned no vectors")
             return
-        shape = planned.shape
+        rows, tokens = planned.capacity
         self.metrics.batch(
-            shape_rows=shape.batch,
-            rows=len(planned.rows),
-            shape_tokens=shape.tokens,
+            shape_rows=rows,
+            rows=planned.texts,
+            shape_tokens=tokens,
             real_tokens=done.real_tokens,
             seconds=done.seconds,
-            shape=str(shape),
+            shape=planned.label,
         )
-        self.jobs.tally.texts += len(planned.rows)
-        self.policy.prefetch.batch_done(len(planned.rows), done.seconds)
-        self.jobs.fill(((r.owner, r.index) for r in planned.rows), done.vectors)
+        self.jobs.tally.texts += planned.texts
+        self.policy.prefetch.batch_done(planned.texts, done.seconds)
+        self.jobs.fill(planned.placements(), done.vectors)
 
-    def _on_batch_error(self, planned: PlannedBatch, error: str) -> None:
+    def _on_batch_error(self, planned: Planned, error: str) -> None:
         owners = [o for o in planned.owners if o in self.jobs]
         if len(owners) > 1 and not planned.isolated:
             log.warning("batch of %d jobs failed (%s): re-running each job alone", len(owners), error)
-            self.planner.retry_isolated(planned)
+            self.planner.retry_isolated(planned)  # type: ignore[arg-type]
             return
         for owner in owners:
             self.fail(owner, f"EngineError: {error}", "engine_error", retry=True)  # type: ignore[arg-type]

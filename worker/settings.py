@@ -7,6 +7,7 @@ are made from these fields (`cli/options.py`): a field's description is its `--h
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -55,6 +56,12 @@ class WorkerSettings(CommonSettings):
     max_wait_ms: float = Field(
         default=5.0, ge=0, description="Longest the oldest text of a partial batch waits for batch-mates."
     )
+    max_batch_tokens: int = Field(
+        default=16384,
+        ge=512,
+        description="Most real tokens per batch of an engine that packs (the padding-free torch "
+        "engine): smaller batches cut an interactive text's wait behind bulk ones.",
+    )
     prefetch_texts: int = Field(
         default=4096,
         ge=1,
@@ -84,6 +91,12 @@ class WorkerSettings(CommonSettings):
         default=None,
         description="Tokenize on all cores or on one (default: one only beside a CPU engine).",
         json_schema_extra={"flag": "--parallel-tokenize/--serial-tokenize"},
+    )
+    tokenize_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Tokenizer processes beside the worker (default: on a GPU, a quarter of the "
+        "CPUs this process may use, 1-4; on CPU none: a thread).",
     )
     burst: bool = Field(default=False, description="Exit when the queues are empty.")
 
@@ -119,6 +132,16 @@ class WorkerSettings(CommonSettings):
         if self.parallel_tokenize is not None:
             return self.parallel_tokenize
         return self.device.startswith("cuda") or self.backend == "null"
+
+    def tokenizer_processes(self) -> int:
+        """`tokenize_processes`, or its default: on a GPU the host must keep up with the engine
+        (one worker's GIL capped it at ~20k texts/s, BENCHMARKS.md), on CPU the engine needs
+        the cores more than the tokenizer does."""
+        if self.tokenize_processes is not None:
+            return self.tokenize_processes
+        if not self.device.startswith("cuda"):
+            return 0
+        return max(1, min(4, len(os.sched_getaffinity(0)) // 4))
 
     @field_validator("lanes", mode="before")
     @classmethod

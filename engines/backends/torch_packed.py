@@ -6,7 +6,10 @@ the price: a 39-token text in a 64-token row computes 25 pad tokens.  This engin
 answer and drops the price.  It accepts the same padded batches as every engine (any declared
 shape), lays their real tokens end to end into the smallest of a few token buffers
 (`TOKEN_BUCKETS`) that holds them, and replays that buffer's CUDA graph: the GPU only ever
-sees these few sizes, captured at warmup, and never a pad token.
+sees these few sizes, captured at warmup, and never a pad token.  The worker and
+`Embedder.embed` hand it `TokenBatch`es (`token_budget`, `max_rows`): the texts' ids end to end,
+cut in order at the budget, so every buffer but a run's last is full and no padded array is
+ever built; a padded `Batch` of any declared shape is still accepted (parity checks, tests).
 
 One H200 (BENCHMARKS.md, issue 14): see the engine rows there.
 """
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..base import Batch
+from ..base import Batch, TokenBatch
 from ..errors import ShapeError
 from ..kernels import BUFFER_MULTIPLE
 from ..shapes import DEFAULT_SEQ_LENS, Shape, ShapeSet
@@ -117,6 +120,8 @@ class PackedGraphEngine:
         top = next((T for T in ladder if largest <= T), _round_up(largest))
         self.buckets = (*[T for T in ladder if top > T], top)
         T_max = self.buckets[-1]
+        #: What one `TokenBatch` may hold (`vecq.engines.base.packs`).
+        self.token_budget, self.max_rows = T_max, self.slots
         # Inputs every graph reads (a graph of T tokens reads the first T of `ids`).
         self._ids = torch.zeros(T_max, dtype=torch.long, device=self.device)
         self._cu = torch.zeros(self.slots + 1, dtype=torch.int32, device=self.device)
@@ -157,16 +162,22 @@ class PackedGraphEngine:
         self._torch.cuda.synchronize(self.device)
         log.info("torch packed: %d token buffers captured, up to %d tokens", self.captures, self.buckets[-1])
 
-    def run(self, batch: Batch) -> np.ndarray:
+    def run(self, batch: Batch | TokenBatch) -> np.ndarray:
         return self.start(batch).result()
 
-    def start(self, batch: Batch) -> _Started:
+    def start(self, batch: Batch | TokenBatch) -> _Started:
         """Pack `batch`, queue its copies and graph replay on the GPU, and return at once.
 
         Batches are finished (`result()`) in the order they were started, at most two apart:
         the staging set a batch used is reused by the batch after next.
         """
-        if batch.shape not in self.shapes:
+        if isinstance(batch, TokenBatch):
+            if batch.real_tokens > self.token_budget or batch.rows > self.max_rows:
+                raise ShapeError(
+                    f"{batch.rows} texts of {batch.real_tokens} tokens are over the engine's "
+                    f"{self.max_rows} texts / {self.token_budget} tokens (vecq bug)"
+                )
+        elif batch.shape not in self.shapes:
             raise ShapeError(f"batch shape {batch.shape} is not one of the engine's shapes (vecq bug)")
         stage = self._staging[self._turn]
         self._turn ^= 1
@@ -191,16 +202,20 @@ class PackedGraphEngine:
         self._graphs.clear()
 
 
-def pack_into(batch: Batch, ids: np.ndarray, cu: np.ndarray) -> int:
+def pack_into(batch: Batch | TokenBatch, ids: np.ndarray, cu: np.ndarray) -> int:
     """Lay the batch's real tokens end to end into `ids` and their cumulative lengths into `cu`
     (slots past the batch's rows stay empty: cu = n); returns n, the real tokens."""
     rows = batch.rows
     if rows > len(cu) - 1:
         raise ShapeError(f"{rows} rows for {len(cu) - 1} sequence slots (vecq bug)")
-    mask = batch.attention_mask[:rows].astype(bool, copy=False)
-    lengths = mask.sum(axis=1)
-    n = int(lengths.sum())
-    ids[:n] = batch.input_ids[:rows][mask]
+    if isinstance(batch, TokenBatch):  # already end to end: one copy
+        lengths, n = batch.lengths, batch.real_tokens
+        ids[:n] = batch.ids
+    else:
+        mask = batch.attention_mask[:rows].astype(bool, copy=False)
+        lengths = mask.sum(axis=1)
+        n = int(lengths.sum())
+        ids[:n] = batch.input_ids[:rows][mask]
     cu[0] = 0
     cu[1 : rows + 1] = np.cumsum(lengths)
     cu[rows + 1 :] = n

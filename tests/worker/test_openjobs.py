@@ -21,9 +21,12 @@ def test_each_jobs_vectors_come_back_in_its_own_order() -> None:
     a, b = Item(3), Item(2)
     jobs = OpenJobs(dim=2)
     jobs.hold([a, b])
-    jobs.fill([(b, 1), (a, 2), (a, 0)], np.array([[11, 11], [2, 2], [0, 0]], dtype=np.float32))
+    jobs.fill([(b, [1], [0]), (a, [2, 0], [1, 2])], np.array([[11, 11], [2, 2], [0, 0]], dtype=np.float32))
     assert jobs.take_done() == []
-    jobs.fill([(a, 1), (b, 0)], np.array([[1, 1], [10, 10]], dtype=np.float32))
+    jobs.fill(
+        [(a, slice(1, 2), slice(0, 1)), (b, slice(0, 1), slice(1, 2))],
+        np.array([[1, 1], [10, 10]], dtype=np.float32),
+    )
     done = jobs.take_done()
     assert [d[0] for d in done] == [a, b]
     np.testing.assert_array_equal(done[0][1], [[0, 0], [1, 1], [2, 2]])
@@ -53,9 +56,9 @@ def test_a_complete_job_cannot_fail_or_be_filled_again() -> None:
     a = Item(1)
     jobs = OpenJobs(dim=1)
     jobs.hold([a])
-    jobs.fill([(a, 0)], np.array([[7]], dtype=np.float32))
+    jobs.fill([(a, [0], [0])], np.array([[7]], dtype=np.float32))
     assert not jobs.fail(a, "JobTimeoutException", "timeout", retry=True)
-    jobs.fill([(a, 0)], np.array([[8]], dtype=np.float32))
+    jobs.fill([(a, [0], [0])], np.array([[8]], dtype=np.float32))
     [(item, vectors)] = jobs.take_done()
     assert item is a and vectors.tolist() == [[7.0]] and jobs.unwritten == ([], [])
 
@@ -64,6 +67,6 @@ def test_overdue_jobs_are_the_unfinished_ones_past_their_own_timeout() -> None:
     slow, quick, done = Item(2, timeout=100), Item(2, timeout=10), Item(1, timeout=10)
     jobs = OpenJobs(dim=1)
     jobs.hold([slow, quick, done])
-    jobs.fill([(done, 0)], np.zeros((1, 1), dtype=np.float32))
+    jobs.fill([(done, slice(0, 1), slice(0, 1))], np.zeros((1, 1), dtype=np.float32))
     assert jobs.overdue(now=50.0) == [quick]
     assert jobs.overdue(now=101.0) == [slow, quick]

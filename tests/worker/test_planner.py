@@ -9,7 +9,7 @@ import pytest
 
 from vecq.engines.errors import TextTooLong
 from vecq.engines.shapes import Shape, ShapeSet
-from vecq.engines.tokenizer import Tokenized
+from vecq.engines.tokenizer import flatten
 from vecq.worker.planner import NewJob, Planner
 
 SHAPES = ShapeSet.grid((1, 2, 4, 8), (8, 16, 32), max_seq_len=32)
@@ -26,7 +26,7 @@ class WordEncoder:
             if n > 32 and not truncate:
                 raise TextTooLong(f"texts[{i}]: longer than the model's max of 32 tokens")
             ids.append(np.arange(1, min(n, 32) + 1, dtype=np.int64))
-        return Tokenized(ids=ids, lengths=np.array([len(a) for a in ids]))
+        return flatten(ids)
 
 
 def planner() -> Planner:

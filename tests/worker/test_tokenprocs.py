@@ -1,0 +1,87 @@
+"""Tokenizer processes (issue 14): the same token ids as tokenizing in process, refusals per job,
+a dead child ending the worker loudly, and a worker served through them exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vecq.engines import Embedder
+from vecq.engines.tokenizer import TextTokenizer
+from vecq.worker.planner import NewJob, encode_jobs
+from vecq.worker.tokenizing import Tokenizing
+from vecq.worker.tokenprocs import TokenizerCrashed, TokenizerProcess
+
+from .conftest import BULK, enqueue, run, vectors_of
+
+TEXTS = ["hello world", "", "a much longer text " * 20, "今天天气怎么样", "x"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert_dir: Path) -> TextTokenizer:
+    return TextTokenizer.from_dir(tiny_bert_dir, max_seq_len=32)
+
+
+def test_a_child_tokenizes_like_this_process(tokenizer: TextTokenizer) -> None:
+    jobs = [
+        NewJob("a", TEXTS, "bulk"),
+        NewJob("long", ["word " * 100], truncate=False),  # over 32 tokens, truncation off
+        NewJob("b", TEXTS[::-1], "interactive"),
+        NewJob("short", ["a few words"], truncate=False),
+    ]
+    proc = TokenizerProcess(tokenizer)
+    try:
+        got = proc.encode_jobs(jobs, now=5.0)
+    finally:
+        proc.close()
+    want = encode_jobs(tokenizer, jobs, now=5.0)
+    assert got.since == 5.0 and [o for o, _ in got.refused] == ["long"] == [o for o, _ in want.refused]
+    assert got.refused[0][1].startswith("TextTooLong: texts[0]: longer than the model's max of 32")
+    assert [j.owner for j, _ in got.jobs] == [j.owner for j, _ in want.jobs] == ["a", "b", "short"]
+    for (_, g), (_, w) in zip(got.jobs, want.jobs, strict=True):
+        np.testing.assert_array_equal(g.flat, w.flat)
+        np.testing.assert_array_equal(g.lengths, w.lengths)
+
+
+def test_a_dead_child_fails_its_task_in_one_line(tokenizer: TextTokenizer) -> None:
+    proc = TokenizerProcess(tokenizer)
+    proc._proc.kill()
+    proc._proc.wait()
+    with pytest.raises(TokenizerCrashed, match=r"tokenizer process \d+"):
+        proc.encode_jobs([NewJob("a", ["hello"])], now=0.0)
+    proc.close()
+
+
+def test_tokenizing_spreads_a_take_over_processes_and_keeps_every_job(tokenizer: TextTokenizer) -> None:
+    class Item:  # what Tokenizing reads of a WorkItem
+        def __init__(self, k: int, n: int) -> None:
+            self.texts = [f"text {k} number {i}" for i in range(n)]
+            self.lane, self.truncate = "bulk", True
+
+    items = [Item(k, 300) for k in range(5)] + [Item(99, 2)]
+    tok = Tokenizing(tokenizer, processes=2)
+    try:
+        tok.submit(items, now=1.0)
+        tok.submit([Item(7, 1)], now=2.0)  # a query: tokenized at once, on this thread
+        got = {}
+        while tok:
+            for encoded in tok.ready(wait=True):
+                got.update({job.owner: t for job, t in encoded.jobs})
+        assert tok.texts == 0 and len(got) == 7
+        for item, t in got.items():
+            np.testing.assert_array_equal(t.flat, tokenizer.encode(item.texts).flat)
+    finally:
+        tok.shutdown(quick=False)
+
+
+def test_a_worker_with_tokenizer_processes_serves_exactly(redis_conn, make_worker, null_embedder) -> None:
+    batches = [[f"job {j} text {i} " * (1 + i % 7) for i in range(1 + j % 40)] for j in range(60)]
+    jobs = enqueue(redis_conn, batches[:30]) + enqueue(redis_conn, batches[30:], queue=BULK, lane="bulk")
+    emb = Embedder.load(backend="null")
+    worker = make_worker(emb, tokenize_processes=2)
+    run(worker)
+    assert worker.finished_jobs == 60
+    for job, texts in zip(jobs, batches, strict=True):
+        np.testing.assert_array_equal(vectors_of(redis_conn, job.id), null_embedder.embed(texts))
