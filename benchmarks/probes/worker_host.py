@@ -7,6 +7,11 @@ every thread of the worker process (from /proc: the engine thread, tokenizing, f
 tokenizers' pool), and the main thread's hottest functions.
 
     python3 benchmarks/probes/worker_host.py [--backend torch|null] [--texts 50000] [--device cuda]
+        [--tokenize-processes N] [--max-batch-tokens T]
+
+The null engine packs (a `token_budget` of the packed engine's largest buffer), so the worker
+plans token batches for it exactly as for the packed torch engine; a real engine is warmed up
+before the profiled run.
 """
 
 from __future__ import annotations
@@ -54,15 +59,28 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--texts", type=int, default=50000)
     ap.add_argument("--prefetch", type=int, default=None)
+    ap.add_argument("--tokenize-processes", type=int, default=None)
+    ap.add_argument("--max-batch-tokens", type=int, default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, embedded_redis() as url:
         root = model_dir("random-bert-base-en", Path(tmp))
         if args.backend == "null":
             emb = Embedder.load(root, backend="null")
-            emb.engine = NullEngine(shapes=packed_shapes(emb.spec.max_seq_len), dim=emb.dim)
+            emb.engine = NullEngine(
+                shapes=packed_shapes(emb.spec.max_seq_len), dim=emb.dim, token_budget=32768
+            )
         else:
             emb = Embedder.load(root, backend=args.backend, device=args.device, precision="fp16")
-        extra = {} if args.prefetch is None else {"prefetch_texts": args.prefetch}
+            emb.warmup()  # compiles and captures here, not inside the profiled run
+        extra = {
+            k: v
+            for k, v in {
+                "prefetch_texts": args.prefetch,
+                "tokenize_processes": args.tokenize_processes,
+                "max_batch_tokens": args.max_batch_tokens,
+            }.items()
+            if v is not None
+        }
         settings = WorkerSettings(redis_url=url, lanes=("bulk",), name="probe", device=args.device, **extra)
         worker = BatchWorker(emb, settings=settings)  # warms the engine up
         producer = subprocess.Popen([sys.executable, "-c", PRODUCER, url, str(args.texts)])

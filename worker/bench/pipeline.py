@@ -156,8 +156,9 @@ def pipeline(
 def _engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> list:
     """The engine's kernels alone (pre-tokenized, batches built beforehand) and `Embedder.embed`."""
     from vecq.engines import Embedder
-    from vecq.engines.base import run_in_turn
+    from vecq.engines.base import packs, run_in_turn
 
+    from ..settings import WorkerSettings
     from .baselines import Rate
 
     backend = _manifest(bundle).backend
@@ -165,25 +166,44 @@ def _engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> l
     with Embedder.load(bundle, device=device) as emb:
         emb.warmup()
         encoded = emb.tokenizer.encode(texts)
-        batches = [
-            emb.tokenizer.make_batch([encoded.ids[i] for i in planned.indices], planned.shape)
-            for planned in emb.shapes.plan(encoded.lengths)
-        ]
-        for batch in batches[:50]:
-            emb.engine.run(batch)
-        start = time.perf_counter()
-        for _ in run_in_turn(emb.engine, batches):  # as the engine thread drives it; host arrays,
-            pass  # so the device work is done when the last one is back
-        kernels = time.perf_counter() - start
+        runs = {"": _batches_in_advance(emb, encoded, None)}
+        if packs(emb.engine):  # also at the worker's default budget, which bounds query waits
+            budget = WorkerSettings.model_fields["max_batch_tokens"].default
+            runs[f", {budget}-token batches"] = _batches_in_advance(emb, encoded, budget)
+        alone = {}
+        for label, batches in runs.items():
+            for _ in run_in_turn(emb.engine, batches[:50]):
+                pass
+            start = time.perf_counter()
+            for _ in run_in_turn(emb.engine, batches):  # as the engine thread drives it; host arrays,
+                pass  # so the device work is done when the last one is back
+            alone[label] = time.perf_counter() - start
         emb.embed(texts[:2000])
         start = time.perf_counter()
         emb.embed(texts)
         embedder = time.perf_counter() - start
+    rates = [
+        Rate(f"vecq {backend} engine alone{label} (batches built in advance)", len(texts) / t, tokens / t)
+        for label, t in alone.items()
+    ]
     return [
-        Rate(
-            f"vecq {backend} engine alone (batches built in advance)", len(texts) / kernels, tokens / kernels
-        ),
+        *rates,
         Rate(f"vecq {backend} Embedder.embed (tokenizer included)", len(texts) / embedder, tokens / embedder),
+    ]
+
+
+def _batches_in_advance(emb, encoded, budget: int | None) -> list:  # type: ignore[no-untyped-def]
+    """The batches the worker would hand the engine: token batches cut in order at the budget
+    for an engine that packs, padded batches of the declared shapes otherwise."""
+    from vecq.engines.base import TokenBatch, packs, token_slices
+
+    if packs(emb.engine):
+        engine = emb.engine
+        cuts = token_slices(encoded.lengths, budget=budget or engine.token_budget, max_rows=engine.max_rows)
+        return [TokenBatch(p.flat, p.lengths) for p in (encoded.slice(c.start, c.stop) for c in cuts)]
+    return [
+        emb.tokenizer.make_batch([encoded.ids[i] for i in planned.indices], planned.shape)
+        for planned in emb.shapes.plan(encoded.lengths)
     ]
 
 
