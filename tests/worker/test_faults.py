@@ -81,7 +81,9 @@ def test_sigterm_drains_and_exits_0(redis_conn, redis_url, null_embedder, tmp_pa
     batches = [[f"drain {j} {i}" for i in range(2)] for j in range(200)]
     jobs = enqueue(redis_conn, batches)
     proc = _spawn(redis_url, 0.05, "drainer", tmp_path / "drainer.log")
-    _until(lambda: _health(redis_conn, "drainer").get("finished", 0) > 0, 30, "the worker to start")
+    # the finished registry, not the health record: that one is written once a second, by which
+    # time a quick worker may have finished all 200 jobs
+    _until(lambda: _finished(redis_conn) > 0, 30, "the worker to start")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, (tmp_path / "drainer.log").read_text()[-2000:]
     done = _finished(redis_conn)
