@@ -98,6 +98,16 @@ class WorkerSettings(CommonSettings):
         description="Tokenizer processes beside the worker (default: on a GPU, a quarter of the "
         "CPUs this process may use, 1-4; on CPU none: a thread).",
     )
+    #: CPython's default is 5 ms.  The engine thread waits for the device with the GIL released
+    #: and must take it back for every batch; behind a few threads running Python (main loop,
+    #: finishing, tokenizer I/O) it waited up to an interval each: an emulated 6 ms device stayed
+    #: busy 36 % of the time at 5 ms, 91 % at 0.5 ms (benchmarks/probes/gil_handoff.py).
+    gil_switch_ms: float = Field(
+        default=0.5,
+        gt=0,
+        description="GIL switch interval of the worker process (how soon a thread that waits for "
+        "the GIL gets it from one running Python).",
+    )
     burst: bool = Field(default=False, description="Exit when the queues are empty.")
 
     def engine_backend(self) -> str | None:

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -215,6 +216,7 @@ class BatchWorker(SimpleWorker):
         return False
 
     def _bootstrap(self) -> None:
+        sys.setswitchinterval(self.settings.gil_switch_ms / 1000)  # process-wide
         # Signals first: a SIGTERM that lands while warming up or registering (a supervisor or
         # a test stopping a worker as soon as it shows up) must drain and exit 0 like any other,
         # not kill the process with the default handler.

@@ -23,6 +23,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -84,12 +85,15 @@ def main() -> None:
         settings = WorkerSettings(redis_url=url, lanes=("bulk",), name="probe", device=args.device, **extra)
         worker = BatchWorker(emb, settings=settings)  # warms the engine up
         producer = subprocess.Popen([sys.executable, "-c", PRODUCER, url, str(args.texts)])
-        time.sleep(2.5)  # the producer has started submitting: burst mode ends when queues drain
+        # Not burst mode: a worker faster than the producer found its queue empty between two
+        # windows, left, and the producer waited for results forever (a 10-minute hang on the
+        # H200).  The worker serves until the producer has every result back.
+        threading.Thread(target=lambda: (producer.wait(), worker.stop()), daemon=True).start()
         before, main_before = process_cpu(), time.thread_time()
         prof = cProfile.Profile()
         start = time.perf_counter()
         prof.enable()
-        worker.work(burst=True, with_scheduler=False)
+        worker.work(burst=False, with_scheduler=False)
         prof.disable()
         wall = time.perf_counter() - start
         main_cpu, total_cpu = time.thread_time() - main_before, process_cpu() - before
