@@ -7,13 +7,13 @@ padding it is served with.  (The worker plans across jobs instead: `vecq.worker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from .base import Engine, TokenBatch, packs, run_in_turn, token_slices
 from .errors import BadInput
-from .tokenizer import TextTokenizer
+from .tokenizer import TextTokenizer, Tokenized
 
 
 def check_texts(texts: object) -> None:
@@ -32,16 +32,46 @@ def embed_texts(
 ) -> np.ndarray:
     """(len(texts), dim) float32; each text's vector is independent of its batch-mates."""
     check_texts(texts)
-    tokens = tokenizer.encode(texts, truncate=truncate)
     out = np.empty((len(texts), engine.dim), dtype=np.float32)
-    if packs(engine):  # texts end to end, in order, each batch filled to the budget
-        cuts = token_slices(tokens.lengths, budget=engine.token_budget, max_rows=engine.max_rows)  # type: ignore[attr-defined]
-        runs = (TokenBatch(part.flat, part.lengths) for part in (tokens.slice(c.start, c.stop) for c in cuts))
-        for cut, vectors in zip(cuts, run_in_turn(engine, runs), strict=True):
-            out[cut] = vectors
+    if packs(engine):
+        placed = 0
+        for vectors in run_in_turn(engine, _token_batches(tokenizer, engine, texts, truncate)):
+            out[placed : placed + len(vectors)] = vectors
+            placed += len(vectors)
         return out
+    tokens = tokenizer.encode(texts, truncate=truncate)
     plan = engine.shapes.plan(tokens.lengths)
     batches = (tokenizer.make_batch([tokens.ids[i] for i in p.indices], p.shape) for p in plan)
     for planned, vectors in zip(plan, run_in_turn(engine, batches), strict=True):
         out[planned.indices] = vectors[: len(planned.indices)]
     return out
+
+
+#: Texts tokenized at a time for an engine that packs: the next chunk is tokenized while the
+#: device runs the batches of this one (`run_in_turn` makes batch k+1 before collecting k).
+CHUNK_TEXTS = 4096
+
+
+def _token_batches(
+    tokenizer: TextTokenizer, engine: Engine, texts: Sequence[str], truncate: bool
+) -> Iterator[TokenBatch]:
+    """Texts end to end, in order, each batch filled to the engine's budget: tokenized a chunk
+    at a time (all at once when truncation is off, so that an over-long text is refused before
+    anything runs), the unfilled last batch of a chunk carried into the next."""
+    budget, max_rows = engine.token_budget, engine.max_rows  # type: ignore[attr-defined]
+    step = CHUNK_TEXTS if truncate else len(texts)
+    carry: Tokenized | None = None
+    for start in range(0, len(texts), step):
+        tokens = tokenizer.encode(texts[start : start + step], truncate=truncate)
+        if carry is not None:
+            tokens = Tokenized.join([carry, tokens])
+        cuts = token_slices(tokens.lengths, budget=budget, max_rows=max_rows)
+        last = start + step >= len(texts)
+        if not last and len(cuts) > 1:  # the tail waits for the next chunk's texts
+            carry = tokens.slice(cuts[-1].start, cuts[-1].stop)
+            cuts = cuts[:-1]
+        elif not last:
+            carry, cuts = tokens, []
+        for cut in cuts:
+            part = tokens.slice(cut.start, cut.stop)
+            yield TokenBatch(part.flat, part.lengths)

@@ -83,3 +83,24 @@ def test_packed_shapes_fill_a_token_buffer_with_one_batch() -> None:
     assert max(s.tokens for s in shapes) == 32768
     short = packed_shapes(128)
     assert short.seq_lens == (16, 32, 64, 128) and short.max_batch(128) == 256
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_embed_on_a_packing_engine_tokenizes_in_chunks_and_equals_the_padded_path(monkeypatch, chunk) -> None:
+    """Chunks (each one's unfilled last batch carried on) change neither vectors nor order, and
+    truncation off still refuses an over-long text before anything runs."""
+    from vecq.engines import Embedder, batching
+    from vecq.engines.backends.null import NullEngine
+    from vecq.engines.errors import TextTooLong
+    from vecq.worker.bench.corpus import make_corpus
+
+    monkeypatch.setattr(batching, "CHUNK_TEXTS", chunk)
+    plain = Embedder.load(backend="null")
+    packing = Embedder.load(backend="null")
+    packing.engine = NullEngine(shapes=packing.engine.shapes, dim=packing.dim, token_budget=512)
+    texts = make_corpus(300, seed=3)
+    np.testing.assert_array_equal(packing.embed(texts), plain.embed(texts))
+    calls = packing.engine.calls
+    with pytest.raises(TextTooLong, match=r"texts\[2\]"):
+        packing.embed(["a", "b", "word " * 600], truncate=False)
+    assert packing.engine.calls == calls
