@@ -29,7 +29,7 @@ from vecq.engines.base import TokenBatch
 from vecq.engines.tokenizer import TextTokenizer, Tokenized
 from vecq.producer.keys import LANES
 
-from .planner import Encoded, Placement
+from .planner import Encoded, Placement, by_owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +151,7 @@ class TokenPlanner:
     def retry_isolated(self, batch: PackedPlan) -> None:
         """Queue the texts of a failed mixed batch again, one owner per batch, ahead of new work,
         so that one poison text fails only its own job."""
-        by_owner: dict[Hashable, list[Part]] = {}
-        for p in batch.parts:
-            by_owner.setdefault(p.owner, []).append(p)
-        for parts in by_owner.values():
+        for parts in by_owner(batch.parts):
             self._isolated.append(parts)
             self._pending += sum(p.texts for p in parts)
 

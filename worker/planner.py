@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -33,6 +33,14 @@ from vecq.engines.errors import TextTooLong
 from vecq.engines.shapes import Shape, ShapeSet
 from vecq.engines.tokenizer import TextTokenizer, Tokenized
 from vecq.producer.keys import LANES
+
+
+class _HasOwner(Protocol):
+    @property
+    def owner(self) -> Hashable: ...
+
+
+_Owned = TypeVar("_Owned", bound=_HasOwner)
 
 #: A due partial batch takes rows of shorter buckets down to this share of its seq_len.
 NEAR = 0.875
@@ -100,6 +108,15 @@ class PlannedBatch:
 #: (owner, indexes into the job's texts, rows of the batch's vectors): a slice or a list each,
 #: of equal length.
 Placement = tuple[Hashable, "slice | list[int]", "slice | list[int]"]
+
+
+def by_owner(items: Sequence[_Owned]) -> list[list[_Owned]]:
+    """Items grouped by their `owner`, groups and items in first-seen order (a failed mixed
+    batch is retried one owner per batch)."""
+    groups: dict[Hashable, list[_Owned]] = {}
+    for item in items:
+        groups.setdefault(item.owner, []).append(item)
+    return list(groups.values())
 
 
 @dataclass(frozen=True)
@@ -184,10 +201,7 @@ class Planner:
     def retry_isolated(self, batch: PlannedBatch) -> None:
         """Queue the rows of a failed mixed batch again, one owner per batch, ahead of new work,
         so that one poison text fails only its own job."""
-        by_owner: dict[Hashable, list[Row]] = {}
-        for r in batch.rows:
-            by_owner.setdefault(r.owner, []).append(r)
-        for rows in by_owner.values():
+        for rows in by_owner(batch.rows):
             self._isolated.append(rows)
             self._pending += len(rows)
 
