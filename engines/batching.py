@@ -65,13 +65,14 @@ def _token_batches(
         tokens = tokenizer.encode(texts[start : start + step], truncate=truncate)
         if carry is not None:
             tokens = Tokenized.join([carry, tokens])
-        cuts = token_slices(tokens.lengths, budget=budget, max_rows=max_rows)
-        last = start + step >= len(texts)
-        if not last and len(cuts) > 1:  # the tail waits for the next chunk's texts
-            carry = tokens.slice(cuts[-1].start, cuts[-1].stop)
-            cuts = cuts[:-1]
-        elif not last:
-            carry, cuts = tokens, []
-        for cut in cuts:
-            part = tokens.slice(cut.start, cut.stop)
-            yield TokenBatch(part.flat, part.lengths)
+        batches = token_batches(tokens, budget=budget, max_rows=max_rows)
+        if start + step < len(texts):  # the tail waits for the next chunk's texts
+            tail = batches.pop()
+            carry = Tokenized(tail.ids, tail.lengths)
+        yield from batches
+
+
+def token_batches(tokens: Tokenized, *, budget: int, max_rows: int) -> list[TokenBatch]:
+    """`tokens` cut in order into batches of at most `budget` tokens and `max_rows` texts."""
+    cuts = token_slices(tokens.lengths, budget=budget, max_rows=max_rows)
+    return [TokenBatch(p.flat, p.lengths) for p in (tokens.slice(c.start, c.stop) for c in cuts)]

@@ -33,7 +33,7 @@ class Tokenized:
     @cached_property
     def ids(self) -> list[np.ndarray]:
         """One int64 view per text."""
-        return np.split(self.flat, np.cumsum(self.lengths)[:-1]) if len(self.lengths) else []
+        return np.split(self.flat, self.offsets[1:-1]) if len(self.lengths) else []
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -13,7 +13,8 @@ Priorities, as in `planner.Planner`: a lane's batch goes when it is full or its 
 waited `max_wait_s`; interactive before bulk; a due batch that leaves room in the buffer it will
 run in is topped up with other waiting texts (that room is computed anyway).  One more: an
 interactive batch may take the engine's hand-off slot from a bulk batch not yet started
-(`preempts`, `put_back`), so a lone query waits behind at most the batches already on the device.
+(`urgent_batch`, `put_back`), so a lone query waits behind at most the batches already on the
+device.
 """
 
 from __future__ import annotations
@@ -109,9 +110,6 @@ class PackedPlan:
 
 class TokenPlanner:
     """Pending texts by lane, in arrival order, and the rule that cuts them into token batches."""
-
-    #: An interactive batch may replace a bulk one in the engine's hand-off slot.
-    preempts = True
 
     def __init__(
         self, *, budget: int, max_rows: int, max_wait_s: float, buckets: Sequence[int] | None = None

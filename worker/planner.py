@@ -186,9 +186,6 @@ class Planner:
             self._queue(job, ids, encoded.since)
         return encoded.refused
 
-    #: This planner never takes a batch back from the engine's hand-off slot (`TokenPlanner` does).
-    preempts = False
-
     def _queue(self, job: NewJob, tokens: Tokenized, now: float) -> None:
         lane = job.lane if job.lane in self._buckets else LANES[0]
         buckets = self._buckets[lane]

@@ -30,7 +30,7 @@ from typing import IO, Any
 import msgpack
 import numpy as np
 
-from vecq.engines.tokenizer import TextTokenizer, Tokenized
+from vecq.engines.tokenizer import TextTokenizer, Tokenized, flatten
 
 from .planner import Encoded, NewJob, encode_jobs
 
@@ -67,17 +67,16 @@ class TokenizerProcess:
             raise TokenizerCrashed(f"tokenizer process {self._proc.pid} exited (code {self._proc.poll()})")
         if "error" in reply:
             raise TokenizerCrashed(f"tokenizer process: {reply['error']}")
-        flat = np.frombuffer(reply["ids"], dtype="<i4").astype(np.int64)
-        lengths = np.frombuffer(reply["lengths"], dtype="<i4").astype(np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        tokens = Tokenized(
+            np.frombuffer(reply["ids"], dtype="<i4").astype(np.int64),
+            np.frombuffer(reply["lengths"], dtype="<i4").astype(np.int64),
+        )
         out: list[tuple[NewJob, Tokenized]] = []
         at = 0
         for i in reply["order"]:  # the child's order (jobs that truncate first, as encode_jobs)
             job = jobs[i]
-            n = len(job.texts)
-            out.append((job, Tokenized(flat[offsets[at] : offsets[at + n]], lengths[at : at + n])))
-            at += n
+            out.append((job, tokens.slice(at, at + len(job.texts))))
+            at += len(job.texts)
         refused: list[tuple[Hashable, str]] = [(jobs[int(i)].owner, str(m)) for i, m in reply["refused"]]
         return Encoded(out, refused, now)
 
@@ -124,9 +123,7 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             jobs = [NewJob(i, texts, truncate=bool(truncate)) for i, (truncate, texts) in enumerate(request)]
             encoded = encode_jobs(tok, jobs, now=0.0)
             parts = [t for _, t in encoded.jobs]
-            joined = (
-                Tokenized.join(parts) if parts else Tokenized(np.zeros(0, np.int64), np.zeros(0, np.int64))
-            )
+            joined = Tokenized.join(parts) if parts else flatten([])
             reply: dict[str, Any] = {
                 "ids": joined.flat.astype("<i4").tobytes(),
                 "lengths": joined.lengths.astype("<i4").tobytes(),

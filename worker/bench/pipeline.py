@@ -195,12 +195,12 @@ def _engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> l
 def _batches_in_advance(emb, encoded, budget: int | None) -> list:  # type: ignore[no-untyped-def]
     """The batches the worker would hand the engine: token batches cut in order at the budget
     for an engine that packs, padded batches of the declared shapes otherwise."""
-    from vecq.engines.base import TokenBatch, packs, token_slices
+    from vecq.engines.base import packs
+    from vecq.engines.batching import token_batches
 
     if packs(emb.engine):
         engine = emb.engine
-        cuts = token_slices(encoded.lengths, budget=budget or engine.token_budget, max_rows=engine.max_rows)
-        return [TokenBatch(p.flat, p.lengths) for p in (encoded.slice(c.start, c.stop) for c in cuts)]
+        return token_batches(encoded, budget=budget or engine.token_budget, max_rows=engine.max_rows)
     return [
         emb.tokenizer.make_batch([encoded.ids[i] for i in planned.indices], planned.shape)
         for planned in emb.shapes.plan(encoded.lengths)
