@@ -20,15 +20,18 @@ from vecq.worker.settings import WorkerSettings
 from vecq.worker.worker import BatchWorker
 
 from .conftest import INTERACTIVE, enqueue, vectors_of
+from .servers import SPAWNED
 
 SLOW_WORKER = Path(__file__).with_name("slow_worker.py")
 
 
 def _spawn(url: str, delay: float, name: str, log: Path) -> subprocess.Popen:
     out = log.open("w")
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, str(SLOW_WORKER), url, str(delay), name], stdout=out, stderr=subprocess.STDOUT
     )
+    SPAWNED.append(proc)  # reaped after the test even when it fails (a leaked worker took the
+    return proc  # next test's jobs)
 
 
 def _until(predicate, timeout: float, what: str) -> float:
@@ -54,7 +57,9 @@ def test_kill_9_mid_batch_every_job_finishes_exactly_once(
 ) -> None:
     batches = [[f"job {j} text {i}" for i in range(3)] for j in range(150)]
     jobs = enqueue(redis_conn, batches, retries=3)
-    victim = _spawn(redis_url, 0.05, "victim", tmp_path / "victim.log")
+    # slow enough to be seen mid-run: its health record, which the test reads, is written once a
+    # second, and at 0.05 s a batch a quick worker had finished all 150 jobs before that
+    victim = _spawn(redis_url, 0.3, "victim", tmp_path / "victim.log")
     _until(lambda: _health(redis_conn, "victim").get("open_texts", 0) > 0, 30, "the victim to hold jobs")
     survivor = _spawn(redis_url, 0.05, "survivor", tmp_path / "survivor.log")
     try:
