@@ -4,7 +4,9 @@ One `BatchWorker` in this process (main thread under cProfile), the benchmark mo
 (`--backend torch` on CUDA: the packed engine; `null`: the host path alone), a private Valkey,
 and a `BulkSubmitter` producer in a child process.  Prints the bulk rate, the CPU seconds of
 every thread of the worker process (from /proc: the engine thread, tokenizing, finishing,
-tokenizers' pool), and the main thread's hottest functions.
+tokenizers' pool), the main thread's hottest functions, and where the engine waited: a thread
+samples the worker's state every millisecond and sorts each sample into engine busy, or idle
+because texts were tokenizing / planned but not due / held at the prefetch cap / not there.
 
     python3 benchmarks/probes/worker_host.py [--backend torch|null] [--texts 50000] [--device cuda]
         [--tokenize-processes N] [--max-batch-tokens T]
@@ -17,7 +19,9 @@ before the profiled run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import os
 import pstats
 import resource
 import subprocess
@@ -49,9 +53,71 @@ print(f'bulk: {n} texts in {el:.2f} s = {n / el:,.0f} texts/s', flush=True)
 """
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's live threads (by Python thread name; tokenizers' pool and
+    other native threads by id) and of its live children (by pid)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+
+    def add(name: str, stat_path: Path) -> None:
+        with contextlib.suppress(OSError):
+            fields = stat_path.read_text().rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+
+    for task in Path("/proc/self/task").iterdir():
+        add(names.get(int(task.name), f"native thread {task.name}"), task / "stat")
+        with contextlib.suppress(OSError):
+            for pid in (task / "children").read_text().split():
+                add(f"child process {pid}", Path(f"/proc/{pid}/stat"))
+    return out
+
+
 def process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class StateSampler:
+    """Samples `serving`'s queues every `period` s (a read of a few ints under the GIL)."""
+
+    def __init__(self, serving, period: float = 0.001) -> None:
+        self.serving, self.period = serving, period
+        self.counts: dict[str, int] = {}
+        self.busy_texts: list[int] = []  # texts held while sampled busy
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="probe-sampler", daemon=True)
+
+    def __enter__(self) -> StateSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        s = self.serving
+        while not self._stop.wait(self.period):
+            held = s.jobs.texts + s.finisher.texts_in_flight
+            if s.runner.in_flight:
+                state = "engine busy, next batch waiting" if not s.runner.slot_free else "engine busy, slot empty"
+            elif s.tokenizing.texts:
+                state = "engine idle: texts tokenizing"
+            elif s.planner.pending:
+                state = "engine idle: planned texts not cut yet"
+            elif held >= s.policy.prefetch.texts:
+                state = "engine idle: at the prefetch cap (writing back)"
+            elif held:
+                state = "engine idle: texts held, being written"
+            else:
+                state = "engine idle: nothing held (Redis/producer)"
+            self.counts[state] = self.counts.get(state, 0) + 1
+
+    def report(self) -> None:
+        total = sum(self.counts.values()) or 1
+        for state, n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
+            print(f"  {100 * n / total:5.1f} %  {state}")
 
 
 def main() -> None:
@@ -62,6 +128,8 @@ def main() -> None:
     ap.add_argument("--prefetch", type=int, default=None)
     ap.add_argument("--tokenize-processes", type=int, default=None)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
+    ap.add_argument("--gil-switch-ms", type=float, default=None)
+    ap.add_argument("--no-profile", action="store_true", help="skip cProfile (its overhead)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, embedded_redis() as url:
         root = model_dir("random-bert-base-en", Path(tmp))
@@ -79,6 +147,7 @@ def main() -> None:
                 "prefetch_texts": args.prefetch,
                 "tokenize_processes": args.tokenize_processes,
                 "max_batch_tokens": args.max_batch_tokens,
+                "gil_switch_ms": args.gil_switch_ms,
             }.items()
             if v is not None
         }
@@ -88,13 +157,23 @@ def main() -> None:
         # Not burst mode: a worker faster than the producer found its queue empty between two
         # windows, left, and the producer waited for results forever (a 10-minute hang on the
         # H200).  The worker serves until the producer has every result back.
-        threading.Thread(target=lambda: (producer.wait(), worker.stop()), daemon=True).start()
+        at_end: dict[str, float] = {}
+
+        def stop_when_done() -> None:
+            producer.wait()
+            at_end.update(thread_cpu())  # before the worker's threads and children end
+            worker.stop()
+
+        threads_before = thread_cpu()
+        threading.Thread(target=stop_when_done, daemon=True).start()
         before, main_before = process_cpu(), time.thread_time()
         prof = cProfile.Profile()
         start = time.perf_counter()
-        prof.enable()
-        worker.work(burst=False, with_scheduler=False)
-        prof.disable()
+        with StateSampler(worker.serving) as sampler:
+            if not args.no_profile:
+                prof.enable()
+            worker.work(burst=False, with_scheduler=False)
+            prof.disable()
         wall = time.perf_counter() - start
         main_cpu, total_cpu = time.thread_time() - main_before, process_cpu() - before
         producer.wait()
@@ -102,7 +181,15 @@ def main() -> None:
         f"worker wall {wall:.2f} s; CPU {total_cpu:.2f} s in all threads, {main_cpu:.2f} s on the main "
         f"thread (cProfile's overhead included)"
     )
-    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    print("CPU seconds by thread (and tokenizer child) during the run:")
+    for name, cpu in sorted(at_end.items(), key=lambda kv: -kv[1]):
+        used = cpu - threads_before.get(name, 0.0)
+        if used >= 0.01:
+            print(f"  {used:6.2f}  {name}")
+    print("worker state, sampled every ms:")
+    sampler.report()
+    if not args.no_profile:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

