@@ -42,7 +42,10 @@ def run(path: str, n: int, mode: str, of: int, threads: int | None = None) -> di
     kids = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, path, str(n), mode, str(i), str(of)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for i in range(of)
     ]
@@ -80,7 +83,8 @@ def main() -> None:
         for threads in [int(t) for t in args.threads.split(",")]:
             r = run(path, args.texts, "batch", 1, threads)
             rate = r["texts"] / r["slowest"]
-            print(f"batch call, pool of {threads}: {rate:,.0f} texts/s ({r['tokens'] / r['slowest'] / 1e6:.2f}M tokens/s)")
+            mtok = r["tokens"] / r["slowest"] / 1e6
+            print(f"batch call, pool of {threads}: {rate:,.0f} texts/s ({mtok:.2f}M tokens/s)")
 
 
 if __name__ == "__main__":

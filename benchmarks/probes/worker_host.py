@@ -101,7 +101,9 @@ class StateSampler:
         while not self._stop.wait(self.period):
             held = s.jobs.texts + s.finisher.texts_in_flight
             if s.runner.in_flight:
-                state = "engine busy, next batch waiting" if not s.runner.slot_free else "engine busy, slot empty"
+                state = (
+                    "engine busy, next batch waiting" if not s.runner.slot_free else "engine busy, slot empty"
+                )
             elif s.tokenizing.texts:
                 state = "engine idle: texts tokenizing"
             elif s.planner.pending:
