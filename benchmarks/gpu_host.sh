@@ -28,15 +28,10 @@ head() {
 }
 probes() {
   head | tee "$out/probes.txt"
-  python3 benchmarks/probes/tokenize_rate.py --texts 20000 --procs 1,2,4,8 --threads 1,4,16 2>&1 |
+  python3 benchmarks/probes/tokenize_rate.py --texts 20000 --procs 1,4,8 --threads 4,8,16 2>&1 |
     grep -v "Writing model" | tee -a "$out/probes.txt"
-  for run in "--tokenize-processes 4" "--tokenize-processes 8" "--prefetch 16384"; do
-    echo "== worker_host null, $run" | tee -a "$out/probes.txt"
-    timeout 120 python3 benchmarks/probes/worker_host.py --backend null --texts 50000 --no-profile \
-      $run 2>&1 | grep -v "Writing model" | tee -a "$out/probes.txt"
-  done
-  for run in "--gil-switch-ms 0.5" "--gil-switch-ms 5" "--prefetch 16384"; do
-    echo "== worker_host torch, $run" | tee -a "$out/probes.txt"
+  for run in "--tokenize-processes 4 --tokenize-threads 1" "" "--prefetch 8192"; do
+    echo "== worker_host torch, ${run:-defaults}" | tee -a "$out/probes.txt"
     timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile \
       $run 2>&1 | grep -v "Writing model" | tee -a "$out/probes.txt"
   done

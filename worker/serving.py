@@ -85,6 +85,7 @@ class Serving:
         self.tokenizing = Tokenizing(
             embedder.tokenizer.with_parallelism(settings.tokenize_in_parallel()),
             processes=settings.tokenizer_processes(),
+            threads=settings.tokenizer_threads(),
         )
         self.planner: Planner | TokenPlanner
         if packs(engine):  # texts end to end, cut at the token budget: no padding to plan

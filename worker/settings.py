@@ -95,8 +95,14 @@ class WorkerSettings(CommonSettings):
     tokenize_processes: int | None = Field(
         default=None,
         ge=0,
-        description="Tokenizer processes beside the worker (default: on a GPU, a quarter of the "
-        "CPUs this process may use, 1-4; on CPU none: a thread).",
+        description="Tokenizer processes beside the worker (default: on a GPU 2, or 1 with fewer "
+        "than 8 CPUs; on CPU none: a thread).",
+    )
+    tokenize_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokenizing threads in each tokenizer process (default: a quarter of the CPUs "
+        "this process may use each, at least 1).",
     )
     #: CPython's default is 5 ms.  The engine thread waits for the device with the GIL released
     #: and must take it back for every batch; behind a few threads running Python (main loop,
@@ -145,13 +151,20 @@ class WorkerSettings(CommonSettings):
 
     def tokenizer_processes(self) -> int:
         """`tokenize_processes`, or its default: on a GPU the host must keep up with the engine
-        (one worker's GIL capped it at ~20k texts/s, BENCHMARKS.md), on CPU the engine needs
-        the cores more than the tokenizer does."""
+        (tokenizing is ~110 us of CPU per 53-token text on the H200's host, BENCHMARKS.md), on
+        CPU the engine needs the cores more than the tokenizer does."""
         if self.tokenize_processes is not None:
             return self.tokenize_processes
         if not self.device.startswith("cuda"):
             return 0
-        return max(1, min(4, len(os.sched_getaffinity(0)) // 4))
+        return 2 if len(os.sched_getaffinity(0)) >= 8 else 1
+
+    def tokenizer_threads(self) -> int:
+        """`tokenize_threads`, or its default: two processes of a quarter of the CPUs each leave
+        half of them to the engine thread, Redis and the producer."""
+        if self.tokenize_threads is not None:
+            return self.tokenize_threads
+        return max(1, len(os.sched_getaffinity(0)) // 4)
 
     @field_validator("lanes", mode="before")
     @classmethod

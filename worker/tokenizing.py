@@ -32,9 +32,9 @@ TASK_TEXTS = 512
 class Tokenizing:
     """Tasks in flight, oldest first; on a thread, or on `processes` tokenizer processes."""
 
-    def __init__(self, tokenizer: TextTokenizer, *, processes: int = 0) -> None:
+    def __init__(self, tokenizer: TextTokenizer, *, processes: int = 0, threads: int = 1) -> None:
         self.encoder = tokenizer
-        self._procs = [TokenizerProcess(tokenizer.with_parallelism(False)) for _ in range(processes)]
+        self._procs = [TokenizerProcess(tokenizer, threads=threads) for _ in range(processes)]
         # one I/O thread per process (its pipe is used by one thread at a time); else one thread
         n = max(1, len(self._procs))
         self._pools = [ThreadPoolExecutor(1, thread_name_prefix="vecq-tokenize") for _ in range(n)]

@@ -44,8 +44,12 @@ class TokenizerCrashed(RuntimeError):
 class TokenizerProcess:
     """One child process and the pipes to it; used from one thread at a time."""
 
-    def __init__(self, tokenizer: TextTokenizer) -> None:
-        env = {**os.environ, "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    def __init__(self, tokenizer: TextTokenizer, *, threads: int = 1) -> None:
+        # `threads` > 1: the child's batch calls run on a pool of that many `tokenizers` threads;
+        # one process with a pool tokenized 1.3x the texts/s of as many one-thread processes
+        # (BENCHMARKS.md, tokenize_rate probe), and its Python share stays one core's
+        parallel = "true" if threads > 1 else "false"
+        env = {**os.environ, "RAYON_NUM_THREADS": str(max(1, threads)), "TOKENIZERS_PARALLELISM": parallel}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "vecq.worker.tokenprocs"],
             stdin=subprocess.PIPE,

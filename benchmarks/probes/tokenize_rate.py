@@ -3,9 +3,9 @@
 A worker's host path cannot outrun its tokenizer, so this measures the benchmark model's
 tokenizer (`random-bert-base-en`: bert-base-uncased's WordPiece) on the bench corpus, the ways a
 worker can run it: one text per call on one core (`TextTokenizer` with parallelism off, as a
-tokenizer process does), `tokenizers`' batch call on its own thread pool of 1…N threads, and N
-processes each tokenizing its share one text per call (what `--tokenize-processes N` can reach
-at most).  Each pool size runs in a child process, since `tokenizers` fixes its pool at first use.
+tokenizer process does), `tokenizers`' batch call on its own thread pool of 1…N threads, N
+processes each tokenizing its share one text per call, and P processes each with a pool of T
+(`--tokenize-processes P --tokenize-threads T`: what those can reach at most).  Each pool size runs in a child process, since `tokenizers` fixes its pool at first use.
 
     python3 benchmarks/probes/tokenize_rate.py [--texts 20000] [--procs 1,2,4,8] [--threads 1,4,16]
 """
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=20000)
     ap.add_argument("--procs", default="1,2,4,8")
     ap.add_argument("--threads", default="1,4,16")
+    ap.add_argument("--pools", default="4x1,8x1,2x4,4x2,1x8", help="PxT: P processes, each a pool of T")
     args = ap.parse_args()
     from vecq.worker.bench.models import model_dir
 
@@ -85,6 +86,12 @@ def main() -> None:
             rate = r["texts"] / r["slowest"]
             mtok = r["tokens"] / r["slowest"] / 1e6
             print(f"batch call, pool of {threads}: {rate:,.0f} texts/s ({mtok:.2f}M tokens/s)")
+        for pool in [p for p in args.pools.split(",") if p]:
+            procs, threads = (int(x) for x in pool.split("x"))
+            r = run(path, args.texts, "batch", procs, threads)
+            rate = r["texts"] / r["slowest"]
+            mtok = r["tokens"] / r["slowest"] / 1e6
+            print(f"{procs} processes, each a pool of {threads}: {rate:,.0f} texts/s ({mtok:.2f}M tokens/s)")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ class StateSampler:
     def __init__(self, serving, period: float = 0.001) -> None:
         self.serving, self.period = serving, period
         self.counts: dict[str, int] = {}
-        self.busy_texts: list[int] = []  # texts held while sampled busy
+        self.counting = False  # from the first text held until `done()`: the bulk run only
+        self._done = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="probe-sampler", daemon=True)
 
@@ -100,6 +101,9 @@ class StateSampler:
         s = self.serving
         while not self._stop.wait(self.period):
             held = s.jobs.texts + s.finisher.texts_in_flight
+            self.counting = (self.counting or held > 0) and not self._done
+            if not self.counting:
+                continue
             if s.runner.in_flight:
                 state = (
                     "engine busy, next batch waiting" if not s.runner.slot_free else "engine busy, slot empty"
@@ -116,10 +120,53 @@ class StateSampler:
                 state = "engine idle: nothing held (Redis/producer)"
             self.counts[state] = self.counts.get(state, 0) + 1
 
+    def done(self) -> None:
+        self._done = True
+
     def report(self) -> None:
         total = sum(self.counts.values()) or 1
         for state, n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
             print(f"  {100 * n / total:5.1f} %  {state}")
+
+
+class WallTimes:
+    """Wall seconds spent in chosen methods (wrapped on the instance), per thread that ran them;
+    nested calls count in both."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, obj: object, name: str, label: str) -> None:
+        inner = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                key = f"{threading.current_thread().name}: {label}"
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
+                self.calls[key] = self.calls.get(key, 0) + 1
+
+        setattr(obj, name, timed)
+
+    def report(self, wall: float) -> None:
+        for key, sec in sorted(self.seconds.items()):
+            print(f"  {sec:6.2f} s ({100 * sec / wall:5.1f} %) in {self.calls[key]:6d} calls  {key}")
+
+
+def instrument(serving) -> WallTimes:
+    times = WallTimes()
+    for name in ("_take", "_collect", "_write", "_plan_tokenized", "_feed", "_wait"):
+        times.wrap(serving, name, f"Serving.{name}")
+    times.wrap(serving.intake, "take", "Intake.take (Redis)")
+    times.wrap(serving.tokenizing, "submit", "Tokenizing.submit")
+    times.wrap(serving.runner, "_start", "EngineRunner._start (inputs, launch)")
+    times.wrap(serving.runner, "_collect", "EngineRunner._collect (device sync)")
+    times.wrap(serving.runner, "_next", "EngineRunner._next (wait for a batch)")
+    times.wrap(serving.finisher.store, "finish", "JobStore.finish (Redis)")
+    return times
 
 
 def main() -> None:
@@ -129,6 +176,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=50000)
     ap.add_argument("--prefetch", type=int, default=None)
     ap.add_argument("--tokenize-processes", type=int, default=None)
+    ap.add_argument("--tokenize-threads", type=int, default=None)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
     ap.add_argument("--gil-switch-ms", type=float, default=None)
     ap.add_argument("--no-profile", action="store_true", help="skip cProfile (its overhead)")
@@ -148,6 +196,7 @@ def main() -> None:
             for k, v in {
                 "prefetch_texts": args.prefetch,
                 "tokenize_processes": args.tokenize_processes,
+                "tokenize_threads": args.tokenize_threads,
                 "max_batch_tokens": args.max_batch_tokens,
                 "gil_switch_ms": args.gil_switch_ms,
             }.items()
@@ -161,17 +210,23 @@ def main() -> None:
         # H200).  The worker serves until the producer has every result back.
         at_end: dict[str, float] = {}
 
+        times = instrument(worker.serving)
+        run_wall: list[float] = []
+
         def stop_when_done() -> None:
             producer.wait()
+            sampler.done()
+            run_wall.append(time.perf_counter() - start)
             at_end.update(thread_cpu())  # before the worker's threads and children end
             worker.stop()
 
         threads_before = thread_cpu()
-        threading.Thread(target=stop_when_done, daemon=True).start()
+        sampler = StateSampler(worker.serving)
         before, main_before = process_cpu(), time.thread_time()
         prof = cProfile.Profile()
         start = time.perf_counter()
-        with StateSampler(worker.serving) as sampler:
+        threading.Thread(target=stop_when_done, daemon=True).start()
+        with sampler:
             if not args.no_profile:
                 prof.enable()
             worker.work(burst=False, with_scheduler=False)
@@ -188,8 +243,10 @@ def main() -> None:
         used = cpu - threads_before.get(name, 0.0)
         if used >= 0.01:
             print(f"  {used:6.2f}  {name}")
-    print("worker state, sampled every ms:")
+    print("worker state during the bulk run, sampled every ms:")
     sampler.report()
+    print("wall time in the worker's steps (from the worker's start to the producer's end):")
+    times.report(run_wall[0] if run_wall else wall)
     if not args.no_profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 

@@ -24,22 +24,24 @@ def tokenizer(tiny_bert_dir: Path) -> TextTokenizer:
     return TextTokenizer.from_dir(tiny_bert_dir, max_seq_len=32)
 
 
-def test_a_child_tokenizes_like_this_process(tokenizer: TextTokenizer) -> None:
+@pytest.mark.parametrize("threads", [1, 2])  # 2: the child's batch calls on a pool
+def test_a_child_tokenizes_like_this_process(tokenizer: TextTokenizer, threads: int) -> None:
     jobs = [
         NewJob("a", TEXTS, "bulk"),
         NewJob("long", ["word " * 100], truncate=False),  # over 32 tokens, truncation off
         NewJob("b", TEXTS[::-1], "interactive"),
         NewJob("short", ["a few words"], truncate=False),
     ]
-    proc = TokenizerProcess(tokenizer)
+    proc = TokenizerProcess(tokenizer, threads=threads)
     try:
-        got = proc.encode_jobs(jobs, now=5.0)
+        got = proc.encode_jobs(jobs * 10, now=5.0)  # over SEQUENTIAL_MAX texts: a batch call
     finally:
         proc.close()
-    want = encode_jobs(tokenizer, jobs, now=5.0)
-    assert got.since == 5.0 and [o for o, _ in got.refused] == ["long"] == [o for o, _ in want.refused]
+    want = encode_jobs(tokenizer, jobs * 10, now=5.0)
+    assert got.since == 5.0 and [o for o, _ in got.refused] == ["long"] * 10 == [o for o, _ in want.refused]
     assert got.refused[0][1].startswith("TextTooLong: texts[0]: longer than the model's max of 32")
-    assert [j.owner for j, _ in got.jobs] == [j.owner for j, _ in want.jobs] == ["a", "b", "short"]
+    owners = [j.owner for j, _ in got.jobs]
+    assert owners == [j.owner for j, _ in want.jobs] and sorted(owners) == sorted(["a", "b", "short"] * 10)
     for (_, g), (_, w) in zip(got.jobs, want.jobs, strict=True):
         np.testing.assert_array_equal(g.flat, w.flat)
         np.testing.assert_array_equal(g.lengths, w.lengths)
