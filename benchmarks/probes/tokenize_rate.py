@@ -2,12 +2,12 @@
 
 A worker's host path cannot outrun its tokenizer, so this measures the benchmark model's
 tokenizer (`random-bert-base-en`: bert-base-uncased's WordPiece) on the bench corpus, the ways a
-worker can run it: one text per call on one core (`TextTokenizer` with parallelism off, as a
-tokenizer process does), `tokenizers`' batch call on its own thread pool of 1…N threads, N
-processes each tokenizing its share one text per call, and P processes each with a pool of T
-(`--tokenize-processes P --tokenize-threads T`: what those can reach at most).  Each pool size runs in a child process, since `tokenizers` fixes its pool at first use.
+worker can run it: one text per call on one core, `tokenizers`' batch call on its own thread pool
+of 1…N threads, N processes each tokenizing its share one text per call, and P processes each
+with a pool of T (`--tokenize-processes P --tokenize-threads T`: what those can reach at most).
+Each runs in child processes, since `tokenizers` fixes its pool at first use.
 
-    python3 benchmarks/probes/tokenize_rate.py [--texts 20000] [--procs 1,2,4,8] [--threads 1,4,16]
+    python3 benchmarks/probes/tokenize_rate.py [--texts 20000] [--procs 1,2,4,8] [--threads 1,4,16] [--pools 2x4,4x2]
 """
 
 from __future__ import annotations
