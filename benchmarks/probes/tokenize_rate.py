@@ -7,7 +7,8 @@ of 1…N threads, N processes each tokenizing its share one text per call, and P
 with a pool of T (`--tokenize-processes P --tokenize-threads T`: what those can reach at most).
 Each runs in child processes, since `tokenizers` fixes its pool at first use.
 
-    python3 benchmarks/probes/tokenize_rate.py [--texts 20000] [--procs 1,2,4,8] [--threads 1,4,16] [--pools 2x4,4x2]
+    python3 benchmarks/probes/tokenize_rate.py [--texts 20000] [--procs 1,2,4,8] [--threads 1,4,16]
+        [--pools 2x4,4x2]
 """
 
 from __future__ import annotations
