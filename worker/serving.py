@@ -135,13 +135,15 @@ class Serving:
 
     # --- the pass ----------------------------------------------------------------------------
     def step(self, *, burst: bool) -> bool:
-        """One pass: take, collect engine results, write back, feed the engine, wait; True: done."""
+        """One pass: collect engine results, write back, take, feed the engine, wait; True: done.
+        Results are written before the take: a finished query's write must not wait behind a
+        take's round trip."""
+        self._collect(timeout=0.0)
+        requeued = self._write()
         take = self.policy.next_take(
             self.load(), ahead=self.intake.ahead, ahead_ready=self.intake.ahead_ready, burst=burst
         )
         took = self._take(take) if take is not None else 0
-        self._collect(timeout=0.0)
-        requeued = self._write()
         self._plan_tokenized(wait=self.planner.pending == 0 or self.policy.stopping)
         self._feed(time.monotonic())
         if not self.intake.ahead:
@@ -156,11 +158,12 @@ class Serving:
 
     def _take(self, take: Take) -> int:
         taken = self.intake.take(take)
-        self.policy.took(take, len(taken))
+        texts = self.intake.texts_in(taken)
+        self.policy.took(take, texts)
         if not taken:
             return 0
         if not take.first_lane_only:
-            ahead = self.policy.take_ahead(self.load(), taken_texts=self.intake.texts_in(taken))
+            ahead = self.policy.take_ahead(self.load(), taken_texts=texts)
             if ahead is not None:
                 self.intake.send_ahead(ahead)
         started, refused = self.admission.admit(taken, now_wall=time.time(), now=time.monotonic())

@@ -7,7 +7,7 @@ The rules, each measured (BENCHMARKS.md, "Queue path"):
   leaves the rest queued for others;
 - it takes when a quarter of the budget is free, or when the engine is about to run dry
   (`LOW_WATER_ROWS`): refilling in big gulps keeps round trips per job low;
-- while jobs keep coming, the next take is sent ahead, so Redis runs it on its own core while
+- while jobs keep coming (a take came back at least half full), the next take is sent ahead, so Redis runs it on its own core while
   the worker validates, tokenizes and writes; a take sent ahead is collected once Redis has
   answered, or at once when the engine runs low;
 - while bulk texts fill the budget, a side take of the interactive lane alone
@@ -59,7 +59,7 @@ class TakePolicy:
         self.prefetch = prefetch
         self.idle_wait_s = idle_wait_s
         self.stopping = False
-        self.flowing = False  # the last full take found jobs: the next one is sent ahead
+        self.flowing = False  # the last take came back at least half full: send the next ahead
 
     @property
     def budget(self) -> int:
@@ -83,10 +83,13 @@ class TakePolicy:
             return Take(room, first_lane_only=True)
         return None
 
-    def took(self, take: Take, jobs: int) -> None:
-        """Record what a take found (a side take says nothing about the flow of bulk work)."""
+    def took(self, take: Take, texts: int) -> None:
+        """Record what a take found: jobs keep coming when it came back at least half full (a
+        take that drained its queue -- a lone request -- sends nothing ahead: that round trip
+        and its script sat between a query's result and its write).  A side take says nothing
+        about the flow of bulk work."""
         if not take.first_lane_only:
-            self.flowing = jobs > 0
+            self.flowing = texts > 0 and 2 * texts >= take.budget_texts
 
     def take_ahead(self, load: Load, *, taken_texts: int = 0) -> int | None:
         """Texts for a take to send ahead now (`taken_texts`: just taken, not yet held), or None."""

@@ -179,6 +179,7 @@ def main() -> None:
     ap.add_argument("--tokenize-threads", type=int, default=None)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
     ap.add_argument("--gil-switch-ms", type=float, default=None)
+    ap.add_argument("--lanes", default="bulk", help="lanes the worker serves (vecq worker's: interactive,bulk)")
     ap.add_argument("--no-profile", action="store_true", help="skip cProfile (its overhead)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, embedded_redis() as url:
@@ -202,7 +203,7 @@ def main() -> None:
             }.items()
             if v is not None
         }
-        settings = WorkerSettings(redis_url=url, lanes=("bulk",), name="probe", device=args.device, **extra)
+        settings = WorkerSettings(redis_url=url, lanes=args.lanes, name="probe", device=args.device, **extra)
         worker = BatchWorker(emb, settings=settings)  # warms the engine up
         producer = subprocess.Popen([sys.executable, "-c", PRODUCER, url, str(args.texts)])
         # Not burst mode: a worker faster than the producer found its queue empty between two

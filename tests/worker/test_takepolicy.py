@@ -64,9 +64,11 @@ def test_takes_are_sent_ahead_only_while_jobs_keep_coming() -> None:
     p = policy()
     p.prefetch.texts = 1000
     assert p.take_ahead(load(held=100)) is None  # nothing flowing yet
-    p.took(Take(900), jobs=5)
-    assert p.take_ahead(load(held=100), taken_texts=200) == 700
-    p.took(Take(50, first_lane_only=True), jobs=0)  # a side take says nothing about the flow
+    p.took(Take(900), texts=450)
+    assert p.take_ahead(load(held=100), taken_texts=450) == 450
+    p.took(Take(50, first_lane_only=True), texts=0)  # a side take says nothing about the flow
     assert p.flowing
-    p.took(Take(900), jobs=0)
+    p.took(Take(900), texts=1)  # a lone request drained the queue: nothing more to send for
+    assert not p.flowing
+    p.took(Take(900), texts=0)
     assert p.take_ahead(load(held=100)) is None

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,24 +252,31 @@ def _loaded_latencies(url: str, name: str, texts: list[str], n: int) -> tuple[fl
 
 @contextlib.contextmanager
 def bulk_busy(url: str, name: str, texts: list[str]) -> Iterator[None]:
-    """Bulk runs of `texts` back to back in a thread for the duration of the block (started 2 s
-    before it, so the worker's prefetch budget is full when it begins)."""
-    done = threading.Event()
-
-    def keep_busy() -> None:
-        k = 0
-        while not done.is_set():
-            _bulk(url, name, texts[:20000], f"busy{k}")
-            k += 1
-
-    thread = threading.Thread(target=keep_busy, daemon=True)
-    thread.start()
+    """Bulk runs back to back in a process of their own for the duration of the block (started
+    2 s before it, so the worker's prefetch budget is full when it begins).  Its own process, as
+    a corpus job would be: in a thread of the measuring process, the bulk producer's Python held
+    the GIL the latency client waits for, and its waits were counted as the worker's."""
+    code = "import sys; from vecq.worker.bench.pipeline import keep_busy; keep_busy(*sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", code, url, name, str(min(len(texts), 20000))])
     time.sleep(2.0)
     try:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the bulk load process exited (code {proc.returncode})")
         yield
     finally:
-        done.set()
-        thread.join(timeout=120)
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def keep_busy(url: str, name: str, n_texts: str) -> None:
+    """The bulk load process: runs of the corpus's first `n_texts` texts until terminated."""
+    from .corpus import make_corpus
+
+    texts = make_corpus(int(n_texts), seed=7)
+    k = 0
+    while True:
+        _bulk(url, name, texts, f"busy{k}")
+        k += 1
 
 
 def _report(
