@@ -88,7 +88,8 @@ def main() -> None:
         root = model_dir("random-bert-base-en", Path(tmp))
         if args.backend == "null":
             emb = Embedder.load(root, backend="null")
-            emb.engine = NullEngine(shapes=packed_shapes(emb.spec.max_seq_len), dim=emb.dim, token_budget=32768)
+            shapes = packed_shapes(emb.spec.max_seq_len)
+            emb.engine = NullEngine(shapes=shapes, dim=emb.dim, token_budget=32768)
             device = "cpu"
         else:
             emb = Embedder.load(root, backend=args.backend, device=args.device, precision="fp16")

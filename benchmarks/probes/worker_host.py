@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--tokenize-threads", type=int, default=None)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
     ap.add_argument("--gil-switch-ms", type=float, default=None)
-    ap.add_argument("--lanes", default="bulk", help="lanes the worker serves (vecq worker's: interactive,bulk)")
+    ap.add_argument("--lanes", default="bulk", help="vecq worker's: interactive,bulk")
     ap.add_argument("--no-profile", action="store_true", help="skip cProfile (its overhead)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, embedded_redis() as url:
