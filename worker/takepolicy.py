@@ -8,8 +8,8 @@ The rules, each measured (BENCHMARKS.md, "Queue path"):
 - it takes when a quarter of the budget is free, or when the engine is about to run dry
   (`LOW_WATER_ROWS`): refilling in big gulps keeps round trips per job low;
 - while jobs keep coming (a take came back at least half full), the next take is sent ahead,
-  so Redis runs it on its own core while the worker validates, tokenizes and writes; a take sent ahead is collected once Redis has
-  answered, or at once when the engine runs low;
+  so Redis runs it on its own core while the worker validates, tokenizes and writes; a take
+  sent ahead is collected once Redis has answered, or at once when the engine runs low;
 - while bulk texts fill the budget, a side take of the interactive lane alone
   (`INTERACTIVE_BUDGET` texts) still lets web requests in;
 - it blocks (`idle_wait_s`) only when it holds nothing at all, and never in burst mode;
