@@ -24,20 +24,20 @@ mkdir -p "$out"
 head() {
   date -u +%FT%TZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  echo "cores: $(nproc); code: $(git rev-parse --short HEAD 2>/dev/null || cat .gpu/CODE 2>/dev/null)"
+  echo "cores: $(nproc); code: ${CODE:-$(cat .gpu/CODE 2>/dev/null || echo unknown)}"
 }
 probes() {
   head | tee "$out/probes.txt"
-  python3 benchmarks/probes/tokenize_rate.py --texts 20000 --procs 1,4 --threads 8,16 --pools 4x1,2x4,1x8 2>&1 |
-    grep -v "Writing model" | tee -a "$out/probes.txt"
-  for run in "--tokenize-processes 4 --tokenize-threads 1" "" "--lanes interactive,bulk"; do
+  for run in "" "--tokenize-threads 4"; do
     echo "== worker_host torch, ${run:-defaults}" | tee -a "$out/probes.txt"
     timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile \
       $run 2>&1 | grep -v "Writing model" | tee -a "$out/probes.txt"
   done
-  echo "== latency_path torch" | tee -a "$out/probes.txt"
-  timeout 120 python3 benchmarks/probes/latency_path.py --backend torch --requests 300 2>&1 |
-    grep -v "Writing model" | tee -a "$out/probes.txt"
+  for run in "" "--under-bulk"; do
+    echo "== latency_path torch ${run}" | tee -a "$out/probes.txt"
+    timeout 150 python3 benchmarks/probes/latency_path.py --backend torch --requests 300 $run 2>&1 |
+      grep -v "Writing model" | tee -a "$out/probes.txt"
+  done
 }
 pipeline() {
   head | tee "$out/pipeline.txt"

@@ -72,6 +72,10 @@ def texts_fault(texts: Any) -> str | None:
         return "texts: empty list (send at least one text)"
     if len(texts) > MAX_TEXTS_PER_JOB:
         return f"texts: {len(texts)} texts in one job, over the limit of {MAX_TEXTS_PER_JOB}"
+    if all(type(t) is str for t in texts):  # the usual case, in C-speed passes over the list
+        lengths = list(map(len, texts))
+        if max(lengths) <= MAX_CHARS_PER_TEXT and sum(lengths) <= MAX_CHARS_PER_JOB:
+            return None
     total = 0
     for i, t in enumerate(texts):
         if not isinstance(t, str):

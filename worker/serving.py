@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds an idle worker waits on its queue per call (one queue; with two it polls every 50 ms).
 IDLE_WAIT_S = 1.0
+#: Seconds one pass waits for the oldest tokenizing task when nothing else is planned.
+TOKENIZED_WAIT_S = 0.002
 #: Executions heartbeated per script call.
 HEARTBEAT_CHUNK = 2048
 
@@ -181,9 +183,11 @@ class Serving:
         self.tokenizing.submit(started, now=time.monotonic())
 
     def _plan_tokenized(self, *, wait: bool) -> None:
-        """Hand tokenized jobs to the planner, in take order; `wait`: for the oldest, if it is
-        still tokenizing.  A tokenizer failure re-raises here, so the worker exits non-zero."""
-        for encoded in self.tokenizing.ready(wait=wait):
+        """Hand tokenized jobs to the planner, in take order; `wait`: up to `TOKENIZED_WAIT_S`
+        for the oldest, if it is still tokenizing -- never longer, so that a query arriving
+        meanwhile is taken at once, not after a bulk task of hundreds of texts.  A tokenizer
+        failure re-raises here, so the worker exits non-zero."""
+        for encoded in self.tokenizing.ready(wait=TOKENIZED_WAIT_S if wait else 0.0):
             for owner, message in self.planner.add_encoded(encoded):
                 self.fail(owner, message, "text_too_long", retry=False)  # type: ignore[arg-type]
 

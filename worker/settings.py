@@ -21,6 +21,15 @@ from vecq.producer.keys import LANES
 from vecq.producer.settings import CommonSettings
 
 
+def tokenize_threads_for(cpus: int, *, workers: int) -> int:
+    """Threads per tokenizer process when `workers` GPU workers share `cpus` (two processes
+    each): three quarters of the CPUs tokenize, the rest run the engine threads, Redis and the
+    producers.  On the H200's 16-core host the tokenizer costs ~120 us of CPU per 53-token text
+    and one worker with 2 x 4 threads supplied only 33k texts/s to a 47k texts/s engine
+    (BENCHMARKS.md, issue 14)."""
+    return max(1, (cpus * 3 // 4) // (2 * max(1, workers)))
+
+
 class WorkerSettings(CommonSettings):
     """What one `vecq worker` process serves and how it batches."""
 
@@ -101,8 +110,8 @@ class WorkerSettings(CommonSettings):
     tokenize_threads: int | None = Field(
         default=None,
         ge=1,
-        description="Tokenizing threads in each tokenizer process (default: a quarter of the CPUs "
-        "this process may use each, at least 1).",
+        description="Tokenizing threads in each tokenizer process (default: 3/8 of the CPUs this "
+        "process may use; `--gpus` divides them among its workers).",
     )
     #: CPython's default is 5 ms.  The engine thread waits for the device with the GIL released
     #: and must take it back for every batch; behind a few threads running Python (main loop,
@@ -160,11 +169,10 @@ class WorkerSettings(CommonSettings):
         return 2 if len(os.sched_getaffinity(0)) >= 8 else 1
 
     def tokenizer_threads(self) -> int:
-        """`tokenize_threads`, or its default: two processes of a quarter of the CPUs each leave
-        half of them to the engine thread, Redis and the producer."""
+        """`tokenize_threads`, or its default for one worker alone on its CPUs."""
         if self.tokenize_threads is not None:
             return self.tokenize_threads
-        return max(1, len(os.sched_getaffinity(0)) // 4)
+        return tokenize_threads_for(len(os.sched_getaffinity(0)), workers=1)
 
     @field_validator("lanes", mode="before")
     @classmethod

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .processes import die_with_parent
+from .settings import tokenize_threads_for
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ class Supervisor:
     ) -> Supervisor:
         """One child per (GPU, replica); metrics ports count up from `metrics_port`, one each."""
         children = []
+        # the workers share this host's CPUs: each tokenizes on its share of them
+        threads = tokenize_threads_for(len(os.sched_getaffinity(0)), workers=len(gpus) * workers_per_gpu)
         for gpu in gpus:
             for replica in range(workers_per_gpu):
                 slot = len(children)
@@ -132,6 +135,11 @@ class Supervisor:
                 if worker_name is not None:
                     argv += ["--worker-name", f"{worker_name}.gpu{gpu}.{replica}"]
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+                # the workers share this host's CPUs: each tokenizes on its share of them
+                threads = tokenize_threads_for(
+                    len(os.sched_getaffinity(0)), workers=len(gpus) * workers_per_gpu
+                )
+                env.setdefault("VECQ_TOKENIZE_THREADS", str(threads))
                 children.append(Child(slot=slot, gpu=gpu, argv=argv, env=env))
         return cls(children)
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from vecq.engines.tokenizer import TextTokenizer
+from vecq.producer.keys import LANES
 
 from .planner import Encoded, NewJob, encode_jobs
 from .tokenprocs import TokenizerProcess
@@ -46,10 +48,16 @@ class Tokenizing:
         return bool(self._tasks)
 
     def submit(self, items: Sequence[WorkItem], *, now: float) -> None:
-        if not items:
-            return
-        jobs = [NewJob(i, i.texts, i.lane, i.truncate) for i in items]
-        texts = sum(len(i.texts) for i in items)
+        """Tokenize a take's jobs: its interactive ones apart from its bulk ones, so a query
+        taken with bulk jobs never waits behind their task (it did, up to ~0.5 s on the 2-core
+        sandbox under bulk: benchmarks/probes/latency_path.py --under-bulk)."""
+        interactive = [i for i in items if i.lane == LANES[0]]
+        for group in (interactive, [i for i in items if i.lane != LANES[0]]):
+            if group:
+                self._submit([NewJob(i, i.texts, i.lane, i.truncate) for i in group], now=now)
+
+    def _submit(self, jobs: list[NewJob], *, now: float) -> None:
+        texts = sum(len(j.texts) for j in jobs)
         if texts <= INLINE_TEXTS:
             task: Future[Encoded] = Future()
             try:
@@ -69,12 +77,12 @@ class Tokenizing:
         self._tasks.append((task, texts))
         self.texts += texts
 
-    def ready(self, *, wait: bool) -> Iterator[Encoded]:
-        """Finished tasks, oldest first; `wait`: for the oldest one, if it is still running.  A
-        task done before an older one still running is handed back first (a query tokenized at
-        once does not wait behind a bulk task)."""
-        if wait and self._tasks:
-            self._tasks[0][0].exception()  # waits; a failure re-raises below, in order
+    def ready(self, *, wait: float = 0.0) -> Iterator[Encoded]:
+        """Finished tasks, oldest first; `wait`: seconds to wait for the oldest one, if it is
+        still running.  A task done before an older one still running is handed back first (a
+        query tokenized at once does not wait behind a bulk task)."""
+        if wait > 0 and self._tasks:
+            futures.wait([self._tasks[0][0]], timeout=wait)  # a failure re-raises below, in order
         for entry in [t for t in self._tasks if t[0].done()]:
             self._tasks.remove(entry)
             self.texts -= entry[1]

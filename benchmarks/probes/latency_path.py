@@ -10,11 +10,13 @@ stamps compare), and the report gives the median time from each stamp to the nex
     engine done → collected → handed to the finisher → written → client has the vectors
 
     python3 benchmarks/probes/latency_path.py [--backend null|torch] [--device cuda] [--requests 300]
+        [--under-bulk] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import pstats
@@ -31,6 +33,7 @@ from vecq.engines import Embedder
 from vecq.engines.backends.null import NullEngine
 from vecq.engines.backends.torch_packed import packed_shapes
 from vecq.worker.bench.models import model_dir
+from vecq.worker.bench.pipeline import bulk_busy
 from vecq.worker.embed.server import embedded_redis
 from vecq.worker.settings import WorkerSettings
 from vecq.worker.worker import BatchWorker
@@ -52,29 +55,66 @@ STEPS = ["take", "tokenized", "offered", "engine start", "engine done", "collect
 
 
 class Stamps:
-    """Wall-clock stamps of each request's steps, keyed by the order requests were taken."""
+    """Wall-clock stamps of each interactive request's steps, in the order they were taken (the
+    client sends one at a time); bulk work passing the same steps is not stamped."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
+        self.job_id: str | None = None  # the interactive job now in the worker
 
     def mark(self, step: str) -> None:
         if self.rows:
             self.rows[-1].setdefault(step, time.time())
 
-    def wrap(self, obj: object, name: str, step: str, *, new: bool = False, before: bool = False) -> None:
+    def wrap(self, obj: object, name: str, step: str, concerns, *, after: bool = True) -> None:
+        """Stamp `step` when `obj.name` is called (`after`: when it returns) with arguments, or
+        a result, that `concerns(args, out)` says hold the interactive job."""
         inner = getattr(obj, name)
 
         def stamped(*args, **kwargs):
-            if before:
+            if not after and concerns(args, None):
                 self.mark(step)
             out = inner(*args, **kwargs)
-            if new and out:
-                self.rows.append({step: time.time()})
-            elif not before and not new:
+            if after and concerns(args, out):
                 self.mark(step)
             return out
 
         setattr(obj, name, stamped)
+
+    def on_take(self, taken) -> None:
+        for t in taken:
+            if t.queue_index == 0:  # the interactive lane's queue
+                self.job_id = t.job_id
+                self.rows.append({"take": time.time()})
+
+
+def instrument(serving, stamps: Stamps) -> None:
+    s = serving
+    take = s.intake.take
+
+    def taken(*args, **kwargs):
+        out = take(*args, **kwargs)
+        stamps.on_take(out)
+        return out
+
+    s.intake.take = taken
+
+    def mine(items) -> bool:
+        return any(getattr(i, "job_id", None) == stamps.job_id for i in items)
+
+    def plan(args, _out) -> bool:
+        return bool(args) and bool(getattr(args[0], "interactive", False))
+
+    stamps.wrap(
+        s.planner, "add_encoded", "tokenized", lambda a, _: mine(j.owner for j, _t in a[0].jobs), after=False
+    )
+    stamps.wrap(s.runner, "offer", "offered", lambda a, o: o and plan(a, o))
+    stamps.wrap(s.runner, "offer_first", "offered", lambda a, o: o[0] and plan(a, o))
+    stamps.wrap(s.runner, "_start", "engine start", plan, after=False)
+    stamps.wrap(s.runner, "_collect", "engine done", lambda a, _: plan([a[0].planned], None))
+    stamps.wrap(s, "_on_done", "collected", lambda a, _: plan([a[0].planned], None), after=False)
+    stamps.wrap(s.finisher, "submit", "to finisher", lambda a, _: mine(i for i, _v in a[0]), after=False)
+    stamps.wrap(s.finisher.store, "finish", "written", lambda a, _: mine(r.running for r in a[0]))
 
 
 def main() -> None:
@@ -83,6 +123,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--profile", action="store_true", help="cProfile the main thread (adds its overhead)")
+    ap.add_argument("--under-bulk", action="store_true", help="while a bulk producer keeps the worker busy")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, embedded_redis() as url:
         root = model_dir("random-bert-base-en", Path(tmp))
@@ -97,15 +138,8 @@ def main() -> None:
             device = args.device
         settings = WorkerSettings(redis_url=url, lanes=("interactive", "bulk"), name="probe", device=device)
         worker = BatchWorker(emb, settings=settings)
-        s, stamps = worker.serving, Stamps()
-        stamps.wrap(s.intake, "take", "take", new=True)
-        stamps.wrap(s.tokenizing, "ready", "tokenized", before=True)
-        stamps.wrap(s.runner, "offer", "offered")
-        stamps.wrap(s.runner, "_start", "engine start", before=True)
-        stamps.wrap(s.runner, "_collect", "engine done")
-        stamps.wrap(s, "_on_done", "collected", before=True)
-        stamps.wrap(s.finisher, "submit", "to finisher", before=True)
-        stamps.wrap(s.finisher.store, "finish", "written")
+        stamps = Stamps()
+        instrument(worker.serving, stamps)
         client = subprocess.Popen(
             [sys.executable, "-c", CLIENT, url, "probe", str(args.requests)],
             stdout=subprocess.PIPE,
@@ -119,14 +153,17 @@ def main() -> None:
             client.wait()
             worker.stop()
 
-        threading.Thread(target=read_client, daemon=True).start()
         prof = cProfile.Profile()
-        if args.profile:
-            prof.enable()
-        worker.work(burst=False, with_scheduler=False)
-        prof.disable()
+        load = bulk_busy(url, "probe", ["x"] * 20000) if args.under_bulk else contextlib.nullcontext()
+        with load:  # a bulk producer in its own process: its jobs wait in Redis from now on
+            threading.Thread(target=read_client, daemon=True).start()
+            if args.profile:
+                prof.enable()
+            worker.work(burst=False, with_scheduler=False)
+            prof.disable()
     rows = stamps.rows[-len(replies) :]
-    print(f"{len(replies)} requests, {args.backend} engine; median ms from each step to the next:")
+    under = ", under bulk" if args.under_bulk else ""
+    print(f"{len(replies)} requests, {args.backend} engine{under}; ms from each step to the next, p50 / p99:")
     total = np.array([r["got"] - r["sent"] for r in replies]) * 1000
     prev = "client sends"
     for step in [*STEPS, "client has it"]:
@@ -136,7 +173,8 @@ def main() -> None:
             if prev in times and step in times:
                 gaps.append((times[step] - times[prev]) * 1000)
         if gaps:
-            print(f"  {prev:>14} → {step:<14} {np.median(gaps):7.3f} ms")
+            p50, p99 = np.percentile(gaps, 50), np.percentile(gaps, 99)
+            print(f"  {prev:>14} → {step:<14} {p50:7.3f} / {p99:7.3f} ms")
             prev = step
     print(f"  end to end: p50 {np.percentile(total, 50):.2f} ms, p99 {np.percentile(total, 99):.2f} ms")
     if args.profile:

@@ -69,7 +69,7 @@ def test_tokenizing_spreads_a_take_over_processes_and_keeps_every_job(tokenizer:
         tok.submit([Item(7, 1)], now=2.0)  # a query: tokenized at once, on this thread
         got = {}
         while tok:
-            for encoded in tok.ready(wait=True):
+            for encoded in tok.ready(wait=1.0):
                 got.update({job.owner: t for job, t in encoded.jobs})
         assert tok.texts == 0 and len(got) == 7
         for item, t in got.items():
@@ -87,3 +87,21 @@ def test_a_worker_with_tokenizer_processes_serves_exactly(redis_conn, make_worke
     assert worker.finished_jobs == 60
     for job, texts in zip(jobs, batches, strict=True):
         np.testing.assert_array_equal(vectors_of(redis_conn, job.id), null_embedder.embed(texts))
+
+
+def test_a_query_taken_with_bulk_jobs_is_tokenized_apart_at_once(tokenizer: TextTokenizer) -> None:
+    class Item:
+        def __init__(self, name: str, lane: str, n: int) -> None:
+            self.name, self.lane, self.truncate = name, lane, True
+            self.texts = [f"{name} text number {i} " * 20 for i in range(n)]
+
+    query = Item("query", "interactive", 1)
+    tok = Tokenizing(tokenizer, processes=1)
+    try:
+        tok.submit([Item("bulk", "bulk", 3000), query], now=1.0)  # one take, the query last
+        first = list(tok.ready())  # no wait: the query was tokenized on this thread
+        assert [job.owner for e in first for job, _ in e.jobs] == [query]
+        while tok:
+            list(tok.ready(wait=1.0))
+    finally:
+        tok.shutdown(quick=False)

@@ -54,7 +54,12 @@ def _latencies(url: str, model: str, texts: list[str], n: int) -> list[float]:
     return out
 
 
-def _start_worker(url: str, bundle: Path, device: str, log: Path) -> subprocess.Popen:
+def _start_worker(url: str, bundle: Path, device: str, log: Path, *, sharing: int) -> subprocess.Popen:
+    """One `vecq worker` of `sharing` on this host, tokenizing on its share of the CPUs (as
+    `vecq worker --gpus` gives its workers)."""
+    from ..settings import tokenize_threads_for
+
+    threads = tokenize_threads_for(len(os.sched_getaffinity(0)), workers=sharing)
     args = [
         sys.executable,
         "-m",
@@ -68,6 +73,8 @@ def _start_worker(url: str, bundle: Path, device: str, log: Path) -> subprocess.
         url,
         "--log-level",
         "WARNING",
+        "--tokenize-threads",
+        str(threads),
     ]
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
 
@@ -215,7 +222,7 @@ def _redis_round(
     from .baselines import Rate
 
     with embedded_redis() as url:
-        procs = [_start_worker(url, bundle, device, tmp / f"worker-{n}-{i}.log") for i in range(n)]
+        procs = [_start_worker(url, bundle, device, tmp / f"worker-{n}-{i}.log", sharing=n) for i in range(n)]
         try:
             _wait_workers(url, procs)
             name = _served_model(bundle)
