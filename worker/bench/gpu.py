@@ -196,9 +196,12 @@ def run_gpu_tables(device: str, *, seed: bool, shape_table: bool, model: str) ->
         work = Path(tmp)
         model = model_dir(RANDOM_BERT_BASE_ZH if model == "default" else model, work)
         if seed:
+            engines = ("torch16g", "ort16g") if _ort_cuda() else ("torch16g",)
+            if len(engines) == 1:
+                print("onnxruntime-gpu is not installed: the seed workload runs torch16g only")
             print_rows(
                 "seed workload: calls/s (one call = one batch of the three queries, tokenizer incl.)",
-                seed_workload(model, device, work),
+                seed_workload(model, device, work, engines),
             )
         if shape_table:
             for seq_len in (128, 200):
@@ -206,6 +209,14 @@ def run_gpu_tables(device: str, *, seed: bool, shape_table: bool, model: str) ->
                     model, device, work, seq_len=seq_len, batches=TABLE_BATCHES, engines=ENGINE_COLUMNS
                 )
                 print_rows(f"engines: seq/s at seq {seq_len}, half the rows padded to {seq_len // 2}", rows)
+
+
+def _ort_cuda() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 def print_rows(title: str, rows: list[Row]) -> None:
