@@ -58,11 +58,15 @@ class Crashed:
 class EngineRunner:
     """Runs planned batches on `engine` in one daemon thread."""
 
-    def __init__(self, engine: Engine, tokenizer: TextTokenizer) -> None:
+    def __init__(
+        self, engine: Engine, tokenizer: TextTokenizer, *, wake: threading.Event | None = None
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.handoff = _Slot()
         self.results: queue.Queue[Done | Crashed] = queue.Queue()
+        #: set whenever a result is put: the main thread waits on it (and on tokenizing) at once
+        self.wake = wake or threading.Event()
         self.in_flight = 0
         #: monotonic start of the engine call now running (None: idle); read by the watchdog.
         self.busy_since: float | None = None
@@ -132,7 +136,7 @@ class EngineRunner:
             self._serve()
         except BaseException as exc:  # report, never die silently
             log.exception("engine thread crashed")
-            self.results.put(Crashed(exc))
+            self._report(Crashed(exc))
 
     def _serve(self) -> None:
         """Start each batch as it comes; collect the one before it once the next has started, or
@@ -155,7 +159,7 @@ class EngineRunner:
             if begun is not None:
                 self._finish(begun)
             if isinstance(started, Done):  # it failed before reaching the device
-                self.results.put(started)
+                self._report(started)
                 begun = None
             else:
                 begun = started
@@ -166,7 +170,11 @@ class EngineRunner:
         return self.handoff.get(block=not holding)
 
     def _finish(self, begun: _Begun) -> None:
-        self.results.put(self._collect(begun))
+        self._report(self._collect(begun))
+
+    def _report(self, item: Done | Crashed) -> None:
+        self.results.put(item)
+        self.wake.set()
 
     def _start(self, planned: Planned) -> _Begun | Done:
         t0 = time.perf_counter()

@@ -27,7 +27,7 @@ def tokenize_threads_for(cpus: int, *, workers: int) -> int:
     producers.  On the H200's 16-core host the tokenizer costs ~120 us of CPU per 53-token text
     and one worker with 2 x 4 threads supplied only 33k texts/s to a 47k texts/s engine
     (BENCHMARKS.md, issue 14)."""
-    return max(1, (cpus * 3 // 4) // (2 * max(1, workers)))
+    return max(min(2, cpus), (cpus * 3 // 4) // (2 * max(1, workers)))
 
 
 class WorkerSettings(CommonSettings):

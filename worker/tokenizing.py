@@ -13,6 +13,7 @@ worker exits non-zero instead of leaving jobs that are never planned.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent import futures
@@ -34,8 +35,16 @@ TASK_TEXTS = 512
 class Tokenizing:
     """Tasks in flight, oldest first; on a thread, or on `processes` tokenizer processes."""
 
-    def __init__(self, tokenizer: TextTokenizer, *, processes: int = 0, threads: int = 1) -> None:
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        *,
+        processes: int = 0,
+        threads: int = 1,
+        wake: threading.Event | None = None,
+    ) -> None:
         self.encoder = tokenizer
+        self.wake = wake  # set when a task finishes: the main thread plans it without delay
         self._procs = [TokenizerProcess(tokenizer, threads=threads) for _ in range(processes)]
         # one I/O thread per process (its pipe is used by one thread at a time); else one thread
         n = max(1, len(self._procs))
@@ -74,6 +83,8 @@ class Tokenizing:
             self._add(self._pools[k].submit(self._procs[k].encode_jobs, chunk, now=now), n)
 
     def _add(self, task: Future[Encoded], texts: int) -> None:
+        if self.wake is not None and not task.done():  # one tokenized inline is planned this pass
+            task.add_done_callback(lambda _: self.wake.set())  # type: ignore[union-attr]
         self._tasks.append((task, texts))
         self.texts += texts
 
