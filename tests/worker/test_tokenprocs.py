@@ -105,3 +105,25 @@ def test_a_query_taken_with_bulk_jobs_is_tokenized_apart_at_once(tokenizer: Text
             list(tok.ready(wait=1.0))
     finally:
         tok.shutdown(quick=False)
+
+
+def test_a_finished_task_wakes_the_main_thread(tokenizer: TextTokenizer) -> None:
+    """The worker's main thread sleeps on one event: a tokenizing task that finishes must set
+    it, or tokenized texts wait for the engine's next result before they are planned."""
+    import threading
+
+    class Item:
+        def __init__(self, n: int) -> None:
+            self.texts, self.lane, self.truncate = [f"text {i} " * 30 for i in range(n)], "bulk", True
+
+    wake = threading.Event()
+    tok = Tokenizing(tokenizer, processes=1, wake=wake)
+    try:
+        tok.submit([Item(600)], now=0.0)
+        assert wake.wait(30.0)
+        assert [len(j.texts) for e in tok.ready() for j, _ in e.jobs] == [600]
+        wake.clear()
+        tok.submit([Item(1)], now=0.0)  # tokenized inline: planned this pass, no wake-up needed
+        assert not wake.is_set() and len(list(tok.ready())) == 1
+    finally:
+        tok.shutdown(quick=False)
