@@ -28,11 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from worker_host import bench_embedder  # this folder's probe: the same model and engines
 
-from vecq.engines import Embedder
-from vecq.engines.backends.null import NullEngine
-from vecq.engines.backends.torch_packed import packed_shapes
-from vecq.worker.bench.models import model_dir
 from vecq.worker.bench.pipeline import bulk_busy
 from vecq.worker.embed.server import embedded_redis
 from vecq.worker.settings import WorkerSettings
@@ -126,16 +123,8 @@ def main() -> None:
     ap.add_argument("--under-bulk", action="store_true", help="while a bulk producer keeps the worker busy")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, embedded_redis() as url:
-        root = model_dir("random-bert-base-en", Path(tmp))
-        if args.backend == "null":
-            emb = Embedder.load(root, backend="null")
-            shapes = packed_shapes(emb.spec.max_seq_len)
-            emb.engine = NullEngine(shapes=shapes, dim=emb.dim, token_budget=32768)
-            device = "cpu"
-        else:
-            emb = Embedder.load(root, backend=args.backend, device=args.device, precision="fp16")
-            emb.warmup()
-            device = args.device
+        emb = bench_embedder(Path(tmp), args.backend, args.device)
+        device = "cpu" if args.backend == "null" else args.device
         settings = WorkerSettings(redis_url=url, lanes=("interactive", "bulk"), name="probe", device=device)
         worker = BatchWorker(emb, settings=settings)
         stamps = Stamps()
