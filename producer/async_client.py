@@ -1,7 +1,9 @@
 """`AsyncClient`: `Client` for asyncio apps; waiting for results never blocks the event loop.
 
-Waiting (the long part) is native redis.asyncio: one `XREAD BLOCK` on rq's result stream,
-decoded with rq's `Result` format and `MsgpackSerializer`, as the sync client does.  Enqueueing
+Waiting (the long part) is native redis.asyncio: `embed` waits through the client's
+`ResultHub`, one `XREAD BLOCK` over the result streams of all its waiting jobs on one
+connection; `result` is one `XREAD BLOCK` of its own; both decode with rq's `Result` format and
+`MsgpackSerializer`, as the sync client does.  Enqueueing
 (one short round trip) reuses rq's own job-building code on a worker thread
 (`asyncio.to_thread`): rq is the one writer of its job hashes, so `rq info` / `rq requeue` keep
 working and an rq upgrade changes vecq's writes with it.  An async copy of rq's writes would
@@ -22,6 +24,7 @@ from .client import Client
 from .connection import acall, open_async
 from .contract import DEFAULT_MODEL, ResultDtype
 from .enqueue import new_job_id
+from .hub import ResultHub
 from .keys import model_name
 from .results import await_result
 from .settings import ProducerSettings
@@ -47,6 +50,10 @@ class AsyncClient:
         self.max_queued_texts = self.sync.max_queued_texts
         self.connection = open_async(self.url, connect_timeout=self.sync.settings.socket_connect_timeout)
         self._count_script = self.connection.register_script(backpressure.COUNT_SCRIPT)  # EVALSHA
+        #: where `embed` waits: one reader for all of this client's waiting jobs (`hub.py`)
+        self.hub = ResultHub(
+            self.url, policy=self.policy, connect_timeout=self.sync.settings.socket_connect_timeout
+        )
 
     async def embed(
         self,
@@ -58,9 +65,10 @@ class AsyncClient:
         truncate: bool = True,
         result_dtype: ResultDtype = "float32",
     ) -> np.ndarray:
-        """`Client.embed`, awaiting the result instead of blocking."""
+        """`Client.embed`, awaiting the result instead of blocking; however many run at once,
+        their waits share one connection (`ResultHub`)."""
         job = await self.submit(texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype)
-        return await self.result(job, timeout=timeout)
+        return await self.hub.wait(job.id, timeout)
 
     async def submit(
         self,
@@ -83,7 +91,8 @@ class AsyncClient:
         return jobs[0]
 
     async def result(self, job_or_id: Job | str, *, timeout: float | None = 30) -> np.ndarray:
-        """`Client.result` on redis.asyncio."""
+        """`Client.result` on redis.asyncio (a wait of its own, which also tells a job that does
+        not exist: `JobNotFound`)."""
         job_id = job_or_id.id if isinstance(job_or_id, Job) else str(job_or_id)
         return await await_result(self.connection, job_id, timeout, policy=self.policy, url=self.url)
 
@@ -106,6 +115,7 @@ class AsyncClient:
         return bool(await acall(self.policy, self.url, self.connection.ping))  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
+        await self.hub.aclose()
         await self.connection.aclose()
         self.sync.close()
 

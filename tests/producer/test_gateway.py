@@ -246,6 +246,40 @@ def test_no_worker_times_out_504_then_queue_full_429_with_retry_after(
     assert metrics[("vecq_gateway_requests_total", (("status", "429"),))] == 1
 
 
+def test_hundreds_of_waiting_requests_neither_lock_out_health_nor_hold_connections(
+    redis_url, redis_conn, start_gateway
+) -> None:
+    """Issue 15's lock-out: each waiting request held a Redis connection, and past redis-py's
+    pool of 100 every request -- /health too -- got 503.  Now 250 wait at once on one reader:
+    /health answers at once throughout, the gateway holds a few connections, all get 504."""
+    import asyncio
+    import time
+
+    gateway = start_gateway(redis_url, "--timeout", "3")
+    baseline = int(redis_conn.info("clients")["connected_clients"])
+    body = {"model": "nobody", "input": ["waits for a worker that never comes"]}
+
+    async def main() -> tuple[list[int], list[float], int]:
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30, limits=limits) as http:
+            waiting = [asyncio.create_task(http.post("/v1/embeddings", json=body)) for _ in range(250)]
+            await asyncio.sleep(1.5)  # all enqueued and waiting by now
+            extra = int(redis_conn.info("clients")["connected_clients"]) - baseline
+            health = []
+            for _ in range(5):
+                start = time.perf_counter()
+                answer = await http.get("/health")
+                assert answer.status_code == 200
+                health.append(time.perf_counter() - start)
+            statuses = [r.status_code for r in await asyncio.gather(*waiting)]
+        return statuses, health, extra
+
+    statuses, health, extra = asyncio.run(main())
+    assert statuses == [504] * 250
+    assert max(health) < 0.1, health
+    assert extra <= 16, extra
+
+
 def test_redis_down_is_503(start_gateway) -> None:
     gateway = start_gateway(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     health = httpx.get(f"{gateway.url}/health", timeout=30)
