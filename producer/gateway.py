@@ -39,6 +39,7 @@ from pydantic_settings import NoDecode
 from .async_client import AsyncClient
 from .contract import DEFAULT_MODEL, check_texts, location
 from .errors import BadRequest, JobTimeout, QueueFull, RedisUnavailable, VecqError
+from .httpguard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, error_response, read_key_file
 from .keys import model_name
 from .settings import ProducerSettings
 from .usage import ModelTokenizer, load_tokenizers
@@ -62,6 +63,23 @@ class GatewaySettings(ProducerSettings):
     #: Seconds a request waits for its vectors before answering 504 (the job stays queued).
     timeout: float = Field(default=30.0, gt=0)
     tokenizers: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict)
+    #: Bearer keys any of which a request must carry (none: every request is let in);
+    #: `VECQ_API_KEYS="k1,k2"`, and/or one per line in `api_key_file` (a mounted Secret).
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_key_file: Path | None = None
+    #: Largest request body read; larger ones get 413 before they are read or parsed.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _api_keys(cls, v: object) -> list[str]:
+        items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
+        return [str(k).strip() for k in items if str(k).strip()]
+
+    def keys(self) -> ApiKeys:
+        """Every configured key, the file's included (`ValueError` naming an unreadable file)."""
+        from_file = read_key_file(self.api_key_file) if self.api_key_file is not None else []
+        return ApiKeys([*self.api_keys, *from_file])
 
     @field_validator("tokenizers", mode="before")
     @classmethod
@@ -123,8 +141,9 @@ class ApiError(Exception):
         self.headers = headers
 
     def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
+        return error_response(
+            self.status, self.message, kind=self.kind, param=self.param, code=self.code, headers=self.headers
+        )
 
 
 def bad_request(message: str) -> ApiError:
@@ -260,6 +279,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway app; its `AsyncClient` opens with the app's lifespan and closes with it."""
     settings = settings or GatewaySettings()
     gateway = Gateway(settings, load_tokenizers(settings.tokenizers))
+    keys = settings.keys()
+    if not keys:
+        log.warning(
+            "no API keys configured (--api-key, VECQ_API_KEYS, --api-key-file): every request is let in"
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -274,6 +298,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.gateway = gateway
     _add_handlers(app, gateway)
     _add_routes(app, gateway)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequireKey, keys=keys)  # outermost: no key, nothing else runs
     return app
 
 
@@ -313,13 +339,19 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
     async def embeddings(body: EmbeddingsRequest) -> JSONResponse:
         return JSONResponse(await gateway.embeddings(body))
 
+    @app.get(LIVENESS_PATH)
+    async def livez() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
     @app.get("/health")
     async def health() -> JSONResponse:
+        """Whether Redis answers; why not goes to the log, not to whoever asks."""
         assert gateway.client is not None, "gateway client used outside the app's lifespan (vecq bug)"
         try:
             await gateway.client.ping()
         except RedisUnavailable as exc:
-            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+            log.warning("health: %s", exc)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")

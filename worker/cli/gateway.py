@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .options import fail
@@ -17,8 +19,16 @@ from .options import fail
     "--tokenizer", "tokenizers", multiple=True, metavar="NAME=PATH",
     help="Model NAME's tokenizer (a model dir or bundle with tokenizer.json), for usage counts; repeatable.",
 )  # fmt: skip
+@click.option(
+    "--api-key", "api_keys", multiple=True, metavar="KEY",
+    help="A Bearer key requests must carry; repeatable (env VECQ_API_KEYS, comma-separated).",
+)  # fmt: skip
+@click.option(
+    "--api-key-file", type=click.Path(path_type=Path), help="A file of API keys, one per line (a Secret)."
+)
+@click.option("--max-body-bytes", type=int, help="Largest request body (default 16 MiB); larger: 413.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
-def gateway(log_level: str, tokenizers: tuple[str, ...], **flags: object) -> None:
+def gateway(log_level: str, tokenizers: tuple[str, ...], api_keys: tuple[str, ...], **flags: object) -> None:
     """Serve an OpenAI-compatible POST /v1/embeddings, /health and /metrics (needs vecq[gateway])."""
     import logging
 
@@ -36,6 +46,8 @@ def gateway(log_level: str, tokenizers: tuple[str, ...], **flags: object) -> Non
     given = {k: v for k, v in flags.items() if v is not None}
     if tokenizers:
         given["tokenizers"] = list(tokenizers)
+    if api_keys:
+        given["api_keys"] = list(api_keys)
     try:
         settings = GatewaySettings(**given)
         app = create_app(settings)
