@@ -17,13 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import redis
 from rq.job import Job
 
 from . import backpressure
+from .cancel import CANCEL_SCRIPT, cancel_args
 from .client import Client
 from .connection import acall, open_async
 from .contract import DEFAULT_MODEL, ResultDtype
 from .enqueue import new_job_id
+from .errors import JobTimeout
 from .hub import ResultHub
 from .keys import model_name
 from .results import await_result
@@ -50,6 +53,9 @@ class AsyncClient:
         self.max_queued_texts = self.sync.max_queued_texts
         self.connection = open_async(self.url, connect_timeout=self.sync.settings.socket_connect_timeout)
         self._count_script = self.connection.register_script(backpressure.COUNT_SCRIPT)  # EVALSHA
+        self._cancel_script = self.connection.register_script(CANCEL_SCRIPT)
+        #: jobs `embed` cancelled because their caller gave up before a worker took them
+        self.canceled_jobs = 0
         #: where `embed` waits: one reader for all of this client's waiting jobs (`hub.py`)
         self.hub = ResultHub(
             self.url, policy=self.policy, connect_timeout=self.sync.settings.socket_connect_timeout
@@ -66,9 +72,28 @@ class AsyncClient:
         result_dtype: ResultDtype = "float32",
     ) -> np.ndarray:
         """`Client.embed`, awaiting the result instead of blocking; however many run at once,
-        their waits share one connection (`ResultHub`)."""
+        their waits share one connection (`ResultHub`).  Unlike `Client.embed`, a timeout or a
+        cancelled await (a web request whose client went away) cancels the job if no worker has
+        taken it yet: nobody is left to read its result.  To keep a job past its wait, use
+        `submit` and `result`."""
         job = await self.submit(texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype)
-        return await self.hub.wait(job.id, timeout)
+        try:
+            return await self.hub.wait(job.id, timeout)
+        except (JobTimeout, asyncio.CancelledError):
+            # the caller gave up: its job must not be computed for nobody
+            await asyncio.shield(self.cancel_untaken(job, model_name(model or DEFAULT_MODEL), len(texts)))
+            raise
+
+    async def cancel_untaken(self, job: Job, model: str, texts: int) -> bool:
+        """Cancel `job` if no worker has taken it yet (`cancel.py`); True if it was.  Never
+        raises: Redis away only means the job stays queued, as it would have anyway."""
+        keys, args = cancel_args(job.id, job.origin, model, texts, self.sync.settings.result_ttl)
+        try:
+            canceled = bool(await self._cancel_script(keys=keys, args=args))
+        except (redis.RedisError, OSError):
+            return False
+        self.canceled_jobs += canceled
+        return canceled
 
     async def submit(
         self,

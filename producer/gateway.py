@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,23 +33,31 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import NoDecode
 
 from .async_client import AsyncClient
-from .contract import DEFAULT_MODEL, check_texts, location
-from .errors import BadRequest, JobTimeout, QueueFull, RedisUnavailable, VecqError
-from .httpguard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, error_response, read_key_file
+from .contract import DEFAULT_MODEL, check_texts
+from .errors import BadRequest, RedisUnavailable, VecqError
+from .httpguard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, read_key_file
 from .keys import model_name
+from .openai_errors import ApiError, api_error, validation_error
 from .settings import ProducerSettings
 from .usage import ModelTokenizer, load_tokenizers
 
 log = logging.getLogger(__name__)
 
 EMBEDDINGS_PATH = "/v1/embeddings"
-#: Seconds a client told "queue full" (429) is asked to wait before trying again.
-RETRY_AFTER_S = 1
+#: The status logged for a request whose client went away (nginx's "client closed request").
+CLIENT_CLOSED = 499
 
 
 class GatewaySettings(ProducerSettings):
@@ -60,7 +69,8 @@ class GatewaySettings(ProducerSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    #: Seconds a request waits for its vectors before answering 504 (the job stays queued).
+    #: Seconds a request waits for its vectors before answering 504 (its job, if no worker took it
+    #: yet, is cancelled).
     timeout: float = Field(default=30.0, gt=0)
     tokenizers: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict)
     #: Bearer keys any of which a request must carry (none: every request is let in);
@@ -119,66 +129,6 @@ class EmbeddingsRequest(BaseModel):
     user: str | None = None
 
 
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: `{"error": {message, type, param, code}}`."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-        self.param = param
-        self.code = code
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        return error_response(
-            self.status, self.message, kind=self.kind, param=self.param, code=self.code, headers=self.headers
-        )
-
-
-def bad_request(message: str) -> ApiError:
-    """A 400 whose `param` is the field the one-line message starts with."""
-    field = message.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0].strip()
-    return ApiError(400, message, param=None if field == "request" else field, code="invalid_value")
-
-
-def api_error(exc: VecqError) -> ApiError:
-    """The HTTP answer to a producer error."""
-    if isinstance(exc, BadRequest):
-        return bad_request(str(exc))
-    if isinstance(exc, QueueFull):  # the producer's hint (wait_for_room=) is for Python callers
-        message = f"{str(exc).split(';')[0]}; retry after {RETRY_AFTER_S}s"
-        headers = {"Retry-After": str(RETRY_AFTER_S)}
-        return ApiError(429, message, kind="rate_limit_error", code="queue_full", headers=headers)
-    if isinstance(exc, JobTimeout):
-        return ApiError(504, str(exc), kind="timeout_error", code="timeout")
-    if isinstance(exc, RedisUnavailable):
-        return ApiError(503, str(exc), kind="service_unavailable", code="redis_unavailable")
-    return ApiError(500, str(exc), kind="server_error", code="job_failed")
-
-
-def validation_error(exc: RequestValidationError) -> ApiError:
-    """Pydantic's first complaint about the body, as one line naming the field."""
-    errors = exc.errors()
-    if not errors:
-        return bad_request("request: invalid body")
-    err = errors[0]
-    where = location([p for p in err.get("loc", ()) if p != "body"])
-    if err.get("type") == "json_invalid":
-        return bad_request(f"request: body is not valid JSON ({err.get('msg', '')})")
-    return bad_request(f"{where or 'request'}: {err.get('msg', 'invalid')}")
-
-
 def input_texts(value: Any) -> list[str]:
     """OpenAI's `input` as vecq texts, refused in one line naming `input` (not vecq's `texts`)."""
     if isinstance(value, str):
@@ -215,6 +165,15 @@ class Metrics:
         )
         self.texts = Counter("vecq_gateway_texts", "Texts embedded.", registry=self.registry)
         self.tokens = Counter("vecq_gateway_tokens", "Tokens embedded (usage).", registry=self.registry)
+        self.abandoned = Counter(
+            "vecq_gateway_abandoned",
+            "Requests whose client went away before the answer.",
+            registry=self.registry,
+        )
+        self.canceled = Gauge(
+            "vecq_gateway_canceled_jobs", "Jobs cancelled before any worker took them (a timeout, a "
+            "client gone), since start.", registry=self.registry,
+        )  # fmt: skip
 
 
 class Gateway:
@@ -288,6 +247,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         gateway.client = AsyncClient(settings=settings)
+        client = gateway.client
+        gateway.metrics.canceled.set_function(lambda: client.canceled_jobs)
         try:
             yield
         finally:
@@ -334,10 +295,30 @@ def _add_handlers(app: FastAPI, gateway: Gateway) -> None:
             gateway.metrics.seconds.observe(time.perf_counter() - start)
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes its connection (the body is read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _add_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.post(EMBEDDINGS_PATH)
-    async def embeddings(body: EmbeddingsRequest) -> JSONResponse:
-        return JSONResponse(await gateway.embeddings(body))
+    async def embeddings(body: EmbeddingsRequest, request: Request) -> Response:
+        """The embedding, unless the client goes away first: then its job is cancelled if no
+        worker has taken it (`AsyncClient.embed`), and nobody is answered."""
+        work = asyncio.ensure_future(gateway.embeddings(body))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if work in done:
+            return JSONResponse(work.result())
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        gateway.metrics.abandoned.inc()
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.get(LIVENESS_PATH)
     async def livez() -> JSONResponse:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from .openai_errors import error_response
 
 #: Answers 200 while the process serves HTTP; needs no key and reads nothing (a k8s liveness probe).
 LIVENESS_PATH = "/livez"
@@ -27,20 +27,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def error_response(
-    status: int,
-    message: str,
-    *,
-    kind: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """OpenAI's error shape: `{"error": {message, type, param, code}}`."""
-    body = {"message": message, "type": kind, "param": param, "code": code}
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 def read_key_file(path: Path) -> list[str]:

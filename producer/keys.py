@@ -150,6 +150,13 @@ def failed_key(name: str) -> str:
     return rq_keys().failed + name
 
 
+def canceled_key(name: str) -> str:
+    """rq's canceled registry of a queue (job ids scored by when they expire)."""
+    from rq.registry import CanceledJobRegistry
+
+    return CanceledJobRegistry.key_template.format(name)
+
+
 def intermediate_key(name: str) -> str:
     """rq's intermediate list of a queue (only stock rq workers fill it)."""
     from rq.intermediate_queue import IntermediateQueue

@@ -230,7 +230,13 @@ def test_no_worker_times_out_504_then_queue_full_429_with_retry_after(
         client.embeddings.create(model="nobody", input=["a", "b", "c"])
     assert timed_out.value.status_code == 504
     assert "has no result after 0.5s" in timed_out.value.body["message"]
+    key = f"rq:queue:{queue_name('nobody', 'interactive')}"
+    assert redis_conn.llen(key) == 0  # nobody took it, so it was cancelled: no work for nobody
 
+    from vecq.producer import Client
+
+    with Client(redis_url) as producer:  # another producer fills the queue
+        producer.submit(["a", "b", "c"], model="nobody")
     with pytest.raises(openai.RateLimitError) as full:
         client.embeddings.create(model="nobody", input=["d"])
     assert full.value.status_code == 429
@@ -315,6 +321,19 @@ def test_huge_bodies_are_refused_without_the_gateway_growing(redis_url, start_ga
     assert all(a == 413 or isinstance(a, str) for a in answers), answers
     assert rss_mb() - before < 50, (before, rss_mb())
     assert httpx.get(f"{gateway.url}/livez", timeout=10).status_code == 200
+
+
+def test_a_client_that_goes_away_cancels_its_untaken_job(redis_url, redis_conn, start_gateway) -> None:
+    """Issue 15: abandoned requests left their jobs queued and computed for nobody."""
+    gateway = start_gateway(redis_url, "--timeout", "30")
+    body = {"model": "nobody", "input": ["the client will not wait for this"]}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{gateway.url}/v1/embeddings", json=body, timeout=1.0)  # and hangs up
+    key = f"rq:queue:{queue_name('nobody', 'interactive')}"
+    until(lambda: redis_conn.llen(key) == 0, 10, "the abandoned job cancelled")
+    until(lambda: gateway.metrics().get(("vecq_gateway_canceled_jobs", ())) == 1, 10, "counted")
+    assert gateway.metrics()[("vecq_gateway_abandoned_total", ())] == 1
+    assert int(redis_conn.get("vecq:queued_texts:nobody") or 0) == 0
 
 
 def test_redis_down_is_503(start_gateway) -> None:

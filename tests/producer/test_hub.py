@@ -123,3 +123,30 @@ def test_a_result_written_before_the_wait_began_is_read(redis_url: str, drain, e
             return await c.hub.wait(job_id, timeout=5)
 
     np.testing.assert_array_equal(asyncio.run(wait()), expected(["early"]))
+
+
+def test_a_timed_out_request_cancels_its_job_if_nobody_took_it(
+    redis_url: str, redis_conn: redis.Redis
+) -> None:
+    from vecq.producer.keys import canceled_key, job_key, queue_key, queued_texts_key
+
+    queue = f"vecq.{DEFAULT_MODEL}.interactive"
+
+    async def main() -> tuple[str, int, bool]:
+        async with AsyncClient(redis_url) as c:
+            with pytest.raises(JobTimeout):
+                await c.embed(["nobody serves this", "nor this"], timeout=0.3)
+            taken = await c.submit(["a worker took this one"])
+            assert redis_conn.lrem(queue_key(queue), 1, taken.id) == 1  # as a take does
+            again = await c.cancel_untaken(taken, DEFAULT_MODEL, 1)
+            return taken.id, c.canceled_jobs, again
+
+    taken_id, canceled, again = asyncio.run(main())
+    assert canceled == 1 and again is False
+    assert redis_conn.llen(queue_key(queue)) == 0
+    (gone,) = [m.decode() for m in redis_conn.zrange(canceled_key(queue), 0, -1)]
+    assert redis_conn.hget(job_key(gone), "status") == b"canceled"
+    assert 0 < redis_conn.ttl(job_key(gone)) <= 3600
+    assert redis_conn.hget(job_key(taken_id), "status") != b"canceled"
+    # the taken job's 1 text stays counted (its worker takes it off); the cancelled 2 are given back
+    assert int(redis_conn.get(queued_texts_key(DEFAULT_MODEL))) == 1

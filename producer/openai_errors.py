@@ -1,0 +1,88 @@
+"""Errors in OpenAI's shape (`{"error": {message, type, param, code}}`): what the gateway
+answers for a bad request, a full queue, a timeout, an unreachable Redis, a missing key, a body
+too large -- one line naming the field where there is one."""
+
+from __future__ import annotations
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .contract import location
+from .errors import BadRequest, JobTimeout, QueueFull, RedisUnavailable, VecqError
+
+#: Seconds a client told "queue full" (429) is asked to wait before trying again.
+RETRY_AFTER_S = 1
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """OpenAI's error shape: `{"error": {message, type, param, code}}`."""
+    body = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: `{"error": {message, type, param, code}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        return error_response(
+            self.status, self.message, kind=self.kind, param=self.param, code=self.code, headers=self.headers
+        )
+
+
+def bad_request(message: str) -> ApiError:
+    """A 400 whose `param` is the field the one-line message starts with."""
+    field = message.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0].strip()
+    return ApiError(400, message, param=None if field == "request" else field, code="invalid_value")
+
+
+def api_error(exc: VecqError) -> ApiError:
+    """The HTTP answer to a producer error."""
+    if isinstance(exc, BadRequest):
+        return bad_request(str(exc))
+    if isinstance(exc, QueueFull):  # the producer's hint (wait_for_room=) is for Python callers
+        message = f"{str(exc).split(';')[0]}; retry after {RETRY_AFTER_S}s"
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        return ApiError(429, message, kind="rate_limit_error", code="queue_full", headers=headers)
+    if isinstance(exc, JobTimeout):
+        return ApiError(504, str(exc), kind="timeout_error", code="timeout")
+    if isinstance(exc, RedisUnavailable):
+        return ApiError(503, str(exc), kind="service_unavailable", code="redis_unavailable")
+    return ApiError(500, str(exc), kind="server_error", code="job_failed")
+
+
+def validation_error(exc: RequestValidationError) -> ApiError:
+    """Pydantic's first complaint about the body, as one line naming the field."""
+    errors = exc.errors()
+    if not errors:
+        return bad_request("request: invalid body")
+    err = errors[0]
+    where = location([p for p in err.get("loc", ()) if p != "body"])
+    if err.get("type") == "json_invalid":
+        return bad_request(f"request: body is not valid JSON ({err.get('msg', '')})")
+    return bad_request(f"{where or 'request'}: {err.get('msg', 'invalid')}")
