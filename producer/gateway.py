@@ -50,6 +50,7 @@ from .errors import BadRequest, RedisUnavailable, VecqError
 from .httpguard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, read_key_file
 from .keys import model_name
 from .openai_errors import ApiError, api_error, validation_error
+from .served import ServedModels
 from .settings import ProducerSettings
 from .usage import ModelTokenizer, load_tokenizers
 
@@ -77,14 +78,22 @@ class GatewaySettings(ProducerSettings):
     #: `VECQ_API_KEYS="k1,k2"`, and/or one per line in `api_key_file` (a mounted Secret).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_key_file: Path | None = None
+    #: Models served whatever the workers advertise (scale-from-zero: a request must queue for
+    #: the scaler to see it); any other model needs a live worker (`served.py`).
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Largest request body read; larger ones get 413 before they are read or parsed.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "models", mode="before")
     @classmethod
-    def _api_keys(cls, v: object) -> list[str]:
+    def _comma_list(cls, v: object) -> list[str]:
         items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
         return [str(k).strip() for k in items if str(k).strip()]
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: list[str]) -> list[str]:
+        return [canonical_model(m) for m in v]
 
     def keys(self) -> ApiKeys:
         """Every configured key, the file's included (`ValueError` naming an unreadable file)."""
@@ -186,12 +195,20 @@ class Gateway:
         self.dims = {name: t.dim for name, t in tokenizers.items() if t.dim is not None}
         self.metrics = Metrics()
         self.client: AsyncClient | None = None
+        self.served: ServedModels | None = None  # both made with the app's lifespan
 
     async def embeddings(self, body: EmbeddingsRequest) -> dict[str, Any]:
         texts = input_texts(body.input)
         model = canonical_model(body.model)
         self._check_dimensions(model, body.dimensions)
-        assert self.client is not None, "gateway client used outside the app's lifespan (vecq bug)"
+        assert self.client is not None and self.served is not None, "used outside the lifespan (vecq bug)"
+        if not await self.served.serves(model):
+            raise ApiError(
+                404,
+                f"model: {model!r} is not served here; GET /v1/models lists those that are",
+                param="model",
+                code="model_not_found",
+            )
         vectors, tokens = await asyncio.gather(
             self.client.embed(texts, model=model, timeout=self.settings.timeout),
             self._count(model, texts),
@@ -248,6 +265,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         gateway.client = AsyncClient(settings=settings)
         client = gateway.client
+        gateway.served = ServedModels(client.connection, settings.models)
         gateway.metrics.canceled.set_function(lambda: client.canceled_jobs)
         try:
             yield
@@ -319,6 +337,13 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
             await work
         gateway.metrics.abandoned.inc()
         return Response(status_code=CLIENT_CLOSED)
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        assert gateway.served is not None, "used outside the lifespan (vecq bug)"
+        names = await gateway.served.names()
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "vecq"} for n in names]
+        return JSONResponse({"object": "list", "data": data})
 
     @app.get(LIVENESS_PATH)
     async def livez() -> JSONResponse:

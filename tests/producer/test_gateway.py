@@ -12,6 +12,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,7 +224,7 @@ def test_bad_requests_are_400_and_never_reach_redis(redis_url, redis_conn, start
 def test_no_worker_times_out_504_then_queue_full_429_with_retry_after(
     redis_url, redis_conn, start_gateway
 ) -> None:
-    gateway = start_gateway(redis_url, "--timeout", "0.5", "--max-queued-texts", "3")
+    gateway = start_gateway(redis_url, "--timeout", "0.5", "--max-queued-texts", "3", "--models", "nobody")
     client = gateway.openai()
 
     with pytest.raises(openai.APIStatusError) as timed_out:  # admitted (empty queue), nobody serves it
@@ -261,7 +262,7 @@ def test_hundreds_of_waiting_requests_neither_lock_out_health_nor_hold_connectio
     import asyncio
     import time
 
-    gateway = start_gateway(redis_url, "--timeout", "3")
+    gateway = start_gateway(redis_url, "--timeout", "3", "--models", "nobody")
     baseline = int(redis_conn.info("clients")["connected_clients"])
     body = {"model": "nobody", "input": ["waits for a worker that never comes"]}
 
@@ -325,7 +326,7 @@ def test_huge_bodies_are_refused_without_the_gateway_growing(redis_url, start_ga
 
 def test_a_client_that_goes_away_cancels_its_untaken_job(redis_url, redis_conn, start_gateway) -> None:
     """Issue 15: abandoned requests left their jobs queued and computed for nobody."""
-    gateway = start_gateway(redis_url, "--timeout", "30")
+    gateway = start_gateway(redis_url, "--timeout", "30", "--models", "nobody")
     body = {"model": "nobody", "input": ["the client will not wait for this"]}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(f"{gateway.url}/v1/embeddings", json=body, timeout=1.0)  # and hangs up
@@ -334,6 +335,30 @@ def test_a_client_that_goes_away_cancels_its_untaken_job(redis_url, redis_conn, 
     until(lambda: gateway.metrics().get(("vecq_gateway_canceled_jobs", ())) == 1, 10, "counted")
     assert gateway.metrics()[("vecq_gateway_abandoned_total", ())] == 1
     assert int(redis_conn.get("vecq:queued_texts:nobody") or 0) == 0
+
+
+def test_unknown_models_are_refused_at_once_and_write_nothing(
+    redis_url, redis_conn, start_worker, start_gateway
+) -> None:
+    """Issue 15: any model name created a queue, a counter and a job forever, then waited out
+    the timeout.  Now only models a live worker advertises, or the allowlist, are queued."""
+    gateway = start_gateway(redis_url, "--models", "scaled-to-zero")
+    client = gateway.openai()
+    start = time.perf_counter()
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.embeddings.create(model="never-heard-of", input=["a"])
+    assert time.perf_counter() - start < 1.0
+    assert unknown.value.body == {
+        "message": "model: 'never-heard-of' is not served here; GET /v1/models lists those that are",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+    assert redis_conn.keys("*never-heard-of*") == []
+    start_worker(redis_url)  # the null engine serves the default model
+    served = lambda: [m["id"] for m in httpx.get(f"{gateway.url}/v1/models", timeout=10).json()["data"]]  # noqa: E731
+    until(lambda: served() == [MODEL, "scaled-to-zero"], 60, "the worker's model listed")
+    assert len(client.embeddings.create(model="default", input=["now served"]).data) == 1
 
 
 def test_redis_down_is_503(start_gateway) -> None:
@@ -354,6 +379,8 @@ def test_real_default_model_matches_embedder(redis_url, start_worker, start_gate
     start_worker(redis_url, "--backend", "onnx")  # the real default model, ONNX Runtime on CPU
     gateway = start_gateway(redis_url, "--timeout", "120")
     texts = ["A man is eating food.", "今天天气怎么样", "the quick brown fox " * 100, "vecq"]
+    served = lambda: [m["id"] for m in httpx.get(f"{gateway.url}/v1/models", timeout=10).json()["data"]]  # noqa: E731
+    until(lambda: served() == [MODEL], 300, "the worker up and advertising its model")
 
     response = gateway.openai().embeddings.create(model="default", input=texts)
 

@@ -26,6 +26,9 @@ from .options import fail
 @click.option(
     "--api-key-file", type=click.Path(path_type=Path), help="A file of API keys, one per line (a Secret)."
 )
+@click.option(
+    "--models", help="Models to queue requests for even with no worker up (comma-separated; others need one)."
+)
 @click.option("--max-body-bytes", type=int, help="Largest request body (default 16 MiB); larger: 413.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def gateway(log_level: str, tokenizers: tuple[str, ...], api_keys: tuple[str, ...], **flags: object) -> None:

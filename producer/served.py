@@ -1,0 +1,72 @@
+"""Which models the gateway takes requests for: those live workers serve, and an allowlist.
+
+Any model name used to create a queue, a counter and a job with no expiry, and then wait out
+the whole timeout for a 504 (issue 15).  Workers already advertise their model in their health
+record (`vecq:health:<worker>`, `keys.HEALTH_PREFIX`, refreshed every heartbeat and expiring
+when the worker is gone), so `ServedModels` reads those records -- at most every
+`REFRESH_S` -- and the gateway refuses any other model at once with OpenAI's `model_not_found`,
+writing nothing.  The operator's allowlist (`--models`) is served whatever the workers say: with
+workers scaled to zero (KEDA), a request must still queue so that the scaler sees work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+import redis
+import redis.asyncio
+
+from .keys import HEALTH_PREFIX
+
+#: Seconds a read of the workers' health records is trusted.
+REFRESH_S = 2.0
+#: A model not seen is looked up again at once if the last read is older than this (a worker
+#: that just started is found on its first request, not REFRESH_S later).
+RECHECK_S = 0.25
+
+
+class ServedModels:
+    """The models served now, from health records, cached; plus the allowlist."""
+
+    def __init__(self, connection: redis.asyncio.Redis, allowlist: Iterable[str] = ()) -> None:
+        self.connection = connection
+        self.allowlist = frozenset(allowlist)
+        self._live: frozenset[str] = frozenset()
+        self._read_at = float("-inf")
+
+    async def names(self) -> list[str]:
+        """Every model a request may name, sorted."""
+        await self._refresh(older_than=REFRESH_S)
+        return sorted(self._live | self.allowlist)
+
+    async def serves(self, model: str) -> bool:
+        """Whether requests for `model` may be queued.  True when Redis cannot be read: the
+        enqueue that follows then answers for Redis (503), not for the model."""
+        if model in self.allowlist:
+            return True
+        try:
+            await self._refresh(older_than=REFRESH_S)
+            if model not in self._live:
+                await self._refresh(older_than=RECHECK_S)
+        except (redis.RedisError, OSError):
+            return True
+        return model in self._live
+
+    async def _refresh(self, *, older_than: float) -> None:
+        if time.monotonic() - self._read_at < older_than:
+            return
+        keys = [key async for key in self.connection.scan_iter(match=HEALTH_PREFIX + "*", count=500)]
+        records = await self.connection.mget(keys) if keys else []
+        self._live = frozenset(_model_of(raw) for raw in records if raw) - {""}
+        self._read_at = time.monotonic()
+
+
+def _model_of(raw: bytes | str) -> str:
+    try:
+        record = json.loads(raw)
+    except (ValueError, TypeError):
+        return ""
+    model = record.get("model") if isinstance(record, dict) else None
+    return model if isinstance(model, str) and not record.get("stopping") else ""
