@@ -5,6 +5,7 @@ The ACL rule tested here is the one RELIABILITY.md documents (keep them the same
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import subprocess
@@ -24,7 +25,7 @@ from .servers import VECQ, RedisServer, free_port, spawn_worker, stop_process, u
 VECQ_ACL = (
     "on >{password} resetkeys ~rq:* ~vecq:* resetchannels &rq:* -@all "
     "+@read +@write +@scripting +@transaction +@connection +@pubsub "
-    "-@dangerous +client|setname +info"
+    "-@dangerous +client|setname +client|id +client|unblock +info"
 )
 
 
@@ -37,6 +38,8 @@ def _end_to_end(url: str, secret: str, tmp_path: Path, null_embedder) -> None:  
             texts = [f"secured {i}" for i in range(40)]
             vectors = client.embed(texts, model=MODEL, timeout=60)
             np.testing.assert_array_equal(vectors, null_embedder.embed(texts))
+            waited = asyncio.run(_async_embeds(url, 20))  # through the ResultHub's one reader
+            np.testing.assert_array_equal(waited[7], null_embedder.embed(["async 7"]))
             job = client.submit(["word " * 600], model=MODEL, truncate=False)
             with pytest.raises(Exception, match="TextTooLong") as failed:
                 client.result(job, timeout=30)
@@ -54,6 +57,14 @@ def _end_to_end(url: str, secret: str, tmp_path: Path, null_embedder) -> None:  
     assert "Traceback" not in text and "NOPERM" not in text and "WARNING" not in text, text[-3000:]
 
 
+async def _async_embeds(url: str, n: int) -> list[np.ndarray]:
+    from vecq.producer import AsyncClient
+
+    async with AsyncClient(url) as client:
+        waits = [client.embed([f"async {i}"], model=MODEL, timeout=60) for i in range(n)]
+        return await asyncio.gather(*waits)
+
+
 def test_acl_user_with_only_what_vecq_needs(tmp_path, null_embedder) -> None:
     server = RedisServer(tmp_path, password="admin-pw-1").start()
     admin = server.admin()
@@ -64,6 +75,8 @@ def test_acl_user_with_only_what_vecq_needs(tmp_path, null_embedder) -> None:
         for forbidden in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("GET", "other:key")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 probe.execute_command(*forbidden)
+        # the result hub wakes its reader with CLIENT UNBLOCK (without it: up to 250 ms a request)
+        assert probe.execute_command("CLIENT", "UNBLOCK", probe.execute_command("CLIENT", "ID")) == 0
         _end_to_end(url, "acl-pw-42", tmp_path, null_embedder)
         assert admin.exists("other:key") == 0 and admin.dbsize() > 0
     finally:
