@@ -43,13 +43,14 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import NoDecode
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .async_client import AsyncClient
 from .contract import DEFAULT_MODEL, check_texts
 from .errors import BadRequest, RedisUnavailable, VecqError
 from .httpguard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, read_key_file
 from .keys import model_name
-from .openai_errors import ApiError, api_error, validation_error
+from .openai_errors import ApiError, api_error, http_error, validation_error
 from .served import ServedModels
 from .settings import ProducerSettings
 from .usage import ModelTokenizer, load_tokenizers
@@ -297,6 +298,10 @@ def _add_handlers(app: FastAPI, gateway: Gateway) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return http_error(exc.status_code, str(exc.detail), exc.headers).response()
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Any) -> Response:

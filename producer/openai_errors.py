@@ -86,3 +86,15 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     if err.get("type") == "json_invalid":
         return bad_request(f"request: body is not valid JSON ({err.get('msg', '')})")
     return bad_request(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+
+
+def http_error(status: int, detail: str, headers: dict[str, str] | None = None) -> ApiError:
+    """FastAPI's and Starlette's own refusals (a body it cannot parse -- bad UTF-8, nesting too
+    deep --, an unknown route or method) in OpenAI's shape instead of `{"detail": ...}`."""
+    if status == 400:
+        return bad_request("request: body is not valid JSON (bad UTF-8, or nested too deep)")
+    if status == 404:
+        return ApiError(404, f"no such route ({detail})", code="not_found", headers=headers)
+    if status == 405:
+        return ApiError(405, f"method not allowed ({detail})", code="method_not_allowed", headers=headers)
+    return ApiError(status, detail, code="http_error", headers=headers)

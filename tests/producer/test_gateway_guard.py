@@ -88,3 +88,25 @@ def test_an_unreadable_key_file_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.output.strip().startswith("vecq: api_key_file: cannot read ")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bodies_fastapi_cannot_parse_and_unknown_routes_answer_in_openais_shape(redis_url: str) -> None:
+    """Issue 15 item 7: these answered FastAPI's `{"detail": ...}`."""
+    with TestClient(create_app(GatewaySettings(redis_url=redis_url))) as client:
+        headers = {"Content-Type": "application/json"}
+        bad_utf8 = client.post("/v1/embeddings", content=b'{"input": "\xff\xfe"}', headers=headers)
+        deep = client.post(
+            "/v1/embeddings", content=b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", headers=headers
+        )
+        for answer in (bad_utf8, deep):
+            assert answer.status_code == 400
+            assert answer.json()["error"] == {
+                "message": "request: body is not valid JSON (bad UTF-8, or nested too deep)",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_value",
+            }
+        missing = client.get("/v2/nothing")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        wrong = client.get("/v1/embeddings")
+        assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
