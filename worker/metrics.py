@@ -67,6 +67,6 @@ class WorkerMetrics:
     def failure(self, reason: str) -> None:
         self.job_failures_total.labels(reason).inc()
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str) -> None:
         """Expose `/metrics` on `port` (a daemon thread of prometheus_client)."""
         start_http_server(port, addr=addr, registry=self.registry)

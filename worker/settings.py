@@ -92,6 +92,11 @@ class WorkerSettings(CommonSettings):
         default=10.0, gt=0, description="Seconds a job may sit in an intermediate list before it is put back."
     )
     metrics_port: int | None = Field(default=None, description="Serve Prometheus metrics on this port.")
+    metrics_host: str = Field(
+        default="0.0.0.0",
+        description="Address the metrics port listens on (0.0.0.0: every interface, for a scraper "
+        "in another pod; 127.0.0.1: this host only).",
+    )
     #: None: the pool unless a CPU engine needs the cores (device cpu, a real backend): there the
     #: tokenizer's share is tiny beside the engine, and texts are tokenized one call each on the
     #: worker's tokenizing thread.  The null engine and GPU engines want the pool: one call per

@@ -232,7 +232,7 @@ class BatchWorker(SimpleWorker):
         self.set_state(WorkerStatus.STARTED)
         self.serving.finisher.start()
         if self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.metrics_port)
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         log.info(
             "worker %s: serving %s on %s (pid %d)",
             self.name,

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -185,3 +186,17 @@ def test_burst_run_leaves_health_unset(redis_url, redis_conn, make_worker) -> No
     enqueue(redis_conn, [["x"]])
     run(make_worker())
     assert _cli("health", "--redis", redis_url)[0] == 1
+
+
+def test_metrics_host_chooses_the_listening_address(make_worker, serving) -> None:
+    """Issue 15 item 7: the metrics port always listened on every interface."""
+    port = _free_port()
+    worker = make_worker(burst=False, metrics_port=port, metrics_host="127.0.0.1")
+    serving(worker)
+    _until(lambda: _scrape(port) is not None, 20, "the metrics port up")
+    listening = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[3] == "0A"  # LISTEN
+    ]
+    assert f"0100007F:{port:04X}" in listening  # 127.0.0.1, not 00000000 (every interface)
