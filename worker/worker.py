@@ -134,14 +134,26 @@ class BatchWorker(SimpleWorker):
                 self.serving.intake.abandon_ahead()
                 if lost_since is None:
                     lost_since = time.monotonic()
+                self._give_up_if_stopping(lost_since)
                 log.warning(
                     "worker %s: Redis unreachable (%s); retrying in %.1fs",
                     self.name,
                     " ".join(str(exc).split())[:200],
                     wait,
                 )
-                time.sleep(wait)
+                time.sleep(wait if not self.serving.policy.stopping else min(wait, 1.0))
                 wait = min(wait * 2, 30.0)
+
+    def _give_up_if_stopping(self, lost_since: float) -> None:
+        """A worker told to stop while Redis is away cannot write what it holds; waiting for
+        Redis kept one alive past 109 s (issue 15).  After a heartbeat TTL of trying it leaves,
+        non-zero: its jobs' heartbeats have lapsed by then, and recovery hands them to other
+        workers (at least once, as for a worker that died)."""
+        if self.serving.policy.stopping and time.monotonic() - lost_since >= self.settings.heartbeat_ttl:
+            raise WorkerCrashed(
+                f"stopping, and Redis unreachable for {self.settings.heartbeat_ttl}s: leaving "
+                f"{len(self.serving.jobs)} job(s) to recovery"
+            )
 
     def _maintain(self) -> None:
         """The watchdog every pass; heartbeats every third of the TTL; cleanup when it is due."""

@@ -256,3 +256,25 @@ def test_a_bulk_run_cut_at_any_reply_yields_every_chunk_once(tmp_path, redis_url
             assert not left, f"cut at reply {k}: left {left[:3]}"
     finally:
         assert stop_process(worker) == 0
+
+
+def test_a_worker_told_to_stop_while_redis_is_away_leaves_after_one_heartbeat_ttl(tmp_path) -> None:
+    """Issue 15 item 7: a SIGTERM'd worker stayed alive past 109 s waiting for a dead Redis.
+    It now leaves non-zero after one heartbeat TTL of trying (its jobs go to recovery)."""
+    server = RedisServer(tmp_path).start()
+    conn = server.admin()
+    log = tmp_path / "worker.log"
+    worker = spawn_worker(server.url(), log, "--worker-name", "leaver", "--heartbeat-ttl", "3")
+    try:
+        until(lambda: conn.exists("vecq:health:leaver") == 1, 30, "the worker up")
+        server.stop(signal.SIGKILL)
+        time.sleep(1.0)  # it sees the outage
+        worker.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        code = worker.wait(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        stop_process(worker)
+        server.stop()
+    assert code != 0 and took < 15, (code, took)
+    assert "stopping, and Redis unreachable for 3s: leaving 0 job(s) to recovery" in log.read_text()
