@@ -50,7 +50,7 @@ from .contract import DEFAULT_MODEL, check_texts
 from .errors import BadRequest, RedisUnavailable, VecqError
 from .httpguard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, read_key_file
 from .keys import model_name
-from .openai_errors import ApiError, api_error, http_error, validation_error
+from .openai_errors import RETRY_AFTER_S, ApiError, api_error, http_error, validation_error
 from .served import ServedModels
 from .settings import ProducerSettings
 from .usage import ModelTokenizer, load_tokenizers
@@ -82,6 +82,9 @@ class GatewaySettings(ProducerSettings):
     #: Models served whatever the workers advertise (scale-from-zero: a request must queue for
     #: the scaler to see it); any other model needs a live worker (`served.py`).
     models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Requests queued or waiting at once, at most; more get 429 at once (waiting is cheap, one
+    #: connection for all, but each waiter is memory and, past the workers' rate, only latency).
+    max_in_flight: int = Field(default=4096, ge=1)
     #: Largest request body read; larger ones get 413 before they are read or parsed.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
@@ -197,6 +200,7 @@ class Gateway:
         self.metrics = Metrics()
         self.client: AsyncClient | None = None
         self.served: ServedModels | None = None  # both made with the app's lifespan
+        self.in_flight = 0  # requests queued or waiting for their vectors
 
     async def embeddings(self, body: EmbeddingsRequest) -> dict[str, Any]:
         texts = input_texts(body.input)
@@ -210,10 +214,23 @@ class Gateway:
                 param="model",
                 code="model_not_found",
             )
-        vectors, tokens = await asyncio.gather(
-            self.client.embed(texts, model=model, timeout=self.settings.timeout),
-            self._count(model, texts),
-        )
+        if self.in_flight >= self.settings.max_in_flight:
+            raise ApiError(
+                429,
+                f"{self.in_flight} requests in flight here, limit {self.settings.max_in_flight} "
+                f"(max_in_flight); retry after {RETRY_AFTER_S}s",
+                kind="rate_limit_error",
+                code="too_many_requests",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self.in_flight += 1
+        try:
+            vectors, tokens = await asyncio.gather(
+                self.client.embed(texts, model=model, timeout=self.settings.timeout),
+                self._count(model, texts),
+            )
+        finally:
+            self.in_flight -= 1
         self.dims[model] = int(vectors.shape[1])
         self._check_dimensions(model, body.dimensions)
         self.metrics.texts.inc(len(texts))

@@ -361,6 +361,25 @@ def test_unknown_models_are_refused_at_once_and_write_nothing(
     assert len(client.embeddings.create(model="default", input=["now served"]).data) == 1
 
 
+def test_past_max_in_flight_requests_get_429_at_once(redis_url, start_gateway) -> None:
+    import asyncio
+
+    gateway = start_gateway(redis_url, "--timeout", "2", "--models", "nobody", "--max-in-flight", "5")
+    body = {"model": "nobody", "input": ["a"]}
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            first = [asyncio.create_task(http.post("/v1/embeddings", json=body)) for _ in range(5)]
+            await asyncio.sleep(0.8)  # those five are waiting now
+            rest = [await http.post("/v1/embeddings", json=body) for _ in range(3)]
+            return rest + list(await asyncio.gather(*first))
+
+    answers = asyncio.run(main())
+    assert [a.status_code for a in answers] == [429] * 3 + [504] * 5
+    assert answers[0].headers["retry-after"] == "1"
+    assert answers[0].json()["error"]["code"] == "too_many_requests"
+
+
 def test_redis_down_is_503(start_gateway) -> None:
     gateway = start_gateway(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     health = httpx.get(f"{gateway.url}/health", timeout=30)

@@ -29,6 +29,9 @@ from .options import fail
 @click.option(
     "--models", help="Models to queue requests for even with no worker up (comma-separated; others need one)."
 )
+@click.option(
+    "--max-in-flight", type=int, help="Requests queued or waiting at once (default 4096); more: 429."
+)
 @click.option("--max-body-bytes", type=int, help="Largest request body (default 16 MiB); larger: 413.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def gateway(log_level: str, tokenizers: tuple[str, ...], api_keys: tuple[str, ...], **flags: object) -> None:
