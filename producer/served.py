@@ -11,6 +11,7 @@ workers scaled to zero (KEDA), a request must still queue so that the scaler see
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterable
@@ -35,6 +36,7 @@ class ServedModels:
         self.allowlist = frozenset(allowlist)
         self._live: frozenset[str] = frozenset()
         self._read_at = float("-inf")
+        self._reading: asyncio.Future[None] | None = None
 
     async def names(self) -> list[str]:
         """Every model a request may name, sorted."""
@@ -55,8 +57,16 @@ class ServedModels:
         return model in self._live
 
     async def _refresh(self, *, older_than: float) -> None:
+        """Read the health records again if the last read is older than `older_than`; one read
+        at a time, which every concurrent caller awaits (each reading on its own took a
+        connection apiece: 100 under load, the very lock-out `hub.py` removes)."""
         if time.monotonic() - self._read_at < older_than:
             return
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read())
+        await asyncio.shield(self._reading)
+
+    async def _read(self) -> None:
         keys = [key async for key in self.connection.scan_iter(match=HEALTH_PREFIX + "*", count=500)]
         records = await self.connection.mget(keys) if keys else []
         self._live = frozenset(_model_of(raw) for raw in records if raw) - {""}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import redis.asyncio
 
 from vecq.producer import AsyncClient, JobFailed, JobTimeout
 from vecq.producer.contract import DEFAULT_MODEL, EmbedRequest
@@ -150,3 +151,38 @@ def test_a_timed_out_request_cancels_its_job_if_nobody_took_it(
     assert redis_conn.hget(job_key(taken_id), "status") != b"canceled"
     # the taken job's 1 text stays counted (its worker takes it off); the cancelled 2 are given back
     assert int(redis_conn.get(queued_texts_key(DEFAULT_MODEL))) == 1
+
+
+def test_served_models_are_read_once_however_many_requests_ask(
+    redis_url: str, redis_conn: redis.Redis
+) -> None:
+    """Each request reading the workers' health records itself took a connection apiece (100
+    under load); concurrent askers now share one read."""
+    import json as _json
+
+    from vecq.producer.served import ServedModels
+
+    redis_conn.set("vecq:health:w1", _json.dumps({"model": "m1", "stopping": False}), ex=30)
+    redis_conn.set("vecq:health:w2", _json.dumps({"model": "m2", "stopping": True}), ex=30)
+
+    async def main() -> tuple[list[bool], int, list[str]]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        served = ServedModels(client, ["allowed"])
+        reads = 0
+        read = served._read
+
+        async def counted() -> None:
+            nonlocal reads
+            reads += 1
+            await read()
+
+        served._read = counted  # type: ignore[method-assign]
+        answers = await asyncio.gather(*(served.serves(m) for m in ["m1", "m2", "allowed", "nope"] * 50))
+        names = await served.names()
+        await client.aclose()
+        return answers[:4], reads, names
+
+    answers, reads, names = asyncio.run(main())
+    assert answers == [True, False, True, False]  # m2's worker is stopping
+    assert reads <= 2  # the first read, and the one immediate re-check for models not seen
+    assert names == ["allowed", "m1"]
