@@ -1,6 +1,6 @@
 """What stands between the gateway's routes and the network: API keys and the body limit.
 
-Both answer before any route runs, in OpenAI's error shape (`error_response`), so a hostile or
+Both answer before any route runs, in OpenAI's error shape (`openai_errors.ApiError`), so a hostile or
 careless client costs the gateway neither memory nor Redis:
 - `ApiKeys`: `Authorization: Bearer <key>` checked in constant time against every configured key
   (no early exit on the first match or the first differing byte), on every route but the
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from .openai_errors import error_response
+from .openai_errors import ApiError
 
 #: Answers 200 while the process serves HTTP; needs no key and reads nothing (a k8s liveness probe).
 LIVENESS_PATH = "/livez"
@@ -75,12 +75,12 @@ class RequireKey:
             return await self.app(scope, receive, send)
         if self.keys.allows(_header(scope, b"authorization")):
             return await self.app(scope, receive, send)
-        response = error_response(
+        response = ApiError(
             401,
             "missing or incorrect API key; send it as 'Authorization: Bearer <key>'",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
-        )
+        ).response()
         await response(scope, receive, send)
 
 
@@ -122,12 +122,12 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
+        response = ApiError(
             413,
             f"request: body over the limit of {self.limit} bytes (max_body_bytes)",
             code="body_too_large",
             headers={"Connection": "close"},
-        )
+        ).response()
         await response(scope, receive, send)
 
 

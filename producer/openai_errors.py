@@ -14,20 +14,6 @@ from .errors import BadRequest, JobTimeout, QueueFull, RedisUnavailable, VecqErr
 RETRY_AFTER_S = 1
 
 
-def error_response(
-    status: int,
-    message: str,
-    *,
-    kind: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """OpenAI's error shape: `{"error": {message, type, param, code}}`."""
-    body = {"message": message, "type": kind, "param": param, "code": code}
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
 class ApiError(Exception):
     """An error answered in OpenAI's shape: `{"error": {message, type, param, code}}`."""
 
@@ -50,9 +36,8 @@ class ApiError(Exception):
         self.headers = headers
 
     def response(self) -> JSONResponse:
-        return error_response(
-            self.status, self.message, kind=self.kind, param=self.param, code=self.code, headers=self.headers
-        )
+        body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
 
 
 def bad_request(message: str) -> ApiError:
