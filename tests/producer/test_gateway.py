@@ -27,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
 from vecq.producer.gateway import GatewaySettings, create_app
+from vecq.producer.gateway.usage import ModelTokenizer, default_model_dir
 from vecq.producer.keys import queue_name
-from vecq.producer.usage import ModelTokenizer, default_model_dir
 from vecq.worker.cli import main as vecq_main
 
 from ..worker.servers import VECQ, free_port, spawn_worker, stop_process, until

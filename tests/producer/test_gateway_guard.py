@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from vecq.producer.gateway import GatewaySettings, create_app
-from vecq.producer.httpguard import ApiKeys
+from vecq.producer.gateway.guard import ApiKeys
 from vecq.worker.cli import main as vecq_main
 
 

@@ -160,7 +160,7 @@ def test_served_models_are_read_once_however_many_requests_ask(
     under load); concurrent askers now share one read."""
     import json as _json
 
-    from vecq.producer.served import ServedModels
+    from vecq.producer.gateway.served import ServedModels
 
     redis_conn.set("vecq:health:w1", _json.dumps({"model": "m1", "stopping": False}), ex=30)
     redis_conn.set("vecq:health:w2", _json.dumps({"model": "m2", "stopping": True}), ex=30)

@@ -45,14 +45,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import NoDecode
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .async_client import AsyncClient
-from .contract import DEFAULT_MODEL, check_texts
-from .errors import BadRequest, RedisUnavailable, VecqError
-from .httpguard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, read_key_file
-from .keys import model_name
+from ..async_client import AsyncClient
+from ..contract import DEFAULT_MODEL, check_texts
+from ..errors import BadRequest, RedisUnavailable, VecqError
+from ..keys import model_name
+from ..settings import ProducerSettings
+from .guard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, read_key_file
 from .openai_errors import RETRY_AFTER_S, ApiError, api_error, http_error, validation_error
 from .served import ServedModels
-from .settings import ProducerSettings
 from .usage import ModelTokenizer, load_tokenizers
 
 log = logging.getLogger(__name__)

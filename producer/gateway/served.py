@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import redis
 import redis.asyncio
 
-from .keys import HEALTH_PREFIX
+from ..keys import HEALTH_PREFIX
 
 #: Seconds a read of the workers' health records is trusted.
 REFRESH_S = 2.0

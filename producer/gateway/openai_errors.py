@@ -7,8 +7,8 @@ from __future__ import annotations
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from .contract import location
-from .errors import BadRequest, JobTimeout, QueueFull, RedisUnavailable, VecqError
+from ..contract import location
+from ..errors import BadRequest, JobTimeout, QueueFull, RedisUnavailable, VecqError
 
 #: Seconds a client told "queue full" (429) is asked to wait before trying again.
 RETRY_AFTER_S = 1

@@ -15,7 +15,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from .contract import DEFAULT_MODEL
+from ..contract import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
