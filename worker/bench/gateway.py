@@ -35,14 +35,6 @@ def _vecq(*args: str, log: Path) -> subprocess.Popen:
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def redis_connections(pid: int, redis_port: int) -> int:
     """Established TCP connections of process `pid` to `redis_port` (Linux /proc)."""
     inodes = set()
@@ -167,13 +159,13 @@ def gateway_bench(
 
     from vecq.producer.keys import queue_keys
 
-    from ..embed.server import embedded_redis
+    from ..embed.server import embedded_redis, free_port
 
     rounds = [int(c) for c in clients.split(",") if c.strip()]
     if not rounds or max(rounds) > MAX_CLIENTS or min(rounds) < 1:
         raise click.BadParameter(f"1 to {MAX_CLIENTS} clients per round", param_hint="--clients")
     with tempfile.TemporaryDirectory(prefix="vecq-gwbench-") as tmp, embedded_redis() as redis_url:
-        port = _free_port()
+        port = free_port()
         worker = _vecq("worker", "--backend", backend, "--redis", redis_url, "--log-level", "WARNING",
                        log=Path(tmp) / "worker.log")  # fmt: skip
         gateway = _vecq("gateway", "--redis", redis_url, "--port", str(port), "--timeout", str(timeout),

@@ -27,7 +27,8 @@ class EmbeddedRedisError(RuntimeError):
     """The embedded server could not be started (binary missing, no port, it exited)."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a private server of this process)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -49,7 +50,7 @@ def embedded_redis(*, timeout: float = 10.0, binary: str | None = None) -> Itera
 
     `binary`: another Redis-compatible server to run the same way (benchmarks pin `redis-server`).
     """
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="vecq-embedded-") as workdir:
         args = [
             binary or str(_binary()),
