@@ -11,6 +11,7 @@
 #   bash benchmarks/gpu_host.sh seed       # the write-up's workload (torch16g without onnxruntime)
 #   bash benchmarks/gpu_host.sh all        # all three
 #   bash benchmarks/gpu_host.sh quick      # one worker's host probe and the pipeline
+#   bash benchmarks/gpu_host.sh kernels    # where the engine's time goes (PARTS=sustained,...)
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +52,11 @@ pipeline() {
   timeout 420 python3 -m vecq.worker bench pipeline --device cuda --texts 50000 --workers "${WORKERS:-1,2,4}" \
     --latency-requests 200 --backends torch 2>&1 | grep -v "Writing model shards" | tee -a "$out/pipeline.txt"
 }
+kernels() {  # where a packed buffer's time goes (probes/engine_kernels.py)
+  head | tee "$out/kernels.txt"
+  timeout 400 python3 benchmarks/probes/engine_kernels.py ${PARTS:+--parts $PARTS} 2>&1 |
+    grep -v "Writing model" | tee -a "$out/kernels.txt"
+}
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
   timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile 2>&1 |
@@ -58,6 +64,7 @@ quick() {  # one worker's host probe, then the pipeline
   pipeline
 }
 case "${1:-all}" in
+kernels) kernels ;;
 quick) quick ;;
 probes) probes ;;
 seed) seed ;;

@@ -7,7 +7,8 @@
   (the one owner of pending texts; `TokenPlanner` for an engine that packs) cuts batches,
   `EngineRunner` (the one owner of the model) runs them with one batch waiting in its hand-off
   slot, which an interactive batch may take from a bulk one (`_preempt`);
-- finished jobs go to the `Finisher` thread, failures and refusals to the `FailureWriter`.
+- finished jobs go to the `Finisher` thread, failures and refusals to the `FailureWriter`;
+- `LaneWatch` wakes the pass when a query lands on the interactive lane while bulk runs.
 Redis I/O happens on this thread except the finishing writes; work crosses threads only through
 queues.  `BatchWorker` (worker.py) is the rq face around it: registration, heartbeats, signals.
 
@@ -26,13 +27,14 @@ from redis import Redis
 
 from vecq.engines import Embedder
 from vecq.engines.base import packs
-from vecq.producer.keys import LANES, queued_texts_key
+from vecq.producer.keys import LANES, queue_key, queued_texts_key
 
 from .errors import WorkerCrashed
 from .failures import FailureWriter
 from .finisher import Finisher, WriterCrashed
 from .intake import Intake
 from .jobstore import JobStore
+from .lanewatch import LaneWatch
 from .metrics import WorkerMetrics
 from .openjobs import OpenJobs
 from .packing import TokenPlanner
@@ -107,6 +109,12 @@ class Serving:
         else:
             self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer, wake=self.wake)
+        #: wakes the main thread when a query lands while bulk keeps it busy (both lanes served)
+        self.lane_watch = (
+            LaneWatch(connection, queue_key(queue_names[0]), self.wake)
+            if settings.lanes[:1] == (LANES[0],) and len(queue_names) > 1
+            else None
+        )
         self.finisher = Finisher(store)
         self.failures = FailureWriter(connection, store, counter_key=queued_texts_key(model))
         self.recovery = Recovery(
@@ -167,6 +175,8 @@ class Serving:
 
     def _take(self, take: Take) -> int:
         taken = self.intake.take(take)
+        if self.lane_watch is not None:
+            self.lane_watch.took.set()  # the query that woke this pass, if any, had its take
         texts = self.intake.texts_in(taken)
         self.policy.took(take, texts)
         if not taken:

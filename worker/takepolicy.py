@@ -108,10 +108,10 @@ class TakePolicy:
         """Texts of interactive jobs a side take may still get while bulk fills the budget."""
         if self.lanes[:1] != ("interactive",) or len(self.lanes) < 2:
             return 0
-        bulk_texts = load.open_texts - load.interactive_texts
-        if bulk_texts <= self.budget // 2:
-            return 0  # the budget is not bulk's: the ordinary take serves interactive jobs first
-        return INTERACTIVE_BUDGET - load.interactive_texts
+        # asked only when no ordinary take is due: texts being written count against the budget,
+        # so bulk may hold less than half of it while no ordinary take is made -- a query waited
+        # for the writes to drain (it once asked "does bulk hold over half the budget" here)
+        return max(0, INTERACTIVE_BUDGET - load.interactive_texts)
 
     def full(self, load: Load) -> bool:
         """Open jobs fill the budget: nothing can be fed before the engine returns a batch."""

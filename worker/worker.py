@@ -243,6 +243,8 @@ class BatchWorker(SimpleWorker):
         self.subscribe()
         self.set_state(WorkerStatus.STARTED)
         self.serving.finisher.start()
+        if self.serving.lane_watch is not None:
+            self.serving.lane_watch.start()
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         log.info(
@@ -256,6 +258,8 @@ class BatchWorker(SimpleWorker):
     def _teardown(self, *, quick: bool) -> None:
         serving = self.serving
         serving.runner.stop(timeout=0.0 if quick else 5.0)
+        if serving.lane_watch is not None:
+            serving.lane_watch.stop()
         serving.finisher.stop()
         serving.tokenizing.shutdown(quick=quick)
         serving.intake.abandon_ahead()  # only after a crash: a clean stop collected it

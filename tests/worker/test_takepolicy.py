@@ -45,7 +45,11 @@ def test_bulk_filling_the_budget_still_lets_interactive_jobs_in() -> None:
     assert take == Take(INTERACTIVE_BUDGET - 56, first_lane_only=True)
     assert policy(lanes=("bulk",)).interactive_room(full_of_bulk) == 0
     half_interactive = load(held=1000, interactive=600, rows=900)
-    assert p.interactive_room(half_interactive) == 0  # the budget is not bulk's
+    assert p.interactive_room(half_interactive) == 0  # interactive jobs hold their share already
+    writing = load(held=1000, open_=300, interactive=0, rows=300)  # bulk being written back
+    assert p.next_take(writing, ahead=False, ahead_ready=lambda: False, burst=True) == Take(
+        INTERACTIVE_BUDGET, first_lane_only=True
+    )
 
 
 def test_a_take_sent_ahead_is_collected_when_ready_low_or_stopping_and_nothing_new_after_stop() -> None:
