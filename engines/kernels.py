@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,25 +41,28 @@ if triton is not None:
 
     @triton.jit
     def _attention_kernel(
-        qkv, out, row_lo, row_hi, block_lo, block_hi, stride_t, stride_o, scale,
+        qkv, out, seq_of, cu, n_real, stride_t, stride_o, scale,
         HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         # qkv: (T, 3, HEADS, HEAD_DIM) rows of stride_t; out: (T, HEADS, HEAD_DIM) of stride_o.
-        # row_lo/row_hi: each token's keys (its own sequence's tokens); block_lo/block_hi: the
-        # keys any row of each BLOCK_M block needs.  All computed once per buffer (`Layout`).
-        block = tl.program_id(0)
+        start = tl.program_id(0) * BLOCK_M
         head = tl.program_id(1)
-        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        n = tl.load(n_real)
+        rows = start + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, HEAD_DIM)
         out_ptrs = out + rows[:, None] * stride_o + head * HEAD_DIM + dims[None, :]
-        k_start = tl.load(block_lo + block)
-        k_end = tl.load(block_hi + block)
-        if k_start >= k_end:  # filler tokens past the real ones: their outputs are never read
+        if start >= n:  # filler tokens past the real ones: their outputs are never read
             tl.store(out_ptrs, tl.zeros((BLOCK_M, HEAD_DIM), dtype=out.dtype.element_ty))
             return
-        lo = tl.load(row_lo + rows)
-        hi = tl.load(row_hi + rows)
-        q = tl.load(qkv + rows[:, None] * stride_t + head * HEAD_DIM + dims[None, :])
+        live = rows < n
+        seq = tl.load(seq_of + rows, mask=live, other=-1)
+        first = tl.load(seq_of + start)
+        last = tl.load(seq_of + tl.minimum(start + BLOCK_M, n) - 1)
+        k_start = tl.load(cu + first)
+        k_end = tl.load(cu + last + 1)
+        q = tl.load(
+            qkv + rows[:, None] * stride_t + head * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0
+        )
         m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
@@ -70,16 +72,16 @@ if triton is not None:
             base = qkv + cols[:, None] * stride_t + head * HEAD_DIM + dims[None, :]
             k = tl.load(base + HEADS * HEAD_DIM, mask=inside[:, None], other=0.0)
             v = tl.load(base + 2 * HEADS * HEAD_DIM, mask=inside[:, None], other=0.0)
+            k_seq = tl.load(seq_of + cols, mask=inside, other=-2)
             s = tl.dot(q, tl.trans(k)) * scale  # scale carries log2(e): exp2 below
-            own = (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
-            s = tl.where(own, s, float("-inf"))
+            s = tl.where(seq[:, None] == k_seq[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp2(s - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        acc = acc / tl.maximum(l_i, 1e-30)[:, None]  # filler rows saw no key: zeros
+        acc = acc / tl.maximum(l_i, 1e-30)[:, None]  # rows past n saw no key: zeros
         tl.store(out_ptrs, acc.to(out.dtype.element_ty))
 
     @triton.jit
@@ -105,48 +107,16 @@ if triton is not None:
 ATTENTION_CONFIG = (64, 32, 4, 2)  # 129 µs per BERT-base layer of 32k tokens; (64, 64, 4, 2) 138
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Which keys each query of a packed buffer attends to, computed once per buffer (every
-    layer shares it): each token's own sequence, [row_lo, row_hi), and the union of those over
-    each `block_m` consecutive tokens, [block_lo, block_hi).  Device tensors of fixed size, so
-    a CUDA graph captures them with the rest."""
-
-    row_lo: torch.Tensor  # int32 (T,)
-    row_hi: torch.Tensor
-    block_lo: torch.Tensor  # int32 (T // block_m,)
-    block_hi: torch.Tensor
-    block_m: int
-
-
-def attention_layout(
-    seq_of: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, *, block_m: int | None = None
-) -> Layout:
-    """The `Layout` of a packed buffer (arguments as `packed_attention`'s).  Filler tokens (past
-    `n_real`) get an empty range, so blocks of filler alone are skipped."""
-    block_m = block_m or ATTENTION_CONFIG[0]
-    T, slots = seq_of.shape[0], cu.shape[0] - 1
-    live = torch.arange(T, device=seq_of.device, dtype=torch.int32) < n_real
-    seq = seq_of.clamp(max=slots - 1).long()
-    empty = n_real.expand(T)
-    row_lo = torch.where(live, cu[seq], empty).to(torch.int32)
-    row_hi = torch.where(live, cu[seq + 1], empty).to(torch.int32)
-    block_lo = row_lo.view(-1, block_m).amin(dim=1)
-    block_hi = row_hi.view(-1, block_m).amax(dim=1)
-    return Layout(row_lo, row_hi, block_lo, block_hi, block_m)
-
-
 def packed_attention(
     qkv: torch.Tensor, seq_of: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, *, heads: int,
-    config: tuple[int, int, int, int] | None = None, layout: Layout | None = None,
+    config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Self-attention of every sequence of a packed buffer within itself.
 
     `qkv` is (T, 3, heads, head_dim); `cu` the cumulative lengths (int32, cu[i]..cu[i+1] is
     sequence i); `seq_of` (int32, T) each token's sequence; `n_real` (int32, 1) the tokens that
     belong to sequences — those past it are filler, whose outputs are zero.  All are device
-    tensors, so one CUDA graph serves every batch of the buffer's size.  `layout`: the buffer's
-    `attention_layout`, made once for all layers (made here if not given).  Returns (T, heads *
+    tensors, so one CUDA graph serves every batch of the buffer's size.  Returns (T, heads *
     head_dim).
     """
     T, _, _, head_dim = qkv.shape
@@ -154,14 +124,11 @@ def packed_attention(
         raise ValueError(f"packed buffer of {T} tokens: must be a multiple of {BUFFER_MULTIPLE}")
     if not triton_ready(qkv):
         return _attention_reference(qkv, cu, int(n_real.item()), heads=heads)
-    block_m, block_n, warps, stages = config or ATTENTION_CONFIG
-    if layout is None or layout.block_m != block_m:
-        layout = attention_layout(seq_of, cu, n_real, block_m=block_m)
     out = torch.empty((T, heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    block_m, block_n, warps, stages = config or ATTENTION_CONFIG
     scale = math.log2(math.e) / math.sqrt(head_dim)
     _attention_kernel[(T // block_m, heads)](
-        qkv, out, layout.row_lo, layout.row_hi, layout.block_lo, layout.block_hi, qkv.stride(0),
-        out.stride(0), scale,
+        qkv, out, seq_of, cu, n_real, qkv.stride(0), out.stride(0), scale,
         HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.view(T, heads * head_dim)

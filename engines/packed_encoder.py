@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import add_layer_norm, attention_layout, packed_attention, triton_ready
+from .kernels import add_layer_norm, packed_attention
 
 #: model_type → offset of the first position id (RoBERTa counts from padding_idx + 1).
 ARCHITECTURES = {"bert": 0, "roberta": None, "xlm-roberta": None}
@@ -86,10 +86,9 @@ class PackedEncoder(nn.Module):
             x = x + self.type0
         x = F.layer_norm(x, (self.hidden,), *self.embed_norm)
         seq32 = seq.to(torch.int32)
-        layout = attention_layout(seq32, cu, n_real) if triton_ready(x) else None  # all layers' keys
         for layer in self.layers:
             qkv = F.linear(x, layer["wqkv"], layer["bqkv"]).view(T, 3, self.heads, -1)
-            att = packed_attention(qkv, seq32, cu, n_real, heads=self.heads, layout=layout)
+            att = packed_attention(qkv, seq32, cu, n_real, heads=self.heads)
             x = add_layer_norm(x, F.linear(att, layer["wo"], layer["bo"]), *layer["norm1"])
             if self.gelu_epilogue:
                 h = torch._addmm_activation(layer["b1"], x, layer["w1"].t(), use_gelu=True)

@@ -108,6 +108,14 @@ class PackedPlan:
         return out
 
 
+#: Tokens a bulk batch holds while queries are arriving (within `MIXED_WINDOW_S` of the last):
+#: a query waits behind the batches already on the device -- up to two -- so their size is its
+#: tail.  Under bulk on the H200, 16k-token batches (~6.5 ms each) gave queries a p99 of 20-29 ms
+#: (BENCHMARKS.md, issue 14); bulk alone keeps the full budget.
+MIXED_BULK_TOKENS = 8192
+MIXED_WINDOW_S = 2.0
+
+
 class TokenPlanner:
     """Pending texts by lane, in arrival order, and the rule that cuts them into token batches."""
 
@@ -122,6 +130,7 @@ class TokenPlanner:
         self._isolated: deque[list[Part]] = deque()
         self._dropped: set[Hashable] = set()
         self._pending = 0
+        self._query_since = -float("inf")  # when the last interactive texts arrived (monotonic)
 
     # --- intake ------------------------------------------------------------------------------
     def add_encoded(self, encoded: Encoded) -> list[tuple[Hashable, str]]:
@@ -130,6 +139,8 @@ class TokenPlanner:
             if len(tokens):
                 lane = job.lane if job.lane in self._lanes else LANES[0]
                 self._append(Part(job.owner, 0, tokens, encoded.since, lane))
+                if lane == LANES[0]:
+                    self._query_since = max(self._query_since, encoded.since)
         return encoded.refused
 
     def _append(self, part: Part, *, front: bool = False) -> None:
@@ -195,17 +206,24 @@ class TokenPlanner:
             q = self._lanes[lane]
             if not q:
                 continue
-            full = self._tokens[lane] >= self.budget or self._rows[lane] >= self.max_rows
+            budget = self.lane_budget(lane, now)
+            full = self._tokens[lane] >= budget or self._rows[lane] >= self.max_rows
             if full or flush or now - q[0].since >= self.max_wait_s:
-                return self._lane_batch(lane)
+                return self._lane_batch(lane, budget)
         return None
+
+    def lane_budget(self, lane: str, now: float) -> int:
+        """Tokens a batch of `lane` may hold now: bulk batches shrink while queries arrive."""
+        if lane != LANES[0] and now - self._query_since < MIXED_WINDOW_S:
+            return min(self.budget, MIXED_BULK_TOKENS)
+        return self.budget
 
     def urgent_batch(self) -> PackedPlan | None:
         """The interactive texts waiting, now, as one batch (to preempt the hand-off slot)."""
         return self._lane_batch(LANES[0]) if self.waiting(LANES[0]) else None
 
-    def _lane_batch(self, lane: str) -> PackedPlan | None:
-        parts, tokens, rows = self._cut(lane, self.budget, self.max_rows, force_first=True)
+    def _lane_batch(self, lane: str, budget: int | None = None) -> PackedPlan | None:
+        parts, tokens, rows = self._cut(lane, budget or self.budget, self.max_rows, force_first=True)
         if not parts:
             return None
         bucket = self._bucket(tokens)

@@ -130,6 +130,26 @@ def test_interactive_before_bulk() -> None:
     assert second is not None and not second.interactive and shape(second) == [("bulk", 0, 4)]
 
 
+def test_bulk_batches_shrink_while_queries_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query waits behind the bulk batches already on the device: while queries keep coming
+    those are cut smaller; once none came for MIXED_WINDOW_S, bulk gets the whole budget back."""
+    from vecq.worker import packing
+
+    monkeypatch.setattr(packing, "MIXED_BULK_TOKENS", 8)
+    p = planner(budget=16)
+    add(p, "bulk", [4] * 12, lane="bulk", since=0.0)
+    assert p.lane_budget("bulk", 1.0) == 16
+    add(p, "query", [2], since=1.0)
+    first = p.next_batch(1.5)
+    assert first is not None and shape(first) == [("query", 0, 1), ("bulk", 0, 3)]  # its bucket: 16
+    second = p.next_batch(1.5)
+    assert second is not None and second.tokens == 8  # mixed: the smaller cut
+    assert p.lane_budget("interactive", 1.5) == 16
+    later = 1.0 + packing.MIXED_WINDOW_S
+    third = p.next_batch(later)
+    assert third is not None and third.tokens == 16  # bulk alone again
+
+
 def test_due_interactive_batch_topped_up_with_bulk_to_its_bucket() -> None:
     """Room left in the buffer the batch runs in is computed anyway, so bulk texts fill it."""
     p = planner(budget=256, buckets=[16, 64])
