@@ -40,10 +40,17 @@ class LaneWatch:
         self.wake = wake
         #: set by the main thread after each take: the job that woke it has had its chance
         self.took = threading.Event()
+        #: a job was seen on the lane and no take has happened since (the take policy reads it)
+        self.waiting = False
         self.wakes = 0
         self._stopping = threading.Event()
         self._client: int | None = None  # client id of the blocking wait, for CLIENT UNBLOCK
         self._thread: threading.Thread | None = None
+
+    def taken(self) -> None:
+        """From the main thread, after a take: the job that woke it has had its chance."""
+        self.waiting = False
+        self.took.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vecq-lane-watch", daemon=True)
@@ -82,6 +89,7 @@ class LaneWatch:
                 continue
             if found and not self._stopping.is_set():
                 self.took.clear()
+                self.waiting = True
                 self.wakes += 1
                 self.wake.set()
                 self.took.wait(RETRY_S)

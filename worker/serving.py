@@ -133,6 +133,7 @@ class Serving:
             interactive_texts=self.jobs.interactive_texts,
             pending_rows=self.planner.pending + self.tokenizing.texts,
             idle=self.idle,
+            query_waiting=self.lane_watch is not None and self.lane_watch.waiting,
         )
 
     @property
@@ -176,7 +177,7 @@ class Serving:
     def _take(self, take: Take) -> int:
         taken = self.intake.take(take)
         if self.lane_watch is not None:
-            self.lane_watch.took.set()  # the query that woke this pass, if any, had its take
+            self.lane_watch.taken()  # the query that woke this pass, if any, had its take
         texts = self.intake.texts_in(taken)
         self.policy.took(take, texts)
         if not taken:

@@ -11,7 +11,8 @@ The rules, each measured (BENCHMARKS.md, "Queue path"):
   so Redis runs it on its own core while the worker validates, tokenizes and writes; a take
   sent ahead is collected once Redis has answered, or at once when the engine runs low;
 - while bulk texts fill the budget, a side take of the interactive lane alone
-  (`INTERACTIVE_BUDGET` texts) still lets web requests in;
+  (`INTERACTIVE_BUDGET` texts) still lets web requests in: at once when the lane watch saw one
+  waiting (`lanewatch.LaneWatch`), else while bulk holds over half the budget;
 - it blocks (`idle_wait_s`) only when it holds nothing at all, and never in burst mode;
 - once stopping, it takes nothing new, but still collects a take already sent (its jobs are
   started in Redis: they must run).
@@ -39,6 +40,7 @@ class Load:
     interactive_texts: int  # of open interactive jobs
     pending_rows: int  # waiting for the engine: planned, or still tokenizing
     idle: bool  # nothing open, tokenizing, running or being written
+    query_waiting: bool = False  # the lane watch saw a job on the interactive lane, not yet taken
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,14 @@ class TakePolicy:
         """Texts of interactive jobs a side take may still get while bulk fills the budget."""
         if self.lanes[:1] != ("interactive",) or len(self.lanes) < 2:
             return 0
-        # asked only when no ordinary take is due: texts being written count against the budget,
-        # so bulk may hold less than half of it while no ordinary take is made -- a query waited
-        # for the writes to drain (it once asked "does bulk hold over half the budget" here)
+        # Asked only when no ordinary take is due.  A query the lane watch saw waiting is taken
+        # now; otherwise a side take is tried only while bulk holds over half the budget (texts
+        # being written count against the budget too, so bulk may hold less while no ordinary
+        # take is made: then the watch is what lets queries in).  A side take every pass cost
+        # one worker ~5 % of its bulk rate in round trips on the H200 (BENCHMARKS.md, issue 14).
+        bulk_texts = load.open_texts - load.interactive_texts
+        if not load.query_waiting and bulk_texts <= self.budget // 2:
+            return 0
         return max(0, INTERACTIVE_BUDGET - load.interactive_texts)
 
     def full(self, load: Load) -> bool:

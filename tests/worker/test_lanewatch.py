@@ -25,12 +25,14 @@ def test_a_job_landing_wakes_the_loop_and_stays_where_it_was(redis_conn: redis.R
         redis_conn.rpush(key, "job-1", "job-2")
         assert wake.wait(1.0)
         assert redis_conn.lrange(key, 0, -1) == [b"job-1", b"job-2"]  # moved onto its own head
+        assert watch.waiting
         wake.clear()
         # not taken: one wake per RETRY_S at most, not a busy loop
         time.sleep(10 * lanewatch.RETRY_S)
         assert watch.wakes <= 13
         redis_conn.delete(key)
-        watch.took.set()  # the main thread's take
+        watch.taken()  # the main thread's take
+        assert not watch.waiting
         time.sleep(0.1)
         wake.clear()
         time.sleep(0.2)

@@ -47,7 +47,9 @@ def test_bulk_filling_the_budget_still_lets_interactive_jobs_in() -> None:
     half_interactive = load(held=1000, interactive=600, rows=900)
     assert p.interactive_room(half_interactive) == 0  # interactive jobs hold their share already
     writing = load(held=1000, open_=300, interactive=0, rows=300)  # bulk being written back
-    assert p.next_take(writing, ahead=False, ahead_ready=lambda: False, burst=True) == Take(
+    assert p.next_take(writing, ahead=False, ahead_ready=lambda: False, burst=True) is None
+    seen = Load(1000, 300, 0, 300, False, query_waiting=True)  # ... but the lane watch saw a query
+    assert p.next_take(seen, ahead=False, ahead_ready=lambda: False, burst=True) == Take(
         INTERACTIVE_BUDGET, first_lane_only=True
     )
 
