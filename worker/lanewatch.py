@@ -16,9 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 
 import redis
 from redis import Redis
+
+from vecq.producer.keys import LANES, queue_key
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,16 @@ class LaneWatch:
         self._stopping = threading.Event()
         self._client: int | None = None  # client id of the blocking wait, for CLIENT UNBLOCK
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_lanes(
+        cls, connection: Redis, queue_names: Sequence[str], lanes: Sequence[str], wake: threading.Event
+    ) -> LaneWatch | None:
+        """The watch of a worker serving the interactive lane before others; None otherwise (a
+        worker of one lane blocks on it in its own takes)."""
+        if tuple(lanes[:1]) != (LANES[0],) or len(queue_names) < 2:
+            return None
+        return cls(connection, queue_key(queue_names[0]), wake)
 
     def taken(self) -> None:
         """From the main thread, after a take: the job that woke it has had its chance."""

@@ -27,7 +27,7 @@ from redis import Redis
 
 from vecq.engines import Embedder
 from vecq.engines.base import packs
-from vecq.producer.keys import LANES, queue_key, queued_texts_key
+from vecq.producer.keys import LANES, queued_texts_key
 
 from .errors import WorkerCrashed
 from .failures import FailureWriter
@@ -110,11 +110,7 @@ class Serving:
             self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer, wake=self.wake)
         #: wakes the main thread when a query lands while bulk keeps it busy (both lanes served)
-        self.lane_watch = (
-            LaneWatch(connection, queue_key(queue_names[0]), self.wake)
-            if settings.lanes[:1] == (LANES[0],) and len(queue_names) > 1
-            else None
-        )
+        self.lane_watch = LaneWatch.for_lanes(connection, queue_names, settings.lanes, self.wake)
         self.finisher = Finisher(store)
         self.failures = FailureWriter(connection, store, counter_key=queued_texts_key(model))
         self.recovery = Recovery(
