@@ -13,6 +13,7 @@ drift from rq's layout silently; a thread per enqueue costs microseconds next to
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,7 +77,9 @@ class AsyncClient:
         cancelled await (a web request whose client went away) cancels the job if no worker has
         taken it yet: nobody is left to read its result.  To keep a job past its wait, use
         `submit` and `result`."""
-        job = await self.submit(texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype)
+        job = await self.submit(
+            texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype, deadline_s=timeout
+        )
         try:
             return await self.hub.wait(job.id, timeout)
         except (JobTimeout, asyncio.CancelledError):
@@ -105,6 +108,7 @@ class AsyncClient:
         job_id: str | None = None,
         wait_for_room: float | None = None,
         result_dtype: ResultDtype = "float32",
+        deadline_s: float | None = None,
     ) -> Job:
         """`Client.submit`; waiting for room sleeps on the loop, the rq write runs on a thread."""
         request = self.sync.request(
@@ -112,7 +116,8 @@ class AsyncClient:
         )
         await self.wait_for_room(request.model, len(request.texts), wait_for_room)
         items = [(request, job_id or new_job_id())]
-        jobs = await asyncio.to_thread(self.sync.enqueuer.enqueue, items)
+        deadline = None if deadline_s is None else time.time() + deadline_s
+        jobs = await asyncio.to_thread(self.sync.enqueuer.enqueue, items, deadline=deadline)
         return jobs[0]
 
     async def result(self, job_or_id: Job | str, *, timeout: float | None = 30) -> np.ndarray:

@@ -87,15 +87,19 @@ class Client:
         job_id: str | None = None,
         wait_for_room: float | None = None,
         result_dtype: ResultDtype = "float32",
+        deadline_s: float | None = None,
     ) -> Job:
         """Enqueue one job and return its rq `Job` without waiting for the result.
 
         Raises `BadRequest` for texts or options the worker would refuse, and `QueueFull` when the
         model's queues are over `max_queued_texts` (after waiting up to `wait_for_room` seconds).
+        `deadline_s`: seconds from now after which no worker starts the job (it fails as
+        `DeadlineExceeded` instead of being computed for nobody).
         """
         request = self.request(texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype)
         self.wait_for_room(request.model, len(request.texts), wait_for_room)
-        return self.enqueuer.enqueue([(request, job_id or new_job_id())])[0]
+        deadline = None if deadline_s is None else time.time() + deadline_s
+        return self.enqueuer.enqueue([(request, job_id or new_job_id())], deadline=deadline)[0]
 
     def result(self, job_or_id: Job | str, *, timeout: float | None = 30) -> np.ndarray:
         """The job's vectors, waiting up to `timeout` seconds (None: no limit).

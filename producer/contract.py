@@ -30,6 +30,9 @@ JOB_FUNCTION = "vecq.worker.tasks.embed"
 #: Jobs carry this in `job.meta`, so a worker can tell vecq's jobs from anything else.
 META_KEY = "vecq"
 WIRE_VERSION = 1
+#: `job.meta[DEADLINE_KEY]`: the Unix time after which nobody waits for the job's result; a
+#: worker that takes it later fails it (`DeadlineExceeded`) instead of computing it.
+DEADLINE_KEY = "deadline"
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
 MAX_TEXTS_PER_JOB = 4096

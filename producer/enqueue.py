@@ -23,7 +23,7 @@ from rq.queue import EnqueueData
 from rq.utils import utcformat
 
 from .connection import RetryPolicy, call, is_refused, is_transient, unavailable
-from .contract import JOB_FUNCTION, META_KEY, TEXTS_FIELD, WIRE_VERSION, EmbedRequest
+from .contract import DEADLINE_KEY, JOB_FUNCTION, META_KEY, TEXTS_FIELD, WIRE_VERSION, EmbedRequest
 from .keys import queued_texts_key
 from .serializer import MsgpackSerializer
 from .settings import ProducerSettings
@@ -95,12 +95,15 @@ class Enqueuer:
             )
         return self._queues[name]
 
-    def enqueue(self, items: Sequence[tuple[EmbedRequest, str]]) -> list[Job]:
-        """Enqueue every item in one round trip; returns the rq Jobs in the order given."""
+    def enqueue(
+        self, items: Sequence[tuple[EmbedRequest, str]], *, deadline: float | None = None
+    ) -> list[Job]:
+        """Enqueue every item in one round trip; returns the rq Jobs in the order given.
+        `deadline`: the Unix time after which no worker should start them (`DEADLINE_KEY`)."""
         assert items, "Enqueuer.enqueue called with nothing to enqueue (vecq bug)"
         delays = self.policy.delays()
         while True:
-            jobs, pipe = call(self.policy, self.url, lambda: self._prepare(items))
+            jobs, pipe = call(self.policy, self.url, lambda: self._prepare(items, deadline))
             try:
                 pipe.execute()
                 return jobs
@@ -119,12 +122,14 @@ class Enqueuer:
             finally:
                 pipe.reset()
 
-    def _prepare(self, items: Sequence[tuple[EmbedRequest, str]]) -> tuple[list[Job], redis.client.Pipeline]:
+    def _prepare(
+        self, items: Sequence[tuple[EmbedRequest, str]], deadline: float | None
+    ) -> tuple[list[Job], redis.client.Pipeline]:
         pipe = self.connection.pipeline(transaction=True)
         jobs: list[Job] = []
         texts_per_model: dict[str, int] = {}
         for queue_name, group in _by_queue(items).items():
-            datas = [self._job_data(request, job_id) for request, job_id in group]
+            datas = [self._job_data(request, job_id, deadline) for request, job_id in group]
             queued = self.queue(queue_name).enqueue_many(datas, pipeline=pipe)
             for job, (request, _) in zip(queued, group, strict=True):
                 pipe.hset(job.key, TEXTS_FIELD, len(request.texts))
@@ -137,8 +142,11 @@ class Enqueuer:
         jobs.sort(key=lambda job: order[job.id])
         return jobs, pipe
 
-    def _job_data(self, request: EmbedRequest, job_id: str) -> EnqueueData:
+    def _job_data(self, request: EmbedRequest, job_id: str, deadline: float | None) -> EnqueueData:
         o = self.options
+        meta: dict[str, object] = {META_KEY: WIRE_VERSION}
+        if deadline is not None:
+            meta[DEADLINE_KEY] = deadline
         return Queue.prepare_data(
             JOB_FUNCTION,
             args=[request.texts],
@@ -150,7 +158,7 @@ class Enqueuer:
             # rq's default description embeds the texts: keep them out of dashboards and logs.
             description=f"vecq embed {len(request.texts)} texts ({request.model}, {request.lane})",
             job_id=job_id,
-            meta={META_KEY: WIRE_VERSION},
+            meta=meta,
             retry=Retry(max=o.retries) if o.retries else None,
         )
 

@@ -16,7 +16,14 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from vecq.producer.contract import JOB_FUNCTION, RESULT_DTYPES, JobRequest, fast_request, parse_request
+from vecq.producer.contract import (
+    DEADLINE_KEY,
+    JOB_FUNCTION,
+    RESULT_DTYPES,
+    JobRequest,
+    fast_request,
+    parse_request,
+)
 from vecq.producer.errors import BadRequest
 from vecq.producer.serializer import SERIALIZER_PATH, MsgpackSerializer, SerializationError
 
@@ -26,7 +33,12 @@ from .jobstore import Running, Taken
 log = logging.getLogger(__name__)
 
 #: Metrics label → the exception name a refused job's reason starts with.
-_LABELS = {"bad_request": "BadRequest", "wrong_model": "BadRequest", "pickle": "UnsafePayload"}
+_LABELS = {
+    "bad_request": "BadRequest",
+    "wrong_model": "BadRequest",
+    "pickle": "UnsafePayload",
+    "deadline": "DeadlineExceeded",
+}
 
 
 @dataclass(eq=False, slots=True)
@@ -84,9 +96,10 @@ class Admission:
         for t in taken:
             queue = self.queue_names[t.queue_index]
             try:
-                request = self._validate(t)
+                request = self._validate(t, now_wall)
             except JobRefused as exc:
-                log.warning("job %s refused: %s", t.job_id, exc)
+                # a flood of expired queries is normal after an outage: not one warning each
+                (log.debug if exc.kind == "deadline" else log.warning)("job %s refused: %s", t.job_id, exc)
                 reason = f"{_LABELS.get(exc.kind, 'InvalidJob')}: {exc}"
                 rejected.append(Rejected(queue, t.raw_id, reason, exc.kind, t.execution_id))
                 continue
@@ -109,7 +122,7 @@ class Admission:
             )
         return items, rejected
 
-    def _validate(self, t: Taken) -> JobRequest:
+    def _validate(self, t: Taken, now_wall: float) -> JobRequest:
         """The request of a job that may run, else `JobRefused` with a one-line reason."""
         data, meta_raw = t.fields[0], t.fields[1]
         if data is None or t.execution_id is None:
@@ -127,6 +140,12 @@ class Admission:
         meta = decode_payload(meta_raw, what="job meta") if meta_raw else {}
         if not isinstance(meta, dict):
             raise JobRefused("undecodable", f"job meta: expected a map, got {type(meta).__name__}")
+        deadline = meta.get(DEADLINE_KEY)
+        if isinstance(deadline, int | float) and not isinstance(deadline, bool) and now_wall > deadline:
+            raise JobRefused(
+                "deadline",
+                f"taken {now_wall - deadline:.1f}s after its deadline (nobody waits for it); not computed",
+            )
         fast = fast_request(args, kwargs, model=self.model)
         if fast is not None:
             return fast
