@@ -13,7 +13,6 @@ drift from rq's layout silently; a thread per enqueue costs microseconds next to
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,8 +115,7 @@ class AsyncClient:
         )
         await self.wait_for_room(request.model, len(request.texts), wait_for_room)
         items = [(request, job_id or new_job_id())]
-        deadline = None if deadline_s is None else time.time() + deadline_s
-        jobs = await asyncio.to_thread(self.sync.enqueuer.enqueue, items, deadline=deadline)
+        jobs = await asyncio.to_thread(self.sync.enqueuer.enqueue, items, deadline_s=deadline_s)
         return jobs[0]
 
     async def result(self, job_or_id: Job | str, *, timeout: float | None = 30) -> np.ndarray:

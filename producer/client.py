@@ -98,8 +98,7 @@ class Client:
         """
         request = self.request(texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype)
         self.wait_for_room(request.model, len(request.texts), wait_for_room)
-        deadline = None if deadline_s is None else time.time() + deadline_s
-        return self.enqueuer.enqueue([(request, job_id or new_job_id())], deadline=deadline)[0]
+        return self.enqueuer.enqueue([(request, job_id or new_job_id())], deadline_s=deadline_s)[0]
 
     def result(self, job_or_id: Job | str, *, timeout: float | None = 30) -> np.ndarray:
         """The job's vectors, waiting up to `timeout` seconds (None: no limit).

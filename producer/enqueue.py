@@ -96,11 +96,12 @@ class Enqueuer:
         return self._queues[name]
 
     def enqueue(
-        self, items: Sequence[tuple[EmbedRequest, str]], *, deadline: float | None = None
+        self, items: Sequence[tuple[EmbedRequest, str]], *, deadline_s: float | None = None
     ) -> list[Job]:
         """Enqueue every item in one round trip; returns the rq Jobs in the order given.
-        `deadline`: the Unix time after which no worker should start them (`DEADLINE_KEY`)."""
+        `deadline_s`: seconds from now after which no worker should start them (`DEADLINE_KEY`)."""
         assert items, "Enqueuer.enqueue called with nothing to enqueue (vecq bug)"
+        deadline = None if deadline_s is None else time.time() + deadline_s
         delays = self.policy.delays()
         while True:
             jobs, pipe = call(self.policy, self.url, lambda: self._prepare(items, deadline))

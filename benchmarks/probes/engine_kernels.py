@@ -8,8 +8,8 @@ On the benchmark model (`random-bert-base-en`, torch fp16, vecq's packed engine)
   bench's row does it, with the GPU's SM clock and power sampled beside it (nvidia-smi), and
   each batch's graph time from CUDA events: is the gap host time or a slower card?
 - `profile`: `torch.profiler` kernel totals per buffer over five buffers, grouped by kernel;
-- `attention`: vecq's packed attention kernel on real buffers, per config, as cut (arrival order)
-  and with each buffer's texts sorted by length; µs per layer and the useful FLOP rate;
+- `attention`: vecq's packed attention kernel on real buffers, per config; µs per layer and the
+  useful FLOP rate;
 - `gemm`: BERT-base's four GEMMs at 32k tokens alone, with and without the GELU epilogue;
 - `small`: one text: graph replay on the device, `engine.run` on the host, kernels per graph.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import math
 import statistics
 import subprocess
 import tempfile
@@ -42,71 +41,6 @@ from vecq.engines.spec import read_spec
 from vecq.engines.tokenizer import TextTokenizer
 from vecq.worker.bench.corpus import make_corpus
 from vecq.worker.bench.models import RANDOM_BERT_BASE_EN, model_dir
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU torch: only the parts that need no GPU can be imported
-    triton = None
-
-if triton is not None:  # the kernel as served before this probe (for the A/B in one run)
-
-    @triton.jit
-    def _old_attention_kernel(
-        qkv, out, seq_of, cu, n_real, stride_t, stride_o, scale,
-        HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    ):  # fmt: skip
-        # qkv: (T, 3, HEADS, HEAD_DIM) rows of stride_t; out: (T, HEADS, HEAD_DIM) of stride_o.
-        start = tl.program_id(0) * BLOCK_M
-        head = tl.program_id(1)
-        n = tl.load(n_real)
-        rows = start + tl.arange(0, BLOCK_M)
-        dims = tl.arange(0, HEAD_DIM)
-        out_ptrs = out + rows[:, None] * stride_o + head * HEAD_DIM + dims[None, :]
-        if start >= n:  # filler tokens past the real ones: their outputs are never read
-            tl.store(out_ptrs, tl.zeros((BLOCK_M, HEAD_DIM), dtype=out.dtype.element_ty))
-            return
-        live = rows < n
-        seq = tl.load(seq_of + rows, mask=live, other=-1)
-        first = tl.load(seq_of + start)
-        last = tl.load(seq_of + tl.minimum(start + BLOCK_M, n) - 1)
-        k_start = tl.load(cu + first)
-        k_end = tl.load(cu + last + 1)
-        q = tl.load(
-            qkv + rows[:, None] * stride_t + head * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0
-        )
-        m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)
-        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
-        for k0 in range(k_start, k_end, BLOCK_N):
-            cols = k0 + tl.arange(0, BLOCK_N)
-            inside = cols < k_end
-            base = qkv + cols[:, None] * stride_t + head * HEAD_DIM + dims[None, :]
-            k = tl.load(base + HEADS * HEAD_DIM, mask=inside[:, None], other=0.0)
-            v = tl.load(base + 2 * HEADS * HEAD_DIM, mask=inside[:, None], other=0.0)
-            k_seq = tl.load(seq_of + cols, mask=inside, other=-2)
-            s = tl.dot(q, tl.trans(k)) * scale  # scale carries log2(e): exp2 below
-            s = tl.where(seq[:, None] == k_seq[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
-        acc = acc / tl.maximum(l_i, 1e-30)[:, None]  # rows past n saw no key: zeros
-        tl.store(out_ptrs, acc.to(out.dtype.element_ty))
-
-
-def old_attention(qkv, seq, cu, nr, *, heads, config):  # type: ignore[no-untyped-def]
-    T, _, _, head_dim = qkv.shape
-    out = torch.empty((T, heads, head_dim), dtype=qkv.dtype, device=qkv.device)
-    bm, bn, warps, stages = config
-    _old_attention_kernel[(T // bm, heads)](
-        qkv, out, seq, cu, nr, qkv.stride(0), out.stride(0), math.log2(math.e) / math.sqrt(head_dim),
-        HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out
-
 
 CONFIGS = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3),
            (128, 128, 8, 2), (64, 128, 4, 2)]  # fmt: skip
@@ -221,7 +155,9 @@ def profile(engine, batches) -> None:  # type: ignore[no-untyped-def]
 
 
 def attention(engine, batches) -> None:  # type: ignore[no-untyped-def]
-    """µs per layer of the served kernel and the one before it, on the same real buffers."""
+    """µs per layer of the served kernel per config, on real buffers (a variant is A/B-tested by
+    adding it to `kernels`: the fifth session's per-row-bounds kernel measured 190.6 µs against
+    132.3, BENCHMARKS.md)."""
     heads, head_dim, T = 12, 64, 32768
     sample = batches[10:16]
     inputs = []
@@ -237,7 +173,7 @@ def attention(engine, batches) -> None:  # type: ignore[no-untyped-def]
         qkv = torch.randn(T, 3, heads, head_dim, device="cuda", dtype=torch.float16)
         useful = 4 * float((b.lengths.astype(np.float64) ** 2).sum()) * head_dim * heads
         inputs.append((qkv, seq.to(torch.int32), cu, nr, useful))
-    kernels = {"served": packed_attention, "before": old_attention}
+    kernels = {"served": packed_attention}
     for cfg in CONFIGS:
         for name, fn in kernels.items():
             us = []
