@@ -101,6 +101,64 @@ if triton is not None:
         )
 
 
+    @triton.jit
+    def _embed_kernel(
+        ids, cu, n_real, word, position, type0, w, b, out, seq_out, stride, width, slots, first, max_pos, eps,
+        HAS_TYPE: tl.constexpr, STEPS: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        # One token: its sequence (binary search of cu), position, the three embeddings, LayerNorm.
+        t = tl.program_id(0)
+        n = tl.load(n_real)
+        lo = t * 0
+        hi = lo + slots  # invariant: cu[lo] <= t < cu[hi] for a real token
+        for _ in range(STEPS):
+            mid = (lo + hi) // 2
+            below = tl.load(cu + mid) <= t
+            lo = tl.where(below, mid, lo)
+            hi = tl.where(below, hi, mid)
+        seq = tl.where(t < n, lo, slots)
+        tl.store(seq_out + t, seq)
+        pos = tl.minimum(tl.maximum(t - tl.load(cu + lo), 0), max_pos) + first
+        cols = tl.arange(0, BLOCK)
+        inside = cols < width
+        token = tl.load(ids + t)
+        v = tl.load(word + token * width + cols, mask=inside, other=0.0).to(tl.float32)
+        v += tl.load(position + pos * width + cols, mask=inside, other=0.0).to(tl.float32)
+        if HAS_TYPE:
+            v += tl.load(type0 + cols, mask=inside, other=0.0).to(tl.float32)
+        mean = tl.sum(v, 0) / width
+        centred = tl.where(inside, v - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / width + eps)
+        gain = tl.load(w + cols, mask=inside).to(tl.float32)
+        shift = tl.load(b + cols, mask=inside).to(tl.float32)
+        tl.store(out + t * stride + cols, (centred * rstd * gain + shift).to(out.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _pool_kernel(
+        x, cu, out, stride, width, MEAN: tl.constexpr, NORMALIZE: tl.constexpr, ROWS: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        # One sequence: the mean of its tokens (or its first token), L2-normalized, fp32.
+        s = tl.program_id(0)
+        a = tl.load(cu + s)
+        e = tl.load(cu + s + 1)
+        cols = tl.arange(0, BLOCK)
+        inside = cols < width
+        if MEAN:
+            acc = tl.zeros((ROWS, BLOCK), dtype=tl.float32)
+            for r0 in range(a, e, ROWS):
+                rows = r0 + tl.arange(0, ROWS)
+                ok = (rows < e)[:, None] & inside[None, :]
+                acc += tl.load(x + rows[:, None] * stride + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            v = tl.sum(acc, 0) / tl.maximum(e - a, 1).to(tl.float32)
+        else:
+            present = cols < tl.where(e > a, width, 0)  # an empty slot reads nothing
+            v = tl.load(x + a * stride + cols, mask=present, other=0.0).to(tl.float32)
+        if NORMALIZE:  # F.normalize: v / max(|v|, 1e-12)
+            v = v / tl.maximum(tl.sqrt(tl.sum(v * v, 0)), 1e-12)
+        tl.store(out + s * width + cols, v, mask=inside)
+
+
 #: (BLOCK_M, BLOCK_N, num_warps, num_stages) of the attention kernel: query rows per block (64
 #: fills Hopper's smallest tensor-core tile), keys per step.  From the sweep in
 #: benchmarks/probes/packed_bert.py (vecq-profile) on the H200.
@@ -158,4 +216,62 @@ def add_layer_norm(
     _add_layer_norm_kernel[(rows,)](
         x, y, weight, bias, out, x.stride(0), width, eps, BLOCK=triton.next_power_of_2(width), num_warps=4
     )
+    return out
+
+
+def packed_embed(
+    ids: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, *, word: torch.Tensor, position: torch.Tensor,
+    type0: torch.Tensor | None, norm: tuple[torch.Tensor, torch.Tensor, float], first_position: int,
+    max_position: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """BERT's embeddings of a packed buffer, in one kernel on CUDA: `(x (T, H), seq (T,) int32)`.
+
+    Each token's sequence (filler: `slots`) and position within it come from `cu`; x is
+    `layer_norm(word[id] + position[first_position + min(pos, max_position)] + type0)`.  In torch
+    this was a dozen kernels (search, gathers, adds, LayerNorm): a fifth of the 106 a one-text
+    buffer launched, each ~4 µs (BENCHMARKS.md, issue 14).
+    """
+    T, slots = ids.shape[0], cu.shape[0] - 1
+    if not triton_ready(ids):
+        token = torch.arange(T, device=ids.device, dtype=torch.int32)
+        seq = torch.searchsorted(cu, token, right=True) - 1
+        seq = torch.where(token < n_real, seq, slots)
+        start = cu[seq.clamp(max=slots - 1)]
+        positions = (token - start).clamp(min=0, max=max_position)
+        x = word[ids] + position[positions + first_position]
+        if type0 is not None:
+            x = x + type0
+        return F.layer_norm(x, (word.shape[1],), *norm), seq.to(torch.int32)
+    width = word.shape[1]
+    out = torch.empty((T, width), dtype=word.dtype, device=ids.device)
+    seq = torch.empty(T, dtype=torch.int32, device=ids.device)
+    weight, bias, eps = norm
+    _embed_kernel[(T,)](
+        ids, cu, n_real, word, position, word if type0 is None else type0, weight, bias, out, seq, out.stride(0),
+        width, slots, first_position, max_position, eps,
+        HAS_TYPE=type0 is not None, STEPS=max(1, slots.bit_length()), BLOCK=triton.next_power_of_2(width),
+        num_warps=4,
+    )  # fmt: skip
+    return out, seq
+
+
+def packed_pool(x: torch.Tensor, seq: torch.Tensor, cu: torch.Tensor, *, mean: bool, normalize: bool) -> torch.Tensor:
+    """Each sequence's vector, float32 `(slots, H)`: the mean of its tokens as
+    sentence-transformers takes it (or its first token), L2-normalized if asked; an empty slot
+    gives zeros.  One kernel on CUDA, where torch took ten."""
+    slots = cu.shape[0] - 1
+    if not triton_ready(x):
+        if mean:
+            sums = x.new_zeros((slots + 1, x.shape[1]), dtype=torch.float32).index_add_(0, seq.long(), x.float())
+            vectors = sums[:slots] / (cu[1:] - cu[:-1]).clamp(min=1)[:, None].float()
+        else:
+            vectors = x[cu[:-1].clamp(max=x.shape[0] - 1).long()].float()
+            vectors = torch.where((cu[1:] > cu[:-1])[:, None], vectors, 0.0)
+        return F.normalize(vectors, p=2.0, dim=1) if normalize else vectors
+    width = x.shape[1]
+    out = torch.empty((slots, width), dtype=torch.float32, device=x.device)
+    _pool_kernel[(slots,)](
+        x, cu, out, x.stride(0), width, MEAN=mean, NORMALIZE=normalize, ROWS=8,
+        BLOCK=triton.next_power_of_2(width), num_warps=4,
+    )  # fmt: skip
     return out

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import add_layer_norm, packed_attention
+from .kernels import add_layer_norm, packed_attention, packed_embed, packed_pool
 
 #: model_type → offset of the first position id (RoBERTa counts from padding_idx + 1).
 ARCHITECTURES = {"bert": 0, "roberta": None, "xlm-roberta": None}
@@ -74,38 +74,21 @@ class PackedEncoder(nn.Module):
         self._encoder = encoder  # keeps the weights alive (and on the device they were moved to)
 
     def forward(self, ids: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
-        T, slots = ids.shape[0], cu.shape[0] - 1
-        token = torch.arange(T, device=ids.device, dtype=torch.int32)
-        # each token's sequence; filler (past n_real) lands in slot `slots`, which pooling drops
-        seq = torch.searchsorted(cu, token, right=True) - 1
-        seq = torch.where(token < n_real, seq, slots)
-        start = cu[seq.clamp(max=slots - 1)]
-        positions = (token - start).clamp(min=0, max=self.max_position - self.first_position)
-        x = self.word[ids] + self.position[positions + self.first_position]
-        if self.type0 is not None:
-            x = x + self.type0
-        x = F.layer_norm(x, (self.hidden,), *self.embed_norm)
-        seq32 = seq.to(torch.int32)
+        x, seq = packed_embed(
+            ids, cu, n_real, word=self.word, position=self.position, type0=self.type0, norm=self.embed_norm,
+            first_position=self.first_position, max_position=self.max_position - self.first_position,
+        )  # fmt: skip
+        T = ids.shape[0]
         for layer in self.layers:
             qkv = F.linear(x, layer["wqkv"], layer["bqkv"]).view(T, 3, self.heads, -1)
-            att = packed_attention(qkv, seq32, cu, n_real, heads=self.heads)
+            att = packed_attention(qkv, seq, cu, n_real, heads=self.heads)
             x = add_layer_norm(x, F.linear(att, layer["wo"], layer["bo"]), *layer["norm1"])
             if self.gelu_epilogue:
                 h = torch._addmm_activation(layer["b1"], x, layer["w1"].t(), use_gelu=True)
             else:
                 h = F.gelu(F.linear(x, layer["w1"], layer["b1"]), approximate=self.gelu)
             x = add_layer_norm(x, F.linear(h, layer["w2"], layer["b2"]), *layer["norm2"])
-        return self._pool(x, seq, cu, slots)
-
-    def _pool(self, x: torch.Tensor, seq: torch.Tensor, cu: torch.Tensor, slots: int) -> torch.Tensor:
-        if self.pooling == "cls":
-            vectors = x[cu[:-1].clamp(max=x.shape[0] - 1).long()].float()
-        else:  # sentence-transformers' mean: the sum over a text's tokens / its token count
-            sums = x.new_zeros((slots + 1, x.shape[1]), dtype=torch.float32).index_add_(0, seq, x.float())
-            vectors = sums[:slots] / (cu[1:] - cu[:-1]).clamp(min=1)[:, None].float()
-        if self.normalize:
-            vectors = F.normalize(vectors, p=2.0, dim=1)
-        return vectors
+        return packed_pool(x, seq, cu, mean=self.pooling != "cls", normalize=self.normalize)
 
 
 def _layer_weights(layer: nn.Module) -> dict[str, Any]:

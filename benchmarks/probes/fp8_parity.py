@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from vecq.engines.kernels import add_layer_norm, packed_attention
+from vecq.engines.kernels import add_layer_norm, packed_attention, packed_pool
 from vecq.engines.packed_encoder import PackedEncoder
 from vecq.engines.spec import read_spec
 from vecq.engines.tokenizer import TextTokenizer
@@ -70,7 +70,7 @@ class Fp8Encoder(PackedEncoder):
             x = add_layer_norm(x, linear(att, layer["wo"], layer["bo"], "out" in self.fp8), *layer["norm1"])
             h = F.gelu(linear(x, layer["w1"], layer["b1"], "ffn_in" in self.fp8), approximate=self.gelu)
             x = add_layer_norm(x, linear(h, layer["w2"], layer["b2"], "ffn_out" in self.fp8), *layer["norm2"])
-        return self._pool(x, seq, cu, slots)
+        return packed_pool(x, seq, cu, mean=self.pooling != "cls", normalize=True)
 
 
 def main() -> None:

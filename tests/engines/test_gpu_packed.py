@@ -1,6 +1,6 @@
 """The padding-free packed torch engine on CUDA (issue 14): skipped without a GPU.
 
-- the Triton attention and add+LayerNorm kernels equal their torch references on a buffer with
+- the Triton attention, add+LayerNorm, embedding and pooling kernels equal their torch references on a buffer with
   texts of many lengths, a block-straddling boundary, filler and empty slots;
 - served vectors (fp16, packed token buffers, graphs) are within cosine 0.999 of torch fp32 for
   every text, and a text's vector does not depend on its batch-mates;
@@ -50,6 +50,38 @@ def test_triton_kernels_equal_their_references(head_dim: int) -> None:
     fused = kernels.add_layer_norm(x, y, w, b, 1e-12).float()
     plain = torch.nn.functional.layer_norm(x.float() + y.float(), (768,), w.float(), b.float(), 1e-12)
     assert (fused - plain).abs().max().item() < 1e-2
+
+
+def test_embed_and_pool_kernels_equal_their_references(monkeypatch) -> None:
+    """The one-kernel embeddings (sequence search, positions, LayerNorm) and pooling against the
+    torch code they replace, on a buffer with an empty slot mid-batch, filler and empty slots."""
+    from vecq.engines import kernels
+
+    torch.manual_seed(0)
+    lengths = [5, 1, 17, 64, 3, 0, 40, 2, 70, 512, 9]
+    slots, T, n = 32, 1024, sum(lengths)
+    cu = torch.zeros(slots + 1, dtype=torch.int32)
+    cu[1 : len(lengths) + 1] = torch.tensor(lengths).cumsum(0).to(torch.int32)
+    cu[len(lengths) + 1 :] = n
+    half = {"device": "cuda", "dtype": torch.float16}
+    word, position = torch.randn(1000, 768, **half), torch.randn(514, 768, **half)
+    type0, w, b = torch.randn(3, 768, **half)
+    ids = torch.randint(0, 1000, (T,), device="cuda")
+    cu, n_real = cu.cuda(), torch.tensor([n], dtype=torch.int32, device="cuda")
+    for types in (type0, None):
+        args = {"word": word, "position": position, "type0": types, "norm": (w, b, 1e-12),
+                "first_position": 2, "max_position": 511}  # fmt: skip
+        x, seq = kernels.packed_embed(ids, cu, n_real, **args)
+        for mean in (True, False):
+            for normalize in (True, False):
+                pooled = kernels.packed_pool(x, seq, cu, mean=mean, normalize=normalize)
+                with monkeypatch.context() as m:
+                    m.setattr(kernels, "triton_ready", lambda _: False)
+                    x_ref, seq_ref = kernels.packed_embed(ids, cu, n_real, **args)
+                    pooled_ref = kernels.packed_pool(x_ref, seq_ref, cu, mean=mean, normalize=normalize)
+                assert torch.equal(seq, seq_ref)
+                assert (x[:n].float() - x_ref[:n].float()).abs().max().item() < 1e-2
+                assert (pooled - pooled_ref).abs().max().item() < 1e-3
 
 
 @pytest.fixture(scope="module")
