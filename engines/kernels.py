@@ -100,7 +100,6 @@ if triton is not None:
             out + row * stride + cols, (centred * rstd * gain + shift).to(out.dtype.element_ty), mask=inside
         )
 
-
     @triton.jit
     def _embed_kernel(
         ids, cu, n_real, word, position, type0, w, b, out, seq_out, stride, width, slots, first, max_pos, eps,
@@ -131,7 +130,9 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / width + eps)
         gain = tl.load(w + cols, mask=inside).to(tl.float32)
         shift = tl.load(b + cols, mask=inside).to(tl.float32)
-        tl.store(out + t * stride + cols, (centred * rstd * gain + shift).to(out.dtype.element_ty), mask=inside)
+        tl.store(
+            out + t * stride + cols, (centred * rstd * gain + shift).to(out.dtype.element_ty), mask=inside
+        )
 
     @triton.jit
     def _pool_kernel(
@@ -247,22 +248,26 @@ def packed_embed(
     seq = torch.empty(T, dtype=torch.int32, device=ids.device)
     weight, bias, eps = norm
     _embed_kernel[(T,)](
-        ids, cu, n_real, word, position, word if type0 is None else type0, weight, bias, out, seq, out.stride(0),
-        width, slots, first_position, max_position, eps,
+        ids, cu, n_real, word, position, word if type0 is None else type0, weight, bias, out, seq,
+        out.stride(0), width, slots, first_position, max_position, eps,
         HAS_TYPE=type0 is not None, STEPS=max(1, slots.bit_length()), BLOCK=triton.next_power_of_2(width),
         num_warps=4,
     )  # fmt: skip
     return out, seq
 
 
-def packed_pool(x: torch.Tensor, seq: torch.Tensor, cu: torch.Tensor, *, mean: bool, normalize: bool) -> torch.Tensor:
+def packed_pool(
+    x: torch.Tensor, seq: torch.Tensor, cu: torch.Tensor, *, mean: bool, normalize: bool
+) -> torch.Tensor:
     """Each sequence's vector, float32 `(slots, H)`: the mean of its tokens as
     sentence-transformers takes it (or its first token), L2-normalized if asked; an empty slot
     gives zeros.  One kernel on CUDA, where torch took ten."""
     slots = cu.shape[0] - 1
     if not triton_ready(x):
         if mean:
-            sums = x.new_zeros((slots + 1, x.shape[1]), dtype=torch.float32).index_add_(0, seq.long(), x.float())
+            sums = x.new_zeros((slots + 1, x.shape[1]), dtype=torch.float32).index_add_(
+                0, seq.long(), x.float()
+            )
             vectors = sums[:slots] / (cu[1:] - cu[:-1]).clamp(min=1)[:, None].float()
         else:
             vectors = x[cu[:-1].clamp(max=x.shape[0] - 1).long()].float()

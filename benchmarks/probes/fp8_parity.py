@@ -32,7 +32,14 @@ from vecq.worker.bench.corpus import make_corpus
 from vecq.worker.bench.models import RANDOM_BERT_BASE_EN, model_dir
 
 E4M3_MAX = 448.0
-CHOICES = [("qkv",), ("out",), ("ffn_in",), ("ffn_out",), ("qkv", "ffn_in"), ("qkv", "out", "ffn_in", "ffn_out")]
+CHOICES = [
+    ("qkv",),
+    ("out",),
+    ("ffn_in",),
+    ("ffn_out",),
+    ("qkv", "ffn_in"),
+    ("qkv", "out", "ffn_in", "ffn_out"),
+]
 
 
 def e4m3_rows(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +52,9 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, fp8: bool) -> torc
     if not fp8:
         return F.linear(x, w, b)
     (x8, sx), (w8, sw) = e4m3_rows(x), e4m3_rows(w)
-    return torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw.t().contiguous(), bias=b, out_dtype=torch.float32)
+    return torch._scaled_mm(
+        x8, w8.t(), scale_a=sx, scale_b=sw.t().contiguous(), bias=b, out_dtype=torch.float32
+    )
 
 
 class Fp8Encoder(PackedEncoder):
@@ -94,8 +103,8 @@ def main() -> None:
                 for choice in CHOICES:
                     cos = (ref * Fp8Encoder(model, pooling=spec.pooling, fp8=choice)(ids, cu, nr)).sum(1)
                     print(
-                        f"{spec.name} ({spec.pooling}) fp8 {'+'.join(choice)}: cosine to fp32 min {cos.min():.5f}"
-                        f" p1 {cos.quantile(0.01):.5f} mean {cos.mean():.5f}"
+                        f"{spec.name} ({spec.pooling}) fp8 {'+'.join(choice)}: cosine to fp32"
+                        f" min {cos.min():.5f} p1 {cos.quantile(0.01):.5f} mean {cos.mean():.5f}"
                     )
 
 

@@ -1,7 +1,7 @@
 """The padding-free packed torch engine on CUDA (issue 14): skipped without a GPU.
 
-- the Triton attention, add+LayerNorm, embedding and pooling kernels equal their torch references on a buffer with
-  texts of many lengths, a block-straddling boundary, filler and empty slots;
+- the Triton attention, add+LayerNorm, embedding and pooling kernels equal their torch
+  references on a buffer with texts of many lengths, a block-straddling boundary, filler and empty slots;
 - served vectors (fp16, packed token buffers, graphs) are within cosine 0.999 of torch fp32 for
   every text, and a text's vector does not depend on its batch-mates;
 - every token buffer is captured once, at warmup; batches of every declared shape then run
