@@ -43,9 +43,14 @@ class Done:
 
     planned: Planned
     vectors: np.ndarray | None
+    #: from its start to its collection; batches in turn overlap (k+1 starts before k is
+    #: collected), so these add up to more than the engine's working time
     seconds: float
     real_tokens: int
     error: str | None = None
+    #: the part of `seconds` after the batch before it was collected: these add up to the time
+    #: the engine thread held a batch (what `capacity.Capacity` divides by)
+    busy: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class EngineRunner:
         self._thread = threading.Thread(target=self._main, name="vecq-engine", daemon=True)
         self._warm = threading.Event()
         self._warm_error: BaseException | None = None
+        self._last_end = 0.0  # perf_counter when the engine thread last reported a batch
 
     def start(self) -> None:
         """Start the thread and wait while it warms the engine up.
@@ -194,14 +200,22 @@ class EngineRunner:
                 )
         except Exception as exc:
             return self._failed(planned, exc, begun.t0)
-        return Done(planned, vectors, time.perf_counter() - begun.t0, batch.real_tokens)
+        end = time.perf_counter()
+        return Done(planned, vectors, end - begun.t0, batch.real_tokens, busy=self._busy(begun.t0, end))
 
-    @staticmethod
-    def _failed(planned: Planned, exc: Exception, t0: float) -> Done:
+    def _failed(self, planned: Planned, exc: Exception, t0: float) -> Done:
         log.warning(
             "batch %s of %d rows failed: %s", planned.label, planned.texts, error_line(exc, limit=500)
         )
-        return Done(planned, None, time.perf_counter() - t0, 0, error=error_line(exc, limit=500))
+        end = time.perf_counter()
+        return Done(planned, None, end - t0, 0, error=error_line(exc, limit=500), busy=self._busy(t0, end))
+
+    def _busy(self, t0: float, end: float) -> float:
+        """Seconds from `t0`, or from the previous batch's end if later, to `end`: batches end
+        in the order they start, so these never count one instant twice."""
+        busy = end - max(t0, self._last_end)
+        self._last_end = end
+        return busy
 
 
 @dataclass(frozen=True)

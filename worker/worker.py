@@ -104,6 +104,13 @@ class BatchWorker(SimpleWorker):
     def texts_done(self) -> int:
         return self.serving.jobs.tally.texts
 
+    @property
+    def capacity_texts_per_s(self) -> float | None:
+        """Texts per second of engine-busy time over its last batches, None before the first
+        (`capacity.py`); the gateway sizes its queued-texts limit from it."""
+        rate = self.serving.capacity.texts_per_s
+        return round(rate, 3) if rate is not None else None
+
     # --- the loop ----------------------------------------------------------------------------
     def work(self, burst: bool | None = None, logging_level: str | None = None, **_: Any) -> bool:  # type: ignore[override]
         """Serve until stopped (or, with `burst`, until the queues are empty and nothing is in flight)."""
@@ -183,6 +190,7 @@ class BatchWorker(SimpleWorker):
                 "finished": tally.finished,
                 "failed": tally.failed,
                 "texts": tally.texts,
+                "capacity_texts_per_s": self.capacity_texts_per_s,
                 "stopping": self.serving.policy.stopping,
             }
         )

@@ -4,8 +4,9 @@ Each request becomes one job on the model's interactive lane (through `AsyncClie
 vectors come back in OpenAI's response shape, as float lists or as base64 of little-endian
 float32 (what the official `openai` client asks for by default).  Requests are checked here,
 before anything touches Redis: bad ones get a 400 in OpenAI's error shape with one line naming
-the field; a full queue gets a 429 with `Retry-After`, a worker that does not answer in time a
-504, an unreachable Redis a 503.
+the field; a full queue (a limit sized from the workers' measured rate unless
+`max_queued_texts` is set, `admission.py`) gets a 429 with `Retry-After`, a worker that does
+not answer in time a 504, an unreachable Redis a 503.
 
 `usage` counts tokens with the model's own `tokenizers` tokenizer, as the model sees them
 (`[CLS]`/`[SEP]` included, cut at its max length).  Tokenizers come from `--tokenizer NAME=PATH`
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -50,6 +52,7 @@ from ..contract import DEFAULT_MODEL, check_texts
 from ..errors import BadRequest, RedisUnavailable, VecqError
 from ..keys import model_name
 from ..settings import ProducerSettings
+from .admission import DEFAULT_FLOOR, Limit, QueuedTextsLimit
 from .guard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, read_key_file
 from .openai_errors import RETRY_AFTER_S, ApiError, api_error, http_error, validation_error
 from .served import ServedModels
@@ -85,6 +88,10 @@ class GatewaySettings(ProducerSettings):
     #: Requests queued or waiting at once, at most; more get 429 at once (waiting is cheap, one
     #: connection for all, but each waiter is memory and, past the workers' rate, only latency).
     max_in_flight: int = Field(default=4096, ge=1)
+    #: With `max_queued_texts` unset, each model's queued-texts limit is sized from its workers'
+    #: measured rate (`admission.py`), never below this: with no worker up or none measured
+    #: yet, this many texts may queue (scale-from-zero still sees work).
+    queued_texts_floor: int = Field(default=DEFAULT_FLOOR, ge=1)
     #: Largest request body read; larger ones get 413 before they are read or parsed.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
@@ -183,6 +190,14 @@ class Metrics:
             "Requests whose client went away before the answer.",
             registry=self.registry,
         )
+        self.queued_texts_limit = Gauge(
+            "vecq_gateway_queued_texts_limit", "Texts a model's queues may hold before 429, as last "
+            "used (max_queued_texts, else sized from the workers' rate).", ["model"], registry=self.registry,
+        )  # fmt: skip
+        self.capacity = Gauge(
+            "vecq_gateway_capacity_texts_per_s", "Texts per second of engine-busy time that a model's "
+            "live workers report, summed (0: none measured).", ["model"], registry=self.registry,
+        )  # fmt: skip
         self.canceled = Gauge(
             "vecq_gateway_canceled_jobs", "Jobs cancelled before any worker took them (a timeout, a "
             "client gone), since start.", registry=self.registry,
@@ -199,14 +214,15 @@ class Gateway:
         self.dims = {name: t.dim for name, t in tokenizers.items() if t.dim is not None}
         self.metrics = Metrics()
         self.client: AsyncClient | None = None
-        self.served: ServedModels | None = None  # both made with the app's lifespan
+        self.served: ServedModels | None = None  # these three made with the app's lifespan
+        self.admission: QueuedTextsLimit | None = None
         self.in_flight = 0  # requests queued or waiting for their vectors
 
     async def embeddings(self, body: EmbeddingsRequest) -> dict[str, Any]:
         texts = input_texts(body.input)
         model = canonical_model(body.model)
         self._check_dimensions(model, body.dimensions)
-        assert self.client is not None and self.served is not None, "used outside the lifespan (vecq bug)"
+        assert self.client and self.served and self.admission, "used outside the lifespan (vecq bug)"
         if not await self.served.serves(model):
             raise ApiError(
                 404,
@@ -223,6 +239,7 @@ class Gateway:
                 code="too_many_requests",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
+        self.observe(model, await self.admission.admit(model, len(texts)))
         self.in_flight += 1
         try:
             vectors, tokens = await asyncio.gather(
@@ -244,6 +261,21 @@ class Gateway:
             "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    def observe(self, model: str, limit: Limit) -> None:
+        """The limit in use, in the metrics (models here are served or allowlisted: bounded)."""
+        self.metrics.queued_texts_limit.labels(model=model).set(limit.texts)
+        self.metrics.capacity.labels(model=model).set(limit.capacity)
+
+    async def limits(self) -> dict[str, int]:
+        """Each model's queued-texts limit now, for /health."""
+        assert self.served and self.admission, "used outside the lifespan (vecq bug)"
+        out = {}
+        for model in await self.served.names():
+            limit = await self.admission.limit(model)
+            self.observe(model, limit)
+            out[model] = limit.texts
+        return out
 
     def _check_dimensions(self, model: str, dimensions: int | None) -> None:
         """vecq does not shorten vectors: `dimensions` may only name the model's own size.
@@ -281,9 +313,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        gateway.client = AsyncClient(settings=settings)
+        # admission counts queued texts itself (`admission.py`): the client must not again
+        gateway.client = AsyncClient(settings=settings.model_copy(update={"max_queued_texts": None}))
         client = gateway.client
         gateway.served = ServedModels(client.connection, settings.models)
+        gateway.admission = QueuedTextsLimit(
+            client,
+            gateway.served,
+            explicit=settings.max_queued_texts,
+            floor=settings.queued_texts_floor,
+            timeout_s=settings.timeout,
+        )
         gateway.metrics.canceled.set_function(lambda: client.canceled_jobs)
         try:
             yield
@@ -373,14 +413,16 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """Whether Redis answers; why not goes to the log, not to whoever asks."""
+        """Whether Redis answers, and each model's queued-texts limit now; why Redis does not
+        answer goes to the log, not to whoever asks."""
         assert gateway.client is not None, "gateway client used outside the app's lifespan (vecq bug)"
         try:
             await gateway.client.ping()
-        except RedisUnavailable as exc:
+            limits = await gateway.limits()
+        except (RedisUnavailable, redis.RedisError, OSError) as exc:
             log.warning("health: %s", exc)
             return JSONResponse({"status": "unavailable"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "queued_texts_limit": limits})
 
     @app.get("/metrics")
     async def metrics() -> Response:

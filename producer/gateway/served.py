@@ -7,6 +7,9 @@ when the worker is gone), so `ServedModels` reads those records -- at most every
 `REFRESH_S` -- and the gateway refuses any other model at once with OpenAI's `model_not_found`,
 writing nothing.  The operator's allowlist (`--models`) is served whatever the workers say: with
 workers scaled to zero (KEDA), a request must still queue so that the scaler sees work.
+
+The same read gives each model's capacity, the sum of its workers' `capacity_texts_per_s`
+(texts per second of engine-busy time), which `admission.py` sizes the queued-texts limit from.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -35,6 +39,7 @@ class ServedModels:
         self.connection = connection
         self.allowlist = frozenset(allowlist)
         self._live: frozenset[str] = frozenset()
+        self._capacity: dict[str, float] = {}
         self._read_at = float("-inf")
         self._reading: asyncio.Future[None] | None = None
 
@@ -56,6 +61,15 @@ class ServedModels:
             return True
         return model in self._live
 
+    async def capacity(self, model: str) -> float:
+        """Texts per second `model`'s live workers finish while busy, summed; 0.0 when none has
+        measured yet, or when Redis cannot be read (the caller then falls back to its floor)."""
+        try:
+            await self._refresh(older_than=REFRESH_S)
+        except (redis.RedisError, OSError):
+            return 0.0
+        return self._capacity.get(model, 0.0)
+
     async def _refresh(self, *, older_than: float) -> None:
         """Read the health records again if the last read is older than `older_than`; one read
         at a time, which every concurrent caller awaits (each reading on its own took a
@@ -69,14 +83,27 @@ class ServedModels:
     async def _read(self) -> None:
         keys = [key async for key in self.connection.scan_iter(match=HEALTH_PREFIX + "*", count=500)]
         records = await self.connection.mget(keys) if keys else []
-        self._live = frozenset(_model_of(raw) for raw in records if raw) - {""}
+        live: set[str] = set()
+        capacity: dict[str, float] = {}
+        for model, rate in (_served_by(raw) for raw in records if raw):
+            if model:
+                live.add(model)
+                capacity[model] = capacity.get(model, 0.0) + rate
+        self._live, self._capacity = frozenset(live), capacity
         self._read_at = time.monotonic()
 
 
-def _model_of(raw: bytes | str) -> str:
+def _served_by(raw: bytes | str) -> tuple[str, float]:
+    """(model, capacity) of one health record; ("", 0.0) for a stopping worker or a record that
+    is not one (a worker's record is trusted for its shape, never for more than a number)."""
     try:
-        record = json.loads(raw)
+        record: Any = json.loads(raw)
     except (ValueError, TypeError):
-        return ""
-    model = record.get("model") if isinstance(record, dict) else None
-    return model if isinstance(model, str) and not record.get("stopping") else ""
+        return "", 0.0
+    if not isinstance(record, dict) or record.get("stopping"):
+        return "", 0.0
+    model, rate = record.get("model"), record.get("capacity_texts_per_s")
+    if not isinstance(model, str):
+        return "", 0.0
+    measured = isinstance(rate, int | float) and not isinstance(rate, bool) and 0 < rate < float("inf")
+    return model, float(rate) if measured else 0.0

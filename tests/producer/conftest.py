@@ -1,4 +1,5 @@
-"""Producer fixtures: a null-engine rq worker to drain queues, clients, a password-protected Redis."""
+"""Producer fixtures: a null-engine rq worker to drain queues, clients, a password-protected Redis,
+`vecq gateway` and `vecq worker` processes (stopped by pid)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import numpy as np
+import openai
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue, SimpleWorker
 
 from vecq.producer import Client, MsgpackSerializer, ProducerSettings
 from vecq.producer.contract import DEFAULT_MODEL
 from vecq.producer.keys import queue_names
+
+from ..worker.servers import VECQ, spawn_worker, stop_process, until
 
 Drain = Callable[..., None]
 
@@ -139,3 +146,61 @@ def secret_redis() -> Iterator[SpawnedRedis]:
     server = SpawnedRedis(port=port, password="secret", proc=start_redis(port, "secret"))
     yield server
     stop_redis(server.proc)
+
+
+# --- gateway and worker processes ----------------------------------------------------------------
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def openai(self) -> openai.OpenAI:
+        """The official client, without its own retries (the tests look at single answers)."""
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+
+def _listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    if proc.poll() is not None:
+        pytest.fail(f"vecq gateway exited ({proc.returncode}): {log.read_text()[-2000:]}")
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """`vecq gateway --redis URL FLAGS...` on a free port, up once it accepts connections."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(redis_url: str, *flags: str) -> Gateway:
+        port = free_port()
+        log = tmp_path / f"gateway-{port}.log"
+        cmd = [*VECQ, "gateway", "--redis", redis_url, "--port", str(port), "--log-level", "warning", *flags]
+        proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        procs.append(proc)
+        until(lambda: _listening(port, proc, log), 30, f"vecq gateway on port {port}")
+        return Gateway(url=f"http://127.0.0.1:{port}", proc=proc)
+
+    yield start
+    for proc in procs:
+        stop_process(proc)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., None]]:
+    """`vecq worker --backend null --redis URL FLAGS...` (later flags win, e.g. `--backend onnx`)."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(redis_url: str, *flags: str) -> None:
+        procs.append(spawn_worker(redis_url, tmp_path / f"worker-{len(procs)}.log", *flags))
+
+    yield start
+    for proc in procs:
+        stop_process(proc)

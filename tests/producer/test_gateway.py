@@ -10,11 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,7 +19,6 @@ import openai
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
 from vecq.producer.gateway import GatewaySettings, create_app
@@ -31,66 +26,9 @@ from vecq.producer.gateway.usage import ModelTokenizer, default_model_dir
 from vecq.producer.keys import queue_name
 from vecq.worker.cli import main as vecq_main
 
-from ..worker.servers import VECQ, free_port, spawn_worker, stop_process, until
+from ..worker.servers import free_port, until
 
 MODEL = "all-minilm-l6-v2"
-
-
-@dataclass
-class Gateway:
-    url: str
-    proc: subprocess.Popen[bytes]
-
-    def openai(self) -> openai.OpenAI:
-        """The official client, without its own retries (the tests look at single answers)."""
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
-
-
-def _listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
-    if proc.poll() is not None:
-        pytest.fail(f"vecq gateway exited ({proc.returncode}): {log.read_text()[-2000:]}")
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-@pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
-    """`vecq gateway --redis URL FLAGS...` on a free port, up once it accepts connections."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(redis_url: str, *flags: str) -> Gateway:
-        port = free_port()
-        log = tmp_path / f"gateway-{port}.log"
-        cmd = [*VECQ, "gateway", "--redis", redis_url, "--port", str(port), "--log-level", "warning", *flags]
-        proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-        procs.append(proc)
-        until(lambda: _listening(port, proc, log), 30, f"vecq gateway on port {port}")
-        return Gateway(url=f"http://127.0.0.1:{port}", proc=proc)
-
-    yield start
-    for proc in procs:
-        stop_process(proc)
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., None]]:
-    """`vecq worker --backend null --redis URL FLAGS...` (later flags win, e.g. `--backend onnx`)."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(redis_url: str, *flags: str) -> None:
-        procs.append(spawn_worker(redis_url, tmp_path / f"worker-{len(procs)}.log", *flags))
-
-    yield start
-    for proc in procs:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +97,9 @@ def test_float_base64_single_string_usage_metrics_health(
     assert metrics[("vecq_gateway_texts_total", ())] == 4 + 4 + 1 + 1
     assert metrics[("vecq_gateway_tokens_total", ())] == 2 * tokens + 4 + 3
     health = httpx.get(f"{gateway.url}/health", timeout=10)
-    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert (health.status_code, health.json()["status"]) == (200, "ok")
+    limits = health.json()["queued_texts_limit"]  # sized from the worker's rate: test_gateway_admission.py
+    assert list(limits) == [MODEL] and limits[MODEL] >= 1024, limits
 
 
 def test_tokenizer_flag_counts_with_that_tokenizer_and_unknown_models_count_zero(

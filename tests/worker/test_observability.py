@@ -200,3 +200,52 @@ def test_metrics_host_chooses_the_listening_address(make_worker, serving) -> Non
         if line.split()[3] == "0A"  # LISTEN
     ]
     assert f"0100007F:{port:04X}" in listening  # 127.0.0.1, not 00000000 (every interface)
+
+
+class _SleepyEngine:
+    """The null engine taking `delay` seconds per batch: a known engine rate."""
+
+    def __init__(self, inner, delay: float) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.delay = inner, delay
+        self.shapes, self.dim = inner.shapes, inner.dim
+
+    def warmup(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def run(self, batch):  # type: ignore[no-untyped-def]
+        time.sleep(self.delay)
+        return self.inner.run(batch)
+
+
+def _record(conn: redis.Redis, name: str) -> dict:
+    import json
+
+    raw = conn.get(f"vecq:health:{name}")
+    return json.loads(raw) if raw else {}
+
+
+def test_health_record_carries_capacity_once_jobs_ran(
+    redis_conn, make_worker, serving, null_embedder
+) -> None:
+    """Issue 15: the gateway sizes its queued-texts limit from this.  Batches of 4 texts taking
+    0.1 s of engine time each: about 40 texts/s, and still that after the worker goes idle
+    (engine-busy time, not wall time)."""
+    from vecq.engines import Embedder
+
+    slow = Embedder(
+        spec=null_embedder.spec,
+        tokenizer=null_embedder.tokenizer,
+        engine=_SleepyEngine(null_embedder.engine, 0.1),
+    )
+    worker = serving(make_worker(embedder=slow, burst=False, heartbeat_ttl=3, max_wait_ms=1))
+    assert _record(redis_conn, worker.name)["capacity_texts_per_s"] is None  # nothing served yet
+    for i in range(4):  # one job at a time: every batch holds its 4 texts
+        enqueue(redis_conn, [[f"text {i}.{k}" for k in range(4)]])
+        _until(lambda i=i: worker.finished_jobs == i + 1, 20, f"job {i} finished")
+    _until(lambda: _record(redis_conn, worker.name).get("capacity_texts_per_s"), 10, "capacity in the record")
+    first = _record(redis_conn, worker.name)["capacity_texts_per_s"]
+    assert 30 <= first <= 40, first  # 4 texts / (0.1 s + the thread's own share)
+    time.sleep(2.5)  # idle, past a heartbeat: the record is rewritten with the same rate
+    again = _record(redis_conn, worker.name)
+    assert again["time"] > time.time() - 2.5 and again["capacity_texts_per_s"] == first

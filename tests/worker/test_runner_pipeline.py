@@ -77,3 +77,37 @@ def test_batches_overlap_in_order_and_a_failed_start_fails_alone(tiny_bert_dir: 
     assert collected == [11, 12, 13, 14]
     assert all(engine.log.index(("collect", k)) > engine.log.index(("start", k)) for k in collected)
     assert engine.log.index(("start", 12)) < engine.log.index(("collect", 11))  # overlapped
+
+
+class SleepyNull(NullEngine):
+    """The null engine, synchronous, taking 0.1 s per batch."""
+
+    def run(self, batch: Batch) -> np.ndarray:
+        time.sleep(0.1)
+        return super().run(batch)
+
+
+def test_busy_seconds_never_count_an_instant_twice(tiny_bert_dir: Path) -> None:
+    """Batch k is collected after batch k+1 ran, so `seconds` of batches back to back overlap
+    (about twice the engine's time); `busy` adds up to the time the engine worked, which the
+    worker's capacity divides by (issue 15)."""
+    shapes = ShapeSet.grid((1,), (16,), max_seq_len=16)
+    runner = EngineRunner(
+        SleepyNull(shapes=shapes, dim=8), TextTokenizer.from_dir(tiny_bert_dir, max_seq_len=16)
+    )
+    runner.start()
+    shape = next(iter(shapes))
+    start = time.perf_counter()
+    for key in range(5):
+        deadline = time.monotonic() + 10
+        while not runner.offer(_planned(20 + key, shape)):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    done = [runner.wait(10) for _ in range(5)]
+    wall = time.perf_counter() - start
+    runner.stop()
+    assert all(isinstance(d, Done) and d.error is None for d in done)
+    busy = sum(d.busy for d in done)  # type: ignore[union-attr]
+    seconds = sum(d.seconds for d in done)  # type: ignore[union-attr]
+    assert 0.5 <= busy <= wall, (busy, wall)
+    assert seconds >= 0.85, seconds  # the first four each spanned the run of the next one

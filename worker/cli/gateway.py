@@ -14,7 +14,14 @@ from .options import fail
 @click.option("--host", help="Address to listen on (default 127.0.0.1; env VECQ_HOST).")
 @click.option("--port", type=int, help="Port to listen on (default 8000; env VECQ_PORT).")
 @click.option("--timeout", type=float, help="Seconds a request waits for its vectors before a 504.")
-@click.option("--max-queued-texts", type=int, help="Answer 429 when a model's queues hold more texts.")
+@click.option(
+    "--max-queued-texts", type=int,
+    help="Answer 429 when a model's queues hold more texts (default: sized from the workers' rate).",
+)  # fmt: skip
+@click.option(
+    "--queued-texts-floor", type=int,
+    help="Least queued-texts limit sized from the workers' rate (default 1024; also with no worker).",
+)  # fmt: skip
 @click.option(
     "--tokenizer", "tokenizers", multiple=True, metavar="NAME=PATH",
     help="Model NAME's tokenizer (a model dir or bundle with tokenizer.json), for usage counts; repeatable.",
