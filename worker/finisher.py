@@ -2,8 +2,10 @@
 
 All the jobs a batch (or several) completed are finished by one script call (`JobStore.finish`:
 the result in rq's result stream through the job's serializer, status, finished registry, the
-execution ended), only for executions still this worker's.  Failures are not written here but
-by `failures.FailureWriter`, on the main thread.
+execution ended), only for executions still this worker's.  A few interactive results are
+written at once on the calling thread instead (`INLINE_ROWS`): a query's answer then waits for
+no hop and no bulk write.  Failures are not written here but by `failures.FailureWriter`, on the
+main thread.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ class WriterCrashed:
 
 #: Bulk vectors per finishing write, about (see `Finisher.submit`).
 SLICE_ROWS = 512
+#: Interactive results of at most this many vectors are written on the calling thread, at once:
+#: the hop to the finishing thread, and the wait behind the take the main thread sends meanwhile
+#: or the bulk slice the thread is writing, sat between a lone query's vectors and its client.
+INLINE_ROWS = 64
 
 
 class Finisher:
@@ -127,9 +133,26 @@ class Finisher:
 
     def _put(self, priority: int, chunk: list[tuple[WorkItem, np.ndarray]]) -> None:
         texts = sum(len(vectors) for _, vectors in chunk)
-        self.inbox.put((priority, next(self._order), texts, chunk))
         self.in_flight += 1
         self.texts_in_flight += texts
+        if priority == 0 and texts <= INLINE_ROWS:
+            self._write_now(chunk, texts)
+        else:
+            self.inbox.put((priority, next(self._order), texts, chunk))
+
+    def _write_now(self, chunk: list[tuple[WorkItem, np.ndarray]], texts: int) -> None:
+        """Write `chunk` on this thread, reported through `poll` as the thread's writes are;
+        with Redis away it goes to the thread, which retries with backoff."""
+        try:
+            skipped = self._finish_once(chunk)
+        except CONNECTION_LOST:
+            self.inbox.put((0, next(self._order), texts, chunk))
+            return
+        except Exception as exc:  # as on the thread: reported, and the worker exits
+            log.exception("finishing %d interactive job(s) failed", len(chunk))
+            self.results.put(WriterCrashed(exc))
+            return
+        self.results.put(Written(len(chunk), skipped, texts))
 
     def poll(self, timeout: float = 0.0) -> Written | WriterCrashed | None:
         """The next report, waiting up to `timeout` seconds."""
@@ -161,21 +184,23 @@ class Finisher:
 
     def _finish(self, done: list[tuple[WorkItem, np.ndarray]]) -> list[str]:
         wait = 0.5
-        records = [finished(i, v) for i, v in done]
         while True:
             try:
-                skipped = self.store.finish(records, now=time.time(), now_iso=utcformat(rq_now()))
+                return self._finish_once(done)
             except CONNECTION_LOST as exc:
                 log.warning(
                     "finishing %d job(s): Redis unreachable (%s); retrying in %.1fs", len(done), exc, wait
                 )
                 time.sleep(wait)
                 wait = min(wait * 2, 30.0)
-                continue
-            if skipped:
-                log.warning(
-                    "%d job(s) finished here after recovery gave them to another worker; result dropped: %s",
-                    len(skipped),
-                    ", ".join(skipped[:5]),
-                )
-            return skipped
+
+    def _finish_once(self, done: list[tuple[WorkItem, np.ndarray]]) -> list[str]:
+        records = [finished(i, v) for i, v in done]
+        skipped = self.store.finish(records, now=time.time(), now_iso=utcformat(rq_now()))
+        if skipped:
+            log.warning(
+                "%d job(s) finished here after recovery gave them to another worker; result dropped: %s",
+                len(skipped),
+                ", ".join(skipped[:5]),
+            )
+        return skipped

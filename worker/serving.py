@@ -9,8 +9,9 @@
   slot, which an interactive batch may take from a bulk one (`_preempt`);
 - finished jobs go to the `Finisher` thread, failures and refusals to the `FailureWriter`;
 - `LaneWatch` wakes the pass when a query lands on the interactive lane while bulk runs.
-Redis I/O happens on this thread except the finishing writes; work crosses threads only through
-queues.  `BatchWorker` (worker.py) is the rq face around it: registration, heartbeats, signals.
+Redis I/O happens on this thread except the finishing writes of bulk results; work crosses
+threads only through queues.  `BatchWorker` (worker.py) is the rq face around it: registration,
+heartbeats, signals.
 
 Failures, per job: a bad job fails alone at intake; a text over the limit with truncation off
 fails its job; an engine error on a batch of several jobs re-runs each of them alone, so a
