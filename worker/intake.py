@@ -104,9 +104,7 @@ class Intake:
         if taken or take.block_s <= 0 or take.first_lane_only:
             return taken
         wait = take.block_s if len(self.queue_names) == 1 else min(take.block_s, 0.05)
-        if not self._wait_for_job(queue_key(self.queue_names[0]), wait) and len(self.queue_names) == 1:
-            return []
-        return self._take(queues, take.budget_texts)
+        return self._wait_and_take(queues, take.budget_texts, wait)
 
     def _take(self, queues: list[str], budget_texts: int) -> list[Taken]:
         return self.store.take(queues, self._max_jobs(budget_texts), **self._options(budget_texts))
@@ -114,14 +112,15 @@ class Intake:
     def _max_jobs(self, budget_texts: int) -> int:
         return max(1, min(1024, int(budget_texts / max(self._texts_per_job, 1.0))))
 
-    def _options(self, budget_texts: int) -> dict[str, object]:
-        """A take's arguments; hands what the queued-texts counter is owed to that take."""
+    def _options(self, budget_texts: int, *, when_run: bool = False) -> dict[str, object]:
+        """A take's arguments; hands what the queued-texts counter is owed to that take.
+        `when_run`: its jobs start when Redis runs it (a take behind a wait), not now."""
         counter = (queued_texts_key(self.model), self._owed_texts)
         self._owed_texts = 0
         return {
             "ttl": self.heartbeat_ttl,
             "now": time.time(),
-            "now_iso": utcformat(rq_now()),
+            "now_iso": "" if when_run else utcformat(rq_now()),
             "counter": counter,
             "budget_texts": budget_texts,
             "guess_texts": self._texts_per_job,
@@ -148,30 +147,38 @@ class Intake:
             self._owed_texts = 0
 
     # --- waiting for a job -------------------------------------------------------------------
-    def _wait_for_job(self, key: str, wait: float) -> bool:
-        """Block until `key` holds a job or `wait` s pass, without taking it (BLMOVE of a list
-        onto its own head; the take that follows starts it atomically).  On a connection of its
-        own, whose client id `wake` can unblock from another thread."""
+    def _wait_and_take(self, queues: list[str], budget_texts: int, wait: float) -> list[Taken]:
+        """Block until the first queue holds a job or `wait` s pass, then take, in one exchange:
+        the take is sent behind the wait (`JobStore.send_take`'s `wait`), so Redis runs it as
+        soon as a job lands.  On a connection of its own, whose client id `wake` can unblock
+        from another thread (asked before the wait, off the path of the job that ends it)."""
         pool = self.connection.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(
-                conn.pack_commands([("CLIENT", "ID"), ("BLMOVE", key, key, "LEFT", "LEFT", wait)])
-            )
+            conn.send_command("CLIENT", "ID")
             try:
                 self._waiter = conn.read_response()
             except redis.ResponseError:  # CLIENT ID refused by an ACL: this wait cannot be woken
                 self._waiter = None
-            if self._woken:  # asked to stop before the wait began: `wake` may have missed it
-                conn.disconnect()
-                return False
-            return conn.read_response() is not None
         except BaseException:
             conn.disconnect()  # a reply may still be on its way: never reuse it
+            pool.release(conn)
+            self._waiter = None
             raise
+        try:
+            if self._woken:  # asked to stop before the wait began: `wake` may have missed it
+                pool.release(conn)
+                return []
+            pending = self.store.send_take(
+                queues,
+                self._max_jobs(budget_texts),
+                wait=(queue_key(self.queue_names[0]), wait),
+                connection=conn,
+                **self._options(budget_texts, when_run=True),  # type: ignore[arg-type]
+            )
+            return self.store.read_take(pending)  # gives the connection back, or closes it
         finally:
             self._waiter = None
-            pool.release(conn)
 
     def wake(self) -> None:
         """From another thread: end a wait for jobs now (CLIENT UNBLOCK), so that a worker asked

@@ -32,9 +32,10 @@ from ..shapes import DEFAULT_SEQ_LENS, Shape, ShapeSet
 log = logging.getLogger(__name__)
 
 #: Token buffer sizes, each a multiple of the attention block.  Fine steps near the top, where
-#: bulk batches land, keep the filler share small (a batch of 17k tokens runs in 20k, not 32k).
+#: bulk batches land, keep the filler share small (a batch of 17k tokens runs in 20k, not 32k);
+#: the smallest holds a lone query.
 TOKEN_BUCKETS: tuple[int, ...] = (
-    256, 512, 1024, 2048, 3072, 4096, 6144, 8192, 10240, 12288, 14336, 16384,
+    128, 256, 512, 1024, 2048, 3072, 4096, 6144, 8192, 10240, 12288, 14336, 16384,
     20480, 24576, 28672, 32768,
 )  # fmt: skip
 #: Padded shapes are declared up to this many tokens (the largest buffer: real <= padded).

@@ -25,7 +25,7 @@ from .servers import VECQ, RedisServer, free_port, spawn_worker, stop_process, u
 VECQ_ACL = (
     "on >{password} resetkeys ~rq:* ~vecq:* resetchannels &rq:* -@all "
     "+@read +@write +@scripting +@transaction +@connection +@pubsub "
-    "-@dangerous +client|setname +client|id +client|unblock +info"
+    "-@dangerous +client|setname +client|id +client|unblock +info +time"
 )
 
 

@@ -334,3 +334,31 @@ def test_bulk_results_travel_raw_in_the_dtype_asked_for(
         np.testing.assert_array_equal(vectors, reference)
     else:
         assert cosines(vectors, reference).min() >= 0.9999
+
+
+def test_a_take_behind_a_wait_starts_the_job_when_it_lands(redis_url: str) -> None:
+    """An idle worker's take goes to Redis behind its wait for a job (one exchange, no wake-up
+    round trip between a query landing and its take): the job comes back started, dated when
+    it landed -- after it was enqueued -- not when the take was sent."""
+    import time
+
+    from rq.utils import utcparse
+
+    from vecq.worker.intake import Intake
+    from vecq.worker.jobstore import JobStore
+    from vecq.worker.takepolicy import Take
+
+    conn = redis.Redis.from_url(redis_url)
+    store = JobStore(conn, worker_name="w", worker_key="rq:worker:w")
+    intake = Intake(conn, store, [INTERACTIVE], model=MODEL, heartbeat_ttl=15)
+    later = threading.Timer(0.4, lambda: enqueue(conn, [["arrives late"]]))
+    sent = time.time()
+    later.start()
+    taken = intake.take(Take(64, block_s=5.0))
+    later.join()
+    assert [t.execution_id is not None for t in taken] == [True]
+    job = Job.fetch(taken[0].job_id, connection=conn, serializer=MsgpackSerializer)
+    assert job.get_status() == JobStatus.STARTED
+    started = utcparse(conn.hget(job.key, "started_at").decode()).timestamp()
+    assert started >= job.enqueued_at.timestamp() >= sent + 0.3
+    assert intake.take(Take(64)) == []  # nothing else was taken, nothing left behind
