@@ -15,7 +15,7 @@
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-site=/tmp/vecq-site
+site=${SITE:-/tmp/vecq-site}
 if [ ! -d "$site/vecq" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl &&
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" . >/dev/null &&

@@ -10,7 +10,7 @@ stamps compare), and the report gives the median time from each stamp to the nex
     engine done → collected → handed to the finisher → written → client has the vectors
 
     python3 benchmarks/probes/latency_path.py [--backend null|torch] [--device cuda] [--requests 300]
-        [--under-bulk] [--profile]
+        [--under-bulk] [--profile] [--switch-interval S]
 """
 
 from __future__ import annotations
@@ -121,7 +121,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--profile", action="store_true", help="cProfile the main thread (adds its overhead)")
     ap.add_argument("--under-bulk", action="store_true", help="while a bulk producer keeps the worker busy")
+    ap.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, seconds (default 0.005)")
     args = ap.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     with tempfile.TemporaryDirectory() as tmp, embedded_redis() as url:
         emb = bench_embedder(Path(tmp), args.backend, args.device)
         device = "cpu" if args.backend == "null" else args.device
