@@ -7,7 +7,8 @@ after another.  The worker's steps are stamped with the wall clock (one machine:
 stamps compare), and the report gives the median time from each stamp to the next:
 
     client sends → take returns → tokenized → offered to the engine → engine starts →
-    engine done → collected → handed to the finisher → written → client has the vectors
+    launched (engine.start returned) → device done (its result() returned) → engine done →
+    collected → handed to the finisher → written → client has the vectors
 
     python3 benchmarks/probes/latency_path.py [--backend null|torch] [--device cuda] [--requests 300]
         [--under-bulk] [--profile] [--switch-interval S]
@@ -48,7 +49,8 @@ with Client(url) as c:
         print(json.dumps({"sent": sent, "got": time.time()}), flush=True)
 """
 
-STEPS = ["take", "tokenized", "offered", "engine start", "engine done", "collected", "to finisher", "written"]
+STEPS = ["take", "tokenized", "offered", "engine start", "launched", "device done", "engine done",
+         "collected", "to finisher", "written"]  # fmt: skip
 
 
 class Stamps:
@@ -109,6 +111,23 @@ def instrument(serving, stamps: Stamps) -> None:
     stamps.wrap(s.runner, "offer_first", "offered", lambda a, o: o[0] and plan(a, o))
     stamps.wrap(s.runner, "_start", "engine start", plan, after=False)
     stamps.wrap(s.runner, "_collect", "engine done", lambda a, _: plan([a[0].planned], None))
+    if hasattr(s.runner.engine, "start"):  # idle runs only: a bulk batch would stamp these too
+        start = s.runner.engine.start
+
+        def launched(batch):  # type: ignore[no-untyped-def]
+            out = start(batch)
+            stamps.mark("launched")
+            result = out.result
+
+            def waited():  # type: ignore[no-untyped-def]
+                vectors = result()
+                stamps.mark("device done")
+                return vectors
+
+            out.result = waited
+            return out
+
+        s.runner.engine.start = launched
     stamps.wrap(s, "_on_done", "collected", lambda a, _: plan([a[0].planned], None), after=False)
     stamps.wrap(s.finisher, "submit", "to finisher", lambda a, _: mine(i for i, _v in a[0]), after=False)
     stamps.wrap(s.finisher.store, "finish", "written", lambda a, _: mine(r.running for r in a[0]))
