@@ -27,6 +27,30 @@ def check_texts(texts: object) -> None:
             raise BadInput(f"texts[{i}]: expected str, got {type(t).__name__}")
 
 
+def dimensions_fault(dimensions: object, dim: int) -> str | None:
+    """The one line refusing a Matryoshka size `dimensions` for a model of `dim`, or None."""
+    if dimensions is None:
+        return None
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+        return f"dimensions: expected an integer of at least 1, got {dimensions!r}"
+    if dimensions > dim:
+        return f"dimensions: {dimensions} is over the model's {dim}"
+    return None
+
+
+def truncate_dims(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """The first `dimensions` components of each vector (all for None), contiguous.
+
+    Exactly sentence-transformers' `truncate_dim`: a slice after the model's own modules, with
+    no normalization after it -- a model with a Normalize module gives unit vectors cut short
+    (norm below 1), as `SentenceTransformer.encode(..., truncate_dim=d)` does; cosine
+    similarity is unaffected, a dot product needs `normalize_embeddings` there and here a
+    normalization of its own."""
+    if dimensions is None or dimensions >= vectors.shape[1]:
+        return vectors
+    return np.ascontiguousarray(vectors[:, :dimensions])
+
+
 def embed_texts(
     tokenizer: TextTokenizer, engine: Engine, texts: Sequence[str], *, truncate: bool = True
 ) -> np.ndarray:

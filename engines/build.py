@@ -21,6 +21,7 @@ from .batching import embed_texts
 from .bundle import FORMAT_VERSION, MANIFEST, Manifest, checksums
 from .errors import BundleError, UnknownBackend
 from .parity import compare, parity_texts, reference_vectors, require
+from .prompts import write_prompts
 from .shapes import DEFAULT_BATCH_SIZES, DEFAULT_SEQ_LENS, ShapeSet, default_shapes
 from .spec import ModelSpec, Pooling, check_model_dir, read_spec
 from .tokenizer import TextTokenizer
@@ -89,7 +90,7 @@ def _assemble(
     texts = parity_texts()
     say(f"computing torch fp32 reference vectors of {len(texts)} parity texts")
     reference = reference_vectors(module, tokenizer, texts)
-    files = _copy(model_dir, tmp, TOKENIZER_FILES)
+    files = _copy(model_dir, tmp, TOKENIZER_FILES) + write_prompts(model_dir, tmp)
     if backend == "torch" and not (model_dir / "model.safetensors").is_file():
         raise BundleError(f"{model_dir}: no model.safetensors (torch bundles copy safetensors weights only)")
     if backend == "onnx":

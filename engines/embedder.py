@@ -18,9 +18,10 @@ import numpy as np
 
 from . import backends
 from .base import Engine
-from .batching import embed_texts
+from .batching import check_texts, dimensions_fault, embed_texts, truncate_dims
 from .bundle import ENGINE_OPTIONS, MANIFEST, read_manifest, verify_files
-from .errors import BundleError
+from .errors import BadInput, BundleError
+from .prompts import Prompts, apply, read_prompts
 from .shapes import ShapeSet, default_shapes
 from .spec import ModelSpec, check_model_dir, read_spec
 from .tokenizer import TextTokenizer
@@ -45,12 +46,15 @@ class Embedder:
     """Texts in, float32 vectors out, through a fixed set of shapes."""
 
     def __init__(
-        self, *, spec: ModelSpec, tokenizer: TextTokenizer, engine: Engine, truncate: bool = True
-    ) -> None:
+        self, *, spec: ModelSpec, tokenizer: TextTokenizer, engine: Engine, truncate: bool = True,
+        prompts: Prompts | None = None,
+    ) -> None:  # fmt: skip
         self.spec = spec
         self.tokenizer = tokenizer
         self.engine = engine
         self.truncate = truncate
+        #: the model's sentence-transformers prompts (`prompts.py`), prepended by `embed` and the worker
+        self.prompts = prompts or Prompts()
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
@@ -87,7 +91,8 @@ class Embedder:
             )
         engine = backends.for_model_dir(chosen.name, root, spec=spec, shapes=shapes, device=device, **options)
         tokenizer = TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len)
-        return cls(spec=spec, tokenizer=tokenizer, engine=engine, truncate=truncate)
+        prompts = read_prompts(root)
+        return cls(spec=spec, tokenizer=tokenizer, engine=engine, truncate=truncate, prompts=prompts)
 
     @classmethod
     def from_bundle(
@@ -105,7 +110,8 @@ class Embedder:
                 raise BundleError(f"{root}: option {key!r} cannot change a built bundle (rebuild it)")
         engine = backends.for_bundle(backend or manifest.backend, root, manifest, device=device, **options)
         tokenizer = TextTokenizer.from_dir(root, max_seq_len=manifest.max_seq_len)
-        return cls(spec=manifest.spec, tokenizer=tokenizer, engine=engine, truncate=truncate)
+        prompts = read_prompts(root)
+        return cls(spec=manifest.spec, tokenizer=tokenizer, engine=engine, truncate=truncate, prompts=prompts)
 
     # --- the public surface ----------------------------------------------------------------
     @property
@@ -120,11 +126,31 @@ class Embedder:
     def name(self) -> str:
         return self.spec.name
 
-    def embed(self, texts: Sequence[str], *, truncate: bool | None = None) -> np.ndarray:
-        """(len(texts), dim) float32; each text's vector is independent of its batch-mates."""
-        return embed_texts(
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        truncate: bool | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dimensions: int | None = None,
+    ) -> np.ndarray:
+        """(len(texts), dim or `dimensions`) float32; each text's vector is independent of its
+        batch-mates.  `prompt_name` / `prompt` / `dimensions` mean what they mean to
+        `SentenceTransformer.encode` (`prompt_name`, `prompt`, `truncate_dim`): the prompt is
+        prepended before tokenizing (the model's default prompt when neither is given), and the
+        vectors are cut to their first `dimensions` components."""
+        fault = dimensions_fault(dimensions, self.dim)
+        if fault is not None:
+            raise BadInput(fault)
+        text = self.prompts.resolve(prompt_name=prompt_name, prompt=prompt)
+        if text:
+            check_texts(texts)  # before the prompt is added to what may not be a list of str
+            texts = apply(text, texts)
+        vectors = embed_texts(
             self.tokenizer, self.engine, texts, truncate=self.truncate if truncate is None else truncate
         )
+        return truncate_dims(vectors, dimensions)
 
     def warmup(self) -> None:
         self.engine.warmup()
