@@ -70,6 +70,9 @@ class AsyncClient:
         timeout: float | None = 30,
         truncate: bool = True,
         result_dtype: ResultDtype = "float32",
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dimensions: int | None = None,
     ) -> np.ndarray:
         """`Client.embed`, awaiting the result instead of blocking; however many run at once,
         their waits share one connection (`ResultHub`).  Unlike `Client.embed`, a timeout or a
@@ -77,8 +80,9 @@ class AsyncClient:
         taken it yet: nobody is left to read its result.  To keep a job past its wait, use
         `submit` and `result`."""
         job = await self.submit(
-            texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype, deadline_s=timeout
-        )
+            texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype, deadline_s=timeout,
+            prompt_name=prompt_name, prompt=prompt, dimensions=dimensions,
+        )  # fmt: skip
         try:
             return await self.hub.wait(job.id, timeout)
         except (JobTimeout, asyncio.CancelledError):
@@ -108,11 +112,15 @@ class AsyncClient:
         wait_for_room: float | None = None,
         result_dtype: ResultDtype = "float32",
         deadline_s: float | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dimensions: int | None = None,
     ) -> Job:
         """`Client.submit`; waiting for room sleeps on the loop, the rq write runs on a thread."""
         request = self.sync.request(
-            texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype
-        )
+            texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype,
+            prompt_name=prompt_name, prompt=prompt, dimensions=dimensions,
+        )  # fmt: skip
         await self.wait_for_room(request.model, len(request.texts), wait_for_room)
         items = [(request, job_id or new_job_id())]
         jobs = await asyncio.to_thread(self.sync.enqueuer.enqueue, items, deadline_s=deadline_s)

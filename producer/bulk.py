@@ -86,6 +86,9 @@ class BulkSubmitter:
         truncate: bool = True,
         stall_timeout: float | None = None,
         result_dtype: ResultDtype = "float32",
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dimensions: int | None = None,
     ) -> None:
         if not _RUN_ID.match(run_id):
             raise BadRequest(f"run_id: {run_id!r} must be 1-80 characters of A-Z, a-z, 0-9, '_', '-'")
@@ -101,6 +104,9 @@ class BulkSubmitter:
         self.truncate = truncate
         self.stall_timeout = stall_timeout
         self.result_dtype = result_dtype
+        #: the model options of every chunk (`Client.submit`): a run id must differ when they do
+        self.options = {"prompt_name": prompt_name, "prompt": prompt, "dimensions": dimensions}
+        client.request(["-"], model=self.model, **self.options)  # refused here, not on the first chunk
         self.stats = BulkStats()
 
     def job_id(self, chunk: int) -> str:
@@ -193,7 +199,7 @@ class BulkSubmitter:
                     stale.append(result_key(job_id))
                 request = self.client.request(
                     texts, model=self.model, lane="bulk", truncate=self.truncate,
-                    result_dtype=self.result_dtype, result_encoding="raw",
+                    result_dtype=self.result_dtype, result_encoding="raw", **self.options,
                 )  # fmt: skip
                 fresh.append((request, job_id))
             flight.add(job_id, index, len(texts))

@@ -68,13 +68,21 @@ class Client:
         timeout: float | None = 30,
         truncate: bool = True,
         result_dtype: ResultDtype = "float32",
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dimensions: int | None = None,
     ) -> np.ndarray:
         """Vectors for `texts` (float32, len(texts) x dim), blocking up to `timeout` seconds.
 
         On timeout the job stays queued (`JobTimeout` names it; `result(job_id)` can pick it up).
         `result_dtype="float16"` halves the bytes the result moves through Redis (cosine >= 0.9999).
+        `prompt_name` / `prompt` / `dimensions` are sentence-transformers' `prompt_name`, `prompt`
+        and `truncate_dim`, applied by the worker with the model's own prompts (see `submit`).
         """
-        job = self.submit(texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype)
+        job = self.submit(
+            texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype,
+            prompt_name=prompt_name, prompt=prompt, dimensions=dimensions,
+        )  # fmt: skip
         return self.result(job, timeout=timeout)
 
     def submit(
@@ -88,15 +96,25 @@ class Client:
         wait_for_room: float | None = None,
         result_dtype: ResultDtype = "float32",
         deadline_s: float | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dimensions: int | None = None,
     ) -> Job:
         """Enqueue one job and return its rq `Job` without waiting for the result.
 
         Raises `BadRequest` for texts or options the worker would refuse, and `QueueFull` when the
         model's queues are over `max_queued_texts` (after waiting up to `wait_for_room` seconds).
         `deadline_s`: seconds from now after which no worker starts the job (it fails as
-        `DeadlineExceeded` instead of being computed for nobody).
+        `DeadlineExceeded` instead of being computed for nobody).  `prompt_name`: one of the
+        model's prompts, prepended to every text before tokenizing (the model's default prompt
+        when neither it nor `prompt` is given); `prompt`: a literal one ("": none).  `dimensions`:
+        keep the first d components (Matryoshka).  Only the worker knows the model's prompts and
+        size, so an unknown name or a size over the model's fails the job (`JobFailed`).
         """
-        request = self.request(texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype)
+        request = self.request(
+            texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype,
+            prompt_name=prompt_name, prompt=prompt, dimensions=dimensions,
+        )  # fmt: skip
         self.wait_for_room(request.model, len(request.texts), wait_for_room)
         return self.enqueuer.enqueue([(request, job_id or new_job_id())], deadline_s=deadline_s)[0]
 
@@ -116,11 +134,13 @@ class Client:
         model: str | None = None,
         lane: str = "interactive",
         truncate: bool = True,
-        **result: str,
+        **options: Any,
     ) -> EmbedRequest:
         """The validated request (`BadRequest` in one line), before anything touches Redis;
-        `result`: `result_dtype`, `result_encoding` (see `EmbedRequest`)."""
-        return build_request(texts, model=model or DEFAULT_MODEL, lane=lane, truncate=truncate, **result)
+        `options`: `result_dtype`, `result_encoding`, `prompt_name`, `prompt`, `dimensions` (see
+        `EmbedRequest`; those left None are not sent)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        return build_request(texts, model=model or DEFAULT_MODEL, lane=lane, truncate=truncate, **given)
 
     def queued_texts(self, model: str | None = None) -> int:
         """Texts waiting in the model's queues (both lanes), as backpressure counts them."""

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import BadRequest
 from .keys import LANES, Lane, model_name, queue_name
@@ -38,6 +38,8 @@ DEFAULT_MODEL = "all-minilm-l6-v2"
 MAX_TEXTS_PER_JOB = 4096
 MAX_CHARS_PER_TEXT = 100_000
 MAX_CHARS_PER_JOB = 4_000_000
+#: A literal prompt (`EmbedRequest.prompt`) or prompt name, at most this many characters.
+MAX_PROMPT_CHARS = 10_000
 
 # The queued-texts counter, `keys.queued_texts_key(model)`: texts waiting in a model's queue
 # lists (both lanes).  Producers INCRBY it by len(texts) in the same MULTI/EXEC as the enqueue; a
@@ -125,6 +127,15 @@ class EmbedRequest(BaseModel):
     #: "raw": the vectors' little-endian bytes in `VECTORS_FIELD`, read with one `np.frombuffer`
     #: and a third smaller -- what bulk runs use.
     result_encoding: ResultEncoding = "rq"
+    #: One of the model's sentence-transformers prompts, by name (`prompts` in its
+    #: config_sentence_transformers.json), prepended to each text by the worker before tokenizing;
+    #: None: the model's `default_prompt_name`, if it has one.  A name the model lacks fails the job.
+    prompt_name: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    #: A literal prompt instead ("" : none, not even the default); not with `prompt_name`.
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    #: Matryoshka: keep the first `dimensions` components of each vector (sentence-transformers'
+    #: `truncate_dim`); the worker refuses a size over the model's.
+    dimensions: int | None = Field(default=None, ge=1)
 
     @field_validator("texts", mode="before")
     @classmethod
@@ -135,6 +146,12 @@ class EmbedRequest(BaseModel):
     @classmethod
     def _model(cls, v: Any) -> str:
         return model_name(v)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> EmbedRequest:
+        if self.prompt is not None and self.prompt_name is not None:
+            raise BadRequest("prompt: give prompt or prompt_name, not both")
+        return self
 
     @property
     def queue(self) -> str:
@@ -149,10 +166,16 @@ class EmbedRequest(BaseModel):
             kwargs["result_dtype"] = self.result_dtype
         if self.result_encoding != "rq":
             kwargs["result_encoding"] = self.result_encoding
+        for name in MODEL_OPTIONS:  # only when given: jobs without them read as they always did
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
         return kwargs
 
 
-OPTION_NAMES = frozenset({"model", "lane", "truncate", "result_dtype", "result_encoding"})
+#: Options the worker resolves against its model (prompts, Matryoshka size); absent in jobs
+#: from producers that predate them, which mean "the model's default prompt, full size".
+MODEL_OPTIONS = ("prompt_name", "prompt", "dimensions")
+OPTION_NAMES = frozenset({"model", "lane", "truncate", "result_dtype", "result_encoding", *MODEL_OPTIONS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +186,16 @@ class JobRequest:
     truncate: bool = True
     result_dtype: str = "float32"
     raw: bool = False  # result_encoding "raw"
+    prompt_name: str | None = None
+    prompt: str | None = None
+    dimensions: int | None = None
 
     @classmethod
     def of(cls, request: EmbedRequest) -> JobRequest:
-        return cls(request.texts, request.truncate, request.result_dtype, request.result_encoding == "raw")
+        return cls(
+            request.texts, request.truncate, request.result_dtype, request.result_encoding == "raw",
+            request.prompt_name, request.prompt, request.dimensions,
+        )  # fmt: skip
 
 
 def parse_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> EmbedRequest:
@@ -202,7 +231,21 @@ def fast_request(args: Any, kwargs: Any, *, model: str) -> JobRequest | None:
         return None
     if type(truncate) is not bool or dtype not in RESULT_DTYPES or encoding not in ("rq", "raw"):
         return None
-    return JobRequest(texts, truncate, dtype, encoding == "raw")
+    name, prompt, dimensions = get("prompt_name"), get("prompt"), get("dimensions")
+    if name is None and prompt is None and dimensions is None:
+        return JobRequest(texts, truncate, dtype, encoding == "raw")
+    if name is not None and prompt is not None:
+        return None
+    if not (_short_str(name, empty=False) and _short_str(prompt, empty=True)):
+        return None
+    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+        return None
+    return JobRequest(texts, truncate, dtype, encoding == "raw", name, prompt, dimensions)
+
+
+def _short_str(value: Any, *, empty: bool) -> bool:
+    """None, or a str within `MAX_PROMPT_CHARS` (and not "" unless `empty`)."""
+    return value is None or (type(value) is str and (empty or value != "") and len(value) <= MAX_PROMPT_CHARS)
 
 
 def build_request(texts: Any, **options: Any) -> EmbedRequest:
@@ -224,6 +267,8 @@ def one_line(exc: ValidationError, *, unnamed: str = "request") -> str:
     loc = location(err["loc"])
     msg = str(err["msg"]).removeprefix("Value error, ")
     if loc and msg.startswith(loc) and msg[len(loc) : len(loc) + 1] in (":", "["):
+        return msg
+    if not loc and msg.split(":", 1)[0] in EmbedRequest.model_fields:  # a check across fields
         return msg
     return f"{loc or unnamed}: {msg}"
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vecq.engines.batching import truncate_dims
+
 from .planner import Placement
 from .validation import Rejected, WorkItem
 
@@ -101,7 +103,7 @@ class OpenJobs:
 
     def take_done(self) -> list[tuple[WorkItem, np.ndarray]]:
         """The complete jobs, with their vectors, closed here: the finishing thread has them now."""
-        done = [(item, self._close(item).out) for item in self._done]
+        done = [(item, truncate_dims(self._close(item).out, item.dimensions)) for item in self._done]
         self._done = []
         return done
 

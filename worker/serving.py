@@ -88,8 +88,9 @@ class Serving:
             connection, store, queue_names, model=model, heartbeat_ttl=settings.heartbeat_ttl
         )
         self.admission = Admission(
-            queue_names, list(settings.lanes), model, settings.result_ttl, settings.job_timeout
-        )
+            queue_names, list(settings.lanes), model, settings.result_ttl, settings.job_timeout,
+            dim=embedder.dim, prompts=embedder.prompts,
+        )  # fmt: skip
         #: set by the engine thread with each result and by each finished tokenizing task: the
         #: main thread sleeps on it, so tokenized texts are planned (and the engine's hand-off slot
         #: refilled) as they come, not only when the engine returns a batch -- it left the slot

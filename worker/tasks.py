@@ -25,7 +25,10 @@ def embed(texts: list[str], **options: object) -> np.ndarray:
     """Vectors for one job's texts, validated against the wire contract first."""
     request = build_request(texts, **options)
     embedder = _embedder_for(request.model)
-    vectors = embedder.embed(request.texts, truncate=request.truncate)
+    vectors = embedder.embed(
+        request.texts, truncate=request.truncate, prompt_name=request.prompt_name,
+        prompt=request.prompt, dimensions=request.dimensions,
+    )  # fmt: skip
     return vectors.astype(RESULT_DTYPES[request.result_dtype], copy=False)  # rq's own encoding, always
 
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from vecq.engines.batching import dimensions_fault
+from vecq.engines.errors import BadInput
+from vecq.engines.prompts import Prompts, apply
 from vecq.producer.contract import (
     DEADLINE_KEY,
     JOB_FUNCTION,
@@ -56,6 +59,7 @@ class WorkItem:
     started_at: float  # wall clock, seconds
     taken_at: float  # monotonic
     queue_wait: float | None  # seconds from enqueue to start, when the job says when it was enqueued
+    dimensions: int | None = None  # Matryoshka: the vectors are cut to this many components
 
     @property
     def job_id(self) -> str:
@@ -86,6 +90,8 @@ class Admission:
     model: str
     default_result_ttl: int
     default_timeout: int
+    dim: int = 0  # the model's vector size (0: unknown, `dimensions` unchecked)
+    prompts: Prompts = field(default_factory=Prompts)
 
     def admit(
         self, taken: list[Taken], *, now_wall: float, now: float
@@ -97,6 +103,7 @@ class Admission:
             queue = self.queue_names[t.queue_index]
             try:
                 request = self._validate(t, now_wall)
+                prompt = self._prompt(request)
             except JobRefused as exc:
                 # a flood of expired queries is normal after an outage: not one warning each
                 (log.debug if exc.kind == "deadline" else log.warning)("job %s refused: %s", t.job_id, exc)
@@ -109,7 +116,7 @@ class Admission:
                 WorkItem(
                     running=Running(t.job_id, queue, t.execution_id),  # type: ignore[arg-type]
                     lane=self.lanes[t.queue_index],
-                    texts=request.texts,
+                    texts=request.texts if prompt is None else apply(prompt, request.texts),
                     truncate=request.truncate,
                     result_dtype=RESULT_DTYPES[request.result_dtype],
                     raw=request.raw,
@@ -118,9 +125,23 @@ class Admission:
                     started_at=now_wall,
                     taken_at=now,
                     queue_wait=None if enq is None else max(0.0, now_wall - enq),
+                    dimensions=request.dimensions,
                 )
             )
         return items, rejected
+
+    def _prompt(self, request: JobRequest) -> str | None:
+        """The prompt to prepend (None: none), after the model's own checks of the request: its
+        prompt names and its vector size.  Raises `JobRefused` in one line."""
+        fault = dimensions_fault(request.dimensions, self.dim) if self.dim else None
+        if fault is not None:
+            raise JobRefused("bad_request", fault)
+        if request.prompt_name is None and request.prompt is None and self.prompts.default_name is None:
+            return None  # the usual job: no prompt asked, none by default
+        try:
+            return self.prompts.resolve(prompt_name=request.prompt_name, prompt=request.prompt) or None
+        except BadInput as exc:
+            raise JobRefused("bad_request", str(exc)) from None
 
     def _validate(self, t: Taken, now_wall: float) -> JobRequest:
         """The request of a job that may run, else `JobRefused` with a one-line reason."""
