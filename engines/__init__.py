@@ -14,6 +14,7 @@ from .errors import (
     ShapeError,
     TextTooLong,
     UnknownBackend,
+    UnsupportedModel,
     VecqEngineError,
 )
 from .shapes import Shape, ShapeSet
@@ -33,6 +34,7 @@ __all__ = [
     "ShapeSet",
     "TextTooLong",
     "UnknownBackend",
+    "UnsupportedModel",
     "VecqEngineError",
     "default_model_dir",
 ]

@@ -23,6 +23,11 @@ class ModelNotFound(VecqEngineError, FileNotFoundError):
     """The model directory is missing, or lacks weights, config or tokenizer files."""
 
 
+class UnsupportedModel(VecqEngineError, ValueError):
+    """A model whose architecture (config.json `model_type`) vecq does not serve; the message
+    names it and the supported ones (`architectures.py`)."""
+
+
 class UnknownBackend(VecqEngineError, ValueError):
     """A backend name that vecq does not know, or one whose libraries are not installed."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .architectures import ARCHITECTURES
 from .spec import ModelSpec
 
 OPSET = 17
@@ -35,7 +36,8 @@ def export_onnx(module, path: Path, *, opset: int = OPSET) -> Path:
     import onnx
     import torch
 
-    ids = torch.full((2, 16), 1000, dtype=torch.long)
+    vocab = int(getattr(module.encoder.config, "vocab_size", 1001))
+    ids = torch.full((2, 16), min(1000, vocab - 1), dtype=torch.long)  # a real token of any vocab
     mask = torch.ones_like(ids)
     dynamic = {0: "batch", 1: "sequence"}
     with torch.no_grad(), warnings.catch_warnings():
@@ -57,17 +59,40 @@ def export_onnx(module, path: Path, *, opset: int = OPSET) -> Path:
     return path
 
 
-def optimize(src: Path, dst: Path, *, spec: ModelSpec, num_heads: int, fp16: bool, use_gpu: bool) -> Path:
-    """ORT's BERT optimizer (fused attention, LayerNorm, GELU); fp16 keeps float32 inputs/outputs."""
+def optimize(
+    src: Path, dst: Path, *, spec: ModelSpec, num_heads: int, fp16: bool, use_gpu: bool, model_type: str
+) -> Path:
+    """ORT's transformer optimizer for the architecture (`model_type`, config.json's): fused
+    attention, LayerNorm, GELU; fp16 keeps float32 inputs/outputs.
+
+    Architectures ORT has no optimizer for (`Architecture.ort_model_type` None: ModernBERT) keep
+    the exported graph, converted to fp16 when asked.
+    """
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model = optimize_model(
-        str(src), model_type="bert", num_heads=num_heads, hidden_size=spec.dim, opt_level=0, use_gpu=use_gpu
-    )
+    ort_type = ARCHITECTURES[model_type].ort_model_type
+    if ort_type is None:
+        model = OnnxModel(onnx.load(str(src)))
+    else:
+        model = optimize_model(
+            str(src),
+            model_type=ort_type,
+            num_heads=num_heads,
+            hidden_size=spec.dim,
+            opt_level=0,
+            use_gpu=use_gpu,
+        )
     if fp16:
         model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(dst))
     return dst
+
+
+def fuses(model_type: str) -> bool:
+    """Whether ORT's optimizer fuses this architecture's attention (and so its packing mode runs)."""
+    return ARCHITECTURES[model_type].ort_model_type is not None
 
 
 def weight_sizes(path: Path) -> dict[str, int]:

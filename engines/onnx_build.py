@@ -2,7 +2,10 @@
 
 - cpu fp32: the plain exported graph (ORT's own session-level optimizations still apply); on a
   small CPU the transformer optimizer's fused graph measured slower (BENCHMARKS.md).
-- cuda fp32 / fp16: fused attention from ORT's BERT optimizer; fp16 keeps float32 inputs/outputs.
+- cuda fp32 / fp16: fused attention from ORT's transformer optimizer for the architecture ("bert"
+  covers BERT, RoBERTa, XLM-R, DistilBERT), with its packed twin; fp16 keeps float32
+  inputs/outputs.  ModernBERT, which ORT does not fuse, keeps the exported graph (fp16 if asked)
+  and has no packed twin.
 - cpu int8: dynamic int8 (per-channel 7-bit weights) of the MatMuls, each with the [CLS] row
   quantized apart from the other tokens (`export.split_cls`); the MatMuls whose quantization
   costs the most cosine (measured per model, at build time) stay fp32, as few as parity allows.
@@ -26,7 +29,7 @@ import numpy as np
 
 from .batching import embed_texts
 from .bundle import PACKED_FILE
-from .export import CLS_SUFFIX, export_onnx, optimize, quantize_int8, split_cls, weight_sizes
+from .export import CLS_SUFFIX, export_onnx, fuses, optimize, quantize_int8, split_cls, weight_sizes
 from .parity import ParityReport, calibration_texts, compare, reference_vectors
 from .shapes import ShapeSet
 from .spec import ModelSpec
@@ -82,20 +85,29 @@ def build_onnx(
         elif device == "cpu":
             artifact, chosen = OnnxArtifact("exported", [], parity(exported)), exported
         else:
-            graph = "fused+fp16" if precision == "fp16" else "fused"
-            say(f"optimizing with ORT's BERT optimizer ({graph})")
-            heads = int(module.encoder.config.num_attention_heads)
-            fp16 = precision == "fp16"
-            chosen = optimize(
-                exported, work / "fused.onnx", spec=spec, num_heads=heads, fp16=fp16, use_gpu=True
-            )
-            artifact = _with_packed(
-                OnnxArtifact(graph, [], parity(chosen)), chosen, bundle, work, say, parity
-            )
+            artifact, chosen = _cuda_graph(module, exported, work, bundle, spec, precision, say, parity)
         shutil.move(str(chosen), bundle / "model.onnx")
         return artifact
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _cuda_graph(module, exported, work, bundle, spec, precision, say, parity) -> tuple[OnnxArtifact, Path]:
+    """A CUDA bundle's graph: fused by ORT's optimizer for the architecture, with its packed twin;
+    for an architecture ORT does not fuse (ModernBERT), the exported graph (fp16 if asked) alone."""
+    config = module.encoder.config
+    kind = config.model_type
+    fused = fuses(kind)
+    graph = ("fused" if fused else "unfused") + ("+fp16" if precision == "fp16" else "")
+    say(f"optimizing for CUDA ({graph}; ORT's optimizer {'for ' + kind if fused else 'has no ' + kind})")
+    chosen = optimize(
+        exported, work / "fused.onnx", spec=spec, num_heads=int(config.num_attention_heads),
+        fp16=precision == "fp16", use_gpu=True, model_type=kind,
+    )  # fmt: skip
+    artifact = OnnxArtifact(graph, [], parity(chosen))
+    if fused:
+        artifact = _with_packed(artifact, chosen, bundle, work, say, parity)
+    return artifact, chosen
 
 
 def _with_packed(artifact: OnnxArtifact, fused: Path, bundle: Path, work: Path, say, parity) -> OnnxArtifact:

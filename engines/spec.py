@@ -2,7 +2,8 @@
 
 Read from the sentence-transformers layout when there is one (modules.json, 1_Pooling,
 sentence_bert_config.json, a Normalize module), else from config.json with CLS pooling — the
-SimCSE convention vecq's seed write-up used.
+SimCSE convention vecq's seed write-up used.  What differs per architecture (where the dim is,
+how many positions a RoBERTa reserves) is `architectures.py`'s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .architectures import architecture
+from .architectures import max_seq_len as model_max_len
 from .errors import ModelNotFound
 
 Pooling = Literal["cls", "mean"]
@@ -44,16 +47,24 @@ def read_spec(
     normalize: bool | None = None,
     max_seq_len: int | None = None,
 ) -> ModelSpec:
-    """The spec of a Hugging Face / sentence-transformers model dir; arguments override the files."""
+    """The spec of a Hugging Face / sentence-transformers model dir; arguments override the files.
+
+    Refuses (`UnsupportedModel`, one line) a model whose architecture vecq does not serve, so that
+    loading, building and serving all fail the same way before any weights are read.  The max
+    length is `max_seq_len`, else the model's own as sentence-transformers reads it, never past
+    the model's positions nor 8,192 (`architectures.max_seq_len`).
+    """
     root = Path(model_dir)
     config = _load_json(root / "config.json", what="config.json")
+    arch = architecture(config, where=root)
     st_pooling, st_normalize = _sentence_transformers_head(root)
     st_max = _load_json(root / "sentence_bert_config.json", required=False).get("max_seq_length")
-    positions = int(config.get("max_position_embeddings", 512))
-    limit = min(int(max_seq_len or st_max or positions), positions, 512)
+    tokenizer_max = _load_json(root / "tokenizer_config.json", required=False).get("model_max_length")
+    # sentence-transformers' order: max_seq_length, else the tokenizer's model_max_length
+    limit = model_max_len(config, wanted=max_seq_len or st_max or tokenizer_max)
     return ModelSpec(
         name=name or _default_name(root),
-        dim=int(config["hidden_size"]),
+        dim=arch.dim(config),
         pooling=pooling or st_pooling or "cls",
         normalize=st_normalize if normalize is None else normalize,
         max_seq_len=limit,
