@@ -15,10 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
-DEFAULT_SEQ_LENS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+#: Lengths past a model's max are dropped (`grid` caps them), so a 512-token model keeps six.
+DEFAULT_SEQ_LENS: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+#: Past this length a batch holds no more tokens than the largest batch at this length does
+#: (`grid`'s default token cap), so long-input models (8,192 tokens) get small batches of long
+#: rows instead of 128 × 8,192-token batches no GPU holds.
+LONG_FROM = 512
 # On CPU a shape costs nothing to "warm", and compute follows padded tokens, so finer is faster.
 CPU_BATCH_SIZES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 CPU_SEQ_STEP = 2  # padding to multiples of 8 cost ~6% more tokens on a realistic corpus, of 2 ~1%
+#: Tokens per CPU batch at most (8 rows of 1,024): memory of a batch stays bounded at 8,192.
+CPU_MAX_BATCH_TOKENS = 8192
 
 
 @dataclass(frozen=True, order=True)
@@ -55,6 +62,7 @@ class ShapeSet:
             if s.batch < 1 or s.seq_len < 1:
                 raise ValueError(f"shape {s}: batch and seq_len must be >= 1")
         self._shapes = tuple(unique)
+        self._members = frozenset(unique)  # `in` is asked per batch; a CPU set has thousands
         self.seq_lens: tuple[int, ...] = tuple(sorted({s.seq_len for s in unique}))
         self._batches: dict[int, tuple[int, ...]] = {
             L: tuple(sorted(s.batch for s in unique if s.seq_len == L)) for L in self.seq_lens
@@ -73,22 +81,27 @@ class ShapeSet:
         token budget (like text-embeddings-inference's `--max-batch-tokens`).
 
         The model's own max length is always a seq_len, so that no text that the tokenizer
-        accepts is ever left without a shape.
+        accepts is ever left without a shape.  Without a budget, batches of lengths past
+        `LONG_FROM` hold at most the tokens of the largest batch at `LONG_FROM` (no shape of a
+        model of up to 512 tokens is ever dropped by that); the smallest batch size is always kept.
         """
         lens = sorted({min(n, max_seq_len) for n in seq_lens} | {max_seq_len})
-        shapes = [
-            Shape(b, L)
-            for L in lens
-            for b in batch_sizes
-            if max_batch_tokens is None or b * L <= max_batch_tokens or b == min(batch_sizes)
-        ]
+        budget = max_batch_tokens or max(batch_sizes) * min(max_seq_len, LONG_FROM)
+        shapes = [Shape(b, L) for L in lens for b in batch_sizes if b * L <= budget or b == min(batch_sizes)]
         return cls(shapes)
 
     @classmethod
     def for_cpu(cls, *, max_seq_len: int, step: int = CPU_SEQ_STEP) -> ShapeSet:
-        """Fine shapes for CPU engines: batches of up to 8, lengths in steps of `step` tokens."""
-        lens = list(range(step, max_seq_len, step))
-        return cls.grid(CPU_BATCH_SIZES, lens, max_seq_len=max_seq_len)
+        """Fine shapes for CPU engines: batches of up to 8 (at most `CPU_MAX_BATCH_TOKENS`
+        tokens), lengths in steps of `step` tokens up to `LONG_FROM`, then in steps of 1/64 of
+        each power of two (8 from 512, 16 from 1,024 ... 64 from 4,096): padding stays under ~1.6%
+        and a model of 8,192 tokens declares ~450 lengths, not 4,096."""
+        lens = list(range(step, min(max_seq_len, LONG_FROM + 1), step))
+        octave = LONG_FROM
+        while octave < max_seq_len:
+            lens += range(octave + octave // 64, min(2 * octave, max_seq_len) + 1, octave // 64)
+            octave *= 2
+        return cls.grid(CPU_BATCH_SIZES, lens, max_seq_len=max_seq_len, max_batch_tokens=CPU_MAX_BATCH_TOKENS)
 
     # --- lookups ---------------------------------------------------------------------------
     def __iter__(self):
@@ -98,7 +111,7 @@ class ShapeSet:
         return len(self._shapes)
 
     def __contains__(self, shape: object) -> bool:
-        return shape in self._shapes
+        return shape in self._members
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ShapeSet) and self._shapes == other._shapes

@@ -64,3 +64,46 @@ def test_invalid_shapes_are_refused() -> None:
         ShapeSet([])
     with pytest.raises(ValueError, match="must be >= 1"):
         ShapeSet([Shape(0, 16)])
+
+
+def test_long_models_get_bounded_shapes_and_planners_accept_them() -> None:
+    """A model of 8,192 tokens: shapes reach its max, batches stay within a token budget (CPU:
+    8,192 tokens; GPU: the 128 × 512 of the largest default batch), and both planners cut a
+    mix of short and 8,192-token texts into declared shapes."""
+    from vecq.engines.shapes import CPU_MAX_BATCH_TOKENS, default_shapes
+    from vecq.engines.tokenizer import flatten
+    from vecq.worker.packing import TokenPlanner
+    from vecq.worker.planner import NewJob, Planner, encode_jobs
+
+    for short in (128, 256, 512):  # models of up to 512 tokens keep exactly their old shapes
+        old = ShapeSet.grid((1, 2, 3, 4, 5, 6, 7, 8), list(range(2, short, 2)), max_seq_len=short)
+        assert default_shapes(short, "cpu") == old
+        assert len(default_shapes(short, "cuda")) == 8 * len(
+            {min(L, short) for L in (16, 32, 64, 128, 256, 512)}
+        )
+    cpu, gpu = default_shapes(8192, "cpu"), default_shapes(8192, "cuda")
+    assert cpu.max_seq_len == gpu.max_seq_len == 8192 and len(cpu) < 3500
+    assert max(s.tokens for s in cpu) == CPU_MAX_BATCH_TOKENS and cpu.max_batch(8192) == 1
+    assert max(s.tokens for s in gpu) == 128 * 512 and gpu.max_batch(8192) == 8
+    assert {1024, 2048, 4096} <= set(gpu.seq_lens)
+    assert all(b - a <= max(2, a // 64) for a, b in zip(cpu.seq_lens, cpu.seq_lens[1:], strict=False))
+
+    class Encoder:
+        def encode(self, texts, *, truncate=True):
+            return flatten([np.arange(min(int(t), 8192), dtype=np.int64) + 5 for t in texts])
+
+    lengths = ["8192", "9000", "700", "3", "5000", "512"]
+    p = Planner(cpu, Encoder(), max_wait_s=0.0)
+    p.add([NewJob("a", lengths)], now=0.0)
+    planned = []
+    while (b := p.next_batch(1.0, flush=True)) is not None:
+        assert b.shape in cpu and all(len(r.ids) <= b.shape.seq_len for r in b.rows)
+        planned += [len(r.ids) for r in b.rows]
+    assert sorted(planned) == sorted([8192, 8192, 700, 3, 5000, 512])
+    packer = TokenPlanner(budget=16384, max_rows=64, max_wait_s=0.0)
+    packer.add_encoded(encode_jobs(Encoder(), [NewJob("a", lengths)], now=0.0))
+    packed = []
+    while (b := packer.next_batch(1.0, flush=True)) is not None:
+        assert b.tokens <= 16384
+        packed += [int(n) for part in b.parts for n in part.tokens.lengths]
+    assert sorted(packed) == sorted(planned)
