@@ -87,10 +87,8 @@ class Serving:
         self.intake = Intake(
             connection, store, queue_names, model=model, heartbeat_ttl=settings.heartbeat_ttl
         )
-        self.admission = Admission(
-            queue_names, list(settings.lanes), model, settings.result_ttl, settings.job_timeout,
-            dim=embedder.dim, prompts=embedder.prompts,
-        )  # fmt: skip
+        rules = (settings.result_ttl, settings.job_timeout, embedder.dim, embedder.prompts)
+        self.admission = Admission(queue_names, list(settings.lanes), model, *rules)
         #: set by the engine thread with each result and by each finished tokenizing task: the
         #: main thread sleeps on it, so tokenized texts are planned (and the engine's hand-off slot
         #: refilled) as they come, not only when the engine returns a batch -- it left the slot

@@ -48,7 +48,7 @@ from pydantic_settings import NoDecode
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..async_client import AsyncClient
-from ..contract import DEFAULT_MODEL, check_texts
+from ..contract import DEFAULT_MODEL, MAX_PROMPT_CHARS, MODEL_OPTIONS, check_texts
 from ..errors import BadRequest, RedisUnavailable, VecqError
 from ..keys import model_name
 from ..settings import ProducerSettings
@@ -138,7 +138,8 @@ def canonical_model(name: str) -> str:
 
 # --- the request and the errors ---------------------------------------------------------------
 class EmbeddingsRequest(BaseModel):
-    """OpenAI's request body; unknown fields are ignored, `user` is accepted and ignored."""
+    """OpenAI's request body; unknown fields are ignored, `user` is accepted and ignored;
+    `prompt_name` / `prompt` are vecq's (`EmbedRequest`; the `openai` client's `extra_body`)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -146,6 +147,8 @@ class EmbeddingsRequest(BaseModel):
     model: str = "default"
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
+    prompt_name: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     user: str | None = None
 
 
@@ -241,15 +244,16 @@ class Gateway:
             )
         self.observe(model, await self.admission.admit(model, len(texts)))
         self.in_flight += 1
+        options = body.model_dump(include=set(MODEL_OPTIONS))  # prompt_name, prompt, dimensions
         try:
             vectors, tokens = await asyncio.gather(
-                self.client.embed(texts, model=model, timeout=self.settings.timeout),
-                self._count(model, texts),
+                self.client.embed(texts, model=model, timeout=self.settings.timeout, **options),
+                self._count(model, texts, body),
             )
         finally:
             self.in_flight -= 1
-        self.dims[model] = int(vectors.shape[1])
-        self._check_dimensions(model, body.dimensions)
+        if body.dimensions is None:  # a shortened answer does not tell the model's size
+            self.dims[model] = int(vectors.shape[1])
         self.metrics.texts.inc(len(texts))
         self.metrics.tokens.inc(tokens)
         return {
@@ -278,20 +282,18 @@ class Gateway:
         return out
 
     def _check_dimensions(self, model: str, dimensions: int | None) -> None:
-        """vecq does not shorten vectors: `dimensions` may only name the model's own size.
-
-        Checked before the enqueue once the size is known (from the tokenizer dir's config or an
-        earlier answer); for a model seen for the first time, after its vectors come back.
-        """
+        """`dimensions` over the model's size, refused before the enqueue once the size is known
+        (tokenizer dir, earlier answer); else by the worker, answered as a 400 too."""
         dim = self.dims.get(model)
-        if dimensions is not None and dim is not None and dimensions != dim:
-            raise BadRequest(f"dimensions: {dimensions} is not supported; model {model!r} gives {dim}")
+        if dimensions is not None and dim is not None and dimensions > dim:
+            raise BadRequest(f"dimensions: {dimensions} is over model {model!r}'s {dim}")
 
-    async def _count(self, model: str, texts: list[str]) -> int:
+    async def _count(self, model: str, texts: list[str], body: EmbeddingsRequest) -> int:
         tokenizer = self.tokenizers.get(model)
         if tokenizer is None:
             return 0
-        return await asyncio.to_thread(tokenizer.count, texts)
+        prompt = tokenizer.prompt(body.prompt_name, body.prompt)
+        return await asyncio.to_thread(tokenizer.count, texts, prompt=prompt)
 
 
 def encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:

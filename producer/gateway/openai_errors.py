@@ -8,8 +8,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..contract import location
-from ..errors import BadRequest, JobTimeout, QueueFull, RedisUnavailable, VecqError
+from ..errors import BadRequest, JobFailed, JobTimeout, QueueFull, RedisUnavailable, VecqError
 
+#: How a worker's refusal of a bad request starts a failed job's reason (`vecq.worker.validation`).
+REFUSED = "BadRequest: "
 #: Seconds a client told "queue full" (429) is asked to wait before trying again.
 RETRY_AFTER_S = 1
 
@@ -50,6 +52,10 @@ def api_error(exc: VecqError) -> ApiError:
     """The HTTP answer to a producer error."""
     if isinstance(exc, BadRequest):
         return bad_request(str(exc))
+    if isinstance(exc, JobFailed) and exc.reason.startswith(REFUSED):
+        # refused by the worker for a request option only it can check (a prompt name its model
+        # lacks, `dimensions` over its size): the caller's fault, a 400 like the gateway's own
+        return bad_request(exc.reason.removeprefix(REFUSED))
     if isinstance(exc, QueueFull):  # the producer's hint (wait_for_room=) is for Python callers
         message = f"{str(exc).split(';')[0]}; retry after {RETRY_AFTER_S}s"
         headers = {"Retry-After": str(RETRY_AFTER_S)}

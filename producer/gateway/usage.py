@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,9 @@ class ModelTokenizer:
 
     tokenizer: Tokenizer
     dim: int | None
+    #: the model's sentence-transformers prompts and default prompt name, when its dir has them
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
 
     @classmethod
     def from_dir(cls, path: Path) -> ModelTokenizer:
@@ -35,11 +38,22 @@ class ModelTokenizer:
         tokenizer = Tokenizer.from_file(str(file))
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=max_len)
-        return cls(tokenizer=tokenizer, dim=dim)
+        prompts, default = _prompts(path)
+        return cls(tokenizer=tokenizer, dim=dim, prompts=prompts, default_prompt_name=default)
 
-    def count(self, texts: Sequence[str]) -> int:
-        """Tokens the model reads for `texts`, special tokens included."""
-        return sum(len(e.ids) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True))
+    def prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+        """The prompt a request means, as the worker resolves it (`engines/prompts.py`); "" for
+        none or for a name this dir does not declare."""
+        if prompt is not None:
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        return self.prompts.get(name, "") if name is not None else ""
+
+    def count(self, texts: Sequence[str], *, prompt: str = "") -> int:
+        """Tokens the model reads for `texts`, special tokens included, `prompt` in front of each
+        (the worker tokenizes them together, so the prompt's tokens are the model's to read)."""
+        texts = [prompt + t for t in texts] if prompt else list(texts)
+        return sum(len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=True))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -66,6 +80,17 @@ def _limits(path: Path) -> tuple[int, int | None]:
     st_max = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
     dim = config.get("hidden_size")
     return min(int(st_max or positions), positions, 512), (int(dim) if dim else None)
+
+
+def _prompts(path: Path) -> tuple[dict[str, str], str | None]:
+    """(prompts, default prompt name) as `engines/prompts.py` reads them: a bundle's
+    prompts.json, else the model dir's config_sentence_transformers.json.  Repeated for the
+    reason `_limits` is."""
+    data = _read_json(path / "prompts.json") or _read_json(path / "config_sentence_transformers.json")
+    named = data.get("prompts") or {}
+    prompts = {str(k): v for k, v in named.items() if isinstance(v, str)} if isinstance(named, dict) else {}
+    default = data.get("default_prompt_name")
+    return prompts, default if isinstance(default, str) else None
 
 
 def default_model_dir() -> Path | None:

@@ -44,6 +44,9 @@ CASES = [
 ]
 
 
+UNKNOWN = "prompt_name: 'nope' is not one of this model's prompts ('document', 'passage', 'query')"
+
+
 def test_read_from_the_model_dir(prompted_dir: Path) -> None:
     prompts = read_prompts(prompted_dir)
     assert prompts == Prompts(named=PROMPTS, default_name="query", include_prompt=True)
@@ -53,7 +56,7 @@ def test_read_from_the_model_dir(prompted_dir: Path) -> None:
     assert prompts.resolve(prompt_name="document") == ""
     with pytest.raises(BadInput) as exc:
         prompts.resolve(prompt_name="nope")
-    assert str(exc.value) == "prompt_name: 'nope' is not one of this model's prompts ('document', 'passage', 'query')"
+    assert str(exc.value) == UNKNOWN
     with pytest.raises(BadInput, match=r"^prompt: give prompt or prompt_name, not both$"):
         prompts.resolve(prompt_name="query", prompt="x")
 
@@ -64,7 +67,8 @@ def test_a_plain_model_has_no_prompts(tiny_bert_dir: Path) -> None:
 
 
 def test_include_prompt_false_is_served_without_prompts_only(tmp_path: Path) -> None:
-    prompts = read_prompts(write_prompted_model(tmp_path / "m", include_prompt=False, default_prompt_name=None))
+    model = write_prompted_model(tmp_path / "m", include_prompt=False, default_prompt_name=None)
+    prompts = read_prompts(model)
     assert prompts.include_prompt is False and prompts.resolve() == ""
     with pytest.raises(BadInput, match=r"^prompt: this model's pooling excludes prompt tokens"):
         prompts.resolve(prompt_name="query")

@@ -131,7 +131,8 @@ def test_bad_requests_are_400_and_never_reach_redis(redis_url, redis_conn, start
         ({"input": ["ok", 3]}, "input[1]: expected str, got int", "input"),
         ({"input": ["a"] * 4097}, "input: 4097 texts in one job, over the limit of 4096", "input"),
         ({"input": ["x" * 100_001]}, "input[0]: 100001 characters, over the limit of 100000", "input"),
-        ({"input": "a", "dimensions": 12}, f"dimensions: 12 is not supported; model '{MODEL}' gives 384",
+        ({"input": "a", "dimensions": 385}, f"dimensions: 385 is over model '{MODEL}''s 384", "dimensions"),
+        ({"input": "a", "dimensions": 0}, "dimensions: Input should be greater than or equal to 1",
          "dimensions"),
         ({"input": "a", "model": "Bad Name"}, "model: 'Bad Name' is not a valid model name", "model"),
     ]  # fmt: skip
@@ -376,7 +377,7 @@ def test_cli_refuses_bad_tokenizer_flags_in_one_line(tmp_path) -> None:
     assert "'just-a-path': expected NAME=PATH" in malformed.output
 
 
-def test_bundle_tokenizer_gives_dim_and_refuses_other_dimensions_before_redis(
+def test_bundle_tokenizer_gives_dim_and_refuses_larger_dimensions_before_redis(
     redis_url, redis_conn, tmp_path
 ) -> None:
     bundle = tmp_path / "bundle"
@@ -392,5 +393,5 @@ def test_bundle_tokenizer_gives_dim_and_refuses_other_dimensions_before_redis(
     with TestClient(app) as http:
         answer = http.post("/v1/embeddings", json={"model": "tiny", "input": "a", "dimensions": 384})
     assert answer.status_code == 400
-    assert answer.json()["error"]["message"] == "dimensions: 384 is not supported; model 'tiny' gives 32"
+    assert answer.json()["error"]["message"] == "dimensions: 384 is over model 'tiny''s 32"
     assert redis_conn.dbsize() == 0

@@ -42,7 +42,8 @@ def test_unknown_option_is_refused(client: Client, redis_conn: redis.Redis) -> N
         parse_request([["x"]], {"pooling": "mean"})
     assert (
         str(info.value)
-        == "options: unknown option(s) pooling; known: lane, model, result_dtype, result_encoding, truncate"
+        == "options: unknown option(s) pooling; known: dimensions, lane, model, prompt, prompt_name, "
+        "result_dtype, result_encoding, truncate"
     )
     assert redis_conn.dbsize() == 0
 

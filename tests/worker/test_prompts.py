@@ -68,7 +68,8 @@ def test_worker_applies_prompts_and_dimensions_like_sentence_transformers(
         with pytest.raises(JobFailed) as exc:
             client.result(unknown, timeout=5)
         assert exc.value.reason == (
-            "BadRequest: prompt_name: 'nope' is not one of this model's prompts ('document', 'passage', 'query')"
+            "BadRequest: prompt_name: 'nope' is not one of this model's prompts "
+            "('document', 'passage', 'query')"
         )
         with pytest.raises(JobFailed) as exc:
             client.result(too_wide, timeout=5)

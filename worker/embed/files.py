@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,12 @@ import numpy as np
 from .formats import WRITERS, CorpusError
 
 
-def run_id(path: Path, *, model: str, chunk_size: int) -> str:
-    """Same file, model and chunking → same id, so a second run finds the first one's work."""
-    h = hashlib.sha256(f"{model}\0{chunk_size}\0".encode())
+def run_id(path: Path, *, model: str, chunk_size: int, options: Mapping[str, object] | None = None) -> str:
+    """Same file, model, chunking and model options (prompt, dimensions) → same id, so a second
+    run finds the first one's work, and a run with another prompt or size never adopts it.
+    Options left None do not enter the digest: ids of runs without them are as before."""
+    given = sorted((k, repr(v)) for k, v in (options or {}).items() if v is not None)
+    h = hashlib.sha256(f"{model}\0{chunk_size}\0".encode() + (repr(given).encode() if given else b""))
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)

@@ -72,6 +72,17 @@ class EmbedSettings(BaseModel):
         description="Vectors' dtype in Redis: float16 halves the bytes results move (cosine >= 0.9999); "
         "the output file is float32 either way.",
     )
+    prompt_name: str | None = Field(
+        default=None,
+        description="One of the model's prompts (config_sentence_transformers.json), prepended to "
+        "each text (default: the model's default prompt, if any).",
+    )
+    prompt: str | None = Field(
+        default=None, description="A literal prompt prepended to each text instead ('' for none)."
+    )
+    dimensions: int | None = Field(
+        default=None, ge=1, description="Keep each vector's first N components (Matryoshka)."
+    )
     progress: bool = True
     stall_timeout: float | None = 600.0
 
@@ -79,6 +90,8 @@ class EmbedSettings(BaseModel):
     def _consistent(self) -> EmbedSettings:
         if self.bundle is not None and self.model is not None:
             raise ValueError("pass --bundle or --model, not both")
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ValueError("pass --prompt or --prompt-name, not both")
         if self.window < self.chunk_size:
             raise ValueError(f"window: {self.window} texts is smaller than one chunk ({self.chunk_size})")
         return self
@@ -86,6 +99,11 @@ class EmbedSettings(BaseModel):
     @property
     def model_path(self) -> Path | None:
         return self.bundle or self.model
+
+    @property
+    def model_options(self) -> dict[str, str | int | None]:
+        """What every job asks of the model beyond its texts (the prompt, the size)."""
+        return {"prompt_name": self.prompt_name, "prompt": self.prompt, "dimensions": self.dimensions}
 
 
 @dataclass(frozen=True)
@@ -111,7 +129,7 @@ def embed_file(job: EmbedSettings) -> EmbedReport:
     with _service(job) as (url, model, check):
         area = WorkArea(
             job.out,
-            run=run_id(job.input, model=model, chunk_size=job.chunk_size),
+            run=run_id(job.input, model=model, chunk_size=job.chunk_size, options=job.model_options),
             rows=corpus.size,
             chunk_size=job.chunk_size,
         )
@@ -138,7 +156,7 @@ def _run_chunks(
     client = Client(url)
     submitter = BulkSubmitter(
         client, run_id=area.run, model=model, chunk_size=job.chunk_size, window=job.window,
-        result_dtype=job.result_dtype,
+        result_dtype=job.result_dtype, **job.model_options,  # type: ignore[arg-type]
     )  # fmt: skip
     done_rows = sum(min(job.chunk_size, len(texts) - c * job.chunk_size) for c in skip)
     bar = tqdm(
