@@ -15,6 +15,19 @@ class Item:
         self.lane = lane
         self.timeout = timeout
         self.taken_at = taken_at
+        self.dimensions: int | None = None  # Matryoshka size: None keeps the model's
+
+
+def test_a_jobs_vectors_are_cut_to_its_dimensions() -> None:
+    jobs = OpenJobs(dim=4)
+    item = Item(2)
+    item.dimensions = 3
+    jobs.hold([item])  # type: ignore[list-item]
+    vectors = np.arange(8, dtype=np.float32).reshape(2, 4)
+    jobs.fill([(item, slice(0, 2), slice(0, 2))], vectors)  # type: ignore[list-item]
+    ((done, out),) = jobs.take_done()
+    assert done is item and out.flags.c_contiguous
+    assert out.tolist() == [[0.0, 1.0, 2.0], [4.0, 5.0, 6.0]]
 
 
 def test_each_jobs_vectors_come_back_in_its_own_order() -> None:
