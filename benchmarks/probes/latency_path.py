@@ -11,7 +11,7 @@ stamps compare), and the report gives the median time from each stamp to the nex
     collected → handed to the finisher → written → client has the vectors
 
     python3 benchmarks/probes/latency_path.py [--backend null|torch] [--device cuda] [--requests 300]
-        [--under-bulk] [--profile] [--switch-interval S]
+        [--under-bulk] [--profile] [--gil-switch-ms MS]
 """
 
 from __future__ import annotations
@@ -140,14 +140,18 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--profile", action="store_true", help="cProfile the main thread (adds its overhead)")
     ap.add_argument("--under-bulk", action="store_true", help="while a bulk producer keeps the worker busy")
-    ap.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, seconds (default 0.005)")
+    ap.add_argument("--gil-switch-ms", type=float, default=0.5, help="the worker's gil_switch_ms")
     args = ap.parse_args()
-    if args.switch_interval:
-        sys.setswitchinterval(args.switch_interval)
     with tempfile.TemporaryDirectory() as tmp, embedded_redis() as url:
         emb = bench_embedder(Path(tmp), args.backend, args.device)
         device = "cpu" if args.backend == "null" else args.device
-        settings = WorkerSettings(redis_url=url, lanes=("interactive", "bulk"), name="probe", device=device)
+        settings = WorkerSettings(
+            redis_url=url,
+            lanes=("interactive", "bulk"),
+            name="probe",
+            device=device,
+            gil_switch_ms=args.gil_switch_ms,
+        )
         worker = BatchWorker(emb, settings=settings)
         stamps = Stamps()
         instrument(worker.serving, stamps)
