@@ -34,6 +34,8 @@ from redis.exceptions import NoScriptError
 from vecq.producer.contract import SHAPE_FIELD, TEXTS_FIELD, VECTORS_FIELD
 from vecq.producer.keys import intermediate_key, queue_key, rq_keys
 
+from .luatime import UTC_ISO
+
 #: Job-hash fields a worker needs to validate and run a job (their order in `Taken.fields`).
 JOB_FIELDS = ("data", "meta", "result_ttl", "enqueued_at", "timeout")
 
@@ -52,23 +54,7 @@ JOB_FIELDS = ("data", "meta", "result_ttl", "enqueued_at", "timeout")
 # per field.  An empty `now_iso` means "when the script runs" (Redis's TIME, in rq's ISO
 # format): a take sent behind a blocking wait starts its jobs when they arrive, not when it was
 # sent; where an ACL refuses TIME, the `now` sent stands.
-_TAKE = """
-local function utc_iso(s, us)  -- rq's utcformat: %Y-%m-%dT%H:%M:%S.%fZ (days to civil date)
-  local days = math.floor(s / 86400)
-  local rem = s - days * 86400
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-                          - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', y, m, d, math.floor(rem / 3600),
-                       math.floor(rem % 3600 / 60), rem % 60, us)
-end
+_TAKE_BODY = """
 local out = {}
 local n = tonumber(ARGV[1])
 local JP, w, ttl, now, iso, EX = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
@@ -118,6 +104,7 @@ for i = 1, #KEYS, 2 do
 end
 return cmsgpack.pack(out)
 """
+_TAKE = UTC_ISO + _TAKE_BODY
 
 # ARGV: prefixes (job, started, finished, results), worker key, worker name, now, now_iso, the
 # raw-result field names (vectors, shape), then a msgpack list alternating queue name and a flat

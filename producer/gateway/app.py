@@ -27,8 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import redis
@@ -43,19 +42,17 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import NoDecode
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..async_client import AsyncClient
-from ..contract import DEFAULT_MODEL, MAX_PROMPT_CHARS, MODEL_OPTIONS, check_texts
+from ..contract import MAX_PROMPT_CHARS, MODEL_OPTIONS, check_texts
 from ..errors import BadRequest, RedisUnavailable, VecqError
-from ..keys import model_name
-from ..settings import ProducerSettings
-from .admission import DEFAULT_FLOOR, Limit, QueuedTextsLimit
-from .guard import LIVENESS_PATH, ApiKeys, BodyLimit, RequireKey, read_key_file
+from .admission import Limit, QueuedTextsLimit
+from .guard import LIVENESS_PATH, BodyLimit, RequireKey
 from .openai_errors import RETRY_AFTER_S, ApiError, api_error, http_error, validation_error
 from .served import ServedModels
+from .settings import GatewaySettings, canonical_model
 from .usage import ModelTokenizer, load_tokenizers
 
 log = logging.getLogger(__name__)
@@ -63,77 +60,6 @@ log = logging.getLogger(__name__)
 EMBEDDINGS_PATH = "/v1/embeddings"
 #: The status logged for a request whose client went away (nginx's "client closed request").
 CLIENT_CLOSED = 499
-
-
-class GatewaySettings(ProducerSettings):
-    """The producer's settings plus where the gateway listens; every field a `VECQ_*` env var.
-
-    `tokenizers` maps model names to dirs holding tokenizer.json; from the environment it reads
-    `VECQ_TOKENIZERS="bge-small=/models/bge,e5=/models/e5"`.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    #: Seconds a request waits for its vectors before answering 504 (its job, if no worker took it
-    #: yet, is cancelled).
-    timeout: float = Field(default=30.0, gt=0)
-    tokenizers: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict)
-    #: Bearer keys any of which a request must carry (none: every request is let in);
-    #: `VECQ_API_KEYS="k1,k2"`, and/or one per line in `api_key_file` (a mounted Secret).
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    api_key_file: Path | None = None
-    #: Models served whatever the workers advertise (scale-from-zero: a request must queue for
-    #: the scaler to see it); any other model needs a live worker (`served.py`).
-    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    #: Requests queued or waiting at once, at most; more get 429 at once (waiting is cheap, one
-    #: connection for all, but each waiter is memory and, past the workers' rate, only latency).
-    max_in_flight: int = Field(default=4096, ge=1)
-    #: With `max_queued_texts` unset, each model's queued-texts limit is sized from its workers'
-    #: measured rate (`admission.py`), never below this: with no worker up or none measured
-    #: yet, this many texts may queue (scale-from-zero still sees work).
-    queued_texts_floor: int = Field(default=DEFAULT_FLOOR, ge=1)
-    #: Largest request body read; larger ones get 413 before they are read or parsed.
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-
-    @field_validator("api_keys", "models", mode="before")
-    @classmethod
-    def _comma_list(cls, v: object) -> list[str]:
-        items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
-        return [str(k).strip() for k in items if str(k).strip()]
-
-    @field_validator("models")
-    @classmethod
-    def _model_names(cls, v: list[str]) -> list[str]:
-        return [canonical_model(m) for m in v]
-
-    def keys(self) -> ApiKeys:
-        """Every configured key, the file's included (`ValueError` naming an unreadable file)."""
-        from_file = read_key_file(self.api_key_file) if self.api_key_file is not None else []
-        return ApiKeys([*self.api_keys, *from_file])
-
-    @field_validator("tokenizers", mode="before")
-    @classmethod
-    def _tokenizers(cls, v: object) -> dict[str, Path]:
-        if isinstance(v, dict):
-            pairs = list(v.items())
-        else:
-            items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
-            pairs = [_name_and_path(str(item)) for item in items if str(item).strip()]
-        return {canonical_model(str(name)): Path(path) for name, path in pairs}
-
-
-def _name_and_path(item: str) -> tuple[str, str]:
-    name, sep, path = item.partition("=")
-    if not sep or not name.strip() or not path.strip():
-        raise ValueError(f"{item!r}: expected NAME=PATH (a model dir or bundle holding tokenizer.json)")
-    return name.strip(), path.strip()
-
-
-def canonical_model(name: str) -> str:
-    """The vecq model name a request's `model` means ("default": the default model)."""
-    if isinstance(name, str) and name.strip().lower() == "default":
-        return DEFAULT_MODEL
-    return model_name(name)
 
 
 # --- the request and the errors ---------------------------------------------------------------
