@@ -60,6 +60,8 @@ class Stamps:
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
         self.job_id: str | None = None  # the interactive job now in the worker
+        #: per engine.start: (the engine thread's CPU seconds, wall seconds) -- the rest it waited
+        self.launch_cpu: list[tuple[float, float]] = []
 
     def mark(self, step: str) -> None:
         if self.rows:
@@ -115,8 +117,10 @@ def instrument(serving, stamps: Stamps) -> None:
         start = s.runner.engine.start
 
         def launched(batch):  # type: ignore[no-untyped-def]
+            cpu, wall = time.thread_time(), time.perf_counter()
             out = start(batch)
             stamps.mark("launched")
+            stamps.launch_cpu.append((time.thread_time() - cpu, time.perf_counter() - wall))
             result = out.result
 
             def waited():  # type: ignore[no-untyped-def]
@@ -192,6 +196,12 @@ def main() -> None:
             print(f"  {prev:>14} → {step:<14} {p50:7.3f} / {p99:7.3f} ms")
             prev = step
     print(f"  end to end: p50 {np.percentile(total, 50):.2f} ms, p99 {np.percentile(total, 99):.2f} ms")
+    if stamps.launch_cpu:
+        cpu, wall = (np.array(x) * 1e3 for x in zip(*stamps.launch_cpu, strict=True))
+        print(
+            f"  engine.start: p50 {np.median(wall):.3f} ms wall, "
+            f"{np.median(cpu):.3f} ms of the engine thread's CPU"
+        )
     if args.profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
 
