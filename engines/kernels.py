@@ -85,20 +85,24 @@ if triton is not None:
         tl.store(out_ptrs, acc.to(out.dtype.element_ty))
 
     @triton.jit
+    def _layer_norm_store(v, inside, cols, width, eps, w, b, out_row):
+        # LayerNorm of one row's fp32 values `v` (fp32 statistics), stored at `out_row`.
+        mean = tl.sum(v, 0) / width
+        centred = tl.where(inside, v - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / width + eps)
+        gain = tl.load(w + cols, mask=inside).to(tl.float32)
+        shift = tl.load(b + cols, mask=inside).to(tl.float32)
+        normed = centred * rstd * gain + shift
+        tl.store(out_row + cols, normed.to(out_row.dtype.element_ty), mask=inside)
+
+    @triton.jit
     def _add_layer_norm_kernel(x, y, w, b, out, stride, width, eps, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         inside = cols < width
         v = tl.load(x + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
         v += tl.load(y + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
-        mean = tl.sum(v, 0) / width
-        centred = tl.where(inside, v - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / width + eps)
-        gain = tl.load(w + cols, mask=inside).to(tl.float32)
-        shift = tl.load(b + cols, mask=inside).to(tl.float32)
-        tl.store(
-            out + row * stride + cols, (centred * rstd * gain + shift).to(out.dtype.element_ty), mask=inside
-        )
+        _layer_norm_store(v, inside, cols, width, eps, w, b, out + row * stride)
 
     @triton.jit
     def _embed_kernel(
@@ -125,14 +129,7 @@ if triton is not None:
         v += tl.load(position + pos * width + cols, mask=inside, other=0.0).to(tl.float32)
         if HAS_TYPE:
             v += tl.load(type0 + cols, mask=inside, other=0.0).to(tl.float32)
-        mean = tl.sum(v, 0) / width
-        centred = tl.where(inside, v - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / width + eps)
-        gain = tl.load(w + cols, mask=inside).to(tl.float32)
-        shift = tl.load(b + cols, mask=inside).to(tl.float32)
-        tl.store(
-            out + t * stride + cols, (centred * rstd * gain + shift).to(out.dtype.element_ty), mask=inside
-        )
+        _layer_norm_store(v, inside, cols, width, eps, w, b, out + t * stride)
 
     @triton.jit
     def _pool_kernel(

@@ -71,3 +71,20 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_size=3000,
         max_positions=128,
     )
+
+
+@pytest.fixture(scope="session")
+def prompted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT declaring sentence-transformers prompts (tests/engines/prompted_model.py)."""
+    from .engines.prompted_model import write_prompted_model
+
+    return write_prompted_model(tmp_path_factory.mktemp("prompted") / "e5-tiny")
+
+
+@pytest.fixture(scope="session")
+def st_model(prompted_dir: Path):  # type: ignore[no-untyped-def]
+    """sentence-transformers' own load of `prompted_dir`: the reference for prompts and dimensions."""
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(prompted_dir), device="cpu")

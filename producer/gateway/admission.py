@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from .. import backpressure
 from ..async_client import AsyncClient
-from .openai_errors import RETRY_AFTER_S, ApiError
+from .openai_errors import too_many
 from .served import ServedModels
 
 #: The share of the timeout's worth of work a model's queues may hold.  Below 1 because the
@@ -98,13 +98,10 @@ class QueuedTextsLimit:
         limit = await self.limit(model)
         queued = await self._queued(model)
         if not backpressure.has_room(queued, n_texts, limit.texts):
-            raise ApiError(
-                429,
+            raise too_many(
                 f"queues of model {model!r} hold {queued} texts, limit {limit.texts} "
-                f"({_why(limit, self.timeout_s)}); retry after {RETRY_AFTER_S}s",
-                kind="rate_limit_error",
-                code="queue_full",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
+                f"({_why(limit, self.timeout_s)})",
+                "queue_full",
             )
         return limit
 

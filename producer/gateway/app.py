@@ -50,7 +50,7 @@ from ..contract import MAX_PROMPT_CHARS, MODEL_OPTIONS, check_texts
 from ..errors import BadRequest, RedisUnavailable, VecqError
 from .admission import Limit, QueuedTextsLimit
 from .guard import LIVENESS_PATH, BodyLimit, RequireKey
-from .openai_errors import RETRY_AFTER_S, ApiError, api_error, http_error, validation_error
+from .openai_errors import ApiError, api_error, http_error, too_many, validation_error
 from .served import ServedModels
 from .settings import GatewaySettings, canonical_model
 from .usage import ModelTokenizer, load_tokenizers
@@ -160,13 +160,10 @@ class Gateway:
                 code="model_not_found",
             )
         if self.in_flight >= self.settings.max_in_flight:
-            raise ApiError(
-                429,
+            raise too_many(
                 f"{self.in_flight} requests in flight here, limit {self.settings.max_in_flight} "
-                f"(max_in_flight); retry after {RETRY_AFTER_S}s",
-                kind="rate_limit_error",
-                code="too_many_requests",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
+                "(max_in_flight)",
+                "too_many_requests",
             )
         self.observe(model, await self.admission.admit(model, len(texts)))
         self.in_flight += 1

@@ -48,6 +48,17 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, message, param=None if field == "request" else field, code="invalid_value")
 
 
+def too_many(message: str, code: str) -> ApiError:
+    """A 429 that says when to come back, in `Retry-After` and at the end of its one line."""
+    return ApiError(
+        429,
+        f"{message}; retry after {RETRY_AFTER_S}s",
+        kind="rate_limit_error",
+        code=code,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 def api_error(exc: VecqError) -> ApiError:
     """The HTTP answer to a producer error."""
     if isinstance(exc, BadRequest):
@@ -57,9 +68,7 @@ def api_error(exc: VecqError) -> ApiError:
         # lacks, `dimensions` over its size): the caller's fault, a 400 like the gateway's own
         return bad_request(exc.reason.removeprefix(REFUSED))
     if isinstance(exc, QueueFull):  # the producer's hint (wait_for_room=) is for Python callers
-        message = f"{str(exc).split(';')[0]}; retry after {RETRY_AFTER_S}s"
-        headers = {"Retry-After": str(RETRY_AFTER_S)}
-        return ApiError(429, message, kind="rate_limit_error", code="queue_full", headers=headers)
+        return too_many(str(exc).split(";")[0], "queue_full")
     if isinstance(exc, JobTimeout):
         return ApiError(504, str(exc), kind="timeout_error", code="timeout")
     if isinstance(exc, RedisUnavailable):

@@ -11,26 +11,10 @@ import numpy as np
 import pytest
 
 from vecq.engines import BadInput, Embedder
+from vecq.engines.parity import cosines
 from vecq.engines.prompts import PROMPTS_FILE, Prompts, read_prompts
 
 from .prompted_model import PROMPTS, TEXTS, write_prompted_model
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
-@pytest.fixture(scope="module")
-def prompted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_prompted_model(tmp_path_factory.mktemp("prompted") / "e5-tiny")
-
-
-@pytest.fixture(scope="module")
-def st_model(prompted_dir: Path):  # type: ignore[no-untyped-def]
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(prompted_dir), device="cpu")
-
 
 #: (sentence-transformers' encode kwargs, vecq's embed kwargs): the same request both ways.
 CASES = [

@@ -12,28 +12,13 @@ import numpy as np
 import pytest
 
 from vecq.engines import Embedder
+from vecq.engines.parity import cosines
 from vecq.producer import Client, JobFailed
 
-from ..engines.prompted_model import TEXTS, write_prompted_model
+from ..engines.prompted_model import TEXTS
 from .conftest import enqueue, run
 
 pytest.importorskip("sentence_transformers")
-
-
-@pytest.fixture(scope="module")
-def prompted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_prompted_model(tmp_path_factory.mktemp("prompted") / "e5-tiny")
-
-
-@pytest.fixture(scope="module")
-def st_model(prompted_dir: Path):  # type: ignore[no-untyped-def]
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(prompted_dir), device="cpu")
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_worker_applies_prompts_and_dimensions_like_sentence_transformers(
