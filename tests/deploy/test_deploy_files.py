@@ -3,8 +3,10 @@
 YAML parses; Kubernetes objects validate against the Kubernetes JSON schemas shipped offline by
 `kubernetes-validate` (KEDA's CRDs have no schema there, so they are checked structurally); every
 `vecq` command and flag is one the CLI accepts (its `--help`); every `VECQ_*` variable is a
-WorkerSettings / ProducerSettings field and its value passes WorkerSettings' validation; KEDA's
-list names are the queue keys vecq computes.
+WorkerSettings / ProducerSettings field and its value passes WorkerSettings' validation (the
+gateway's: a GatewaySettings field passing GatewaySettings'); KEDA's list names are the queue keys
+vecq computes; every probe and health-check path is a route the gateway app serves, and the
+gateway's readiness probe is run against a stub server that checks the key as the gateway does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import click
@@ -22,8 +29,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 
 from vecq.producer.contract import DEFAULT_MODEL
+from vecq.producer.gateway import GatewaySettings, create_app
+from vecq.producer.gateway.guard import LIVENESS_PATH, ApiKeys, read_key_file
 from vecq.producer.keys import queue_keys
 from vecq.producer.settings import ProducerSettings
 from vecq.worker.cli import main
@@ -31,6 +41,7 @@ from vecq.worker.settings import WorkerSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
+GATEWAY_DOCKERFILE = DEPLOY / "Dockerfile.gateway"
 COMPOSE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s"
 UNIT = DEPLOY / "systemd" / "vecq-worker@.service"
@@ -48,14 +59,14 @@ def k8s_objects() -> list[dict]:
     return [doc for path in sorted(K8S.glob("*.yaml")) for doc in load_yaml(path)]
 
 
-def k8s_one(kind: str) -> dict:
-    (obj,) = [o for o in k8s_objects() if o["kind"] == kind]
+def k8s_one(kind: str, name: str | None = None) -> dict:
+    (obj,) = [o for o in k8s_objects() if o["kind"] == kind and name in (None, o["metadata"]["name"])]
     return obj
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, rest) with `\\` continuations joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    text = re.sub(r"\\\n", " ", path.read_text())
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -94,19 +105,27 @@ def containers() -> list[dict]:
     return [c for d in deployments for c in d["spec"]["template"]["spec"]["containers"]]
 
 
+def container(name: str) -> dict:
+    (c,) = [c for c in containers() if c["name"] == name]
+    return c
+
+
+def env_values(c: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in c.get("env", [])}
+
+
 # --- commands ----------------------------------------------------------------------------------
 def commands() -> list[tuple[str, list[str]]]:
     """(where, argv) of every command line in deploy/ that may run vecq."""
     found: list[tuple[str, list[str]]] = []
-    for word, rest in dockerfile_instructions():
-        if word in ("ENTRYPOINT", "CMD") and rest.startswith("["):
-            found.append((f"Dockerfile {word}", json.loads(rest)))
-        elif word == "HEALTHCHECK":
-            cmd = re.split(r"(?:^|\s)CMD\s+", rest, maxsplit=1)[1].strip()
-            argv = json.loads(cmd) if cmd.startswith("[") else shlex.split(cmd)
-            found.append(("Dockerfile HEALTHCHECK", argv))
-        elif word == "RUN":
-            found.append(("Dockerfile RUN", shlex.split(rest.replace(";", " ; "))))
+    for path in (DOCKERFILE, GATEWAY_DOCKERFILE):
+        for word, rest in dockerfile_instructions(path):
+            if word in ("ENTRYPOINT", "CMD") and rest.startswith("["):
+                found.append((f"{path.name} {word}", json.loads(rest)))
+            elif word == "HEALTHCHECK":
+                found.append((f"{path.name} HEALTHCHECK", healthcheck_argv(rest)))
+            elif word == "RUN":
+                found.append((f"{path.name} RUN", shlex.split(rest.replace(";", " ; "))))
     for name, svc in compose()["services"].items():
         for key in ("entrypoint", "command"):
             if key in svc:
@@ -116,10 +135,28 @@ def commands() -> list[tuple[str, list[str]]]:
     for c in containers():
         found.append((f"k8s {c['name']}", c.get("command", []) + c.get("args", [])))
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            if probe in c:
+            if "exec" in c.get(probe, {}):
                 found.append((f"k8s {c['name']}.{probe}", c[probe]["exec"]["command"]))
     found += [("systemd ExecStart", shlex.split(v)) for k, v in unit_entries() if k == "ExecStart"]
     return found
+
+
+def docker_env(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, rest in dockerfile_instructions(path):
+        if word == "ENV":
+            env.update(dict(tok.split("=", 1) for tok in shlex.split(rest)))
+    return env
+
+
+def gateway_healthcheck() -> list[str]:
+    (rest,) = [r for w, r in dockerfile_instructions(GATEWAY_DOCKERFILE) if w == "HEALTHCHECK"]
+    return healthcheck_argv(rest)
+
+
+def healthcheck_argv(rest: str) -> list[str]:
+    cmd = re.split(r"(?:^|\s)CMD\s+", rest, maxsplit=1)[1].strip()
+    return json.loads(cmd) if cmd.startswith("[") else shlex.split(cmd)
 
 
 def _argv(value: str | list[str]) -> list[str]:
@@ -153,8 +190,9 @@ def cli_flags(verb: str) -> frozenset[str]:
 
 def test_every_vecq_command_and_flag_is_accepted_by_the_cli() -> None:
     invocations = vecq_invocations()
-    # Not vacuous: the worker entrypoint, its health check and the image's bundle build are seen.
-    assert {"worker", "health", "build"} <= {verb for _, verb, _ in invocations}
+    # Not vacuous: the worker entrypoint, its health check, the image's bundle build and the
+    # gateway (image entrypoint, k8s command) are seen.
+    assert {"worker", "health", "build", "gateway"} <= {verb for _, verb, _ in invocations}
     for where, verb, flags in invocations:
         assert verb in main.list_commands(click.Context(main)), (
             f"{where}: `vecq {verb}` is not a vecq command"
@@ -167,47 +205,70 @@ def test_entrypoints_run_the_worker_with_env_only() -> None:
     (entry,) = [rest for word, rest in dockerfile_instructions() if word == "ENTRYPOINT"]
     assert json.loads(entry) == ["vecq", "worker"]
     assert [rest for word, rest in dockerfile_instructions() if word == "USER"] == ["vecq"]  # non-root
-    for c in containers():
-        assert c["command"] == ["vecq", "worker"] and not c.get("args")
+    c = container("worker")
+    assert c["command"] == ["vecq", "worker"] and not c.get("args")
     assert [v for k, v in unit_entries() if k == "ExecStart"] == ["/opt/vecq/bin/vecq worker"]
+
+
+def test_gateway_image_and_pod_run_the_gateway_with_env_only() -> None:
+    steps = dockerfile_instructions(GATEWAY_DOCKERFILE)
+    assert [rest for word, rest in steps if word == "FROM"] == ["python:3.12-slim"]
+    (entry,) = [rest for word, rest in steps if word == "ENTRYPOINT"]
+    assert json.loads(entry) == ["vecq", "gateway"]
+    assert [rest for word, rest in steps if word == "USER"] == ["vecq"]  # non-root
+    # The gateway extra, and it pulls no torch.
+    (install,) = [rest for word, rest in steps if word == "RUN" and "pip install" in rest]
+    assert install == 'pip install ".[gateway]"'
+    extras = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not [d for d in extras["gateway"] if re.match(r"torch\b", d)]
+    env = docker_env(GATEWAY_DOCKERFILE)
+    assert env["VECQ_HOST"] == "0.0.0.0"
+    assert [rest for word, rest in steps if word == "EXPOSE"] == [env["VECQ_PORT"]]
+    c = container("gateway")
+    assert c["command"] == ["vecq", "gateway"] and not c.get("args")
 
 
 # --- VECQ_* environment ------------------------------------------------------------------------
 def env_sources() -> dict[str, dict[str, str]]:
     """Every place that sets VECQ_* variables: {where: {NAME: value}} (value '' when from a secret)."""
     sources: dict[str, dict[str, str]] = {}
-    docker = {}
-    for word, rest in dockerfile_instructions():
-        if word == "ENV":
-            docker.update(dict(tok.split("=", 1) for tok in shlex.split(rest)))
-    sources["Dockerfile ENV"] = docker
+    sources["Dockerfile ENV"] = docker_env(DOCKERFILE)
     for name, svc in compose()["services"].items():
         sources[f"compose {name}"] = {k: str(v) for k, v in svc.get("environment", {}).items()}
+    sources["Dockerfile.gateway ENV"] = docker_env(GATEWAY_DOCKERFILE)
     for c in containers():
         sources[f"k8s {c['name']}"] = {e["name"]: str(e.get("value", "")) for e in c.get("env", [])}
-    sources["k8s Secret"] = dict(k8s_one("Secret")["stringData"])
+    for secret in (o for o in k8s_objects() if o["kind"] == "Secret"):
+        sources[f"k8s Secret {secret['metadata']['name']}"] = dict(secret["stringData"])
     sources["systemd unit"] = dict(v.split("=", 1) for k, v in unit_entries() if k == "Environment")
     sources["worker.env.example"] = env_file(ENV_EXAMPLE)
     return {where: {k: v for k, v in env.items() if k.startswith("VECQ_")} for where, env in sources.items()}
 
 
 WORKER_FIELDS = set(WorkerSettings.model_fields)
+GATEWAY_FIELDS = set(GatewaySettings.model_fields)
 KNOWN_ENV = {"VECQ_" + f.upper() for f in WORKER_FIELDS | set(ProducerSettings.model_fields)}
+GATEWAY_ENV = {"VECQ_" + f.upper() for f in GATEWAY_FIELDS}
+#: Where the gateway's settings are set: checked against GatewaySettings, not WorkerSettings
+#: (GatewaySettings ignores unknown names, so the name check here is what catches a typo).
+GATEWAY_SOURCES = {"Dockerfile.gateway ENV", "compose gateway", "k8s gateway"}
 
 
 @pytest.mark.parametrize("where", list(env_sources()))
 def test_vecq_env_vars_are_settings_with_valid_values(where: str) -> None:
     env = env_sources()[where]
-    unknown = set(env) - KNOWN_ENV
-    assert not unknown, f"{where}: {sorted(unknown)} are no vecq setting"
-    # Literal values (not `${...}` interpolations or secret refs) must pass WorkerSettings' checks;
+    gateway = where in GATEWAY_SOURCES
+    unknown = set(env) - (GATEWAY_ENV if gateway else KNOWN_ENV)
+    assert not unknown, f"{where}: {sorted(unknown)} are no vecq {'gateway ' if gateway else ''}setting"
+    # Literal values (not `${...}` interpolations or secret refs) must pass the settings' checks;
     # systemd's %i is an instance number.
+    fields = GATEWAY_FIELDS if gateway else WORKER_FIELDS
     given = {
         k[5:].lower(): v.replace("%i", "0")
         for k, v in env.items()
-        if k[5:].lower() in WORKER_FIELDS and v and "${" not in v
+        if k[5:].lower() in fields and v and "${" not in v
     }
-    WorkerSettings(**given)
+    (GatewaySettings if gateway else WorkerSettings)(**given)
 
 
 def test_every_worker_gets_redis_url_and_one_gpu() -> None:
@@ -226,7 +287,12 @@ def test_yaml_parses(path: Path) -> None:
 
 def test_k8s_has_the_objects_issue_6_asks_for() -> None:
     kinds = sorted(o["kind"] for o in k8s_objects())
-    assert kinds == ["Deployment", "ScaledObject", "Secret", "Service", "TriggerAuthentication"]
+    assert kinds == sorted(
+        [
+            *["Deployment", "ScaledObject", "Secret", "Service", "TriggerAuthentication"],
+            *["Deployment", "Secret", "Service"],  # the gateway's (issue 15)
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -241,7 +307,8 @@ def test_k8s_object_validates_against_its_schema(obj: dict) -> None:
 
 
 def test_deployment_secret_and_service_fit_together() -> None:
-    deploy, secret, service = k8s_one("Deployment"), k8s_one("Secret"), k8s_one("Service")
+    deploy, secret = k8s_one("Deployment", "vecq-worker"), k8s_one("Secret", "vecq-redis")
+    service = k8s_one("Service", "vecq-worker-metrics")
     pod = deploy["spec"]["template"]
     (c,) = pod["spec"]["containers"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -258,9 +325,11 @@ def test_deployment_secret_and_service_fit_together() -> None:
 # --- KEDA --------------------------------------------------------------------------------------
 def test_keda_objects_are_well_formed() -> None:
     """No KEDA schema ships offline: check the fields the redis scaler reads, and the references."""
-    so, auth, secret = k8s_one("ScaledObject"), k8s_one("TriggerAuthentication"), k8s_one("Secret")
+    so, auth = k8s_one("ScaledObject"), k8s_one("TriggerAuthentication")
+    secret = k8s_one("Secret", "vecq-redis")
     assert so["apiVersion"] == auth["apiVersion"] == "keda.sh/v1alpha1"
-    assert so["spec"]["scaleTargetRef"]["name"] == k8s_one("Deployment")["metadata"]["name"]
+    assert so["spec"]["scaleTargetRef"]["name"] == "vecq-worker"
+    k8s_one("Deployment", "vecq-worker")
     assert 0 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
     for trig in so["spec"]["triggers"]:
         assert trig["type"] == "redis"
@@ -281,10 +350,11 @@ def test_keda_lists_are_the_queue_keys_vecq_computes() -> None:
     assert len(models) == 1, lists
     (model,) = models
     # The model whose queues the pods serve: VECQ_NAME if set, else the bundle's (the default).
-    (c,) = containers()
-    served = {e["name"]: e.get("value") for e in c["env"]}.get("VECQ_NAME") or DEFAULT_MODEL
+    served = env_values(container("worker")).get("VECQ_NAME") or DEFAULT_MODEL
     assert model == served
     assert lists == queue_keys(model)
+    # The gateway's allowlist (scale-from-zero: requests queue with no worker up) is that model.
+    assert env_values(container("gateway"))["VECQ_MODELS"] == model
 
 
 # --- compose -----------------------------------------------------------------------------------
@@ -311,6 +381,166 @@ def test_compose_workers_one_gpu_each_with_password_and_metrics() -> None:
         host_ports.append(host)
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
     assert len(set(gpus)) == len(gpus) and len(set(host_ports)) == len(host_ports)
+
+
+def test_compose_publishes_redis_and_the_gateway_on_loopback_only() -> None:
+    services = compose()["services"]
+    for name in ("redis", "gateway"):
+        for port in services[name]["ports"]:
+            assert str(port).startswith("127.0.0.1:"), f"compose {name}: {port} is on every interface"
+    assert services["redis"]["ports"] == ["127.0.0.1:6379:6379"]
+    assert "127.0.0.1" in COMPOSE.read_text().split("\nname:")[0]  # the header says so
+
+
+def test_compose_gateway_builds_its_image_and_finds_redis_and_keys() -> None:
+    gw = compose()["services"]["gateway"]
+    assert gw["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile.gateway"}
+    assert (COMPOSE.parent / gw["build"]["context"] / gw["build"]["dockerfile"]).is_file()
+    env = gw["environment"]
+    assert {env["VECQ_REDIS_URL"]} == {w["environment"]["VECQ_REDIS_URL"] for w in compose_workers().values()}
+    assert env["VECQ_API_KEYS"].startswith("${VECQ_API_KEYS:?")  # from deploy/.env, required
+    assert env["VECQ_HOST"] == "0.0.0.0"
+    (port,) = gw["ports"]
+    assert port == f"127.0.0.1:8000:{env['VECQ_PORT']}"
+    assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "VECQ_API_KEYS=" in COMPOSE.read_text().split("\nname:")[0]  # the header sets it up
+
+
+# --- the gateway -------------------------------------------------------------------------------
+@cache
+def gateway_routes() -> frozenset[str]:
+    """The GET paths the gateway app serves (made as `vecq gateway` makes it; no Redis needed)."""
+    app = create_app(GatewaySettings())
+    return frozenset(r.path for r in app.routes if "GET" in getattr(r, "methods", ()))
+
+
+def urls_in(argv: list[str]) -> list[str]:
+    return re.findall(r"https?://[^'\"\s)]+", " ".join(argv))
+
+
+def gateway_port() -> int:
+    return int(env_values(container("gateway"))["VECQ_PORT"] or 0)
+
+
+def test_gateway_deployment_secret_and_service_fit_together(tmp_path: Path) -> None:
+    deploy = k8s_one("Deployment", "vecq-gateway")
+    pod = deploy["spec"]["template"]["spec"]
+    c = container("gateway")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][kind]), kind
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    env = {e["name"]: e for e in c["env"]}
+    ref = env["VECQ_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "vecq-redis" and ref["key"] in k8s_one("Secret", "vecq-redis")["stringData"]
+    assert env["VECQ_HOST"]["value"] == "0.0.0.0"
+    # VECQ_API_KEY_FILE is <a Secret volume's mount>/<a key of that Secret>, and the key holds keys.
+    key_file = Path(env["VECQ_API_KEY_FILE"]["value"])
+    (mount,) = [m for m in c["volumeMounts"] if Path(m["mountPath"]) == key_file.parent]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    keys = k8s_one("Secret", volume["secret"]["secretName"])
+    assert keys["metadata"]["name"] == "vecq-gateway-keys"
+    (tmp_path / key_file.name).write_text(keys["stringData"][key_file.name])
+    assert read_key_file(tmp_path / key_file.name)  # as the gateway reads it: at least one key
+    # Room for in-flight requests, each waiting at most VECQ_TIMEOUT, and the preStop pause.
+    pause = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] >= float(env["VECQ_TIMEOUT"]["value"]) + pause
+    (http,) = c["ports"]
+    assert http == {"name": "http", "containerPort": gateway_port()}
+    service = k8s_one("Service", "vecq-gateway")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    # Each Service selects one Deployment's pods: the worker metrics Service not the gateway's.
+    for svc in (o for o in k8s_objects() if o["kind"] == "Service"):
+        picked = [
+            d["metadata"]["name"]
+            for d in k8s_objects()
+            if d["kind"] == "Deployment"
+            and svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(picked) == 1, (svc["metadata"]["name"], picked)
+
+
+def test_gateway_probes_and_healthcheck_use_routes_the_app_serves() -> None:
+    c = container("gateway")
+    live = c["livenessProbe"]["httpGet"]
+    assert live["path"] == LIVENESS_PATH and live["port"] == "http"  # no key needed, reads nothing
+    (ready,) = urls_in(c["readinessProbe"]["exec"]["command"])
+    check = urls_in(gateway_healthcheck())
+    assert check == [f"http://127.0.0.1:8000{LIVENESS_PATH}"]
+    assert ready == f"http://127.0.0.1:{gateway_port()}/health"
+    for url in [ready, *check]:
+        path = "/" + url.split("/", 3)[3]
+        assert path in gateway_routes(), f"{url}: the gateway serves no GET {path}"
+    assert "curl" not in GATEWAY_DOCKERFILE.read_text().split("HEALTHCHECK", 1)[1]  # slim: no curl
+
+
+def test_only_the_liveness_route_is_open_without_a_key() -> None:
+    """Why readiness sends a key: with keys set, /health answers 401 without one, /livez 200."""
+    client = TestClient(create_app(GatewaySettings(api_keys=["k1"])))  # no lifespan: no Redis
+    assert client.get(LIVENESS_PATH).status_code == 200
+    assert client.get("/health").status_code == 401
+    assert client.get("/metrics").status_code == 401
+
+
+class _Stub(BaseHTTPRequestHandler):
+    """/health as the gateway's guard answers it (the real key check), with a chosen status."""
+
+    status = 200
+    keys = ApiKeys(["k1"])
+
+    def do_GET(self) -> None:
+        if self.path == LIVENESS_PATH:
+            code = 200
+        elif self.path != "/health":
+            code = 404
+        elif not self.keys.allows(self.headers.get("Authorization")):
+            code = 401
+        else:
+            code = type(self).status
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[type[_Stub], int]]:
+    handler = type("Stub", (_Stub,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield handler, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _run_probe(argv: list[str], port: int, env: dict[str, str] | None = None) -> int:
+    assert argv[0] == "python"
+    argv = [sys.executable, *[a.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for a in argv[1:]]]
+    return subprocess.run(argv, env=env, capture_output=True, timeout=30).returncode
+
+
+def test_gateway_readiness_probe_sends_the_mounted_key(stub: tuple[type[_Stub], int], tmp_path: Path) -> None:
+    handler, port = stub
+    argv = container("gateway")["readinessProbe"]["exec"]["command"]
+    key_file = tmp_path / "api-keys"
+    env = {"VECQ_API_KEY_FILE": str(key_file)}
+    key_file.write_text("# rotated 2026-12\n\nk1\nk-old\n")
+    assert read_key_file(key_file)[0] == "k1"
+    assert _run_probe(argv, port, env) == 0
+    handler.status = 503  # Redis unreachable: not ready
+    assert _run_probe(argv, port, env) != 0
+    handler.status = 200
+    key_file.write_text("wrong\n")  # 401: not ready either
+    assert _run_probe(argv, port, env) != 0
+    assert _run_probe(gateway_healthcheck(), port) == 0  # the image's HEALTHCHECK: /livez, no key
 
 
 # --- systemd -----------------------------------------------------------------------------------
