@@ -66,6 +66,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+#: As engines/architectures.py: the longest input served, and the types that reserve positions.
+MAX_SEQ_LEN = 8192
+_RESERVES_PAD_POSITIONS = ("roberta", "xlm-roberta")
+
+
 def _limits(path: Path) -> tuple[int, int | None]:
     """(max tokens, vector size) as vecq's engines read them (engines/spec.py, engines/bundle.py).
 
@@ -77,9 +82,14 @@ def _limits(path: Path) -> tuple[int, int | None]:
         return int(manifest["max_seq_len"]), int(manifest["dim"])
     config = _read_json(path / "config.json")
     positions = int(config.get("max_position_embeddings", 512))
-    st_max = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
-    dim = config.get("hidden_size")
-    return min(int(st_max or positions), positions, 512), (int(dim) if dim else None)
+    if config.get("model_type") in _RESERVES_PAD_POSITIONS:  # RoBERTa's padding_idx + 1
+        positions -= int(config.get("pad_token_id", 1)) + 1
+    # sentence-transformers' order: max_seq_length, else the tokenizer's model_max_length
+    wanted = _read_json(path / "sentence_bert_config.json").get("max_seq_length") or _read_json(
+        path / "tokenizer_config.json"
+    ).get("model_max_length")
+    dim = config.get("dim" if config.get("model_type") == "distilbert" else "hidden_size")
+    return max(1, int(min(wanted or positions, positions, MAX_SEQ_LEN))), (int(dim) if dim else None)
 
 
 def _prompts(path: Path) -> tuple[dict[str, str], str | None]:

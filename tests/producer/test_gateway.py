@@ -395,3 +395,24 @@ def test_bundle_tokenizer_gives_dim_and_refuses_larger_dimensions_before_redis(
     assert answer.status_code == 400
     assert answer.json()["error"]["message"] == "dimensions: 384 is over model 'tiny''s 32"
     assert redis_conn.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    ("model_type", "positions", "st_max"),
+    [("bert", 128, None), ("distilbert", 128, 64), ("roberta", 2048, None), ("xlm-roberta", 2048, 1000),
+     ("modernbert", 1024, None)],
+)  # fmt: skip
+def test_usage_reads_max_length_and_dim_as_the_engines_do(tmp_path, model_type, positions, st_max) -> None:
+    """The gateway repeats the engines' max-length and dim rule (the producer may not import
+    them): for each architecture, its usage tokenizer cuts where the worker does and knows the dim."""
+    from vecq.engines.random_model import write_random_encoder
+    from vecq.engines.spec import read_spec
+
+    root = write_random_encoder(
+        tmp_path / model_type, model_type=model_type, max_positions=positions, max_seq_length=st_max
+    )
+    spec = read_spec(root)
+    usage = ModelTokenizer.from_dir(root)
+    assert usage.dim == spec.dim
+    assert usage.tokenizer.truncation["max_length"] == spec.max_seq_len
+    assert spec.max_seq_len == (st_max or positions)
