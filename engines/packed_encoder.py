@@ -21,7 +21,12 @@ from torch import nn
 from .kernels import add_layer_norm, packed_attention, packed_embed, packed_pool
 
 #: model_type → offset of the first position id (RoBERTa counts from padding_idx + 1).
-ARCHITECTURES = {"bert": 0, "roberta": None, "xlm-roberta": None}
+ARCHITECTURES = {"bert": 0, "roberta": None, "xlm-roberta": None, "distilbert": 0}
+
+
+def _activation(config: Any) -> str | None:
+    """The FFN activation's name (DistilBERT's config calls it `activation`)."""
+    return getattr(config, "hidden_act", None) or getattr(config, "activation", None)
 
 
 def supports(config: Any) -> str | None:
@@ -31,8 +36,8 @@ def supports(config: Any) -> str | None:
         return f"model_type {kind!r} (packed: {', '.join(ARCHITECTURES)})"
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
         return f"position_embedding_type {config.position_embedding_type!r}"
-    if config.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
-        return f"hidden_act {config.hidden_act!r}"
+    if _activation(config) not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        return f"hidden_act {_activation(config)!r}"
     head_dim = config.hidden_size // config.num_attention_heads
     if head_dim & (head_dim - 1) or head_dim < 16:
         return f"head size {head_dim} (packed attention needs a power of two >= 16)"
@@ -64,12 +69,15 @@ class PackedEncoder(nn.Module):
         self.embed_norm = (e.LayerNorm.weight, e.LayerNorm.bias, e.LayerNorm.eps)
         self.heads = config.num_attention_heads
         self.hidden = config.hidden_size
-        self.gelu = "none" if config.hidden_act == "gelu" else "tanh"
+        self.gelu = "none" if _activation(config) == "gelu" else "tanh"
         #: On CUDA, bias + GELU run in the FFN GEMM's cuBLASLt epilogue (tanh form): the separate
         #: GELU pass over the (T, 4H) activations cost 12 % of a buffer (BENCHMARKS.md, issue 14).
         #: The build's parity check bounds what the tanh form changes.
         self.gelu_epilogue = self.word.is_cuda
-        self.layers = [_layer_weights(layer) for layer in encoder.encoder.layer]
+        if config.model_type == "distilbert":  # the same layer under other names, no token types
+            self.layers = [_distilbert_layer_weights(layer) for layer in encoder.transformer.layer]
+        else:
+            self.layers = [_layer_weights(layer) for layer in encoder.encoder.layer]
         self.pooling, self.normalize = pooling, normalize
         self._encoder = encoder  # keeps the weights alive (and on the device they were moved to)
 
@@ -105,4 +113,21 @@ def _layer_weights(layer: nn.Module) -> dict[str, Any]:
         "w2": layer.output.dense.weight,
         "b2": layer.output.dense.bias,
         "norm2": (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps),
+    }
+
+
+def _distilbert_layer_weights(layer: nn.Module) -> dict[str, Any]:
+    """One DistilBERT layer's weights under `_layer_weights`' names (BERT's layer, renamed)."""
+    a, ffn = layer.attention, layer.ffn
+    return {
+        "wqkv": torch.cat([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
+        "bqkv": torch.cat([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias]),
+        "wo": a.out_lin.weight,
+        "bo": a.out_lin.bias,
+        "norm1": (layer.sa_layer_norm.weight, layer.sa_layer_norm.bias, layer.sa_layer_norm.eps),
+        "w1": ffn.lin1.weight,
+        "b1": ffn.lin1.bias,
+        "w2": ffn.lin2.weight,
+        "b2": ffn.lin2.bias,
+        "norm2": (layer.output_layer_norm.weight, layer.output_layer_norm.bias, layer.output_layer_norm.eps),
     }

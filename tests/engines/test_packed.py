@@ -27,6 +27,13 @@ def _tiny(kind: str):
         vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=128, max_position_embeddings=80,
     )  # fmt: skip
+    if kind == "distilbert":
+        from transformers import DistilBertConfig, DistilBertModel
+
+        config = DistilBertConfig(
+            vocab_size=500, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=80
+        )
+        return DistilBertModel(config).eval()
     if kind == "roberta":
         config = RobertaConfig(**{**shape, "max_position_embeddings": 82}, pad_token_id=1, type_vocab_size=1)
         return RobertaModel(config, add_pooling_layer=False).eval()
@@ -47,7 +54,7 @@ def _padded(lengths: list[int], pad_id: int, rows_extra: int = 2) -> Batch:
 
 @pytest.mark.parametrize(
     ("kind", "pooling", "normalize"),
-    [("bert", "cls", False), ("bert", "mean", True), ("roberta", "mean", True)],
+    [("bert", "cls", False), ("bert", "mean", True), ("roberta", "mean", True), ("distilbert", "mean", True)],
 )
 def test_packed_vectors_equal_the_padded_models(kind: str, pooling: str, normalize: bool) -> None:
     encoder = _tiny(kind)
@@ -69,10 +76,10 @@ def test_packed_vectors_equal_the_padded_models(kind: str, pooling: str, normali
 
 
 def test_a_model_the_packed_encoder_cannot_run_is_named() -> None:
-    from transformers import BertConfig, DistilBertConfig
+    from transformers import BertConfig, DistilBertConfig, ModernBertConfig
 
-    assert supports(BertConfig()) is None
-    assert "distilbert" in supports(DistilBertConfig())
+    assert supports(BertConfig()) is None and supports(DistilBertConfig()) is None
+    assert "modernbert" in supports(ModernBertConfig())
     assert "relative_key" in supports(BertConfig(position_embedding_type="relative_key"))
     assert "head size 24" in supports(BertConfig(hidden_size=48, num_attention_heads=2))
 
