@@ -124,3 +124,32 @@ def test_each_token_buffer_captured_once_and_batches_use_the_smallest(packed_emb
         assert engine.runs_by_bucket[smallest] == before[smallest] + 1
         before[smallest] += 1
     assert engine.captures == len(engine.buckets)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "engine_class"),
+    [("bert", "PackedGraphEngine"), ("distilbert", "PackedGraphEngine"), ("roberta", "PackedGraphEngine"),
+     ("xlm-roberta", "PackedGraphEngine"), ("modernbert", "TorchGraphEngine")],
+)  # fmt: skip
+def test_every_architecture_on_cuda_fp16_matches_cpu_fp32(
+    tmp_path, varied_texts, model_type, engine_class
+) -> None:
+    """Issue 16: each architecture's tiny random model, served as the torch backend serves it on
+    CUDA (packed where the packed encoder runs it, else a graph per shape), within cosine 0.999
+    of torch fp32 on CPU for every varied text, and a text's vector independent of its batch."""
+    from vecq.engines import Embedder
+    from vecq.engines.parity import cosines
+    from vecq.engines.random_model import write_random_encoder
+
+    root = write_random_encoder(
+        tmp_path / model_type, model_type=model_type, hidden=64, heads=2, max_positions=256
+    )
+    gpu = Embedder.load(root, backend="torch", device="cuda", precision="fp16")
+    gpu.warmup()
+    assert type(gpu.engine).__name__ == engine_class
+    reference = Embedder.load(root, backend="torch", device="cpu").embed(varied_texts)
+    got = gpu.embed(varied_texts)
+    assert cosines(got, reference).min() >= 0.999
+    alone = np.stack([gpu.embed([t])[0] for t in varied_texts[:8]])
+    assert cosines(alone, got[:8]).min() >= 0.9999
+    gpu.close()
