@@ -12,6 +12,9 @@
 #   bash benchmarks/gpu_host.sh all        # all three
 #   bash benchmarks/gpu_host.sh quick      # one worker's host probe and the pipeline
 #   bash benchmarks/gpu_host.sh kernels    # where the engine's time goes (PARTS=sustained,...)
+#   bash benchmarks/gpu_host.sh gateway    # vecq bench gateway, the default model on the GPU: run it
+#     after benchmarks/gpu_tests.sh on the same warm machine (that installs the model's weights), with
+#     fastapi starlette uvicorn h11 anyio sniffio idna httpx httpcore certifi added to .whl/
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +60,11 @@ kernels() {  # where a packed buffer's time goes (probes/engine_kernels.py)
   timeout 400 python3 benchmarks/probes/engine_kernels.py ${PARTS:+--parts $PARTS} 2>&1 |
     grep -v "Writing model" | tee -a "$out/kernels.txt"
 }
+gateway() {  # issue 15 on the GPU machine: a real model behind the gateway
+  head | tee "$out/gateway.txt"
+  timeout 500 python3 -m vecq.worker bench gateway --backend torch --device cuda --precision fp16 \
+    --clients 16,256,1024 --seconds 10 --drain 30 2>&1 | grep -v "Writing model" | tee -a "$out/gateway.txt"
+}
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
   timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile 2>&1 |
@@ -65,6 +73,7 @@ quick() {  # one worker's host probe, then the pipeline
 }
 case "${1:-all}" in
 kernels) kernels ;;
+gateway) gateway ;;
 quick) quick ;;
 probes) probes ;;
 seed) seed ;;

@@ -2,7 +2,8 @@
 
 Everything runs on this machine, as processes of their own: a private Valkey (embedded), one
 `vecq worker` (the null engine by default, so the gateway and queue path is what is timed; or
-`--backend onnx` for the real default model on CPU), one `vecq gateway`, and here an asyncio
+`--backend onnx` for the real default model on CPU, `--backend torch --device cuda --precision
+fp16` on a GPU), one `vecq gateway`, and here an asyncio
 load of N clients, each sending its next request as soon as the last is answered, for a fixed
 time per round.  Per round: goodput (200s/s), p50/p99 latency of the 200s, every other answer
 by status or error kind, and the most Redis connections the gateway process held (read from
@@ -147,12 +148,17 @@ def _wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-un
 @click.option("--clients", default="16,256,1024", show_default=True, help="Concurrent clients, per round.")
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="Length of each round.")
 @click.option("--texts", type=int, default=1, show_default=True, help="Texts per request.")
-@click.option("--backend", default="null", show_default=True, help="The worker's engine (null or onnx).")
+@click.option("--backend", default="null", show_default=True, help="The worker's engine (null, onnx, torch).")
+@click.option(
+    "--device", default="cpu", show_default=True, help="The worker's device (cuda: the GPU machine)."
+)
+@click.option("--precision", default=None, help="The worker's precision (e.g. fp16 on cuda).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="The gateway's --timeout.")
 @click.option("--drain", type=float, default=60.0, show_default=True, help="Seconds the queues get to empty.")
 def gateway_bench(
-    clients: str, seconds: float, texts: int, backend: str, timeout: float, drain: float
-) -> None:
+    clients: str, seconds: float, texts: int, backend: str, device: str, precision: str | None,
+    timeout: float, drain: float,
+) -> None:  # fmt: skip
     """Goodput, p50/p99 and every non-200 of N concurrent clients through a real gateway."""
     import httpx
     import redis
@@ -166,7 +172,14 @@ def gateway_bench(
         raise click.BadParameter(f"1 to {MAX_CLIENTS} clients per round", param_hint="--clients")
     with tempfile.TemporaryDirectory(prefix="vecq-gwbench-") as tmp, embedded_redis() as redis_url:
         port = free_port()
-        worker = _vecq("worker", "--backend", backend, "--redis", redis_url, "--log-level", "WARNING",
+        engine = [
+            "--backend",
+            backend,
+            "--device",
+            device,
+            *(["--precision", precision] if precision else []),
+        ]
+        worker = _vecq("worker", *engine, "--redis", redis_url, "--log-level", "WARNING",
                        log=Path(tmp) / "worker.log")  # fmt: skip
         gateway = _vecq("gateway", "--redis", redis_url, "--port", str(port), "--timeout", str(timeout),
                         "--log-level", "warning", log=Path(tmp) / "gateway.log")  # fmt: skip
@@ -193,7 +206,8 @@ def gateway_bench(
                 proc.terminate()
             for proc in (gateway, worker):
                 proc.wait(timeout=60)
-    click.echo(f"\ngateway bench: {backend} worker, {texts} text(s) per request, {seconds:g} s per round")
+    what = f"{backend} worker on {device}" + (f" ({precision})" if precision else "")
+    click.echo(f"\ngateway bench: {what}, {texts} text(s) per request, {seconds:g} s per round")
     click.echo(f"  {'clients':>8} {'goodput/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'Redis conns':>12}  answers")
     for r in results:
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(r["codes"].items()))
