@@ -108,6 +108,38 @@ def test_resume_after_kill_9(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(out), Embedder.load(backend="null").embed(texts))
 
 
+def test_ctrl_c_ends_the_run_at_once_in_one_line_and_it_resumes(tmp_path: Path) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to vecq's whole process group) mid-run: vecq exits
+    within seconds with one line saying how to resume, leaves no server, and the same command
+    finishes the run.  Before, the signal reached the embedded server too, and vecq retried the
+    dead server for ~30 s, printing dozens of lines."""
+    texts = _lines(30000, seed=4)
+    src = tmp_path / "big.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "v.npy"
+    args = _cli("embed", str(src), "--out", str(out), "--backend", "null", "--chunk-size", "100")
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    done_file = tmp_path / "v.npy.vecq-partial" / "done.bin"
+    deadline = time.monotonic() + 120
+    while not (done_file.is_file() and np.fromfile(done_file, dtype=np.uint8).sum() >= 20):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before Ctrl-C"
+        time.sleep(0.01)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10, f"took {time.monotonic() - sent:.1f}s"
+    assert proc.returncode != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) <= 2 and "interrupted; run the same command again" in lines[-1], err
+    time.sleep(0.5)
+    assert _orphan_servers(tmp_path) == []
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    np.testing.assert_array_equal(np.load(out), Embedder.load(backend="null").embed(texts))
+
+
 def _orphan_servers(tmp_path: Path) -> list[str]:
     """valkey-server processes started for this test's runs that outlived vecq (there must be none)."""
     found = []

