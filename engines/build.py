@@ -23,7 +23,7 @@ from .errors import BundleError, UnknownBackend
 from .parity import compare, parity_texts, reference_vectors, require
 from .prompts import write_prompts
 from .shapes import DEFAULT_BATCH_SIZES, DEFAULT_SEQ_LENS, ShapeSet, default_shapes
-from .spec import ModelSpec, Pooling, check_model_dir, read_spec
+from .spec import ModelSpec, Pooling, check_model_dir, read_spec, resolve_model
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,11 @@ def build_bundle(
     say = progress or (lambda msg: log.info("%s", msg))
     kind = _device_kind(device)
     _check_choice(backend, kind, precision)
-    root = check_model_dir(model_dir)
-    spec = read_spec(root, name=name, pooling=pooling, normalize=normalize, max_seq_len=max_seq_len)
+    resolved, cached_name = resolve_model(model_dir)
+    root = check_model_dir(resolved)
+    spec = read_spec(
+        root, name=name or cached_name, pooling=pooling, normalize=normalize, max_seq_len=max_seq_len
+    )
     shapes = shapes or _shapes(root, spec, backend, kind, batch_sizes, seq_lens, max_batch_tokens)
     out = Path(out)
     _check_target(out)

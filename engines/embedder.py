@@ -23,7 +23,7 @@ from .bundle import ENGINE_OPTIONS, MANIFEST, read_manifest, verify_files
 from .errors import BadInput, BundleError
 from .prompts import Prompts, apply, read_prompts
 from .shapes import ShapeSet, default_shapes
-from .spec import ModelSpec, check_model_dir, read_spec
+from .spec import ModelSpec, check_model_dir, read_spec, resolve_model
 from .tokenizer import TextTokenizer
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
@@ -68,7 +68,8 @@ class Embedder:
         truncate: bool = True,
         **options: Any,
     ) -> Embedder:
-        """A model dir, a bundle dir, or None / "default" for all-MiniLM-L6-v2.
+        """A model dir, a bundle dir, a Hugging Face model id in the local cache, or None /
+        "default" for all-MiniLM-L6-v2.
 
         `backend` defaults to the bundle's own, or "torch" for a model dir.  Texts over the
         model's max length are truncated (as sentence-transformers does) unless `truncate=False`,
@@ -78,7 +79,8 @@ class Embedder:
         name = options.pop("name", None)
         if path is None or str(path) == "default":
             path, name = default_model_dir(), name or DEFAULT_MODEL_NAME
-        root = Path(path)
+        root, cached_name = resolve_model(path)
+        name = name or cached_name
         if (root / MANIFEST).is_file():
             return cls.from_bundle(root, backend=backend, device=device, truncate=truncate, **options)
         check_model_dir(root)

@@ -71,6 +71,29 @@ def read_spec(
     )
 
 
+def resolve_model(model: str | Path) -> tuple[Path, str | None]:
+    """A model dir, or a Hugging Face model id found in the local Hugging Face cache, where most
+    users keep their models (sentence-transformers loads them offline from there): (its dir, the
+    name it goes by -- the id's last part, not the cache's snapshot hash -- or None for a dir).
+    vecq never downloads: an id that is not cached is `ModelNotFound`, in one line."""
+    root = Path(model)
+    text = str(model)
+    if root.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return root, None
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return root, None
+    try:
+        return Path(snapshot_download(text, local_files_only=True)), text.split("/")[1]
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        raise ModelNotFound(
+            f"{text}: not a directory, and not in the local Hugging Face cache (vecq never downloads: "
+            f"fetch it with `hf download {text}`, or pass a model dir)"
+        ) from None
+
+
 def check_model_dir(model_dir: str | Path) -> Path:
     """The model dir, or `ModelNotFound` naming the first missing piece."""
     root = Path(model_dir)

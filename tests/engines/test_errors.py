@@ -81,3 +81,30 @@ def test_unknown_backend(tiny_bert_dir: Path) -> None:
 def test_torch_half_precision_needs_cuda(tiny_bert_dir: Path) -> None:
     with pytest.raises(UnknownBackend, match="precision 'fp16' needs a CUDA device"):
         Embedder.load(tiny_bert_dir, backend="torch", precision="fp16")
+
+
+def test_a_hugging_face_id_loads_from_the_local_cache_and_a_missing_one_is_one_line(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`Embedder.load("org/name")` finds the model where the Hugging Face cache keeps it (the
+    hub's own layout: models--org--name/snapshots/<rev>, refs/main), named after the id, not the
+    snapshot; an id not cached is `ModelNotFound` naming it, and nothing is downloaded."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny-zh"
+    shutil.copytree(tiny_bert_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    emb = Embedder.load("acme/tiny-zh", backend="null")
+    assert emb.spec.name == "tiny-zh"
+    np.testing.assert_array_equal(
+        emb.embed(["你好"]), Embedder.load(tiny_bert_dir, backend="null").embed(["你好"])
+    )
+    with pytest.raises(
+        ModelNotFound, match=r"^acme/absent: not a directory, and not in the local Hugging Face cache"
+    ):
+        Embedder.load("acme/absent", backend="null")

@@ -24,6 +24,8 @@ def embed(input_path: Path, log_level: str, **flags: object) -> None:
     """
     import logging
 
+    from vecq.engines.errors import VecqEngineError
+
     from ..embed import embed_file
     from ..embed.formats import CorpusError
 
@@ -34,7 +36,7 @@ def embed(input_path: Path, log_level: str, **flags: object) -> None:
         report = embed_file(settings)
     except KeyboardInterrupt:
         fail(f"interrupted; run the same command again to resume {settings.out}")
-    except (CorpusError, ValueError, RuntimeError, ConnectionError, TimeoutError, LookupError) as exc:
+    except (CorpusError, VecqEngineError, OSError, ValueError, RuntimeError, LookupError) as exc:
         fail(error_line(exc))
     click.echo(
         f"{settings.out}: {report.rows} vectors of {report.dim} dims in {report.seconds:.1f}s "
