@@ -30,6 +30,16 @@ import numpy as np
 MAX_CLIENTS = 4096
 
 
+def _servers(
+    redis_url: str, port: int, timeout: float, engine: list[str], tmp: Path
+) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """A `vecq worker` with the `engine` flags and a `vecq gateway` on `port`, both on `redis_url`."""
+    worker = _vecq("worker", *engine, "--redis", redis_url, "--log-level", "WARNING", log=tmp / "worker.log")
+    gateway = _vecq("gateway", "--redis", redis_url, "--port", str(port), "--timeout", str(timeout),
+                    "--log-level", "warning", log=tmp / "gateway.log")  # fmt: skip
+    return worker, gateway
+
+
 def _vecq(*args: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "vecq.worker", *args], stdout=log.open("w"), stderr=subprocess.STDOUT
@@ -172,17 +182,10 @@ def gateway_bench(
         raise click.BadParameter(f"1 to {MAX_CLIENTS} clients per round", param_hint="--clients")
     with tempfile.TemporaryDirectory(prefix="vecq-gwbench-") as tmp, embedded_redis() as redis_url:
         port = free_port()
-        engine = [
-            "--backend",
-            backend,
-            "--device",
-            device,
-            *(["--precision", precision] if precision else []),
-        ]
-        worker = _vecq("worker", *engine, "--redis", redis_url, "--log-level", "WARNING",
-                       log=Path(tmp) / "worker.log")  # fmt: skip
-        gateway = _vecq("gateway", "--redis", redis_url, "--port", str(port), "--timeout", str(timeout),
-                        "--log-level", "warning", log=Path(tmp) / "gateway.log")  # fmt: skip
+        engine = ["--backend", backend, "--device", device] + (
+            ["--precision", precision] if precision else []
+        )
+        worker, gateway = _servers(redis_url, port, timeout, engine, Path(tmp))
         url = f"http://127.0.0.1:{port}"
         try:
 
