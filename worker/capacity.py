@@ -13,25 +13,28 @@ Updated once per batch, never per text."""
 
 from __future__ import annotations
 
-#: Weight kept per batch in the moving sums (~20 batches of memory).
+#: Weight kept per batch in the capacity's moving sums (~20 batches of memory).
 DECAY = 0.95
 
 
-class Capacity:
-    """Moving sums of texts and of busy seconds over the last batches."""
+class MovingRate:
+    """Units per second from moving sums of units and of seconds, one step per batch.
 
-    def __init__(self) -> None:
-        self._texts = self._seconds = 0.0
+    Sums, not an average of per-batch rates: a few slow batches of long texts would otherwise
+    drag the rate far below what the engine sustains.  The prefetch budget (`prefetch.py`) and
+    the capacity a worker reports (this module) are both one of these."""
 
-    def batch_done(self, texts: int, busy_s: float) -> None:
-        """Sums, not an average of per-batch rates: a few slow batches of long texts would
-        otherwise drag the rate far below what the engine sustains (as in `prefetch.py`)."""
-        if busy_s <= 0:
+    def __init__(self, decay: float = DECAY) -> None:
+        self.decay = decay
+        self._units = self._seconds = 0.0
+
+    def add(self, units: float, seconds: float) -> None:
+        if seconds <= 0:
             return
-        self._texts = DECAY * self._texts + texts
-        self._seconds = DECAY * self._seconds + busy_s
+        self._units = self.decay * self._units + units
+        self._seconds = self.decay * self._seconds + seconds
 
     @property
-    def texts_per_s(self) -> float | None:
+    def per_s(self) -> float | None:
         """The rate, None before the first batch."""
-        return self._texts / self._seconds if self._seconds > 0 else None
+        return self._units / self._seconds if self._seconds > 0 else None

@@ -8,6 +8,8 @@ Never below two of the largest batch, so full batches can always form.
 
 from __future__ import annotations
 
+from .capacity import MovingRate
+
 #: Seconds of engine work a worker holds at most; two keep any engine fed.
 PREFETCH_SECONDS = 2.0
 #: Weight kept per batch in the moving sums (~10 batches of memory).
@@ -22,14 +24,10 @@ class PrefetchBudget:
         self.floor = 2 * largest_batch
         self.texts = min(cap, self.floor)  # before the rate is known
         self.rate = 0.0  # texts/s of engine time
-        self._rows = self._seconds = 0.0
+        self._rate = MovingRate(_DECAY)
 
     def batch_done(self, rows: int, seconds: float) -> None:
-        """Moving sums of rows and of seconds, not an average of per-batch rates: a few slow
-        batches of long texts would otherwise drag the rate far below what the engine sustains."""
-        if seconds <= 0:
-            return
-        self._rows = _DECAY * self._rows + rows
-        self._seconds = _DECAY * self._seconds + seconds
-        self.rate = self._rows / self._seconds
-        self.texts = min(self.cap, max(self.floor, int(self.rate * PREFETCH_SECONDS)))
+        self._rate.add(rows, seconds)
+        if self._rate.per_s is not None:
+            self.rate = self._rate.per_s
+            self.texts = min(self.cap, max(self.floor, int(self.rate * PREFETCH_SECONDS)))

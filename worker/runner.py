@@ -49,7 +49,7 @@ class Done:
     real_tokens: int
     error: str | None = None
     #: the part of `seconds` after the batch before it was collected: these add up to the time
-    #: the engine thread held a batch (what `capacity.Capacity` divides by)
+    #: the engine thread held a batch (what the capacity, `capacity.MovingRate`, divides by)
     busy: float = 0.0
 
 

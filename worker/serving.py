@@ -30,7 +30,7 @@ from vecq.engines import Embedder
 from vecq.engines.base import packs
 from vecq.producer.keys import LANES, queued_texts_key
 
-from .capacity import Capacity
+from .capacity import MovingRate
 from .errors import WorkerCrashed
 from .failures import FailureWriter
 from .finisher import Finisher, WriterCrashed
@@ -78,7 +78,7 @@ class Serving:
         self.metrics = metrics
         self.store = store
         self.jobs = OpenJobs(embedder.dim)
-        self.capacity = Capacity()  # texts/s of engine-busy time, for the health record
+        self.capacity = MovingRate()  # texts/s of engine-busy time, for the health record
         self.policy = TakePolicy(
             lanes=settings.lanes,
             prefetch=PrefetchBudget(cap=settings.prefetch_texts, largest_batch=largest),
@@ -278,7 +278,7 @@ class Serving:
         )
         self.jobs.tally.texts += planned.texts
         self.policy.prefetch.batch_done(planned.texts, done.seconds)
-        self.capacity.batch_done(planned.texts, done.busy)
+        self.capacity.add(planned.texts, done.busy)
         self.jobs.fill(planned.placements(), done.vectors)
 
     def _on_batch_error(self, planned: Planned, error: str) -> None:

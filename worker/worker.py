@@ -108,7 +108,7 @@ class BatchWorker(SimpleWorker):
     def capacity_texts_per_s(self) -> float | None:
         """Texts per second of engine-busy time over its last batches, None before the first
         (`capacity.py`); the gateway sizes its queued-texts limit from it."""
-        rate = self.serving.capacity.texts_per_s
+        rate = self.serving.capacity.per_s
         return round(rate, 3) if rate is not None else None
 
     # --- the loop ----------------------------------------------------------------------------

@@ -83,13 +83,11 @@ class ServedModels:
     async def _read(self) -> None:
         keys = [key async for key in self.connection.scan_iter(match=HEALTH_PREFIX + "*", count=500)]
         records = await self.connection.mget(keys) if keys else []
-        live: set[str] = set()
-        capacity: dict[str, float] = {}
+        capacity: dict[str, float] = {}  # every live model, measured or not (0.0)
         for model, rate in (_served_by(raw) for raw in records if raw):
             if model:
-                live.add(model)
                 capacity[model] = capacity.get(model, 0.0) + rate
-        self._live, self._capacity = frozenset(live), capacity
+        self._live, self._capacity = frozenset(capacity), capacity
         self._read_at = time.monotonic()
 
 
