@@ -7,7 +7,7 @@ import pytest
 
 from vecq.worker.cli.embed import embed
 from vecq.worker.cli.options import to_args
-from vecq.worker.cli.serve import PER_CHILD, worker
+from vecq.worker.cli.worker import PER_CHILD, worker
 from vecq.worker.embed import EmbedSettings
 from vecq.worker.settings import WorkerSettings
 

@@ -15,10 +15,10 @@ import click
 #: verb -> (the module:attribute of its click command, its line in `vecq --help`).
 VERBS: dict[str, tuple[str, str]] = {
     "build": ("vecq.worker.cli.build:build", "Export a model dir (or `default`) to a verified bundle."),
-    "worker": ("vecq.worker.cli.serve:worker", "Serve embedding jobs from Redis in batches."),
+    "worker": ("vecq.worker.cli.worker:worker", "Serve embedding jobs from Redis in batches."),
     "embed": ("vecq.worker.cli.embed:embed", "Embed a corpus file into a vector file, in input order."),
-    "status": ("vecq.worker.cli.serve:status", "Queues, workers, in-flight jobs and throughput."),
-    "health": ("vecq.worker.cli.serve:health", "Exit 0 if a worker has a live health key, else 1."),
+    "status": ("vecq.worker.cli.worker:status", "Queues, workers, in-flight jobs and throughput."),
+    "health": ("vecq.worker.cli.worker:health", "Exit 0 if a worker has a live health key, else 1."),
     "gateway": ("vecq.worker.cli.gateway:gateway", "Serve an OpenAI-compatible POST /v1/embeddings."),
     "bench": ("vecq.worker.bench:bench", "Benchmarks: engines, the queue path, end to end."),
 }
