@@ -17,11 +17,13 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
+import pytest
 import redis
 from rq.results import Result
 
+from vecq.producer import Client
 from vecq.producer.contract import JOB_FUNCTION
-from vecq.producer.serializer import MsgpackSerializer
+from vecq.producer.serializer import MsgpackSerializer, SerializationError
 
 from .conftest import INTERACTIVE, MODEL, enqueue, result_of, run, vectors_of
 from .servers import VECQ
@@ -219,4 +221,21 @@ def test_package_source_has_no_eval_exec_or_unpickling() -> None:
     assert len(files) > 30
     problems = {str(p.relative_to(ROOT)): unsafe_calls(p.read_text()) for p in files}
     assert {k: v for k, v in problems.items() if v} == {}
-    assert msgpack  # the serializer vecq uses instead
+
+
+def test_what_vecq_hands_rq_is_msgpack_and_a_pickle_is_never_loaded(redis_url, make_worker, tmp_path) -> None:
+    """The serializer vecq uses instead of pickle, observed where it acts: the worker's rq
+    objects carry it, a submitted job's data in Redis is plain msgpack (read with the msgpack
+    library itself, not vecq's code), and a pickle fed to it is refused without running."""
+    worker = make_worker()
+    assert worker.serializer is MsgpackSerializer
+    assert {q.serializer for q in worker.queues} == {MsgpackSerializer}
+    with Client(redis_url) as client:
+        job = client.submit(["plain msgpack"])
+        raw = client.connection.hget(job.key, "data")
+    func, instance, args, kwargs = msgpack.unpackb(zlib.decompress(raw) if raw[:1] == b"x" else raw)
+    assert (func, instance, args, kwargs["model"]) == (JOB_FUNCTION, None, [["plain msgpack"]], MODEL)
+    marker = tmp_path / "unpickled"
+    with pytest.raises(SerializationError):
+        MsgpackSerializer.loads(_pickle(marker))
+    assert not marker.exists()
