@@ -137,19 +137,25 @@ def test_second_sigterm_exits_at_once_and_its_jobs_are_retried(tmp_path, null_em
     conn = server.admin()
     batches = [[f"twice {j} {i}" for i in range(4)] for j in range(60)]
     jobs = enqueue(conn, batches, retries=2)
-    proc = _slow_worker(server.url(), tmp_path / "slow.log", 3.0, "slow")
+    # each engine call takes 120 s: a worker that waited for its batch (what the first SIGTERM
+    # asks) would still be running long after the 20 s this test gives it to exit
+    proc = _slow_worker(server.url(), tmp_path / "slow.log", 120.0, "slow")
     try:
         until(lambda: conn.zcard(f"rq:wip:{INTERACTIVE}") > 0, 30, "the worker to start jobs")
-        time.sleep(0.5)  # mid-batch: each engine call takes 3 s
+        time.sleep(0.5)  # mid-batch
         os.kill(proc.pid, signal.SIGTERM)
-        time.sleep(0.2)
-        t0 = time.monotonic()
+        until(lambda: "draining" in (tmp_path / "slow.log").read_text(), 10, "the first SIGTERM's drain")
+        assert proc.poll() is None  # the first signal waits for the batch
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(10) != 0
-        assert time.monotonic() - t0 < 3.0  # did not wait for the 3 s batch
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 20 s after the second SIGTERM: it waited for the batch")
+        assert code != 0
         log = (tmp_path / "slow.log").read_text()
         assert "second signal, exiting now" in log
-        assert conn.zcard(f"rq:wip:{INTERACTIVE}") > 0  # left for recovery, not lost
+        # it left without writing what it held: nothing finished, all still started, for recovery
+        assert conn.zcard(f"rq:finished:{INTERACTIVE}") == 0 and conn.zcard(f"rq:wip:{INTERACTIVE}") > 0
         survivor = spawn_worker(server.url(), tmp_path / "survivor.log")
         until(lambda: conn.zcard(f"rq:finished:{INTERACTIVE}") == len(jobs), 60, "every job to finish")
         assert stop_process(survivor) == 0
