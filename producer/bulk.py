@@ -31,6 +31,10 @@ from .serializer import MsgpackSerializer
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 #: Statuses of an earlier run's job that will still produce a result: adopt it, don't redo it.
 _ALIVE = {b"queued", b"started", b"finished", b"scheduled", b"deferred"}
+#: Chunks in the first submit of a run; each later submit may hold twice as many as the last.
+#: A whole first window in one MULTI (32k texts) kept a GPU worker idle ~0.1 s while the
+#: producer built it -- 5-9 % of a 50k-text run on the H200 (BENCHMARKS.md, issue 14).
+FIRST_SUBMIT_CHUNKS = 2
 
 
 @dataclass
@@ -108,6 +112,8 @@ class BulkSubmitter:
         self.options = {"prompt_name": prompt_name, "prompt": prompt, "dimensions": dimensions}
         client.request(["-"], model=self.model, **self.options)  # refused here, not on the first chunk
         self.stats = BulkStats()
+        self._submit_chunks = FIRST_SUBMIT_CHUNKS  # the ramp: most chunks the next submit may hold
+        self._ramp_held = False  # the last submit stopped at that limit, with room for more
 
     def job_id(self, chunk: int) -> str:
         """The deterministic job id of a chunk of this run."""
@@ -130,8 +136,8 @@ class BulkSubmitter:
             waiting = self._fill(chunks, waiting, flight)
             self.stats.max_in_flight_texts = max(self.stats.max_in_flight_texts, flight.texts)
             taken: list[str] = []
-            try:
-                for job_id, vectors in self._collect(flight):
+            try:  # while the ramp holds submits back, look for results without waiting for one
+                for job_id, vectors in self._collect(flight, wait=not self._ramp_held):
                     index, n = flight.pop(job_id)
                     self.stats.chunks_done += 1
                     self.stats.texts_done += n
@@ -161,15 +167,19 @@ class BulkSubmitter:
         limit = self.client.max_queued_texts
         queued = self.client.queued_texts(self.model) if limit is not None else 0
         batch: list[tuple[int, list[str]]] = []
-        while waiting is not None and len(waiting[1]) <= room:
+        while waiting is not None and len(waiting[1]) <= room and len(batch) < self._submit_chunks:
             if not backpressure.has_room(queued, len(waiting[1]), limit) and (batch or flight.chunks):
                 break
             batch.append(waiting)
             room -= len(waiting[1])
             queued += len(waiting[1])
             waiting = next(chunks, None)
+        self._ramp_held = (
+            len(batch) == self._submit_chunks and waiting is not None and len(waiting[1]) <= room
+        )
         if batch:
             self._submit(batch, flight)
+            self._submit_chunks = 2 * len(batch)
         elif waiting is not None and not flight.chunks:
             time.sleep(0.05)  # over the backpressure limit with nothing of ours in flight
         return waiting
@@ -215,17 +225,18 @@ class BulkSubmitter:
         Job.fetch(job_id, connection=conn, serializer=MsgpackSerializer).delete()
 
     # --- collecting --------------------------------------------------------------------------
-    def _collect(self, flight: _InFlight) -> list[tuple[str, np.ndarray]]:
-        """Block until at least one in-flight chunk has an outcome; return the finished ones."""
+    def _collect(self, flight: _InFlight, *, wait: bool = True) -> list[tuple[str, np.ndarray]]:
+        """Block until at least one in-flight chunk has an outcome (`wait` False: look once,
+        without blocking); return the finished ones."""
         deadline = None if self.stall_timeout is None else time.monotonic() + self.stall_timeout
         while flight.chunks:
             block = MAX_BLOCK_MS if deadline is None else int((deadline - time.monotonic()) * 1000)
-            block = max(1, min(block, MAX_BLOCK_MS))
+            block = max(1, min(block, MAX_BLOCK_MS)) if wait else None
             streams = {result_key(job_id): cursor for job_id, cursor in flight.cursors.items()}
             conn = self.client.connection
             response = call(self.client.policy, self.client.url, lambda: conn.xread(streams, block=block))  # noqa: B023 (called at once)
             done = self._outcomes(response, flight)
-            if done:
+            if done or not wait:
                 return done
             if deadline is not None and time.monotonic() >= deadline:
                 oldest = min(flight.chunks, key=lambda j: flight.chunks[j][0])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 
-from vecq.producer import BadRequest, BulkSubmitter, Client, JobFailed, MsgpackSerializer
+from vecq.producer import BadRequest, BulkSubmitter, Client, JobFailed, JobTimeout, MsgpackSerializer
 from vecq.producer.results import last_line
 
 N_TEXTS = 10_000
@@ -173,3 +173,31 @@ def test_stale_result_without_its_job_is_not_trusted(
     assert error is None
     np.testing.assert_array_equal(got[0], expected(["p", "q"]))
     assert bulk.stats.chunks_enqueued == 1
+
+
+def test_first_window_is_submitted_in_a_ramp(redis_url: str, redis_conn: redis.Redis) -> None:
+    """A worker gets the first chunks at once: the first submit holds two chunks, each later one
+    at most twice the last, without waiting for a result, until the window is full."""
+    sizes: list[int] = []
+
+    class Recording(BulkSubmitter):
+        def _submit(self, batch, flight) -> None:  # type: ignore[no-untyped-def]
+            sizes.append(len(batch))
+            super()._submit(batch, flight)
+
+    with Client(redis_url) as client:
+        submitter = Recording(
+            client, run_id="ramp", model="m", chunk_size=CHUNK, window=32 * CHUNK, stall_timeout=2
+        )
+        thread = threading.Thread(target=lambda: _first(submitter), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while sum(sizes) < 32 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sizes == [2, 4, 8, 16, 2], sizes  # the window (32 chunks) full, then no result: wait
+
+
+def _first(submitter: BulkSubmitter) -> None:
+    """Run until the first result (none comes: no worker) ends the run by its stall timeout."""
+    with pytest.raises(JobTimeout):
+        next(iter(submitter.run(corpus())), None)
