@@ -271,9 +271,26 @@ def test_unreachable_sentinels_are_one_masked_line() -> None:
     assert "data-pw" not in message and "sent-pw" not in message and "\n" not in message
 
 
+def _transactions(admin: redis.Redis) -> int:
+    """MULTIs the server has seen: one per attempt of an enqueue."""
+    return int(admin.info("commandstats").get("cmdstat_multi", {}).get("calls", 0))
+
+
+def _promote_after_a_refusal(admin: redis.Redis, seen: int, promoted: threading.Event) -> None:
+    """`REPLICAOF NO ONE` (a failover) once the server has refused one more enqueue attempt."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if _transactions(admin) > seen:
+            admin.replicaof("NO", "ONE")
+            promoted.set()
+            return
+        time.sleep(0.01)
+
+
 def test_read_only_replica_is_retried_then_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A demoted primary answers writes with READONLY: transient (a failover may be under way),
-    and named as such once the retries are spent."""
+    so retried -- each attempt one transaction the server saw, and a replica promoted while the
+    client retries takes the job, once -- and named as such once the retries are spent."""
     assert is_transient(redis.ReadOnlyError("READONLY")) and not is_refused(redis.ReadOnlyError("READONLY"))
     port, orphan = free_port(), free_port()
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "secret"]
@@ -281,6 +298,7 @@ def test_read_only_replica_is_retried_then_named(tmp_path) -> None:  # type: ign
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"redis://:secret@127.0.0.1:{port}/0"
+        admin = redis.Redis(port=port, password="secret")
         with Client(url, settings=fast_settings(connect_attempts=3)) as c:
             for _ in range(200):
                 with contextlib.suppress(RedisUnavailable):
@@ -289,6 +307,16 @@ def test_read_only_replica_is_retried_then_named(tmp_path) -> None:  # type: ign
                 time.sleep(0.02)
             with pytest.raises(RedisUnavailable) as info:
                 c.submit(["x"])
+        assert _transactions(admin) == 3 and admin.dbsize() == 0  # three attempts, each refused
+        promoted = threading.Event()
+        promote = threading.Thread(target=_promote_after_a_refusal, args=(admin, 3, promoted))
+        with Client(url, settings=fast_settings(connect_attempts=100, retry_backoff_cap=0.1)) as c:
+            promote.start()
+            job = c.submit(["after the promotion"])
+        promote.join(20)
+        assert promoted.is_set() and _transactions(admin) >= 5  # refused, then retried and landed
+        queue = f"rq:queue:{queue_name('all-minilm-l6-v2', 'interactive')}"
+        assert admin.lrange(queue, 0, -1) == [job.id.encode()]
     finally:
         stop_redis(proc)
     assert str(info.value).startswith(
