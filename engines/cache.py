@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from .bundle import FORMAT_VERSION, read_manifest, sha256_file, verify_files
 from .errors import BundleError
 from .shapes import ShapeSet
 from .spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+#: The line said before a build, so that a minute of silence is explained (`vecq embed` shows it).
+_BUILDING = {
+    "fp32": "building an ONNX bundle of %s (%s) once: export and a parity check; cached in %s",
+    "int8": "building an ONNX bundle of %s (%s) once: quantizing it MatMul by MatMul until parity "
+    "holds takes about 80 s on 2 CPU cores; cached in %s for later runs",
+}
 
 #: The modules whose code decides what a built bundle contains.
 RECIPE_MODULES = ("build.py", "export.py", "onnx_build.py", "parity.py", "parity_texts.json")
@@ -57,6 +67,7 @@ def cached_bundle(
     try:
         verify_files(root, read_manifest(root))
     except BundleError:
+        log.info(_BUILDING[precision if precision in _BUILDING else "fp32"], spec.name, precision, root)
         build_bundle(
             model_dir, root, backend=backend, device=kind, precision=precision, shapes=shapes,
             pooling=spec.pooling, normalize=spec.normalize, max_seq_len=spec.max_seq_len, name=spec.name,

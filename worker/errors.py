@@ -7,6 +7,10 @@ class NameTaken(ValueError):
     """Another live worker already uses this worker name."""
 
 
+class PortBusy(OSError):
+    """The metrics port is held by another process (the message names the flag and address)."""
+
+
 class WorkerCrashed(RuntimeError):
     """The engine thread, the finishing thread or the loop failed in a way the worker cannot
     serve through: the process exits non-zero and recovery gives its jobs to other workers."""

@@ -7,7 +7,11 @@ text, so metrics cost nothing measurable on the hot path.
 
 from __future__ import annotations
 
+import socket
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .errors import PortBusy
 
 _RATIO = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -69,4 +73,24 @@ class WorkerMetrics:
 
     def serve(self, port: int, addr: str) -> None:
         """Expose `/metrics` on `port` (a daemon thread of prometheus_client)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:  # taken since `check_port`: still one line
+            raise PortBusy(_busy(port, addr, exc)) from None
+
+
+def check_port(port: int, addr: str) -> None:
+    """Refuse a metrics port another process listens on before the worker loads its model: the
+    server itself starts after warm-up and registration, where a busy port was a traceback.
+    Bound as prometheus_client binds it (SO_REUSEADDR), so the answers agree."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((addr, port))
+        except OSError as exc:
+            raise PortBusy(_busy(port, addr, exc)) from None
+
+
+def _busy(port: int, addr: str, exc: OSError) -> str:
+    return f"--metrics-port {port}: cannot listen on {addr}:{port} ({exc.strerror or exc})"

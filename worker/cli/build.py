@@ -6,7 +6,7 @@ import click
 
 from vecq.engines import backends
 
-from .options import fail
+from .options import command, fail
 
 
 def _int_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
@@ -18,7 +18,7 @@ def _int_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
 
 
-@click.command()
+@command()
 @click.argument("model_dir")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bundle dir to write.")
 @click.option("--backend", type=click.Choice(backends.names()), default="onnx")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from .options import fail
+from .options import command, fail
 
 
-@click.command()
+@command()
 @click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
 @click.option("--host", help="Address to listen on (default 127.0.0.1; env VECQ_HOST).")
 @click.option("--port", type=int, help="Port to listen on (default 8000; env VECQ_PORT).")

@@ -3,8 +3,13 @@
 A verb's options are its settings object's fields (`options_from`): the flag is the field's name
 (`--max-wait-ms` for `max_wait_ms`) unless the field names another in `json_schema_extra`
 (`{"flag": "--redis"}`), the help line is the field's description, choices come from
-`json_schema_extra["choices"]`.  Every option defaults to None, so only the flags given
-override the environment (`VECQ_*`) and the field defaults.
+`json_schema_extra["choices"]`, and a number's range from the field's bounds (`ge`, `le`, `gt`,
+`lt`), so click refuses `--chunk-size 0` before anything runs.  Every option defaults to None, so
+only the flags given override the environment (`VECQ_*`) and the field defaults.
+
+Every error a verb shows is one line on stderr, `vecq: ...`: its own failures (`fail`), and
+click's usage errors too (`OneLineCommand`), which click would print as a usage block, a hint
+and the error.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+import annotated_types
 import click
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -27,14 +33,48 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def settings_or_fail(cls: type[BaseModel], given: dict[str, object]) -> Any:
-    """`cls(**given)`, or the first validation error as one line naming the option."""
-    from vecq.producer.contract import one_line
+class OneLineError(click.ClickException):
+    """A usage error shown as vecq shows every error: one line, exit 2."""
 
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"vecq: {self.format_message()}", err=True, file=file)
+
+
+class OneLineCommand(click.Command):
+    """A click command whose usage errors (a missing file, a bad number, an unknown option) are
+    one line naming the option, not click's usage block: `vecq: Invalid value for
+    '--chunk-size': 0 is not in the range 1<=x<=4096.`"""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise OneLineError(exc.format_message()) from None
+
+
+def command(**kwargs: Any) -> Callable[[F], click.Command]:
+    """`click.command` of a `OneLineCommand`: every verb is made with it."""
+    return click.command(cls=OneLineCommand, **kwargs)  # type: ignore[return-value]
+
+
+def settings_or_fail(cls: type[BaseModel], given: dict[str, object]) -> Any:
+    """`cls(**given)`, or the first validation error as one line naming the flag (or, for a
+    value from the environment, the `VECQ_*` variable) the user set, not the field."""
     try:
         return cls(**given)
     except ValidationError as exc:
-        fail(one_line(exc, unnamed="settings"))
+        err = exc.errors(include_url=False)[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        field = err["loc"][0] if err["loc"] else None
+        if not isinstance(field, str) or field not in cls.model_fields:
+            fail(msg)  # a check across fields names its flags itself
+        if field in given or not isinstance(cls.model_config.get("env_prefix"), str):
+            where = flag_of(field, cls.model_fields[str(field)]).partition("/")[0]
+        else:
+            where = f"{cls.model_config['env_prefix']}{str(field).upper()}"
+        fail(f"{where}: {msg} (got {err['input']!r})")
 
 
 def given(flags: dict[str, object]) -> dict[str, object]:
@@ -75,12 +115,29 @@ def _option(name: str, info: FieldInfo) -> Callable[[F], F]:
     elif kind is Path:
         click_type = click.Path(path_type=Path)
     elif kind in (int, float):
-        click_type = kind
+        click_type = _ranged(kind, info)
     else:
         click_type = str  # tuples (lanes) parse from a comma list in the field's validator
     return click.option(
         flag, name, type=click_type, default=None, required=info.is_required(), help=help_text
     )
+
+
+def _ranged(kind: type, info: FieldInfo) -> Any:
+    """`int`/`float`, or click's range type when the field has bounds (`ge=1` -> `IntRange(1)`)."""
+    bounds: dict[str, Any] = {}
+    for m in info.metadata:
+        if isinstance(m, annotated_types.Ge):
+            bounds["min"] = m.ge
+        elif isinstance(m, annotated_types.Gt):
+            bounds.update(min=m.gt, min_open=True)
+        elif isinstance(m, annotated_types.Le):
+            bounds["max"] = m.le
+        elif isinstance(m, annotated_types.Lt):
+            bounds.update(max=m.lt, max_open=True)
+    if not bounds:
+        return kind
+    return click.IntRange(**bounds) if kind is int else click.FloatRange(**bounds)
 
 
 def _inner(annotation: Any) -> Any:

@@ -6,13 +6,13 @@ import click
 
 from ..errors import error_line
 from ..settings import WorkerSettings
-from .options import fail, given, options_from, settings_or_fail, to_args
+from .options import command, fail, given, options_from, settings_or_fail, to_args
 
 #: Flags each `--gpus` child gets of its own instead of the supervisor's.
 PER_CHILD = ("device", "metrics_port", "worker_name")
 
 
-@click.command()
+@command()
 @options_from(WorkerSettings)
 @click.option(
     "--gpus", help="'all' or a list like 0,1: one worker process per GPU, supervised (not with --device)."
@@ -30,6 +30,7 @@ def worker(log_level: str, gpus: str | None, workers_per_gpu: int, **flags: obje
         raise SystemExit(_supervise(settings, gpus, workers_per_gpu, log_level, values))
     if workers_per_gpu != 1:
         fail("--workers-per-gpu needs --gpus")
+    from ..errors import PortBusy
     from ..worker import BatchWorker, NameTaken, WorkerCrashed
 
     try:
@@ -38,7 +39,7 @@ def worker(log_level: str, gpus: str | None, workers_per_gpu: int, **flags: obje
         fail(error_line(exc))
     try:
         batch_worker.work()
-    except NameTaken as exc:
+    except (NameTaken, PortBusy) as exc:
         fail(error_line(exc))
     except WorkerCrashed as exc:  # exit 1, not 2: a supervisor restarts a crash, not a usage error
         fail(error_line(exc), code=1)
@@ -72,7 +73,7 @@ def _redis_url(flag: str | None) -> str:
     return flag or WorkerSettings().redis_url
 
 
-@click.command()
+@command()
 @click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
 @click.option("--sample", type=float, default=1.0, show_default=True, help="Seconds to measure throughput.")
 def status(redis_url: str | None, sample: float) -> None:
@@ -94,7 +95,7 @@ def status(redis_url: str | None, sample: float) -> None:
     click.echo(render(report, url=mask_url(url)))
 
 
-@click.command()
+@command()
 @click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
 @click.option("--worker-name", help="This worker's health (default: any vecq worker).")
 @click.option("--name", help="Only workers of this model.")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .formats import WRITERS, CorpusError
+from .formats import KEEPS_IDS, WRITERS, CorpusError
 
 
 def run_id(path: Path, *, model: str, chunk_size: int, options: Mapping[str, object] | None = None) -> str:
@@ -92,6 +92,10 @@ class WorkArea:
             return set()
         return {int(i) for i in np.flatnonzero(self._done[: self.chunks])}
 
+    def rows_in(self, chunks: set[int]) -> int:
+        """How many rows these chunks hold (the last one may be short)."""
+        return sum(min(self.chunk_size, self.rows - c * self.chunk_size) for c in chunks)
+
     def write(self, chunk: int, vectors: np.ndarray) -> None:
         """Rows of one chunk at their place; they count as done at the next commit."""
         if self._fd is None:
@@ -134,8 +138,25 @@ class WorkArea:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def check_output(out: Path) -> None:
-    if out.suffix.lower() not in WRITERS:
+def check_output(out: Path, *, ids: bool = False) -> None:
+    """Refuse an output that could not be written, or would lose the ids asked for, before any
+    text is embedded: a failed write after the first chunk was a traceback, minutes in.  The
+    probe file goes where the work area and the final file will."""
+    suffix = out.suffix.lower()
+    if suffix not in WRITERS:
         raise CorpusError(f"{out}: unsupported output type {out.suffix!r} (use {', '.join(WRITERS)})")
+    if ids and suffix not in KEEPS_IDS:
+        raise CorpusError(
+            f"{out}: a {suffix} file holds vectors only and --id-field's ids would be lost; "
+            f"write {' or '.join(sorted(KEEPS_IDS))} (an id beside each vector), or drop --id-field"
+        )
     if not out.parent.is_dir():
         raise CorpusError(f"{out.parent}: no such directory")
+    if out.is_dir():
+        raise CorpusError(f"{out}: is a directory")
+    probe = out.with_name(f".{out.name}.vecq-probe-{os.getpid()}")
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise CorpusError(f"{out}: cannot write in {out.parent} ({exc.strerror or exc})") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +39,24 @@ def read_corpus(path: Path, *, text_field: str = "text", id_field: str | None = 
     return reader(path, text_field, id_field)
 
 
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The file's lines, each with its line ending, decoded one at a time so that bytes that are
+    not UTF-8 (a binary file named .txt) are refused naming the file and line, not as
+    `UnicodeDecodeError ... position 0`."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CorpusError(
+                    f"{path}:{n}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "vecq reads text files as UTF-8"
+                ) from None
+
+
 def _txt(path: Path, _text_field: str, _id_field: str | None) -> Corpus:
     """One text per line (ids are row numbers)."""
-    with path.open(encoding="utf-8", newline="\n") as f:
-        return Corpus([line.rstrip("\r\n") for line in f], None)
+    return Corpus([line.rstrip("\r\n") for line in _utf8_lines(path)], None)
 
 
 def _jsonl(path: Path, text_field: str, id_field: str | None) -> Corpus:
@@ -50,8 +64,7 @@ def _jsonl(path: Path, text_field: str, id_field: str | None) -> Corpus:
 
 
 def _csv(path: Path, text_field: str, id_field: str | None) -> Corpus:
-    with path.open(encoding="utf-8", newline="") as f:
-        return _from_records(path, list(csv.DictReader(f)), text_field, id_field)
+    return _from_records(path, list(csv.DictReader(_utf8_lines(path))), text_field, id_field)
 
 
 def _parquet(path: Path, text_field: str, id_field: str | None) -> Corpus:
@@ -68,17 +81,16 @@ def _parquet(path: Path, text_field: str, id_field: str | None) -> Corpus:
 
 def _jsonl_records(path: Path) -> list[dict]:
     records = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as exc:
-                raise CorpusError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-            records.append(rec)
+    for n, line in enumerate(_utf8_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise CorpusError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+        records.append(rec)
     return records
 
 
@@ -124,3 +136,5 @@ Reader = Callable[[Path, str, "str | None"], Corpus]
 Writer = Callable[[Path, np.ndarray, "list[object] | None"], None]
 READERS: dict[str, Reader] = {".txt": _txt, ".jsonl": _jsonl, ".csv": _csv, ".parquet": _parquet}
 WRITERS: dict[str, Writer] = {".npy": _npy, ".parquet": write_parquet}
+#: The writers that keep `--id-field`'s ids (a .npy file holds the vectors alone).
+KEEPS_IDS = frozenset({".parquet"})

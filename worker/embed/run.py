@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vecq.engines import backends
 from vecq.producer import Client
 from vecq.producer.bulk import BulkSubmitter
-from vecq.producer.contract import MAX_TEXTS_PER_JOB, ResultDtype
+from vecq.producer.contract import DEFAULT_MODEL, MAX_TEXTS_PER_JOB, ResultDtype
+from vecq.producer.keys import model_name
 
 from ..settings import WorkerSettings
 from .files import WorkArea, check_output, run_id
@@ -94,6 +95,13 @@ class EmbedSettings(BaseModel):
             raise ValueError("pass --prompt or --prompt-name, not both")
         if self.window < self.chunk_size:
             raise ValueError(f"window: {self.window} texts is smaller than one chunk ({self.chunk_size})")
+        embedded_default = self.redis_url is None and self.model_path is None
+        if embedded_default and self.name is not None and model_name(self.name) != DEFAULT_MODEL:
+            raise ValueError(  # --name names the queue; it never picks a model
+                f"--name {self.name!r} names the queue, not the model: embedded, it would embed with "
+                f"the default {DEFAULT_MODEL} under that name; pass --model (a model dir or a cached "
+                "Hugging Face id) or --bundle, or --redis for workers serving it"
+            )
         return self
 
     @property
@@ -113,15 +121,20 @@ class EmbedReport:
     chunks_computed: int
     chunks_resumed: int
     seconds: float
+    #: rows an earlier run had written (in `chunks_resumed`): in the file, not in the rate
+    rows_resumed: int = 0
 
     @property
     def texts_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
+        """Texts embedded per second by this run: rows resumed from an earlier one cost it
+        nothing, so counting them made a resumed run look faster than any run can be."""
+        computed = self.rows - self.rows_resumed
+        return computed / self.seconds if self.seconds > 0 else 0.0
 
 
 def embed_file(job: EmbedSettings) -> EmbedReport:
     """Run one corpus through vecq and write `job.out`."""
-    check_output(job.out)
+    check_output(job.out, ids=job.id_field is not None)
     corpus = read_corpus(job.input, text_field=job.text_field, id_field=job.id_field)
     if corpus.size == 0:
         raise ValueError(f"{job.input}: no texts")
@@ -133,13 +146,14 @@ def embed_file(job: EmbedSettings) -> EmbedReport:
             rows=corpus.size,
             chunk_size=job.chunk_size,
         )
-        resumed = len(area.done_chunks())
-        if resumed:
-            log.info("resuming %s: %d of %d chunks already written", job.out, resumed, area.chunks)
+        done = area.done_chunks()
+        if done:
+            log.info("resuming %s: %d of %d chunks already written", job.out, len(done), area.chunks)
         computed = _run_chunks(job, url, model, corpus.texts, area, check)
         dim = area.dim or 0
         area.finish(job.out, corpus.ids)
-    return EmbedReport(corpus.size, dim, computed, resumed, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return EmbedReport(corpus.size, dim, computed, len(done), seconds, rows_resumed=area.rows_in(done))
 
 
 def _run_chunks(
@@ -158,10 +172,9 @@ def _run_chunks(
         client, run_id=area.run, model=model, chunk_size=job.chunk_size, window=job.window,
         result_dtype=job.result_dtype, **job.model_options,  # type: ignore[arg-type]
     )  # fmt: skip
-    done_rows = sum(min(job.chunk_size, len(texts) - c * job.chunk_size) for c in skip)
     bar = tqdm(
         total=len(texts),
-        initial=done_rows,
+        initial=area.rows_in(skip),
         unit="text",
         disable=None if job.progress else True,
         desc=job.out.name,
@@ -186,9 +199,6 @@ def _service(job: EmbedSettings) -> Iterator[tuple[str, str, Callable[[], None] 
     if job.redis_url is not None:
         if job.precision is not None:
             raise ValueError("--precision applies to the embedded worker; with --redis the workers decide")
-        from vecq.producer.contract import DEFAULT_MODEL
-        from vecq.producer.keys import model_name
-
         yield job.redis_url, model_name(job.name or DEFAULT_MODEL), None
         return
     from .server import embedded_redis
