@@ -9,9 +9,15 @@ Workers need no coordination with each other: each takes jobs from the shared qu
 atomic Lua script, so the same job can never be taken twice, on one machine or many.
 
 Lifecycle: SIGTERM/SIGINT is passed to every child, which drains its in-flight batch and exits 0;
-the supervisor exits 0 once all have.  A child that dies is restarted with capped backoff (its
-jobs are recovered by the live workers meanwhile).  A child that fails its very first start with
-exit code 2 (a bad flag, bundle or Redis URL) stops the whole group: no restart can fix that.
+the supervisor exits 0 once all have.  Children run in sessions of their own: a terminal's Ctrl-C
+(SIGINT to its foreground process group) reaches the supervisor only, which then sends each child
+one SIGTERM; a child that got both would take the second signal as "exit now, skip the drain".
+Children stop in stages (`Child.stage`, lowest first: `vecq serve` stops its gateway before the
+workers that answer its requests), each stage within its children's `stop_timeout`.
+
+A child that dies is restarted with capped backoff (its jobs are recovered by the live workers
+meanwhile).  A child that fails its very first start with exit code 2 (a bad flag, bundle or
+Redis URL) stops the whole group: no restart can fix that.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .processes import die_with_parent
@@ -82,12 +89,18 @@ def parse_gpus(spec: str) -> list[str]:
 
 @dataclass
 class Child:
-    """One worker process and what it takes to start it again."""
+    """One child process (a worker, or `vecq serve`'s gateway) and what it takes to start it again."""
 
     slot: int
     gpu: str
     argv: list[str]
     env: dict[str, str]
+    #: How logs name it (default: "gpu G: worker N").
+    label: str = ""
+    #: Stop stage: lower stages are stopped (and waited for) first.
+    stage: int = 1
+    #: Seconds its stage may take to stop (default: the supervisor's `stop_timeout`).
+    stop_timeout: float | None = None
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     starts: int = 0
@@ -95,9 +108,15 @@ class Child:
     backoff: float = 1.0
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=die_with_parent)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, preexec_fn=die_with_parent, start_new_session=True
+        )
         self.started_at, self.starts, self.restart_at = time.monotonic(), self.starts + 1, None
-        log.info("gpu %s: worker %d started (pid %d)", self.gpu, self.slot, self.proc.pid)
+        log.info("%s started (pid %d)", self.what, self.proc.pid)
+
+    @property
+    def what(self) -> str:
+        return self.label or f"gpu {self.gpu}: worker {self.slot}"
 
     @property
     def alive(self) -> bool:
@@ -135,30 +154,42 @@ class Supervisor:
                 if worker_name is not None:
                     argv += ["--worker-name", f"{worker_name}.gpu{gpu}.{replica}"]
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-                # the workers share this host's CPUs: each tokenizes on its share of them
-                threads = tokenize_threads_for(
-                    len(os.sched_getaffinity(0)), workers=len(gpus) * workers_per_gpu
-                )
                 env.setdefault("VECQ_TOKENIZE_THREADS", str(threads))
                 children.append(Child(slot=slot, gpu=gpu, argv=argv, env=env))
         return cls(children)
 
     def run(self) -> int:
         """Exit code: 0 after a clean stop, 2 when a child cannot start at all, else 1."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            for child in self.children:
-                child.start()
-            while not self._stopping:
-                failed = self._tend()
+        with self.signals():
+            self.start()
+            while not self.stopping:
+                failed = self.tend()
                 if failed is not None:
-                    self._stop_all()
+                    self.stop()
                     return failed
                 time.sleep(0.2)
-            return self._stop_all()
+            return self.stop()
+
+    @contextmanager
+    def signals(self) -> Iterator[None]:
+        """SIGTERM/SIGINT set `stopping` (a second one kills the children) while inside."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    @property
+    def stopping(self) -> bool:
+        """A stop signal came."""
+        return self._stopping
+
+    def start(self) -> None:
+        """Start every child not started yet (`vecq serve` adds its gateway once workers are up)."""
+        for child in self.children:
+            if child.proc is None:
+                child.start()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self._stopping:  # a second signal: stop waiting on the drain
@@ -166,9 +197,9 @@ class Supervisor:
                 if child.alive:
                     child.proc.kill()  # type: ignore[union-attr]
         self._stopping = True
-        log.info("%s: stopping %d worker(s)", signal.Signals(signum).name, len(self.children))
+        log.info("%s: stopping %d child process(es)", signal.Signals(signum).name, len(self.children))
 
-    def _tend(self) -> int | None:
+    def tend(self) -> int | None:
         """Restart what died; the group's exit code if one can never start."""
         now = time.monotonic()
         for child in self.children:
@@ -178,34 +209,42 @@ class Supervisor:
                 rc = child.proc.returncode if child.proc else None
                 lived = now - child.started_at
                 if rc == USAGE_ERROR and child.starts == 1 and lived < HEALTHY_AFTER_S:
-                    log.error("gpu %s: worker exited with code 2 at start; stopping all workers", child.gpu)
+                    log.error("%s exited with code 2 at start; stopping all workers", child.what)
                     return USAGE_ERROR
                 if lived >= HEALTHY_AFTER_S:
                     child.backoff = 1.0
                 child.restart_at = now + child.backoff
                 log.warning(
-                    "gpu %s: worker %d exited (code %s) after %.1fs; restarting in %.0fs",
-                    child.gpu, child.slot, rc, lived, child.backoff,
+                    "%s exited (code %s) after %.1fs; restarting in %.0fs",
+                    child.what, rc, lived, child.backoff,
                 )  # fmt: skip
                 child.backoff = min(child.backoff * 2, BACKOFF_CAP_S)
             elif now >= child.restart_at:
                 child.start()
         return None
 
-    def _stop_all(self) -> int:
-        """SIGTERM every live child and wait for its drain; 0 if each exited 0."""
-        running = [child for child in self.children if child.alive]
+    def stop(self) -> int:
+        """SIGTERM every live child, stage by stage, and wait for its drain; 0 if each exited 0."""
+        codes: list[int] = []
+        for stage in sorted({child.stage for child in self.children}):
+            codes += self._stop_stage([c for c in self.children if c.stage == stage])
+        return 0 if all(c == 0 for c in codes) else 1
+
+    def _stop_stage(self, children: list[Child]) -> list[int]:
+        running = [child for child in children if child.alive]
         for child in running:
             child.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        deadline = time.monotonic() + self.stop_timeout
+        budget = max((c.stop_timeout or self.stop_timeout for c in children), default=0.0)
+        deadline = time.monotonic() + budget
         codes = []
         for child in running:
             assert child.proc is not None
             try:
                 child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("gpu %s: worker %d did not drain in time; killing it", child.gpu, child.slot)
+                log.error("%s did not stop in %.1fs; killing it", child.what, budget)
                 child.proc.kill()
                 child.proc.wait()
-            codes.append(child.proc.returncode)
-        return 0 if all(c == 0 for c in codes) else 1
+            # Ended by the SIGTERM just sent (uvicorn re-raises it after a clean shutdown): as asked.
+            codes.append(0 if child.proc.returncode == -signal.SIGTERM else child.proc.returncode)
+        return codes

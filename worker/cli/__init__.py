@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "status": ("vecq.worker.cli.worker:status", "Queues, workers, in-flight jobs and throughput."),
     "health": ("vecq.worker.cli.worker:health", "Exit 0 if a worker has a live health key, else 1."),
     "gateway": ("vecq.worker.cli.gateway:gateway", "Serve an OpenAI-compatible POST /v1/embeddings."),
+    "serve": ("vecq.worker.cli.serve:serve", "Redis, workers and the gateway on this machine: one command."),
     "bench": ("vecq.worker.bench:bench", "Benchmarks: engines, the queue path, end to end."),
 }
 
