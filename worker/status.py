@@ -134,15 +134,21 @@ def render(report: Report, *, url: str) -> str:
 
 
 def check_health(
-    connection: Redis, *, worker: str | None = None, model: str | None = None
+    connection: Redis, *, worker: str | None = None, model: str | None = None, host: str | None = None
 ) -> tuple[bool, str]:
-    """Healthy if the named worker (else any vecq worker, of `model` if given) has a live health key."""
+    """Healthy if the named worker (else any vecq worker, of `model` and on `host` if given) has
+    a live health key.  `host` is how a container's probe checks its own workers, whose names
+    are random: a pod's or container's hostname is its own."""
     records = health(connection)
     if worker is not None:
         rec = records.get(worker)
         return (rec is not None, f"worker {worker}: {'healthy' if rec else 'no live health key'}")
-    alive = [n for n, r in records.items() if model is None or r.get("model") == model]
-    what = f"model {model}" if model else "vecq"
+    alive = [
+        n
+        for n, r in records.items()
+        if (model is None or r.get("model") == model) and (host is None or r.get("host") == host)
+    ]
+    what = " ".join(f"{k} {v}" for k, v in (("model", model), ("host", host)) if v) or "vecq"
     if alive:
         return True, f"{what}: {len(alive)} healthy worker(s)"
     return False, f"{what}: no healthy worker"

@@ -185,6 +185,7 @@ class BatchWorker(SimpleWorker):
         return json.dumps(
             {
                 "worker": self.name,
+                "host": socket.gethostname(),  # `vecq health --this-host`: a container's own workers
                 "model": self.model,
                 "queues": self.queue_names(),
                 "pid": os.getpid(),

@@ -167,7 +167,7 @@ def test_status_and_health_mask_the_password(redis_with_password) -> None:
     assert code == 1 and "wrong-secret" not in out
 
 
-def test_health_exit_codes(redis_url, make_worker, serving) -> None:
+def test_health_exit_codes(redis_url, make_worker, serving, monkeypatch) -> None:
     assert _cli("health", "--redis", redis_url) == (1, "vecq: no healthy worker\n")
     worker = serving(make_worker(burst=False))
     assert _cli("health", "--redis", redis_url) == (0, "vecq: 1 healthy worker(s)\n")
@@ -178,6 +178,12 @@ def test_health_exit_codes(redis_url, make_worker, serving) -> None:
     )
     assert _cli("health", "--redis", redis_url, "--name", "all-minilm-l6-v2")[0] == 0
     assert _cli("health", "--redis", redis_url, "--name", "other-model")[0] == 1
+    # --this-host: a container's probe sees its own workers only (a pod's hostname is its own).
+    here = socket.gethostname()
+    assert _cli("health", "--redis", redis_url, "--this-host") == (0, f"host {here}: 1 healthy worker(s)\n")
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-pod")
+    assert _cli("health", "--redis", redis_url, "--this-host") == (1, "host another-pod: no healthy worker\n")
+    monkeypatch.undo()
     worker.stop()
     _until(lambda: _cli("health", "--redis", redis_url)[0] == 1, 20, "health to fail once stopped")
 

@@ -115,8 +115,13 @@ def status(redis_url: str | None, sample: float) -> None:
 @click.option("--redis", "redis_url", help="Redis URL (env VECQ_REDIS_URL).")
 @click.option("--worker-name", help="This worker's health (default: any vecq worker).")
 @click.option("--name", help="Only workers of this model.")
-def health(redis_url: str | None, worker_name: str | None, name: str | None) -> None:
+@click.option(
+    "--this-host", is_flag=True, help="Only workers on this host (a container's probe: its own workers)."
+)
+def health(redis_url: str | None, worker_name: str | None, name: str | None, this_host: bool) -> None:
     """Exit 0 if the worker (or any vecq worker) has a live health key, else 1."""
+    import socket
+
     import redis
 
     from vecq.producer.connection import mask_url, open_sync
@@ -126,7 +131,8 @@ def health(redis_url: str | None, worker_name: str | None, name: str | None) -> 
 
     url = _redis_url(redis_url)
     try:
-        ok, message = check_health(open_sync(url), worker=worker_name, model=name)
+        host = socket.gethostname() if this_host else None
+        ok, message = check_health(open_sync(url), worker=worker_name, model=name, host=host)
     except (redis.RedisError, RedisUnavailable, ValueError) as exc:
         detail = str(exc) if isinstance(exc, RedisUnavailable) else f"{mask_url(url)}: {error_line(exc)}"
         fail(detail, code=1)
