@@ -190,9 +190,9 @@ def cli_flags(verb: str) -> frozenset[str]:
 
 def test_every_vecq_command_and_flag_is_accepted_by_the_cli() -> None:
     invocations = vecq_invocations()
-    # Not vacuous: the worker entrypoint, its health check, the image's bundle build and the
-    # gateway (image entrypoint, k8s command) are seen.
-    assert {"worker", "health", "build", "gateway"} <= {verb for _, verb, _ in invocations}
+    # Not vacuous: the worker entrypoint, its health checks and the gateway (image entrypoint,
+    # k8s command) are seen.
+    assert {"worker", "health", "gateway"} <= {verb for _, verb, _ in invocations}
     for where, verb, flags in invocations:
         assert verb in main.list_commands(click.Context(main)), (
             f"{where}: `vecq {verb}` is not a vecq command"
@@ -247,7 +247,9 @@ def env_sources() -> dict[str, dict[str, str]]:
 
 WORKER_FIELDS = set(WorkerSettings.model_fields)
 GATEWAY_FIELDS = set(GatewaySettings.model_fields)
+#: VECQ_CACHE_DIR: where the engines cache the bundles they build (engines/cache.py), no setting.
 KNOWN_ENV = {"VECQ_" + f.upper() for f in WORKER_FIELDS | set(ProducerSettings.model_fields)}
+KNOWN_ENV.add("VECQ_CACHE_DIR")
 GATEWAY_ENV = {"VECQ_" + f.upper() for f in GATEWAY_FIELDS}
 #: Where the gateway's settings are set: checked against GatewaySettings, not WorkerSettings
 #: (GatewaySettings ignores unknown names, so the name check here is what catches a typo).
@@ -266,7 +268,7 @@ def test_vecq_env_vars_are_settings_with_valid_values(where: str) -> None:
     given = {
         k[5:].lower(): v.replace("%i", "0")
         for k, v in env.items()
-        if k[5:].lower() in fields and v and "${" not in v
+        if k[5:].lower() in fields and v and "${" not in v and k != "VECQ_CACHE_DIR"
     }
     (GatewaySettings if gateway else WorkerSettings)(**given)
 
@@ -376,20 +378,22 @@ def test_compose_workers_one_gpu_each_with_password_and_metrics() -> None:
         assert dev["capabilities"] == ["gpu"] and len(dev["device_ids"]) == 1, name
         gpus += dev["device_ids"]
         (port,) = svc["ports"]
-        host, container = port.split(":")
+        addr, host, container = port.split(":")
+        assert addr == "127.0.0.1", f"{name}: metrics published on every interface"
         assert int(container) == int(svc["environment"]["VECQ_METRICS_PORT"]), name
         host_ports.append(host)
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
     assert len(set(gpus)) == len(gpus) and len(set(host_ports)) == len(host_ports)
 
 
-def test_compose_publishes_redis_and_the_gateway_on_loopback_only() -> None:
+def test_compose_redis_is_reached_inside_the_network_only_and_the_rest_on_loopback() -> None:
     services = compose()["services"]
-    for name in ("redis", "gateway"):
-        for port in services[name]["ports"]:
+    assert "ports" not in services["redis"] and "network_mode" not in services["redis"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"compose {name}: {port} is on every interface"
-    assert services["redis"]["ports"] == ["127.0.0.1:6379:6379"]
-    assert "127.0.0.1" in COMPOSE.read_text().split("\nname:")[0]  # the header says so
+    header = COMPOSE.read_text().split("\nname:")[0]
+    assert "publishes no port" in header and "127.0.0.1" in header  # the header says so
 
 
 def test_compose_gateway_builds_its_image_and_finds_redis_and_keys() -> None:
@@ -564,3 +568,89 @@ def test_systemd_analyze_accepts_the_unit(tmp_path: Path) -> None:
     run = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=30)
     problems = [ln for ln in (run.stdout + run.stderr).splitlines() if ln and "is not executable" not in ln]
     assert not problems, problems
+
+
+# --- issue 18: one ONNX Runtime, one bundle story, own-worker probes, KEDA from the URL --------
+def _extra_requirements(extra: str) -> set[str]:
+    """The distribution names an extra of vecq installs, its `vecq[...]` extras followed."""
+    extras = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names: set[str] = set()
+    for req in extras[extra]:
+        name = re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower()  # type: ignore[union-attr]
+        if name == "vecq":
+            for inner in re.search(r"\[(.*)\]", req).group(1).split(","):  # type: ignore[union-attr]
+                names |= _extra_requirements(inner.strip())
+        else:
+            names.add(name)
+    return names
+
+
+def test_the_gpu_image_installs_one_onnx_runtime_the_gpu_build() -> None:
+    (install,) = [rest for word, rest in dockerfile_instructions() if word == "RUN" and "pip install" in rest]
+    assert install == 'pip install ".[gpu]"'
+    gpu, cpu = _extra_requirements("gpu"), _extra_requirements("worker")
+    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu  # both install one module
+    assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
+    assert gpu - {"onnxruntime-gpu"} == cpu - {"onnxruntime"}  # otherwise the same worker
+    assert "[worker,gpu]" not in UNIT.read_text() and '"vecq[gpu]"' in UNIT.read_text()
+
+
+def test_no_bundle_is_baked_in_and_each_worker_builds_into_a_cache_volume(monkeypatch) -> None:
+    from vecq.engines.cache import cache_dir
+
+    assert not [v for _, v, _ in vecq_invocations() if v == "build"], "no bundle is built into the image"
+    for where, env in env_sources().items():
+        assert "VECQ_BUNDLE" not in env or where.startswith(("systemd", "worker.env")), where
+    steps = dockerfile_instructions()
+    env = docker_env(DOCKERFILE)
+    cache = env["VECQ_CACHE_DIR"]
+    assert ("VOLUME", cache) in steps and env["TRITON_CACHE_DIR"].startswith(cache + "/")
+    assert "/bundle" not in DOCKERFILE.read_text()
+    monkeypatch.setenv("VECQ_CACHE_DIR", cache)
+    assert cache_dir().parent == Path(cache)  # where engines/cache.py puts the bundles it builds
+    volumes = []
+    for name, svc in compose_workers().items():
+        assert svc["environment"]["VECQ_CACHE_DIR"] == cache, name
+        (mount,) = svc["volumes"]
+        volume, _, target = mount.partition(":")
+        assert target == cache and volume in compose()["volumes"], name
+        volumes.append(volume)
+    assert len(set(volumes)) == len(volumes)  # one per worker: two first starts never share a build
+    c = container("worker")
+    assert env_values(c)["VECQ_CACHE_DIR"] == cache
+    assert env_values(c)["TRITON_CACHE_DIR"] == env["TRITON_CACHE_DIR"]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == cache]
+    pod = k8s_one("Deployment", "vecq-worker")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume or "hostPath" in volume or "persistentVolumeClaim" in volume
+
+
+def test_worker_probes_check_this_containers_own_worker() -> None:
+    own = ["vecq", "health", "--this-host"]
+    (rest,) = [r for w, r in dockerfile_instructions() if w == "HEALTHCHECK"]
+    assert healthcheck_argv(rest) == own
+    c = container("worker")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["exec"]["command"] == own, probe
+    # The startup probe allows a first-start build (10 min), liveness a Redis failover (>= 1 min).
+    start = c["startupProbe"]
+    assert start["periodSeconds"] * start["failureThreshold"] >= 600
+    live = c["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 60
+
+
+def test_keda_address_password_and_database_come_from_the_one_redis_url() -> None:
+    from urllib.parse import unquote, urlsplit
+
+    secret = k8s_one("Secret", "vecq-redis")["stringData"]
+    url = urlsplit(secret["VECQ_REDIS_URL"])
+    assert secret["redis-address"] == f"{url.hostname}:{url.port or 6379}"
+    assert secret["redis-password"] == unquote(url.password or "")
+    db = url.path.strip("/") or "0"
+    for trig in k8s_one("ScaledObject")["spec"]["triggers"]:
+        assert trig["metadata"].get("databaseIndex", "0") == db
+    # The workers and the gateway read that same key of that same Secret.
+    for name in ("worker", "gateway"):
+        env = {e["name"]: e for e in container(name)["env"]}
+        ref = env["VECQ_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "vecq-redis", "key": "VECQ_REDIS_URL"}, name
