@@ -14,16 +14,18 @@ from vecq.engines import Embedder
 
 from .conftest import BULK, enqueue, run, vectors_of
 
-pytest.importorskip("torch")
+pytest.importorskip("torch")  # skipped only where torch itself is not installed
 
 
 @pytest.fixture(scope="module")
 def torch_embedder() -> Embedder:
-    try:
-        from vecq.engines.backends.torch import TorchEngine  # noqa: F401
-    except ImportError:
-        pytest.skip("the torch backend (engines/backends/torch.py) is not there yet")
-    return Embedder.load(backend="torch")
+    """With torch installed, vecq's torch backend must import and load: a broken import is an
+    error of this test, never a skip."""
+    from vecq.engines.backends.torch import TorchEngine
+
+    embedder = Embedder.load(backend="torch")
+    assert isinstance(embedder.engine, TorchEngine), type(embedder.engine)
+    return embedder
 
 
 def test_worker_vectors_equal_embedder_embed(redis_conn, make_worker, torch_embedder) -> None:
