@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _BUILDING = {
     "fp32": "building an ONNX bundle of %s (%s) once: export and a parity check; cached in %s",
     "int8": "building an ONNX bundle of %s (%s) once: quantizing it MatMul by MatMul until parity "
-    "holds takes about 80 s on 2 CPU cores; cached in %s for later runs",
+    "holds (about 80 s for all-MiniLM-L6-v2 on 2 CPU cores); cached in %s for later runs",
 }
 
 #: The modules whose code decides what a built bundle contains.
