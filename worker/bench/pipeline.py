@@ -28,13 +28,15 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
 
 
-def _bulk(url: str, model: str, texts: list[str], run_id: str) -> float:
+def bulk_rate(
+    url: str, model: str, texts: list[str], run_id: str, *, chunk_size: int = 256, window: int = 32768
+) -> float:
     """Texts/s of one `BulkSubmitter` run (what `vecq embed --redis` does)."""
     from vecq.producer import Client
     from vecq.producer.bulk import BulkSubmitter
 
     with Client(url) as client:
-        submitter = BulkSubmitter(client, run_id=run_id, model=model, chunk_size=256, window=32768)
+        submitter = BulkSubmitter(client, run_id=run_id, model=model, chunk_size=chunk_size, window=window)
         start = time.perf_counter()
         rows = sum(len(v) for _, v in submitter.run(texts))
         elapsed = time.perf_counter() - start
@@ -54,7 +56,7 @@ def _latencies(url: str, model: str, texts: list[str], n: int) -> list[float]:
     return out
 
 
-def _start_worker(url: str, bundle: Path, device: str, log: Path, *, sharing: int) -> subprocess.Popen:
+def start_worker(url: str, bundle: Path, device: str, log: Path, *, sharing: int) -> subprocess.Popen:
     """One `vecq worker` of `sharing` on this host, tokenizing on its share of the CPUs (as
     `vecq worker --gpus` gives its workers)."""
     from ..settings import tokenize_threads_for
@@ -79,7 +81,7 @@ def _start_worker(url: str, bundle: Path, device: str, log: Path, *, sharing: in
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
 
 
-def _wait_workers(url: str, procs: list[subprocess.Popen], timeout: float = 600) -> None:
+def wait_workers(url: str, procs: list[subprocess.Popen], timeout: float = 600) -> None:
     import redis
     from rq import Worker
 
@@ -144,7 +146,7 @@ def pipeline(
                 model_dir, bundles[-1], backend=backend, device="cuda" if cuda else "cpu",
                 precision="fp16" if cuda else "fp32", progress=click.echo,
             )  # fmt: skip
-        rates = [rate for bundle in bundles for rate in _engine_rates(bundle, device, texts, tokens)]
+        rates = [rate for bundle in bundles for rate in engine_rates(bundle, device, texts, tokens)]
         bundle = bundles[0]
         if not skip_baselines:
             for batch in (128, 512):
@@ -159,7 +161,7 @@ def pipeline(
     _report(rates, latency, ceiling, device=device, n_texts=n_texts, tokens=tokens, model=model)
 
 
-def _engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> list:
+def engine_rates(bundle: Path, device: str, texts: list[str], tokens: int) -> list:
     """The engine's kernels alone (pre-tokenized, batches built beforehand) and `Embedder.embed`."""
     from vecq.engines import Embedder
     from vecq.engines.base import packs, run_in_turn
@@ -222,12 +224,12 @@ def _redis_round(
     from .baselines import Rate
 
     with embedded_redis() as url:
-        procs = [_start_worker(url, bundle, device, tmp / f"worker-{n}-{i}.log", sharing=n) for i in range(n)]
+        procs = [start_worker(url, bundle, device, tmp / f"worker-{n}-{i}.log", sharing=n) for i in range(n)]
         try:
-            _wait_workers(url, procs)
+            wait_workers(url, procs)
             name = _served_model(bundle)
-            _bulk(url, name, texts[:5000], f"warm{n}")
-            rate = _bulk(url, name, texts, f"bulk{n}")
+            bulk_rate(url, name, texts[:5000], f"warm{n}")
+            rate = bulk_rate(url, name, texts, f"bulk{n}")
             latency = {}
             if n == 1:
                 latency["idle"] = _percentiles(_latencies(url, name, texts, latency_requests))
@@ -282,22 +284,32 @@ def keep_busy(url: str, name: str, n_texts: str) -> None:
     texts = make_corpus(int(n_texts), seed=7)
     k = 0
     while True:
-        _bulk(url, name, texts, f"busy{k}")
+        bulk_rate(url, name, texts, f"busy{k}")
         k += 1
 
 
 def _report(
     rates: list, latency: dict, ceiling: float, *, device: str, n_texts: int, tokens: int, model: str
 ) -> None:
-    st = next(
-        (r for r in rates if r.label.startswith("sentence-transformers") and r.label.endswith("128")), None
-    )
-    engine = rates[0]
-    click.echo(
-        f"\npipeline on {device}, {model}, {n_texts:,} texts ({tokens / n_texts:.1f} real tokens each); "
+    title = (
+        f"pipeline on {device}, {model}, {n_texts:,} texts ({tokens / n_texts:.1f} real tokens each); "
         f"dense ceiling {ceiling / 1e6:.2f}M tokens/s"
     )
-    click.echo(f"  {'':<62} {'texts/s':>9} {'tokens/s':>9} {'ceiling':>8} {'× ST128':>8} {'× engine':>9}")
+    print_rates(title, rates, ceiling, versus=("sentence-transformers fp16 encode, batch 128", "× ST128"))
+    for what, (p50, p99) in latency.items():
+        click.echo(f"  interactive 1-text latency, {what}: p50 {p50:.2f} ms  p99 {p99:.2f} ms")
+
+
+def print_rates(
+    title: str, rates: list, ceiling: float, *, versus: tuple[str, str] = ("sentence-transformers", "× ST")
+) -> None:
+    """The table: each rate in texts/s, tokens/s, share of the ceiling, × the first rate whose label
+    starts with `versus[0]` (sentence-transformers; `versus[1]` heads that column), × the first row
+    (the engine alone)."""
+    st = next((r for r in rates if r.label.startswith(versus[0])), None)
+    engine = rates[0]
+    click.echo(f"\n{title}")
+    click.echo(f"  {'':<62} {'texts/s':>9} {'tokens/s':>9} {'ceiling':>8} {versus[1]:>8} {'× engine':>9}")
     for r in rates:
         vs_st = f"{r.texts_per_s / st.texts_per_s:7.2f}×" if st else "       -"
         share, vs_engine = r.tokens_per_s / ceiling, r.texts_per_s / engine.texts_per_s
@@ -305,5 +317,3 @@ def _report(
             f"  {r.label:<62} {r.texts_per_s:>9,.0f} {r.tokens_per_s / 1e6:>8.2f}M {share:>7.0%} "
             f"{vs_st} {vs_engine:>8.2f}×"
         )
-    for what, (p50, p99) in latency.items():
-        click.echo(f"  interactive 1-text latency, {what}: p50 {p50:.2f} ms  p99 {p99:.2f} ms")
