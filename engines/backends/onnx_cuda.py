@@ -87,6 +87,8 @@ class OnnxCudaEngine:
         self._output_name = self.session.get_outputs()[0].name
         self._slots: dict[Shape, _Slot] = {}
         self.captures = 0  # shapes captured so far (a test checks each is captured exactly once)
+        self.runs = 0  # session runs, warm-up ones included
+        self.replays = 0  # runs of a shape after its capture: graph replays
 
     def _slot(self, shape: Shape) -> _Slot:
         slot = self._slots.get(shape)
@@ -113,8 +115,11 @@ class OnnxCudaEngine:
         ro.add_run_config_entry("gpu_graph_id", str(slot.graph_id) if self.graphs else "-1")
         self.session.run_with_iobinding(slot.binding, ro)
         slot.runs += 1
+        self.runs += 1
         if self.graphs and slot.runs == CAPTURE_RUN:
             self.captures += 1
+        elif self.graphs and slot.runs > CAPTURE_RUN:
+            self.replays += 1
 
     def warmup(self) -> None:
         """Make every shape ready: ORT runs a shape's first calls plainly and captures on a later one.

@@ -45,6 +45,7 @@ class TorchGraphEngine:
         self._graphs: dict[Shape, _Graph] = {}
         self._stream = torch.cuda.Stream(device=self.device)
         self.captures = 0
+        self.replays = 0  # batches served by a graph replay (tests check every batch is one)
 
     def _capture(self, shape: Shape) -> _Graph:
         torch = self._torch
@@ -88,6 +89,7 @@ class TorchGraphEngine:
         g.ids.copy_(g.host_ids, non_blocking=True)
         g.mask.copy_(g.host_mask, non_blocking=True)
         g.graph.replay()
+        self.replays += 1
         g.host_out.copy_(g.out, non_blocking=True)
         self._torch.cuda.current_stream(self.device).synchronize()
         return g.host_out.numpy().copy()

@@ -1,9 +1,10 @@
-"""GPU engines (issue 4): skipped without CUDA; run on the GPU machine.
+"""GPU engines (issue 4): run on the GPU machine; each test skips without what it needs
+(ORT's CUDA tests without onnxruntime-gpu, the torch ones without a CUDA torch).
 
-- fp16 vs fp32: every text's cosine ≥ 0.999;
-- a CUDA-graph replay returns what a plain run returns;
-- each shape is captured exactly once, at warmup; a batch of every declared shape then runs
-  without a new capture.
+Every GPU output is checked against torch fp32 on the CPU (cosine >= 0.999), on texts and on a
+random batch of every declared shape, and each test checks the path it names by the engine's
+own counters: graphs captured once at warmup and replayed after (`captures`, `replays`), and
+batches the hybrid ORT engine routes to its packed twin served there (`runs`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,24 @@ from vecq.engines.parity import cosines
 from vecq.engines.shapes import ShapeSet
 
 
-def _cuda_ready() -> bool:
+def _torch_cuda() -> bool:
     try:
-        import onnxruntime as ort
         import torch
     except ImportError:
         return False
-    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+    return torch.cuda.is_available()
 
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _cuda_ready(), reason="needs CUDA and onnxruntime-gpu")]
+def _ort_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return _torch_cuda() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _torch_cuda(), reason="needs CUDA")]
+needs_ort_cuda = pytest.mark.skipif(not _ort_cuda(), reason="needs onnxruntime-gpu")
 
 SHAPES = ShapeSet.grid((1, 2, 8, 32, 64), (16, 64, 256), max_seq_len=256)
 
@@ -47,6 +56,15 @@ def reference(default_model_dir: Path, varied_texts: list[str]) -> np.ndarray:
     return Embedder.load(default_model_dir, backend="torch", device="cpu").embed(varied_texts)
 
 
+@pytest.fixture(scope="module")
+def cpu_fp32(default_model_dir: Path):
+    """torch fp32 on the CPU: its module is the reference for random batches."""
+    from vecq.engines.backends.torch import TorchEngine
+    from vecq.engines.spec import read_spec
+
+    return TorchEngine.from_model_dir(default_model_dir, spec=read_spec(default_model_dir), shapes=SHAPES)
+
+
 def _batches_of_every_shape(shapes: ShapeSet, rng: np.random.Generator) -> list[Batch]:
     out = []
     for shape in shapes:
@@ -57,6 +75,19 @@ def _batches_of_every_shape(shapes: ShapeSet, rng: np.random.Generator) -> list[
     return out
 
 
+def _close_to_cpu(got: np.ndarray, cpu_fp32, batch: Batch) -> None:
+    """`got` is within cosine 0.999 of torch fp32 on the CPU for every row of `batch`."""
+    import torch
+
+    ids, mask = (torch.from_numpy(np.ascontiguousarray(a)) for a in (batch.input_ids, batch.attention_mask))
+    with torch.inference_mode():
+        want = cpu_fp32.module(ids, mask).float().numpy()[: batch.rows]
+    assert got.shape == (batch.rows, cpu_fp32.dim)
+    worst = cosines(got, want).min()
+    assert worst >= 0.999, f"shape {batch.shape}: cosine {worst:.5f} to torch fp32 on CPU"
+
+
+@needs_ort_cuda
 def test_onnx_fp16_matches_fp32_for_every_text(fp16_bundle: Path, varied_texts, reference) -> None:
     from vecq.engines.bundle import read_manifest
 
@@ -67,37 +98,70 @@ def test_onnx_fp16_matches_fp32_for_every_text(fp16_bundle: Path, varied_texts, 
         assert cosines(emb.embed(varied_texts), reference).min() >= 0.999
 
 
-def test_onnx_graph_replay_equals_plain_run(fp16_bundle: Path, varied_texts) -> None:
+@needs_ort_cuda
+def test_onnx_graph_replay_equals_plain_run(fp16_bundle: Path, varied_texts, reference, cpu_fp32) -> None:
+    """The graphed engine serves each small shape by replaying its capture (`replays` counts one
+    per batch, `captures` stays put) and returns what the same session run plainly returns."""
     with (
         Embedder.load(fp16_bundle, device="cuda") as graphed,
         Embedder.load(fp16_bundle, device="cuda", graphs=False) as plain,
     ):
         graphed.warmup()
         plain.warmup()
-        np.testing.assert_allclose(graphed.embed(varied_texts), plain.embed(varied_texts), atol=1e-5)
+        g, p = graphed.engine.graphs, plain.engine.graphs
+        captured, replayed = g.captures, g.replays
+        assert captured > 0 and p.captures == p.replays == 0
+        batches = _batches_of_every_shape(graphed.shapes, np.random.default_rng(3))
+        small = [b for b in batches if b.rows < graphed.engine.packed_from_batch]
+        for batch in small:
+            got = g.run(batch)
+            np.testing.assert_allclose(got, p.run(batch), atol=1e-5)
+            _close_to_cpu(got, cpu_fp32, batch)
+        assert (g.captures, g.replays - replayed) == (captured, len(small)), "a batch ran outside its graph"
+        served = graphed.embed(varied_texts)
+        np.testing.assert_allclose(served, plain.embed(varied_texts), atol=1e-5)
+        assert cosines(served, reference).min() >= 0.999
+        before = g.replays
+        graphed.embed(varied_texts[:3])  # at most three rows: batches the graphs serve
+        assert g.replays > before and g.captures == captured
 
 
-def test_onnx_each_shape_captured_once(fp16_bundle: Path) -> None:
+@needs_ort_cuda
+def test_onnx_each_shape_captured_once(fp16_bundle: Path, cpu_fp32) -> None:
+    """Graphs are captured at warmup for the shapes routed to them and never again; a batch of
+    every declared shape is then within cosine 0.999 of torch fp32 on the CPU."""
     with Embedder.load(fp16_bundle, device="cuda") as emb:
         emb.warmup()
         engine = emb.engine
         graphed = [s for s in emb.shapes if s.batch < engine.packed_from_batch]
         assert engine.graphs.captures == len(graphed) > 0
         for batch in _batches_of_every_shape(emb.shapes, np.random.default_rng(0)):
-            out = engine.run(batch)
-            assert out.shape == (batch.shape.batch, emb.dim) and np.isfinite(out).all()
+            _close_to_cpu(engine.run(batch), cpu_fp32, batch)
         assert engine.graphs.captures == len(graphed)
 
 
-def test_packed_graph_matches_fused(fp16_bundle: Path) -> None:
+@needs_ort_cuda
+def test_packed_twin_serves_the_large_shapes_and_matches_fp32(fp16_bundle: Path, cpu_fp32) -> None:
+    """The hybrid engine sends batches of `packed_from_batch` rows and more to the packed twin:
+    its run count moves for exactly those, and every shape's served vectors, the graph and the
+    packed path alike, are within cosine 0.999 of torch fp32 on the CPU."""
     with Embedder.load(fp16_bundle, device="cuda") as emb:
         emb.warmup()
-        for batch in _batches_of_every_shape(emb.shapes, np.random.default_rng(1))[:6]:
-            a, b = emb.engine.graphs.run(batch), emb.engine.packed.run(batch)
-            assert cosines(a, b).min() >= 0.999
+        engine = emb.engine
+        batches = _batches_of_every_shape(emb.shapes, np.random.default_rng(1))
+        large = [b for b in batches if b.rows >= engine.packed_from_batch]
+        assert large and len(large) < len(batches)
+        for batch in batches:
+            packed_runs, graph_runs = engine.packed.runs, engine.graphs.runs
+            _close_to_cpu(engine.run(batch), cpu_fp32, batch)
+            to_packed = batch.rows >= engine.packed_from_batch
+            assert engine.packed.runs - packed_runs == int(to_packed), f"shape {batch.shape}"
+            assert engine.graphs.runs - graph_runs == int(not to_packed), f"shape {batch.shape}"
 
 
-def test_torch_graphs_fp16(default_model_dir: Path, varied_texts, reference) -> None:
+def test_torch_graphs_fp16(default_model_dir: Path, varied_texts, reference, cpu_fp32) -> None:
+    """One graph per shape captured at warmup; a batch of every shape is a replay (`replays`),
+    equal to the eager fp16 module and within cosine 0.999 of fp32 on the CPU."""
     from vecq.engines.backends.torch import TorchEngine
     from vecq.engines.backends.torch_graphs import TorchGraphEngine
     from vecq.engines.spec import read_spec
@@ -108,12 +172,16 @@ def test_torch_graphs_fp16(default_model_dir: Path, varied_texts, reference) -> 
     )
     graphs = TorchGraphEngine(eager.module, shapes=SHAPES, dim=spec.dim)
     graphs.warmup()
-    assert graphs.captures == len(SHAPES)
+    assert (graphs.captures, graphs.replays) == (len(SHAPES), 0)
     for batch in _batches_of_every_shape(SHAPES, np.random.default_rng(2)):
-        np.testing.assert_allclose(graphs.run(batch), eager.run(batch), atol=2e-3)
-    assert graphs.captures == len(SHAPES)
+        got = graphs.run(batch)
+        np.testing.assert_allclose(got, eager.run(batch), atol=2e-3)
+        _close_to_cpu(got, cpu_fp32, batch)
+    assert (graphs.captures, graphs.replays) == (len(SHAPES), len(SHAPES))
     via_load = Embedder.load(
         default_model_dir, backend="torch", device="cuda", precision="fp16", shapes=SHAPES, packed=False
     )
     assert isinstance(via_load.engine, TorchGraphEngine)  # packed=False: one graph per shape
+    via_load.warmup()
     assert cosines(via_load.embed(varied_texts), reference).min() >= 0.999
+    assert via_load.engine.captures == len(SHAPES) and via_load.engine.replays > 0

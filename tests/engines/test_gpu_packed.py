@@ -99,16 +99,43 @@ def test_packed_fp16_matches_fp32_for_every_text(packed_embedder, varied_texts, 
     from vecq.engines.backends.torch_packed import PackedGraphEngine
     from vecq.engines.parity import cosines
 
-    assert isinstance(packed_embedder.engine, PackedGraphEngine)
+    engine = packed_embedder.engine
+    assert isinstance(engine, PackedGraphEngine)
     reference = Embedder.load(default_model_dir, backend="torch", device="cpu").embed(varied_texts)
+    replays = sum(engine.runs_by_bucket.values())
     got = packed_embedder.embed(varied_texts)
     assert cosines(got, reference).min() >= 0.999
+    # served by replaying the token buffers captured at warmup: no capture since
+    assert sum(engine.runs_by_bucket.values()) > replays and engine.captures == len(engine.buckets)
     alone = np.stack([packed_embedder.embed([t])[0] for t in varied_texts[:16]])
     assert cosines(alone, got[:16]).min() >= 0.99999  # independent of batch-mates
 
 
-def test_each_token_buffer_captured_once_and_batches_use_the_smallest(packed_embedder) -> None:
+@pytest.fixture(scope="module")
+def cpu_fp32(default_model_dir: Path):
+    """torch fp32 on the CPU: its module is the reference for random batches."""
+    from vecq.engines.backends.torch import TorchEngine
+    from vecq.engines.shapes import Shape, ShapeSet
+    from vecq.engines.spec import read_spec
+
+    shapes = ShapeSet([Shape(1, 16)])  # the module is called directly, on rows of any batch
+    return TorchEngine.from_model_dir(default_model_dir, spec=read_spec(default_model_dir), shapes=shapes)
+
+
+def _cpu_rows(cpu_fp32, ids: np.ndarray, mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """torch fp32 CPU vectors of the chosen rows (rows do not see each other, so a subset is exact)."""
+    width = max(1, int(mask[rows].sum(axis=1).max()))
+    sub_ids, sub_mask = (torch.from_numpy(np.ascontiguousarray(a[rows, :width])) for a in (ids, mask))
+    with torch.inference_mode():
+        return cpu_fp32.module(sub_ids, sub_mask).float().numpy()
+
+
+def test_each_token_buffer_captured_once_and_batches_use_the_smallest(packed_embedder, cpu_fp32) -> None:
+    """Every token buffer captured at warmup and never again; a batch of every declared shape
+    replays the smallest buffer that holds it, and its vectors (first, last and six random rows)
+    are within cosine 0.999 of torch fp32 on the CPU."""
     from vecq.engines.base import Batch
+    from vecq.engines.parity import cosines
 
     engine = packed_embedder.engine
     assert engine.captures == len(engine.buckets)
@@ -119,7 +146,10 @@ def test_each_token_buffer_captured_once_and_batches_use_the_smallest(packed_emb
         mask = (np.arange(shape.seq_len)[None, :] < lengths[:, None]).astype(np.int64)
         ids = rng.integers(1000, 20000, size=mask.shape) * mask
         out = engine.run(Batch(input_ids=ids, attention_mask=mask, rows=shape.batch))
-        assert out.shape == (shape.batch, engine.dim) and np.isfinite(out).all()
+        assert out.shape == (shape.batch, engine.dim)
+        rows = np.unique(np.r_[0, shape.batch - 1, rng.integers(0, shape.batch, size=6)])
+        worst = cosines(out[rows], _cpu_rows(cpu_fp32, ids, mask, rows)).min()
+        assert worst >= 0.999, f"shape {shape}: cosine {worst:.5f} to torch fp32 on CPU"
         smallest = min(T for T in engine.buckets if lengths.sum() <= T)
         assert engine.runs_by_bucket[smallest] == before[smallest] + 1
         before[smallest] += 1

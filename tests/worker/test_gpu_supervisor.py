@@ -1,20 +1,34 @@
 """`vecq worker --gpus all` on real GPUs (skipped without CUDA; run on the GPU machine).
 
-One supervised worker per visible GPU serves the default model with torch CUDA graphs; the
-vectors match the CPU reference; SIGTERM drains every worker and the supervisor exits 0.
+One supervised worker per visible GPU serves the default model with torch on CUDA:
+
+- each worker runs on its own GPU: its `CUDA_VISIBLE_DEVICES` (read from /proc) names one GPU,
+  no two the same, together every visible one, and each GPU's memory in use rose once the
+  workers were up (a CUDA context and a model on it);
+- every worker serves jobs (each writes results), within cosine 0.999 of the CPU reference;
+- a killed worker is restarted under its name, pinned to the same GPU, and serves again;
+- with two GPUs or more, the others serve while one is down, and write the jobs it held;
+- SIGTERM drains every worker and the supervisor exits 0.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 from rq import Worker
 
+from vecq.engines import Embedder
 from vecq.producer import Client
+from vecq.producer.keys import job_key, result_key
+from vecq.worker.supervisor import visible_gpus
 
 from .servers import VECQ, stop_process, until
 
@@ -28,27 +42,137 @@ def _gpus() -> int:
 
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpus() == 0, reason="needs CUDA GPUs and nvidia-smi")]
+START_S = 300  # model load, Triton compiles and graph captures, per worker start
 
 
-def test_gpus_all_serves_on_every_gpu_and_drains(redis_url: str, tmp_path) -> None:
-    from vecq.engines import Embedder
+def _memory_used_mib() -> dict[str, int]:
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    return {i.strip(): int(m) for i, m in (line.split(",") for line in out.splitlines() if line.strip())}
 
-    conn = redis.Redis.from_url(redis_url)
+
+def _workers(conn: redis.Redis) -> dict[str, int]:
+    """Live `gpu-sup.*` workers → pids."""
+    return {w.name: int(w.pid or 0) for w in Worker.all(connection=conn) if w.name.startswith("gpu-sup.")}
+
+
+def _pinned_gpu(pid: int) -> str:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    found = [e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"CUDA_VISIBLE_DEVICES=")]
+    assert len(found) == 1, f"worker {pid} has no CUDA_VISIBLE_DEVICES"
+    return found[0]
+
+
+def _writer(conn: redis.Redis, job_id: str) -> str:
+    entries = conn.xrange(result_key(job_id))
+    assert len(entries) == 1, f"job {job_id}: {len(entries)} results"
+    return entries[0][1][b"worker_name"].decode()
+
+
+class Served:
+    """Jobs sent one at a time (idle workers take in turn) and who wrote each."""
+
+    def __init__(self, client: Client, conn: redis.Redis) -> None:
+        self.client, self.conn = client, conn
+        self.texts: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.writers: list[str] = []
+
+    def one(self, tag: str) -> str:
+        texts = [f"{tag}: a sentence about GPUs, number {len(self.texts) + i}" for i in range(24)]
+        job = self.client.submit(texts)
+        self.vectors.append(self.client.result(job, timeout=120))
+        self.texts += texts
+        self.writers.append(_writer(self.conn, job.id))
+        return self.writers[-1]
+
+    def until_each_wrote(self, names: set[str], tag: str, jobs: int) -> None:
+        wrote: set[str] = set()
+        for _ in range(jobs):
+            wrote.add(self.one(tag))
+            if names <= wrote:
+                return
+        pytest.fail(f"after {jobs} jobs only {sorted(wrote)} of {sorted(names)} served ({tag})")
+
+    def check_vectors(self) -> None:
+        want = Embedder.load(backend="torch").embed(self.texts)
+        got = np.concatenate(self.vectors)
+        assert float(np.min(np.sum(got * want, axis=1))) > 0.999
+
+
+def _start(redis_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     log = (tmp_path / "gpus.log").open("ab")
     cmd = [*VECQ, "worker", "--gpus", "all", "--backend", "torch", "--redis", redis_url]
-    cmd += ["--worker-name", "gpu-sup"]
-    sup = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    cmd += ["--worker-name", "gpu-sup", "--heartbeat-ttl", "3", "--cleanup-interval", "1"]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _names() -> set[str]:
+    return {f"gpu-sup.gpu{g}.0" for g in visible_gpus()}
+
+
+def test_each_gpu_has_its_worker_and_each_serves_and_is_restarted(redis_url: str, tmp_path: Path) -> None:
+    conn = redis.Redis.from_url(redis_url)
+    gpus, names = visible_gpus(), _names()
+    before = _memory_used_mib()
+    sup = _start(redis_url, tmp_path)
     try:
-        until(
-            lambda: sum(w.name.startswith("gpu-sup.") for w in Worker.all(connection=conn)) == _gpus(),
-            300,
-            "one worker per GPU",
-        )
-        texts = [f"a sentence about GPUs number {i}" for i in range(300)]
-        client = Client(redis_url)
-        got = np.concatenate([client.embed(texts[i : i + 30], timeout=120) for i in range(0, 300, 30)])
+        until(lambda: set(_workers(conn)) == names, START_S, "one worker per GPU")
+        pids = _workers(conn)
+        pinned = {name: _pinned_gpu(pid) for name, pid in pids.items()}
+        assert pinned == {f"gpu-sup.gpu{g}.0": g for g in gpus}  # one GPU each, every GPU once
+        after = _memory_used_mib()
+        rose = {g: after[g] - before.get(g, 0) for g in gpus if g in after}
+        assert rose and all(mib >= 200 for mib in rose.values()), f"GPU memory rose by (MiB) {rose}"
+
+        served = Served(Client(redis_url), conn)
+        served.until_each_wrote(names, "first", jobs=20 * len(names))
+
+        victim = f"gpu-sup.gpu{gpus[-1]}.0"
+        os.kill(pids[victim], signal.SIGKILL)
+        until(lambda: _workers(conn).get(victim, pids[victim]) not in (pids[victim], 0), START_S, "restart")
+        assert _pinned_gpu(_workers(conn)[victim]) == gpus[-1]  # back on its own GPU
+        served.until_each_wrote({victim}, "restarted", jobs=20 * len(names))
+        served.check_vectors()
+        assert "restarting in" in (tmp_path / "gpus.log").read_text()
     finally:
         code = stop_process(sup, timeout=120)
     assert code == 0, (tmp_path / "gpus.log").read_text()[-3000:]
-    want = Embedder.load(backend="torch").embed(texts)
-    assert float(np.min(np.sum(got * want, axis=1))) > 0.999
+    until(lambda: not _workers(conn), 30, "every worker deregistered")
+
+
+@pytest.mark.skipif(_gpus() < 2, reason="needs two GPUs: with one, nobody serves while it restarts")
+def test_the_other_gpus_serve_and_recover_while_one_restarts(redis_url: str, tmp_path: Path) -> None:
+    conn = redis.Redis.from_url(redis_url)
+    gpus, names = visible_gpus(), _names()
+    sup = _start(redis_url, tmp_path)
+    try:
+        until(lambda: set(_workers(conn)) == names, START_S, "one worker per GPU")
+        victim = f"gpu-sup.gpu{gpus[-1]}.0"
+        pid = _workers(conn)[victim]
+        client = Client(redis_url)
+        texts = [[f"in flight {j} {i}" for i in range(64)] for j in range(40)]
+        jobs = [client.submit(t) for t in texts]
+        time.sleep(0.2)  # let the workers take: what the victim holds now its kill strands
+        held = [
+            j.id
+            for j in jobs
+            if conn.hmget(job_key(j.id), "status", "worker_name") == [b"started", victim.encode()]
+        ]
+        os.kill(pid, signal.SIGKILL)
+        got = [client.result(job, timeout=120) for job in jobs]
+        down = _workers(conn).get(victim) in (None, pid)
+        assert all(_writer(conn, j) != victim for j in held), "the victim's jobs waited for its restart"
+        want = Embedder.load(backend="torch")
+        for vectors, job_texts in zip(got, texts, strict=True):
+            assert float(np.min(np.sum(vectors * want.embed(job_texts), axis=1))) > 0.999
+        served = Served(client, conn)
+        if down:  # still restarting: whoever serves now is another GPU's worker
+            assert served.one("while down") != victim
+        until(lambda: _workers(conn).get(victim, pid) not in (pid, 0), START_S, "the victim restarted")
+        print(f"{len(held)} jobs held by the killed worker, recovered by the others")
+    finally:
+        code = stop_process(sup, timeout=120)
+    assert code == 0, (tmp_path / "gpus.log").read_text()[-3000:]
