@@ -60,11 +60,15 @@ class EmbedSettings(BaseModel):
         "(less without), cosine >= 0.99 to fp32.",
     )
     name: str | None = Field(
-        default=None, description="Model (queue) name; with --redis, the workers' model."
+        default=None,
+        description="Model (queue) name: with --redis, the workers' model; embedded, a name for --model "
+        "or --bundle (it never picks a model: alone, it is refused).",
     )
     text_field: str = Field(default="text", description=".jsonl/.csv/.parquet text field.")
     id_field: str | None = Field(
-        default=None, description=".jsonl/.csv/.parquet id field, written beside each vector in .parquet."
+        default=None,
+        description=".jsonl/.csv/.parquet id field, written beside each vector in .parquet (a .npy "
+        "output, vectors only, is refused).",
     )
     chunk_size: int = Field(default=256, ge=1, le=MAX_TEXTS_PER_JOB, description="Texts per job.")
     window: int = Field(default=32768, ge=1, description="Texts in flight, at most.")
