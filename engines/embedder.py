@@ -79,11 +79,10 @@ class Embedder:
         name = options.pop("name", None)
         if path is None or str(path) == "default":
             path, name = default_model_dir(), name or DEFAULT_MODEL_NAME
-        root, cached_name = resolve_model(path)
+        root, cached_name = locate_model(path)
         name = name or cached_name
         if (root / MANIFEST).is_file():
             return cls.from_bundle(root, backend=backend, device=device, truncate=truncate, **options)
-        check_model_dir(root)
         spec = read_spec(root, name=name, **_spec_overrides(options))
         if chosen.bundled:
             bundle = _cached_bundle(root, chosen, spec, shapes, device, options.pop("precision", "fp32"))
@@ -165,6 +164,17 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def locate_model(path: str | Path) -> tuple[Path, str | None]:
+    """(dir, name from a Hugging Face id) of what `Embedder.load` loads from `path`: a bundle, or
+    a model dir with every file it needs, else `ModelNotFound` in one line.  Cheap (nothing is
+    read but file names), so a command with work before the load (`vecq embed` reads its
+    corpus first) checks the model before that work."""
+    root, cached_name = resolve_model(path)
+    if not (root / MANIFEST).is_file():
+        check_model_dir(root)
+    return root, cached_name
 
 
 def _cached_bundle(

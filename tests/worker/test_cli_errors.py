@@ -113,3 +113,14 @@ def test_a_busy_metrics_port_is_refused_before_the_model_loads() -> None:
     assert line == f"vecq: PortBusy: --metrics-port {port}: cannot listen on 127.0.0.1:{port} " + (
         "(Address already in use)"
     )
+
+
+def test_the_model_is_checked_before_the_corpus_is_read(tmp_path: Path) -> None:
+    """A corpus that would fail (not UTF-8) and a model that is not there: the model is named,
+    since it is checked first, before reading a corpus that may take minutes."""
+    src = tmp_path / "big.txt"
+    src.write_bytes(b"\xff\xfe not text")
+    line = one_line_error(
+        "embed", str(src), "--out", str(tmp_path / "v.npy"), "--model", str(tmp_path / "no")
+    )
+    assert line == f"vecq: ModelNotFound: {tmp_path / 'no'}: not a directory"

@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vecq.engines import backends
+from vecq.engines.embedder import locate_model
 from vecq.producer import Client
 from vecq.producer.bulk import BulkSubmitter
 from vecq.producer.contract import DEFAULT_MODEL, MAX_TEXTS_PER_JOB, ResultDtype
@@ -139,6 +140,8 @@ class EmbedReport:
 def embed_file(job: EmbedSettings) -> EmbedReport:
     """Run one corpus through vecq and write `job.out`."""
     check_output(job.out, ids=job.id_field is not None)
+    if job.redis_url is None and job.model_path is not None:
+        locate_model(job.model_path)  # a model that is not there: before the corpus is read
     corpus = read_corpus(job.input, text_field=job.text_field, id_field=job.id_field)
     if corpus.size == 0:
         raise ValueError(f"{job.input}: no texts")
