@@ -87,15 +87,13 @@ async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requ
 
 
 async def _round(
-    port: int, clients: int, seconds: float, texts: int, gateway_pid: int, redis_port: int
+    port: int, clients: int, seconds: float, texts: int, gateway_pid: int, redis_port: int, model: str
 ) -> dict:
     """`clients` connections, each posting its next request when the last is answered.  A few
     lines of asyncio streams, not httpx: on the 2-core sandbox httpx's client did 91 requests/s
     of a trivial route at 64 concurrent connections (653 at 4) while the gateway answered 1,366/s
     to 256 plain keep-alive connections -- the client, not the server, was being measured."""
-    body = json.dumps(
-        {"model": "default", "input": [f"a short query of the bench {i}" for i in range(texts)]}
-    )
+    body = json.dumps({"model": model, "input": [f"a short query of the bench {i}" for i in range(texts)]})
     request = (
         f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n{body}"
@@ -146,11 +144,18 @@ async def _round(
     }
 
 
-def _wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def _wait_until(check, timeout: float, what: str, procs: dict[str, subprocess.Popen], tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    """Until `check()` holds; a process that exits, or the timeout, ends the bench with the
+    last lines of every process's log (they live in a temporary folder that goes with it)."""
     deadline = time.monotonic() + timeout
     while not check():
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"timed out waiting for {what}")
+        dead = [name for name, proc in procs.items() if proc.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            for name in procs:
+                lines = (tmp / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                click.echo(f"--- {name}.log (last lines)\n" + "\n".join(lines), err=True)
+            why = f"{', '.join(dead)} exited" if dead else f"timed out after {timeout:g} s"
+            raise click.ClickException(f"waiting for {what}: {why}")
         time.sleep(0.2)
 
 
@@ -165,9 +170,16 @@ def _wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-un
 @click.option("--precision", default=None, help="The worker's precision (e.g. fp16 on cuda).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="The gateway's --timeout.")
 @click.option("--drain", type=float, default=60.0, show_default=True, help="Seconds the queues get to empty.")
+@click.option(
+    "--model",
+    default="default",
+    show_default=True,
+    help="The worker's model: `default` (all-MiniLM-L6-v2), `random-bert-base-en` (BERT-base, random "
+    "weights: a GPU's load without the default model's weights on the machine) or a model dir.",
+)
 def gateway_bench(
     clients: str, seconds: float, texts: int, backend: str, device: str, precision: str | None,
-    timeout: float, drain: float,
+    timeout: float, drain: float, model: str,
 ) -> None:  # fmt: skip
     """Goodput, p50/p99 and every non-200 of N concurrent clients through a real gateway."""
     import httpx
@@ -185,6 +197,11 @@ def gateway_bench(
         engine = ["--backend", backend, "--device", device] + (
             ["--precision", precision] if precision else []
         )
+        name = "all-minilm-l6-v2" if model == "default" else Path(model).name
+        if model != "default":
+            from .models import model_dir
+
+            engine += ["--model", str(model_dir(model, Path(tmp))), "--name", name]
         worker, gateway = _servers(redis_url, port, timeout, engine, Path(tmp))
         url = f"http://127.0.0.1:{port}"
         try:
@@ -195,11 +212,15 @@ def gateway_bench(
                 except (httpx.HTTPError, ValueError, KeyError):
                     return False
 
-            _wait_until(served, 600, "the worker and the gateway")
+            _wait_until(
+                served, 300, "the worker and the gateway", {"worker": worker, "gateway": gateway}, Path(tmp)
+            )
             redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-            results = [asyncio.run(_round(port, n, seconds, texts, gateway.pid, redis_port)) for n in rounds]
+            results = [
+                asyncio.run(_round(port, n, seconds, texts, gateway.pid, redis_port, name)) for n in rounds
+            ]
             conn = redis.Redis.from_url(redis_url)
-            keys = queue_keys("all-minilm-l6-v2")
+            keys = queue_keys(name)
             start = time.monotonic()
             while sum(conn.llen(k) for k in keys) and time.monotonic() - start < drain:
                 time.sleep(0.5)
@@ -209,7 +230,7 @@ def gateway_bench(
                 proc.terminate()
             for proc in (gateway, worker):
                 proc.wait(timeout=60)
-    what = f"{backend} worker on {device}" + (f" ({precision})" if precision else "")
+    what = f"{backend} worker of {name} on {device}" + (f" ({precision})" if precision else "")
     click.echo(f"\ngateway bench: {what}, {texts} text(s) per request, {seconds:g} s per round")
     click.echo(f"  {'clients':>8} {'goodput/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'Redis conns':>12}  answers")
     for r in results:
