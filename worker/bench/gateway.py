@@ -159,6 +159,19 @@ def _wait_until(check, timeout: float, what: str, procs: dict[str, subprocess.Po
         time.sleep(0.2)
 
 
+def _worker_flags(
+    backend: str, device: str, precision: str | None, model: str, tmp: Path
+) -> tuple[list[str], str]:
+    """The worker's engine flags and the model name requests ask for."""
+    flags = ["--backend", backend, "--device", device] + (["--precision", precision] if precision else [])
+    if model == "default":
+        return flags, "all-minilm-l6-v2"
+    from .models import model_dir
+
+    name = Path(model).name
+    return [*flags, "--model", str(model_dir(model, tmp)), "--name", name], name
+
+
 @click.command("gateway")
 @click.option("--clients", default="16,256,1024", show_default=True, help="Concurrent clients, per round.")
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="Length of each round.")
@@ -194,14 +207,7 @@ def gateway_bench(
         raise click.BadParameter(f"1 to {MAX_CLIENTS} clients per round", param_hint="--clients")
     with tempfile.TemporaryDirectory(prefix="vecq-gwbench-") as tmp, embedded_redis() as redis_url:
         port = free_port()
-        engine = ["--backend", backend, "--device", device] + (
-            ["--precision", precision] if precision else []
-        )
-        name = "all-minilm-l6-v2" if model == "default" else Path(model).name
-        if model != "default":
-            from .models import model_dir
-
-            engine += ["--model", str(model_dir(model, Path(tmp))), "--name", name]
+        engine, name = _worker_flags(backend, device, precision, model, Path(tmp))
         worker, gateway = _servers(redis_url, port, timeout, engine, Path(tmp))
         url = f"http://127.0.0.1:{port}"
         try:
