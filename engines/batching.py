@@ -63,7 +63,12 @@ def embed_texts(
             out[placed : placed + len(vectors)] = vectors
             placed += len(vectors)
         return out
-    tokens = tokenizer.encode(texts, truncate=truncate)
+    return run_padded(tokenizer, engine, tokenizer.encode(texts, truncate=truncate), out)
+
+
+def run_padded(tokenizer: TextTokenizer, engine: Engine, tokens: Tokenized, out: np.ndarray) -> np.ndarray:
+    """`out`, row i filled with the engine's output for `tokens`' sequence i, through the
+    engine's declared shapes (the padded path: texts for `Embedder`, pairs for `Reranker`)."""
     plan = engine.shapes.plan(tokens.lengths)
     batches = (tokenizer.make_batch([tokens.ids[i] for i in p.indices], p.shape) for p in plan)
     for planned, vectors in zip(plan, run_in_turn(engine, batches), strict=True):

@@ -136,7 +136,21 @@ def write_random_encoder(
 
 def _random_model(model_type, specials, hidden, layers, heads, max_positions, overrides):
     """The transformers model of `model_type` with random weights (no pooler head)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
+
+    config = _random_config(model_type, specials, hidden, layers, heads, max_positions, overrides)
+    if model_type in ("bert", "roberta", "xlm-roberta"):
+        return AutoModel.from_config(config, add_pooling_layer=False)
+    if model_type == "t5":
+        from transformers import T5EncoderModel
+
+        return T5EncoderModel(config)
+    return AutoModel.from_config(config)
+
+
+def _random_config(model_type, specials, hidden, layers, heads, max_positions, overrides):
+    """The transformers config of a random `model_type` model of these sizes."""
+    from transformers import AutoConfig
 
     vocab, ids = specials
     common = {"vocab_size": vocab, "max_position_embeddings": max_positions}
@@ -160,14 +174,56 @@ def _random_model(model_type, specials, hidden, layers, heads, max_positions, ov
     fields["xlm-roberta"] = fields["roberta"]
     if model_type not in fields:
         raise ValueError(f"model_type {model_type!r}: random models are {', '.join(fields)}")
-    config = AutoConfig.for_model(model_type, **{**common, **fields[model_type], **overrides})
-    if model_type in ("bert", "roberta", "xlm-roberta"):
-        return AutoModel.from_config(config, add_pooling_layer=False)
-    if model_type == "t5":
-        from transformers import T5EncoderModel
+    return AutoConfig.for_model(model_type, **{**common, **fields[model_type], **overrides})
 
-        return T5EncoderModel(config)
-    return AutoModel.from_config(config)
+
+def write_random_cross_encoder(
+    path: str | Path,
+    *,
+    model_type: str = "bert",
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_positions: int = 128,
+    activation: str = "torch.nn.modules.activation.Sigmoid",
+    seed: int = 0,
+) -> Path:
+    """A random one-label `*ForSequenceClassification` (bert, roberta, xlm-roberta) in the layout
+    `CrossEncoder.save` writes (modules.json with one Transformer, sentence_bert_config.json's
+    sequence-classification task, config_sentence_transformers.json's `activation`), with the
+    tokenizer `write_random_encoder` gives the same architecture: a reranker for tests."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    specials = _write_tokenizer(root, model_type, max_positions)
+    torch.manual_seed(seed)
+    config = _random_config(model_type, specials, hidden, layers, heads, max_positions, {"num_labels": 1})
+    AutoModelForSequenceClassification.from_config(config).eval().save_pretrained(
+        root, safe_serialization=True
+    )
+    transformer = {
+        "idx": 0,
+        "name": "0",
+        "path": "",
+        "type": "sentence_transformers.base.modules.transformer.Transformer",
+    }
+    task = {
+        "transformer_task": "sequence-classification",
+        "module_output_name": "scores",
+        "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+    }
+    st = {
+        "activation_fn": activation,
+        "model_type": "CrossEncoder",
+        "prompts": {},
+        "default_prompt_name": None,
+    }
+    for name, content in (("modules.json", [transformer]), ("sentence_bert_config.json", task),
+                          ("config_sentence_transformers.json", st)):  # fmt: skip
+        (root / name).write_text(json.dumps(content, indent=2), encoding="utf-8")
+    return root
 
 
 #: Special tokens per tokenizer kind, in id order from 0 (pad, cls, sep, unk, mask by role).

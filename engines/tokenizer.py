@@ -106,6 +106,17 @@ class TextTokenizer:
                     )
         return flatten([e.ids for e in encodings])
 
+    def encode_pairs(self, query: str, documents: Sequence[str]) -> Tokenized:
+        """Token ids of each (query, document) pair, `[CLS] q [SEP] d [SEP]` (or the model's own
+        pair template), cut to `max_seq_len` longest-first: exactly the pair encoding and
+        truncation `sentence_transformers.CrossEncoder` asks of the same tokenizer.  No prefix
+        cut here: which side loses tokens depends on both lengths."""
+        pairs = [(query, d) for d in documents]
+        if self.parallel and len(pairs) > SEQUENTIAL_MAX:
+            batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+            return flatten([e.ids for e in batch(pairs, add_special_tokens=True)])
+        return flatten([self._tok.encode(q, d, add_special_tokens=True).ids for q, d in pairs])
+
     def _encode_cut(self, texts: list[str]) -> list:
         """Encodings of `texts`, long ones tokenized from a prefix only.
 

@@ -1,0 +1,118 @@
+"""Cross-encoders (`*ForSequenceClassification`, one label) as a scoring module: pairs in, scores out.
+
+vecq serves a reranker through the same tokenizer, shapes, batching and backends as an embedder;
+what differs lives here.  `ScoringEncoder` takes the two inputs every vecq engine feeds
+(`input_ids`, `attention_mask`) and returns one score per row, with the activation that
+`sentence_transformers.CrossEncoder.predict` applies by default already inside, so that the torch
+engine runs it as is and the ONNX export carries it.  BERT's segment ids are derived in the module
+from the first `[SEP]` of each row (what the tokenizer's pair encoding gives, unless a query holds
+a literal `[SEP]` token), so no engine needs a third input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .architectures import architecture
+from .errors import ModelNotFound, UnsupportedModel
+from .pooled import AttnImplementation
+from .spec import ModelSpec, read_spec
+
+#: The model types vecq reranks with (their `*ForSequenceClassification` heads).
+RERANK_TYPES = ("bert", "xlm-roberta", "roberta")
+#: `CrossEncoder` activations by their saved dotted path, as `predict` applies them by default.
+ACTIVATIONS = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.Identity": "identity",
+}
+
+
+class ScoringEncoder(nn.Module):
+    """A sequence-classification model with one label, its activation, and BERT's segment ids."""
+
+    def __init__(self, encoder: nn.Module, *, activation: str, sep_id: int | None) -> None:
+        super().__init__()
+        self.encoder = encoder  # `export.export_onnx` reads `encoder.config`
+        self.activation = activation
+        self.sep_id = sep_id  # None: the model has one segment type (RoBERTa, XLM-R)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        extra: dict[str, torch.Tensor] = {}
+        if self.sep_id is not None:
+            sep = (input_ids == self.sep_id).long()
+            extra["token_type_ids"] = ((sep.cumsum(dim=1) - sep) > 0).long() * attention_mask
+        logits = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+        return torch.sigmoid(logits) if self.activation == "sigmoid" else logits
+
+
+def read_rerank_spec(model_dir: str | Path, *, name: str | None = None) -> tuple[ModelSpec, str]:
+    """(spec with dim 1, activation) of a cross-encoder dir, or `UnsupportedModel` in one line.
+
+    The max length is the one `CrossEncoder` truncates pairs to: the tokenizer's
+    `model_max_length` (or `max_seq_length`), within the model's positions (`read_spec`'s rule).
+    """
+    root = Path(model_dir)
+    config = _json(root / "config.json")
+    architecture(config, where=root)
+    kinds = config.get("architectures") or []
+    if config.get("model_type") not in RERANK_TYPES or not any(
+        str(k).endswith("ForSequenceClassification") for k in kinds
+    ):
+        raise UnsupportedModel(
+            f"{root}: not a cross-encoder vecq reranks with (expected a *ForSequenceClassification "
+            f"of {', '.join(RERANK_TYPES)}, got {kinds or config.get('model_type')!r})"
+        )
+    labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+    if labels != 1:
+        raise UnsupportedModel(f"{root}: a classifier of {labels} labels (vecq reranks with num_labels=1)")
+    spec = read_spec(root, name=name, pooling="cls", normalize=False)
+    return spec.model_copy(update={"dim": 1}), _activation(root, config)
+
+
+def _activation(root: Path, config: dict[str, Any]) -> str:
+    """The activation `CrossEncoder.predict` applies by default: the saved one, else sigmoid."""
+    saved = (
+        _json(root / "config_sentence_transformers.json", required=False).get("activation_fn")
+        or (config.get("sentence_transformers") or {}).get("activation_fn")
+        or config.get("sbert_ce_default_activation_function")
+        or "torch.nn.modules.activation.Sigmoid"
+    )
+    if saved not in ACTIVATIONS:
+        raise UnsupportedModel(f"{root}: activation {saved!r} is not one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[saved]
+
+
+def load_scoring(
+    model_dir: str | Path, *, activation: str, sep_id: int, attn_implementation: AttnImplementation = "sdpa"
+) -> ScoringEncoder:
+    """The dir's classifier wrapped as a `ScoringEncoder`, fp32, eval mode, on the CPU (export
+    wants eager attention, as for `pooled.load_pooled`)."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), attn_implementation=attn_implementation, dtype=torch.float32
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFound(f"{model_dir}: transformers cannot load the model ({first})") from None
+    types = int(getattr(model.config, "type_vocab_size", 1) or 1)
+    return ScoringEncoder(model, activation=activation, sep_id=sep_id if types > 1 else None).eval()
+
+
+def _json(path: Path, *, required: bool = True) -> dict[str, Any]:
+    if not path.is_file():
+        if required:
+            raise ModelNotFound(f"{path.parent}: no {path.name}")
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(f"{path}: unreadable ({exc})") from None

@@ -1,0 +1,116 @@
+"""`Reranker`: a cross-encoder's tokenizer, shapes and engine behind `score(query, documents)`.
+
+The reranking twin of `Embedder`: pairs are tokenized as `sentence_transformers.CrossEncoder`
+tokenizes them (`TextTokenizer.encode_pairs`), planned into the engine's declared shapes and run
+through the same padded path as texts (`batching.run_padded`), by the same engines (`TorchEngine`,
+`OnnxEngine`) over a `ScoringEncoder` (`cross_encoder.py`) whose output is one score per row.
+ONNX models are exported once into the cache (`cache.py`'s dir and key), unfused as CPU bundles
+are.  Bundles (`vecq build`) of rerankers, GPU engines and the worker's job kind come later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .base import Engine
+from .batching import check_texts, run_padded
+from .errors import BadInput, UnknownBackend
+from .shapes import ShapeSet, default_shapes
+from .spec import ModelSpec, check_model_dir, resolve_model
+from .tokenizer import TextTokenizer
+
+#: The backends a reranker runs on, for now (CPU only).
+RERANK_BACKENDS = ("torch", "onnx")
+
+
+class Reranker:
+    """(query, documents) in, one float32 relevance score per document out."""
+
+    def __init__(self, *, spec: ModelSpec, tokenizer: TextTokenizer, engine: Engine) -> None:
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.engine = engine
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, backend: str = "torch", device: str = "cpu", shapes: ShapeSet | None = None,
+        threads: int | None = None,
+    ) -> Reranker:  # fmt: skip
+        """A cross-encoder model dir (or a Hugging Face id in the local cache) on torch or onnx,
+        CPU; anything that is not a one-label `*ForSequenceClassification` of a served
+        architecture is refused in one line (`UnsupportedModel`)."""
+        from .cross_encoder import load_scoring, read_rerank_spec
+
+        if backend not in RERANK_BACKENDS:
+            raise UnknownBackend(f"backend {backend!r}: a reranker runs on {', '.join(RERANK_BACKENDS)}")
+        if device != "cpu":
+            raise UnknownBackend(f"device {device!r}: a reranker runs on the CPU for now")
+        root, name = resolve_model(path)
+        check_model_dir(root)
+        spec, activation = read_rerank_spec(root, name=name)
+        tokenizer = TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len)
+        shapes = shapes or default_shapes(spec.max_seq_len, device)
+        sep_id = int(tokenizer.filler[1])
+        if backend == "onnx":
+            from .backends.onnx import OnnxEngine
+
+            onnx_path = _exported(root, spec, shapes, activation, sep_id)
+            engine: Engine = OnnxEngine(onnx_path, shapes=shapes, dim=1, device=device, threads=threads)
+        else:
+            from .backends.torch import TorchEngine, _set_threads
+
+            _set_threads(device, threads)
+            module = load_scoring(root, activation=activation, sep_id=sep_id)
+            engine = TorchEngine(module, shapes=shapes, dim=1, device=device)
+        return cls(spec=spec, tokenizer=tokenizer, engine=engine)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        """(len(documents),) float32: `CrossEncoder.predict([(query, d) for d in documents])`
+        with its defaults (the model's activation: sigmoid unless it saved another); each
+        pair's score is independent of its batch-mates.  Over-long pairs are truncated."""
+        if not isinstance(query, str):
+            raise BadInput(f"query: expected str, got {type(query).__name__}")
+        check_texts(documents)
+        tokens = self.tokenizer.encode_pairs(query, documents)
+        out = np.empty((len(documents), 1), dtype=np.float32)
+        return run_padded(self.tokenizer, self.engine, tokens, out)[:, 0]
+
+    def warmup(self) -> None:
+        self.engine.warmup()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _exported(root: Path, spec: ModelSpec, shapes: ShapeSet, activation: str, sep_id: int) -> Path:
+    """The model's `ScoringEncoder` as ONNX (fp32, unfused), exported once into the cache."""
+    import os
+    import tempfile
+
+    from .cache import cache_dir, cache_key
+    from .cross_encoder import load_scoring
+    from .export import export_onnx
+
+    key = cache_key(root, spec=spec, shapes=shapes, device="cpu", precision=f"rerank-{activation}")
+    target = cache_dir() / f"rerank-{key}" / "model.onnx"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    module = load_scoring(root, activation=activation, sep_id=sep_id, attn_implementation="eager")
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        made = export_onnx(module, Path(work) / "model.onnx")
+        os.replace(made, target)  # whole or absent: another process may be exporting too
+    return target

@@ -1,0 +1,96 @@
+"""`Reranker` against `sentence_transformers.CrossEncoder.predict`, on torch CPU and ONNX CPU.
+
+Tiny random cross-encoders (BERT with segment ids, XLM-R without) built on the spot
+(`random_model.write_random_cross_encoder`); the parity set pairs a Chinese, an emoji and an
+English query with every parity text, long ones far over the model's 128 tokens, so that the
+longest-first truncation of pairs is exercised on both sides of the pair.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vecq.engines import UnsupportedModel
+from vecq.engines.random_model import write_random_cross_encoder, write_random_encoder
+from vecq.engines.reranker import Reranker
+
+KINDS = ("bert", "xlm-roberta")
+TOLERANCE = 1e-4
+LONG_QUERY = "what does the long query say about 长文本 and truncation? " * 40
+QUERIES = ("北京的天气怎么样？", "best pizza 🍕 near me", LONG_QUERY)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("rerankers")
+    dirs = {kind: write_random_cross_encoder(root / kind, model_type=kind) for kind in KINDS}
+    dirs["identity"] = write_random_cross_encoder(
+        root / "identity", activation="torch.nn.modules.linear.Identity", seed=1
+    )
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def documents(varied_texts: list[str]) -> list[str]:
+    return varied_texts
+
+
+@pytest.fixture(scope="module")
+def references(model_dirs, documents) -> dict[tuple[str, str], np.ndarray]:
+    """`CrossEncoder.predict`'s scores of every (query, document) pair, per model."""
+    from sentence_transformers import CrossEncoder
+
+    out = {}
+    for kind, model_dir in model_dirs.items():
+        model = CrossEncoder(str(model_dir), device="cpu")
+        for q in QUERIES:
+            out[kind, q] = model.predict([(q, d) for d in documents], batch_size=16, show_progress_bar=False)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("kind", [*KINDS, "identity"])
+def test_matches_cross_encoder_predict(kind, backend, model_dirs, documents, references) -> None:
+    reranker = Reranker.load(model_dirs[kind], backend=backend)
+    worst = 0.0
+    for query in QUERIES:
+        scores = reranker.score(query, documents)
+        reference = references[kind, query]
+        assert scores.dtype == np.float32 and scores.shape == (len(documents),)
+        diff = np.abs(scores - reference) / np.maximum(1.0, np.abs(reference))
+        worst = max(worst, float(diff.max()))
+        assert diff.max() <= TOLERANCE, f"{kind} {backend}: pair {diff.argmax()} differs by {diff.max():.2e}"
+    print(f"{kind} {backend}: worst difference {worst:.2e}")
+    if kind != "identity":  # sigmoid scores, not a constant
+        assert float(np.ptp(scores)) > 0 and scores.min() > 0 and scores.max() < 1
+
+
+def test_truncation_matters_and_a_pair_alone_equals_it_in_a_batch(model_dirs, documents) -> None:
+    reranker = Reranker.load(model_dirs["bert"])
+    lengths = reranker.tokenizer.encode_pairs(LONG_QUERY, documents).lengths
+    assert lengths.max() == reranker.spec.max_seq_len == 128
+    together = reranker.score(QUERIES[0], documents)
+    alone = np.array([reranker.score(QUERIES[0], [d])[0] for d in documents[:8]])
+    np.testing.assert_allclose(together[:8], alone, atol=1e-5)
+
+
+def test_an_embedding_model_is_refused_in_one_line(tmp_path: Path) -> None:
+    encoder = write_random_encoder(tmp_path / "enc", model_type="bert")
+    with pytest.raises(UnsupportedModel) as info:
+        Reranker.load(encoder)
+    assert "not a cross-encoder" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_input_names_the_field(model_dirs) -> None:
+    from vecq.engines import BadInput
+
+    reranker = Reranker.load(model_dirs["bert"])
+    with pytest.raises(BadInput, match=r"documents|texts\[1\]"):
+        reranker.score("q", ["a", 3])  # type: ignore[list-item]
+    with pytest.raises(BadInput, match="query"):
+        reranker.score(None, ["a"])  # type: ignore[arg-type]
