@@ -46,6 +46,12 @@ def _vecq(*args: str, log: Path) -> subprocess.Popen:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def redis_connections(pid: int, redis_port: int) -> int:
     """Established TCP connections of process `pid` to `redis_port` (Linux /proc)."""
     inodes = set()
@@ -130,9 +136,9 @@ async def _round(
             most = max(most, redis_connections(gateway_pid, redis_port))
             await asyncio.sleep(0.5)
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), cpu_seconds(gateway_pid)
     await asyncio.gather(sample(), *(client() for _ in range(clients)))
-    elapsed = time.monotonic() - started
+    elapsed, cpu = time.monotonic() - started, cpu_seconds(gateway_pid) - cpu
     lat = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     return {
         "clients": clients,
@@ -141,6 +147,7 @@ async def _round(
         "p99": float(np.percentile(lat, 99)),
         "codes": dict(codes),
         "connections": most,
+        "cpu_ms": 1000 * cpu / max(1, sum(codes.values())),
     }
 
 
@@ -237,15 +244,23 @@ def gateway_bench(
             for proc in (gateway, worker):
                 proc.wait(timeout=60)
     what = f"{backend} worker of {name} on {device}" + (f" ({precision})" if precision else "")
-    click.echo(f"\ngateway bench: {what}, {texts} text(s) per request, {seconds:g} s per round")
-    click.echo(f"  {'clients':>8} {'goodput/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'Redis conns':>12}  answers")
+    _print_results(f"{what}, {texts} text(s) per request, {seconds:g} s per round", results)
+    click.echo(f"  jobs still queued after a {drain:g} s drain: {left}")
+
+
+def _print_results(title: str, results: list[dict]) -> None:
+    click.echo(f"\ngateway bench: {title}")
+    click.echo(
+        f"  {'clients':>8} {'goodput/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'Redis conns':>12} "
+        f"{'gw CPU ms/req':>14}  answers"
+    )
     for r in results:
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(r["codes"].items()))
         click.echo(
             f"  {r['clients']:>8} {r['goodput']:>10,.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-            f"{r['connections']:>12}  {answers}"
+            f"{r['connections']:>12} {r['cpu_ms']:>14.2f}  {answers}"
         )
-    base = results[0]["goodput"]
+    base = results[0]
     for r in results[1:]:
-        click.echo(f"  goodput at {r['clients']} clients: {r['goodput'] / base:.2f}x that at {rounds[0]}")
-    click.echo(f"  jobs still queued after a {drain:g} s drain: {left}")
+        ratio = r["goodput"] / base["goodput"]
+        click.echo(f"  goodput at {r['clients']} clients: {ratio:.2f}x that at {base['clients']}")
