@@ -168,18 +168,10 @@ class Stack:
 
 
 def gateway_env(settings: GatewaySettings) -> dict[str, str]:
-    """`settings` as the `VECQ_*` variables `GatewaySettings` reads back (lists comma-separated,
-    tokenizers `NAME=PATH,...`); the Redis URL is the gateway's `--redis` flag instead."""
-    env: dict[str, str] = {}
-    for name in {*settings.model_fields_set, "host", "port"} - {"redis_url"}:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            value = ",".join(f"{k}={v}" for k, v in value.items())
-        elif isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        env[f"VECQ_{name.upper()}"] = str(value)
+    """`settings` as `VECQ_*` variables (`GatewaySettings.to_env`); the Redis URL is the
+    gateway's `--redis` flag instead."""
+    env = settings.to_env()
+    env.pop("VECQ_REDIS_URL", None)
     return env
 
 

@@ -279,6 +279,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     return app
 
 
+def app_from_env() -> FastAPI:
+    """The app from `VECQ_*` settings alone: what each of `vecq gateway --processes N`'s
+    processes builds (uvicorn imports it by name in every process)."""
+    return create_app(GatewaySettings())
+
+
 def _add_handlers(app: FastAPI, gateway: Gateway) -> None:
     @app.exception_handler(ApiError)
     async def _api(_request: Request, exc: ApiError) -> JSONResponse:

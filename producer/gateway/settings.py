@@ -44,6 +44,10 @@ class GatewaySettings(ProducerSettings):
     queued_texts_floor: int = Field(default=DEFAULT_FLOOR, ge=1)
     #: Largest request body read; larger ones get 413 before they are read or parsed.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Gateway processes sharing the port (uvicorn's workers).  One process is one core: about
+    #: 270 one-text requests/s on the H200 host (BENCHMARKS.md, issue 15).  Each has its own
+    #: result reader, Redis connections and `max_in_flight`, and its own /metrics.
+    processes: int = Field(default=1, ge=1, le=64)
 
     @field_validator("api_keys", "models", mode="before")
     @classmethod
@@ -60,6 +64,22 @@ class GatewaySettings(ProducerSettings):
         """Every configured key, the file's included (`ValueError` naming an unreadable file)."""
         from_file = read_key_file(self.api_key_file) if self.api_key_file is not None else []
         return ApiKeys([*self.api_keys, *from_file])
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the `VECQ_*` variables they are read back from (lists
+        comma-separated, tokenizers `NAME=PATH,...`): how a child process gets them without
+        putting API keys on its command line."""
+        env: dict[str, str] = {}
+        for name in {*self.model_fields_set, "host", "port"}:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                value = ",".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, (list, tuple)):
+                value = ",".join(str(v) for v in value)
+            env[f"VECQ_{name.upper()}"] = str(value)
+        return env
 
     @field_validator("tokenizers", mode="before")
     @classmethod

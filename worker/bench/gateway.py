@@ -15,6 +15,7 @@ only; clients are capped at 4,096 and every round at its seconds plus the gatewa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -31,11 +32,11 @@ MAX_CLIENTS = 4096
 
 
 def _servers(
-    redis_url: str, port: int, timeout: float, engine: list[str], tmp: Path
+    redis_url: str, port: int, gateway_flags: list[str], engine: list[str], tmp: Path
 ) -> tuple[subprocess.Popen, subprocess.Popen]:
     """A `vecq worker` with the `engine` flags and a `vecq gateway` on `port`, both on `redis_url`."""
     worker = _vecq("worker", *engine, "--redis", redis_url, "--log-level", "WARNING", log=tmp / "worker.log")
-    gateway = _vecq("gateway", "--redis", redis_url, "--port", str(port), "--timeout", str(timeout),
+    gateway = _vecq("gateway", "--redis", redis_url, "--port", str(port), *gateway_flags,
                     "--log-level", "warning", log=tmp / "gateway.log")  # fmt: skip
     return worker, gateway
 
@@ -46,10 +47,27 @@ def _vecq(*args: str, log: Path) -> subprocess.Popen:
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds process `pid` has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def family(pid: int) -> list[int]:
+    """`pid` and its children (`vecq gateway --processes N`'s), from Linux /proc."""
+    out = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds processes `pids` have used (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def redis_connections(pid: int, redis_port: int) -> int:
@@ -133,12 +151,13 @@ async def _round(
     async def sample() -> None:
         nonlocal most
         while time.monotonic() < deadline:
-            most = max(most, redis_connections(gateway_pid, redis_port))
+            most = max(most, sum(redis_connections(pid, redis_port) for pid in pids))
             await asyncio.sleep(0.5)
 
-    started, cpu = time.monotonic(), cpu_seconds(gateway_pid)
+    pids = family(gateway_pid)
+    started, cpu = time.monotonic(), cpu_seconds(pids)
     await asyncio.gather(sample(), *(client() for _ in range(clients)))
-    elapsed, cpu = time.monotonic() - started, cpu_seconds(gateway_pid) - cpu
+    elapsed, cpu = time.monotonic() - started, cpu_seconds(pids) - cpu
     lat = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     return {
         "clients": clients,
@@ -190,6 +209,7 @@ def _worker_flags(
 @click.option("--precision", default=None, help="The worker's precision (e.g. fp16 on cuda).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="The gateway's --timeout.")
 @click.option("--drain", type=float, default=60.0, show_default=True, help="Seconds the queues get to empty.")
+@click.option("--processes", type=int, default=1, show_default=True, help="The gateway's --processes.")
 @click.option(
     "--model",
     default="default",
@@ -199,7 +219,7 @@ def _worker_flags(
 )
 def gateway_bench(
     clients: str, seconds: float, texts: int, backend: str, device: str, precision: str | None,
-    timeout: float, drain: float, model: str,
+    timeout: float, drain: float, processes: int, model: str,
 ) -> None:  # fmt: skip
     """Goodput, p50/p99 and every non-200 of N concurrent clients through a real gateway."""
     import httpx
@@ -215,7 +235,8 @@ def gateway_bench(
     with tempfile.TemporaryDirectory(prefix="vecq-gwbench-") as tmp, embedded_redis() as redis_url:
         port = free_port()
         engine, name = _worker_flags(backend, device, precision, model, Path(tmp))
-        worker, gateway = _servers(redis_url, port, timeout, engine, Path(tmp))
+        flags = ["--timeout", str(timeout), "--processes", str(processes)]
+        worker, gateway = _servers(redis_url, port, flags, engine, Path(tmp))
         url = f"http://127.0.0.1:{port}"
         try:
 

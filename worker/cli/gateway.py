@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -40,6 +41,10 @@ from .options import command, fail
     "--max-in-flight", type=int, help="Requests queued or waiting at once (default 4096); more: 429."
 )
 @click.option("--max-body-bytes", type=int, help="Largest request body (default 16 MiB); larger: 413.")
+@click.option(
+    "--processes", type=click.IntRange(1, 64),
+    help="Gateway processes on the port (default 1; one is about one core's worth of requests).",
+)  # fmt: skip
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def gateway(log_level: str, tokenizers: tuple[str, ...], api_keys: tuple[str, ...], **flags: object) -> None:
     """Serve an OpenAI-compatible POST /v1/embeddings, /health and /metrics (needs vecq[gateway])."""
@@ -68,4 +73,12 @@ def gateway(log_level: str, tokenizers: tuple[str, ...], api_keys: tuple[str, ..
         fail(one_line(exc, unnamed="settings"))
     except ValueError as exc:  # a tokenizer dir without tokenizer.json, an unreadable config
         fail(str(exc))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+    if settings.processes == 1:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+        return
+    # each process builds its own app from the same settings, read back from the environment
+    os.environ.update(settings.to_env())
+    uvicorn.run(
+        "vecq.producer.gateway.app:app_from_env", factory=True, workers=settings.processes,
+        host=settings.host, port=settings.port, log_level=log_level.lower(),
+    )  # fmt: skip
