@@ -13,7 +13,8 @@
 #   bash benchmarks/gpu_host.sh quick      # one worker's host probe and the pipeline
 #   bash benchmarks/gpu_host.sh kernels    # where the engine's time goes (PARTS=sustained,...)
 #   bash benchmarks/gpu_host.sh gateway    # vecq bench gateway, BERT-base (random-bert-base-en) on the
-#     GPU, with fastapi starlette uvicorn h11 anyio sniffio idna httpx httpcore certifi added to .whl/
+#     GPU, with fastapi starlette uvicorn h11 anyio sniffio idna httpx httpcore certifi orjson
+#     opentelemetry-api annotated-doc added to .whl/ (PROCESSES=N: the gateway's --processes)
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +63,7 @@ kernels() {  # where a packed buffer's time goes (probes/engine_kernels.py)
 gateway() {  # issue 15 on the GPU machine: a real model behind the gateway
   head | tee "$out/gateway.txt"
   timeout 500 python3 -m vecq.worker bench gateway --backend torch --device cuda --precision fp16 \
-    --model random-bert-base-en --clients 16,256,1024 --seconds 10 --drain 30 2>&1 | grep -v "Writing model" | tee -a "$out/gateway.txt"
+    --model random-bert-base-en --processes "${PROCESSES:-1}" --clients 16,256,1024 --seconds 10 --drain 30 2>&1 | grep -v "Writing model" | tee -a "$out/gateway.txt"
 }
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
