@@ -43,6 +43,10 @@ def embed(input_path: Path, log_level: str, **flags: object) -> None:
     resumed = f"; {report.chunks_resumed} chunks resumed"
     if report.rows_resumed:  # the rate is this run's: resumed rows are not in it
         resumed += f" ({report.rows_resumed:,} rows written by an earlier run, not in the rate)"
+    if settings.reuse is not None:  # the rate is of the texts embedded, not of those copied
+        resumed += (
+            f"; {report.rows_reused:,} reused from {settings.reuse.name}, {report.texts_sent:,} embedded"
+        )
     click.echo(
         f"{settings.out}: {report.rows} vectors of {report.dim} dims in {report.seconds:.1f}s "
         f"({report.texts_per_second:,.0f} texts/s{resumed})"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .formats import KEEPS_IDS, WRITERS, CorpusError
+from .formats import KEEPS_IDS, WRITERS, CorpusError, Stamp
 
 
 def run_id(path: Path, *, model: str, chunk_size: int, options: Mapping[str, object] | None = None) -> str:
@@ -121,21 +121,35 @@ class WorkArea:
         self._done.flush()  # type: ignore[attr-defined]
         self._pending = []
 
-    def finish(self, out: Path, ids: list[object] | None) -> None:
+    def finish(self, out: Path, ids: list[object] | None, stamp: Stamp | None = None) -> None:
         """Write the final file atomically and drop the work area (a .npy is moved, not copied)."""
+        vectors = self.vectors()
+        if out.suffix.lower() == ".npy":
+            del vectors
+            os.replace(self.dir / "vectors.npy", out)
+        else:
+            write_atomically(out, vectors, ids, stamp)
+        self.drop()
+
+    def vectors(self) -> np.ndarray:
+        """All rows, once every chunk is written (memory-mapped, read-only)."""
         self.commit()
         if self._fd is None or len(self.done_chunks()) != self.chunks:
-            raise AssertionError("finish() before every chunk is written (vecq bug)")
+            raise AssertionError("vectors() before every chunk is written (vecq bug)")
         os.close(self._fd)
         self._fd = self._done = None
-        vectors = self.dir / "vectors.npy"
-        if out.suffix.lower() == ".npy":
-            os.replace(vectors, out)
-        else:
-            tmp = out.with_name(out.name + ".tmp")
-            WRITERS[out.suffix.lower()](tmp, np.load(vectors, mmap_mode="r"), ids)
-            os.replace(tmp, out)
+        return np.load(self.dir / "vectors.npy", mmap_mode="r")
+
+    def drop(self) -> None:
+        """Remove the work area: the final file is written."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def write_atomically(out: Path, vectors: np.ndarray, ids: list[object] | None, stamp: Stamp | None) -> None:
+    """The final file through a temporary beside it: a reader never sees half a file."""
+    tmp = out.with_name(out.name + ".tmp")
+    WRITERS[out.suffix.lower()](tmp, vectors, ids, stamp)
+    os.replace(tmp, out)
 
 
 def check_output(out: Path, *, ids: bool = False) -> None:

@@ -20,6 +20,16 @@ class CorpusError(ValueError):
 
 
 @dataclass(frozen=True)
+class Stamp:
+    """What a `.parquet` output records beside its vectors so that a later run can reuse them
+    (`reuse.py`): a hash column and schema metadata.  A `.npy` output holds vectors only."""
+
+    column: str
+    hashes: list[bytes]
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Corpus:
     texts: list[str]
     ids: list[object] | None  # from --id-field; None means row numbers
@@ -114,14 +124,16 @@ def _checked(path: Path, texts: list, ids: list | None) -> Corpus:
     return Corpus(texts, ids)
 
 
-def _npy(path: Path, vectors: np.ndarray, _ids: list[object] | None) -> None:
+def _npy(path: Path, vectors: np.ndarray, _ids: list[object] | None, _stamp: Stamp | None = None) -> None:
     """The (n, dim) float32 array alone (ids are row numbers)."""
     with path.open("wb") as f:
         np.save(f, vectors)
 
 
-def write_parquet(path: Path, vectors: np.ndarray, ids: list[object] | None) -> None:
-    """id + vector (fixed-size list of float32) per row."""
+def write_parquet(
+    path: Path, vectors: np.ndarray, ids: list[object] | None, stamp: Stamp | None = None
+) -> None:
+    """id + vector (fixed-size list of float32) per row, and the stamp's hash column."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -129,11 +141,17 @@ def write_parquet(path: Path, vectors: np.ndarray, ids: list[object] | None) -> 
     flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=pa.float32())
     column = pa.FixedSizeListArray.from_arrays(flat, dim)
     id_col = pa.array(ids if ids is not None else np.arange(n, dtype=np.int64))
-    pq.write_table(pa.table({"id": id_col, "vector": column}), path)
+    columns = {"id": id_col, "vector": column}
+    if stamp is not None:
+        columns[stamp.column] = pa.array(stamp.hashes, type=pa.binary(16))
+    table = pa.table(columns)
+    if stamp is not None:
+        table = table.replace_schema_metadata(stamp.metadata)
+    pq.write_table(table, path)
 
 
 Reader = Callable[[Path, str, "str | None"], Corpus]
-Writer = Callable[[Path, np.ndarray, "list[object] | None"], None]
+Writer = Callable[[Path, np.ndarray, "list[object] | None", "Stamp | None"], None]
 READERS: dict[str, Reader] = {".txt": _txt, ".jsonl": _jsonl, ".csv": _csv, ".parquet": _parquet}
 WRITERS: dict[str, Writer] = {".npy": _npy, ".parquet": write_parquet}
 #: The writers that keep `--id-field`'s ids (a .npy file holds the vectors alone).

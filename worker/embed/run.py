@@ -10,6 +10,8 @@ both stopped however the run ends.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -28,8 +30,10 @@ from vecq.producer.contract import DEFAULT_MODEL, MAX_TEXTS_PER_JOB, ResultDtype
 from vecq.producer.keys import model_name
 
 from ..settings import WorkerSettings
-from .files import WorkArea, check_output, run_id
-from .formats import read_corpus
+from . import reuse
+from .files import WorkArea, check_output, run_id, write_atomically
+from .formats import Corpus, read_corpus
+from .reuse import Provenance, check_reuse_file, stamp, text_hashes
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,11 @@ class EmbedSettings(BaseModel):
     dimensions: int | None = Field(
         default=None, ge=1, description="Keep each vector's first N components (Matryoshka)."
     )
+    reuse: Path | None = Field(
+        default=None,
+        description="A .parquet an earlier run wrote: copy the vectors of texts unchanged since "
+        "(same model, prompt, dimensions and text), embed only new or changed ones.",
+    )
     progress: bool = True
     stall_timeout: float | None = 600.0
 
@@ -98,6 +107,10 @@ class EmbedSettings(BaseModel):
             raise ValueError("pass --bundle or --model, not both")
         if self.prompt is not None and self.prompt_name is not None:
             raise ValueError("pass --prompt or --prompt-name, not both")
+        if self.reuse is not None and self.out.suffix.lower() != ".parquet":
+            raise ValueError(
+                f"--reuse needs a .parquet --out (it keeps the text hashes), not {self.out.name}"
+            )
         if self.window < self.chunk_size:
             raise ValueError(f"window: {self.window} texts is smaller than one chunk ({self.chunk_size})")
         embedded_default = self.redis_url is None and self.model_path is None
@@ -128,18 +141,24 @@ class EmbedReport:
     seconds: float
     #: rows an earlier run had written (in `chunks_resumed`): in the file, not in the rate
     rows_resumed: int = 0
+    #: rows copied from `--reuse`'s file: in the file, not computed, not in the rate
+    rows_reused: int = 0
+    #: texts sent to the queue by this run (distinct new or changed ones, with `--reuse`)
+    texts_sent: int = 0
 
     @property
     def texts_per_second(self) -> float:
         """Texts embedded per second by this run: rows resumed from an earlier one cost it
         nothing, so counting them made a resumed run look faster than any run can be."""
-        computed = self.rows - self.rows_resumed
+        computed = self.rows - self.rows_resumed - self.rows_reused
         return computed / self.seconds if self.seconds > 0 else 0.0
 
 
 def embed_file(job: EmbedSettings) -> EmbedReport:
     """Run one corpus through vecq and write `job.out`."""
     check_output(job.out, ids=job.id_field is not None)
+    if job.reuse is not None:
+        check_reuse_file(job.reuse)
     if job.redis_url is None and job.model_path is not None:
         locate_model(job.model_path)  # a model that is not there: before the corpus is read
     corpus = read_corpus(job.input, text_field=job.text_field, id_field=job.id_field)
@@ -147,20 +166,61 @@ def embed_file(job: EmbedSettings) -> EmbedReport:
         raise ValueError(f"{job.input}: no texts")
     started = time.perf_counter()
     with _service(job) as (url, model, check):
-        area = WorkArea(
-            job.out,
-            run=run_id(job.input, model=model, chunk_size=job.chunk_size, options=job.model_options),
-            rows=corpus.size,
-            chunk_size=job.chunk_size,
-        )
-        done = area.done_chunks()
-        if done:
-            log.info("resuming %s: %d of %d chunks already written", job.out, len(done), area.chunks)
-        computed = _run_chunks(job, url, model, corpus.texts, area, check)
-        dim = area.dim or 0
-        area.finish(job.out, corpus.ids)
-    seconds = time.perf_counter() - started
-    return EmbedReport(corpus.size, dim, computed, len(done), seconds, rows_resumed=area.rows_in(done))
+        provenance = Provenance(model, **job.model_options)  # type: ignore[arg-type]
+        parquet = job.out.suffix.lower() == ".parquet"
+        hashes = text_hashes(corpus.texts, provenance) if parquet else []
+        if job.reuse is not None:
+            report = _embed_reusing(job, url, model, check, corpus, hashes, provenance)
+        else:
+            run = run_id(job.input, model=model, chunk_size=job.chunk_size, options=job.model_options)
+            area, computed, done = _embed(job, url, model, check, corpus.texts, run)
+            area.finish(job.out, corpus.ids, stamp(hashes, provenance) if parquet else None)
+            rows_resumed = area.rows_in(done)
+            report = EmbedReport(
+                corpus.size, area.dim or 0, computed, len(done), 0.0, rows_resumed,
+                texts_sent=corpus.size - rows_resumed,
+            )  # fmt: skip
+    return dataclasses.replace(report, seconds=time.perf_counter() - started)
+
+
+def _embed(
+    job: EmbedSettings, url: str, model: str, check: Callable[[], None] | None, texts: list[str], run: str
+) -> tuple[WorkArea, int, set[int]]:
+    """Texts through the queue into a work area: (the area, chunks computed, chunks resumed)."""
+    area = WorkArea(job.out, run=run, rows=len(texts), chunk_size=job.chunk_size)
+    done = area.done_chunks()
+    if done:
+        log.info("resuming %s: %d of %d chunks already written", job.out, len(done), area.chunks)
+    return area, _run_chunks(job, url, model, texts, area, check), done
+
+
+def _embed_reusing(
+    job: EmbedSettings,
+    url: str,
+    model: str,
+    check: Callable[[], None] | None,
+    corpus: Corpus,
+    hashes: list[bytes],
+    provenance: Provenance,
+) -> EmbedReport:
+    """Copy the vectors `job.reuse` has, embed the distinct texts it lacks, write both in order."""
+    assert job.reuse is not None, "_embed_reusing without --reuse (vecq bug)"
+    p = reuse.plan(job.reuse, corpus.texts, hashes, provenance)
+    log.info("%s: %d of %d texts reused, %d to embed", job.reuse, p.rows_reused, p.rows, len(p.todo))
+    area: WorkArea | None = None
+    computed, done, resumed_rows, vectors = 0, set(), 0, None
+    if p.todo:  # the run id covers what is to embed, so a killed run resumes only the same work
+        run = hashlib.sha256(b"".join(hashes[r] for r in p.todo_rows) + str(job.chunk_size).encode())
+        area, computed, done = _embed(job, url, model, check, p.todo, "reuse-" + run.hexdigest()[:16])
+        resumed_rows, vectors = area.rows_in(done), area.vectors()
+    full = reuse.assemble(p, vectors)
+    write_atomically(job.out, full, corpus.ids, stamp(hashes, provenance))
+    if area is not None:
+        area.drop()
+    return EmbedReport(
+        p.rows, full.shape[1], computed, len(done), 0.0, rows_resumed=resumed_rows,
+        rows_reused=p.rows_reused, texts_sent=len(p.todo) - resumed_rows,
+    )  # fmt: skip
 
 
 def _run_chunks(
