@@ -81,15 +81,23 @@ class WorkerMetrics:
 
 def check_port(port: int, addr: str) -> None:
     """Refuse a metrics port another process listens on before the worker loads its model: the
-    server itself starts after warm-up and registration, where a busy port was a traceback.
-    Bound as prometheus_client binds it (SO_REUSEADDR), so the answers agree."""
+    server itself starts after warm-up and registration, where a busy port was a traceback."""
+    exc = bind_error(addr, port)
+    if exc is not None:
+        raise PortBusy(_busy(port, addr, exc))
+
+
+def bind_error(addr: str, port: int) -> OSError | None:
+    """Why `addr:port` cannot be listened on now, or None.  Bound as prometheus_client and
+    uvicorn bind (SO_REUSEADDR), so the answer agrees with theirs."""
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((addr, port))
         except OSError as exc:
-            raise PortBusy(_busy(port, addr, exc)) from None
+            return exc
+    return None
 
 
 def _busy(port: int, addr: str, exc: OSError) -> str:

@@ -33,6 +33,7 @@ from redis import RedisError
 from vecq.producer.connection import mask_url, open_sync
 from vecq.producer.gateway.guard import LIVENESS_PATH
 
+from .metrics import bind_error
 from .status import health
 from .supervisor import CHILD_COMMAND, Child, Supervisor
 
@@ -177,13 +178,9 @@ def gateway_env(settings: GatewaySettings) -> dict[str, str]:
 
 def check_port_free(host: str, port: int) -> None:
     """Refuse a taken port in one line before anything starts (uvicorn would log a traceback)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise StackError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+    exc = bind_error(host, port)
+    if exc is not None:
+        raise StackError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})")
 
 
 def _tend_until(supervisor: Supervisor, done: Callable[[], bool]) -> int | None:

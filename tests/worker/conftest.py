@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -118,3 +119,25 @@ def vectors_of(conn: redis.Redis, job_id: str) -> np.ndarray:
     res = result_of(conn, job_id)
     assert res is not None and res.type == Result.Type.SUCCESSFUL, f"job {job_id}: {res and res.exc_string}"
     return res.return_value
+
+
+@pytest.fixture
+def serving() -> Iterator[Callable[[BatchWorker], BatchWorker]]:
+    """Run non-burst workers in threads; stop (a drain) and join them at the end of the test."""
+    running: list[tuple[BatchWorker, threading.Thread]] = []
+
+    def start(worker: BatchWorker) -> BatchWorker:
+        t = threading.Thread(target=worker.work, kwargs={"burst": False}, daemon=True)
+        t.start()
+        running.append((worker, t))
+        deadline = time.monotonic() + 20
+        while not worker.connection.exists(f"vecq:health:{worker.name}"):
+            assert time.monotonic() < deadline, "the worker's health key never appeared"
+            time.sleep(0.02)
+        return worker
+
+    yield start
+    for worker, t in running:
+        worker.stop()
+        t.join(20)
+        assert not t.is_alive(), "worker did not drain and stop"

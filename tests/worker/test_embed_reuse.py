@@ -4,9 +4,6 @@ equals a full run (null engine: deterministic, so equal means byte-equal)."""
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +18,6 @@ from vecq.worker.embed import EmbedSettings, embed_file
 from vecq.worker.worker import BatchWorker
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def serving() -> Iterator[Callable[[BatchWorker], BatchWorker]]:
-    """Run non-burst workers in threads; stop and join them at the end of the test."""
-    running: list[tuple[BatchWorker, threading.Thread]] = []
-
-    def start(worker: BatchWorker) -> BatchWorker:
-        t = threading.Thread(target=worker.work, kwargs={"burst": False}, daemon=True)
-        t.start()
-        running.append((worker, t))
-        deadline = time.monotonic() + 20
-        while not worker.connection.exists(f"vecq:health:{worker.name}"):
-            assert time.monotonic() < deadline, "the worker never reported healthy"
-            time.sleep(0.05)
-        return worker
-
-    yield start
-    for worker, t in running:
-        worker.stop()
-        t.join(timeout=30)
 
 
 def _texts_computed(worker: BatchWorker) -> int:

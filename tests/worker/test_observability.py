@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,7 +16,6 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from vecq.worker.cli import main
-from vecq.worker.worker import BatchWorker
 
 from .conftest import BULK, INTERACTIVE, enqueue, run
 
@@ -35,25 +33,6 @@ def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.02)
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture
-def serving() -> Iterator[Callable[[BatchWorker], BatchWorker]]:
-    """Run non-burst workers in threads; stop and join them at the end of the test."""
-    running: list[tuple[BatchWorker, threading.Thread]] = []
-
-    def start(worker: BatchWorker) -> BatchWorker:
-        t = threading.Thread(target=worker.work, kwargs={"burst": False}, daemon=True)
-        t.start()
-        running.append((worker, t))
-        _until(lambda: worker.connection.exists(f"vecq:health:{worker.name}"), 20, "the worker's health key")
-        return worker
-
-    yield start
-    for worker, t in running:
-        worker.stop()
-        t.join(20)
-        assert not t.is_alive(), "worker did not drain and stop"
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
