@@ -45,6 +45,9 @@ def default_model_dir() -> Path:
 class Embedder:
     """Texts in, float32 vectors out, through a fixed set of shapes."""
 
+    #: False: texts alone (a `reranker.Reranker` scores (query, text) pairs instead).
+    scores_pairs = False
+
     def __init__(
         self, *, spec: ModelSpec, tokenizer: TextTokenizer, engine: Engine, truncate: bool = True,
         prompts: Prompts | None = None,

@@ -17,7 +17,8 @@ import numpy as np
 
 from .base import Engine
 from .batching import check_texts, run_padded
-from .errors import BadInput, UnknownBackend
+from .errors import BadInput, UnknownBackend, VecqEngineError
+from .prompts import Prompts
 from .shapes import ShapeSet, default_shapes
 from .spec import ModelSpec, check_model_dir, resolve_model
 from .tokenizer import TextTokenizer
@@ -26,8 +27,33 @@ from .tokenizer import TextTokenizer
 RERANK_BACKENDS = ("torch", "onnx")
 
 
+def is_cross_encoder(path: str | Path) -> bool:
+    """Whether a model dir (or a Hugging Face id in the local cache) holds a
+    `*ForSequenceClassification`: what a worker serves as a reranker (`Reranker.load` then
+    refuses, in one line, one it cannot rerank with)."""
+    import json
+
+    try:
+        root, _name = resolve_model(path)
+        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, VecqEngineError):
+        return False  # not readable here: the embedder's load says why
+    if not isinstance(config, dict):
+        return False
+    kinds = config.get("architectures") or []
+    return any(str(k).endswith("ForSequenceClassification") for k in kinds)
+
+
 class Reranker:
-    """(query, documents) in, one float32 relevance score per document out."""
+    """(query, documents) in, one float32 relevance score per document out.
+
+    It shows the serving worker what an `Embedder` does (`tokenizer`, `engine`, `shapes`, `dim`,
+    `prompts`, `name`), and `scores_pairs`: its jobs carry a query, tokenized with each text as
+    a pair (`TextTokenizer.encode_pairs`); their results are (n, 1) scores."""
+
+    scores_pairs = True
+    #: A reranker has no prompts (the worker's admission reads them).
+    prompts = Prompts()
 
     def __init__(self, *, spec: ModelSpec, tokenizer: TextTokenizer, engine: Engine) -> None:
         self.spec = spec
@@ -70,6 +96,14 @@ class Reranker:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def dim(self) -> int:
+        return 1
+
+    @property
+    def shapes(self) -> ShapeSet:
+        return self.engine.shapes
 
     def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
         """(len(documents),) float32: `CrossEncoder.predict([(query, d) for d in documents])`

@@ -40,6 +40,8 @@ MAX_CHARS_PER_TEXT = 100_000
 MAX_CHARS_PER_JOB = 4_000_000
 #: A literal prompt (`EmbedRequest.prompt`) or prompt name, at most this many characters.
 MAX_PROMPT_CHARS = 10_000
+#: A rerank job's query (`EmbedRequest.query`), at most this many characters.
+MAX_QUERY_CHARS = 10_000
 
 # The queued-texts counter, `keys.queued_texts_key(model)`: texts waiting in a model's queue
 # lists (both lanes).  Producers INCRBY it by len(texts) in the same MULTI/EXEC as the enqueue; a
@@ -136,6 +138,9 @@ class EmbedRequest(BaseModel):
     #: Matryoshka: keep the first `dimensions` components of each vector (sentence-transformers'
     #: `truncate_dim`); the worker refuses a size over the model's.
     dimensions: int | None = Field(default=None, ge=1)
+    #: A rerank job: the query each text is scored against by a cross-encoder worker, whose result
+    #: is (len(texts), 1) float32 scores in text order; None: an embedding job.
+    query: str | None = Field(default=None, min_length=1, max_length=MAX_QUERY_CHARS)
 
     @field_validator("texts", mode="before")
     @classmethod
@@ -174,7 +179,7 @@ class EmbedRequest(BaseModel):
 
 #: Options the worker resolves against its model (prompts, Matryoshka size); absent in jobs
 #: from producers that predate them, which mean "the model's default prompt, full size".
-MODEL_OPTIONS = ("prompt_name", "prompt", "dimensions")
+MODEL_OPTIONS = ("prompt_name", "prompt", "dimensions", "query")
 OPTION_NAMES = frozenset({"model", "lane", "truncate", "result_dtype", "result_encoding", *MODEL_OPTIONS})
 
 
@@ -189,12 +194,13 @@ class JobRequest:
     prompt_name: str | None = None
     prompt: str | None = None
     dimensions: int | None = None
+    query: str | None = None  # a rerank job's
 
     @classmethod
     def of(cls, request: EmbedRequest) -> JobRequest:
         return cls(
             request.texts, request.truncate, request.result_dtype, request.result_encoding == "raw",
-            request.prompt_name, request.prompt, request.dimensions,
+            request.prompt_name, request.prompt, request.dimensions, request.query,
         )  # fmt: skip
 
 
@@ -231,21 +237,23 @@ def fast_request(args: Any, kwargs: Any, *, model: str) -> JobRequest | None:
         return None
     if type(truncate) is not bool or dtype not in RESULT_DTYPES or encoding not in ("rq", "raw"):
         return None
-    name, prompt, dimensions = get("prompt_name"), get("prompt"), get("dimensions")
-    if name is None and prompt is None and dimensions is None:
+    name, prompt, dimensions, query = get("prompt_name"), get("prompt"), get("dimensions"), get("query")
+    if name is None and prompt is None and dimensions is None and query is None:
         return JobRequest(texts, truncate, dtype, encoding == "raw")
     if name is not None and prompt is not None:
         return None
     if not (_short_str(name, empty=False) and _short_str(prompt, empty=True)):
         return None
+    if not _short_str(query, empty=False, limit=MAX_QUERY_CHARS):
+        return None
     if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
         return None
-    return JobRequest(texts, truncate, dtype, encoding == "raw", name, prompt, dimensions)
+    return JobRequest(texts, truncate, dtype, encoding == "raw", name, prompt, dimensions, query)
 
 
-def _short_str(value: Any, *, empty: bool) -> bool:
-    """None, or a str within `MAX_PROMPT_CHARS` (and not "" unless `empty`)."""
-    return value is None or (type(value) is str and (empty or value != "") and len(value) <= MAX_PROMPT_CHARS)
+def _short_str(value: Any, *, empty: bool, limit: int = MAX_PROMPT_CHARS) -> bool:
+    """None, or a str within `limit` characters (and not "" unless `empty`)."""
+    return value is None or (type(value) is str and (empty or value != "") and len(value) <= limit)
 
 
 def build_request(texts: Any, **options: Any) -> EmbedRequest:

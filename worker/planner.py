@@ -51,6 +51,8 @@ class Encoder(Protocol):
 
     def encode(self, texts: Sequence[str], *, truncate: bool = True) -> Tokenized: ...
 
+    def encode_pairs(self, query: str, documents: Sequence[str]) -> Tokenized: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Row:
@@ -127,6 +129,7 @@ class NewJob:
     texts: Sequence[str]
     lane: str = "interactive"
     truncate: bool = True
+    query: str | None = None  # a rerank job: its texts are tokenized as (query, text) pairs
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,13 @@ class Encoded:
 
 def encode_jobs(encoder: Encoder, jobs: Sequence[NewJob], *, now: float) -> Encoded:
     """The tokenizing half of `Planner.add`, free of planner state so that it can run on a thread
-    of its own (`tokenizers` releases the GIL).  Jobs that truncate share one tokenizer call."""
-    out: list[tuple[NewJob, Tokenized]] = []
+    of its own (`tokenizers` releases the GIL).  Jobs that truncate share one tokenizer call; a
+    rerank job's pairs are one call per job (its query)."""
+    out: list[tuple[NewJob, Tokenized]] = [
+        (j, encoder.encode_pairs(j.query, j.texts)) for j in jobs if j.query
+    ]
     refused: list[tuple[Hashable, str]] = []
-    cutting = [j for j in jobs if j.truncate]
+    cutting = [j for j in jobs if j.truncate and not j.query]
     if cutting:
         tok = encoder.encode([t for j in cutting for t in j.texts], truncate=True)
         start = 0
@@ -151,7 +157,7 @@ def encode_jobs(encoder: Encoder, jobs: Sequence[NewJob], *, now: float) -> Enco
             out.append((j, tok.slice(start, start + len(j.texts))))
             start += len(j.texts)
     for j in jobs:
-        if j.truncate:
+        if j.truncate or j.query:
             continue
         try:
             out.append((j, encoder.encode(j.texts, truncate=False)))

@@ -28,6 +28,7 @@ from redis import Redis
 
 from vecq.engines import Embedder
 from vecq.engines.base import packs
+from vecq.engines.reranker import Reranker
 from vecq.producer.keys import LANES, queued_texts_key
 
 from .capacity import MovingRate
@@ -64,7 +65,7 @@ class Serving:
 
     def __init__(
         self,
-        embedder: Embedder,
+        embedder: Embedder | Reranker,
         *,
         settings: WorkerSettings,
         connection: Redis,
@@ -87,7 +88,13 @@ class Serving:
         self.intake = Intake(
             connection, store, queue_names, model=model, heartbeat_ttl=settings.heartbeat_ttl
         )
-        rules = (settings.result_ttl, settings.job_timeout, embedder.dim, embedder.prompts)
+        rules = (
+            settings.result_ttl,
+            settings.job_timeout,
+            embedder.dim,
+            embedder.prompts,
+            embedder.scores_pairs,
+        )
         self.admission = Admission(queue_names, list(settings.lanes), model, *rules)
         #: set by the engine thread with each result and by each finished tokenizing task: the
         #: main thread sleeps on it, so tokenized texts are planned (and the engine's hand-off slot

@@ -17,6 +17,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from vecq.engines import Embedder, backends
 from vecq.engines.backends.onnx import physical_cores
 from vecq.engines.bundle import MANIFEST
+from vecq.engines.reranker import Reranker, is_cross_encoder
 from vecq.producer.keys import LANES
 from vecq.producer.settings import CommonSettings
 
@@ -153,11 +154,24 @@ class WorkerSettings(CommonSettings):
             options["threads"] = self.threads or physical_cores()
         return options
 
-    def load_embedder(self) -> Embedder:
-        """The model (or the null engine) these settings name, on their backend and device."""
+    def load_embedder(self) -> Embedder | Reranker:
+        """The model (or the null engine) these settings name, on their backend and device; a
+        cross-encoder model dir (`--model`, a `*ForSequenceClassification`) is served as a
+        `Reranker`: torch or onnx, on the CPU, tokenizing on the worker's thread."""
+        if self.model is not None and is_cross_encoder(self.model):
+            return self._load_reranker(self.model)
         return Embedder.load(
             self.model_path, backend=self.engine_backend(), device=self.device, **self.engine_options()
         )
+
+    def _load_reranker(self, path: Path) -> Reranker:
+        if self.tokenize_processes:
+            raise ValueError("--tokenize-processes: a reranker tokenizes on the worker's thread (0 only)")
+        if self.precision is not None:
+            raise ValueError("--precision: a reranker runs fp32 (no precision to choose yet)")
+        backend = self.engine_backend() or "onnx"
+        threads = self.threads or physical_cores()
+        return Reranker.load(path, backend=backend, device=self.device, threads=threads)
 
     def tokenize_in_parallel(self) -> bool:
         """`parallel_tokenize`, or its default for this worker."""

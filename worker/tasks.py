@@ -13,18 +13,24 @@ import threading
 import numpy as np
 
 from vecq.engines import Embedder
+from vecq.engines.reranker import Reranker
 from vecq.producer.contract import RESULT_DTYPES, build_request
 
 from .settings import WorkerSettings
 
 _lock = threading.Lock()
-_loaded: dict[str, Embedder] = {}
+_loaded: dict[str, Embedder | Reranker] = {}
 
 
 def embed(texts: list[str], **options: object) -> np.ndarray:
-    """Vectors for one job's texts, validated against the wire contract first."""
+    """Vectors for one job's texts (a rerank job's: (n, 1) scores), validated against the wire
+    contract first."""
     request = build_request(texts, **options)
     embedder = _embedder_for(request.model)
+    if isinstance(embedder, Reranker) != (request.query is not None):
+        raise LookupError(f"model {request.model!r}: a rerank job needs a reranker, an embed job an embedder")
+    if isinstance(embedder, Reranker):
+        return embedder.score(request.query, request.texts)[:, None]  # type: ignore[arg-type]
     vectors = embedder.embed(
         request.texts, truncate=request.truncate, prompt_name=request.prompt_name,
         prompt=request.prompt, dimensions=request.dimensions,
@@ -32,7 +38,7 @@ def embed(texts: list[str], **options: object) -> np.ndarray:
     return vectors.astype(RESULT_DTYPES[request.result_dtype], copy=False)  # rq's own encoding, always
 
 
-def _embedder_for(model: str) -> Embedder:
+def _embedder_for(model: str) -> Embedder | Reranker:
     with _lock:
         if model not in _loaded:
             embedder = WorkerSettings().load_embedder()

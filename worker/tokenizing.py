@@ -63,7 +63,7 @@ class Tokenizing:
         interactive = [i for i in items if i.lane == LANES[0]]
         for group in (interactive, [i for i in items if i.lane != LANES[0]]):
             if group:
-                self._submit([NewJob(i, i.texts, i.lane, i.truncate) for i in group], now=now)
+                self._submit([NewJob(i, i.texts, i.lane, i.truncate, i.query) for i in group], now=now)
 
     def _submit(self, jobs: list[NewJob], *, now: float) -> None:
         texts = sum(len(j.texts) for j in jobs)

@@ -60,6 +60,7 @@ class WorkItem:
     taken_at: float  # monotonic
     queue_wait: float | None  # seconds from enqueue to start, when the job says when it was enqueued
     dimensions: int | None = None  # Matryoshka: the vectors are cut to this many components
+    query: str | None = None  # a rerank job's: each text is scored as the pair (query, text)
 
     @property
     def job_id(self) -> str:
@@ -92,6 +93,7 @@ class Admission:
     default_timeout: int
     dim: int = 0  # the model's vector size (0: unknown, `dimensions` unchecked)
     prompts: Prompts = field(default_factory=Prompts)
+    pairs: bool = False  # a reranker's rules: every job carries a query, none a prompt
 
     def admit(
         self, taken: list[Taken], *, now_wall: float, now: float
@@ -126,13 +128,17 @@ class Admission:
                     taken_at=now,
                     queue_wait=None if enq is None else max(0.0, now_wall - enq),
                     dimensions=request.dimensions,
+                    query=request.query,
                 )
             )
         return items, rejected
 
     def _prompt(self, request: JobRequest) -> str | None:
         """The prompt to prepend (None: none), after the model's own checks of the request: its
-        prompt names and its vector size.  Raises `JobRefused` in one line."""
+        prompt names and its vector size, and the job's kind.  Raises `JobRefused` in one line."""
+        fault = self._kind_fault(request)
+        if fault is not None:
+            raise JobRefused("bad_request", fault)
         fault = dimensions_fault(request.dimensions, self.dim) if self.dim else None
         if fault is not None:
             raise JobRefused("bad_request", fault)
@@ -142,6 +148,20 @@ class Admission:
             return self.prompts.resolve(prompt_name=request.prompt_name, prompt=request.prompt) or None
         except BadInput as exc:
             raise JobRefused("bad_request", str(exc)) from None
+
+    def _kind_fault(self, request: JobRequest) -> str | None:
+        """Why a job cannot run on this model's kind (embedding or reranking), or None."""
+        if not self.pairs:
+            if request.query is not None:
+                return "query: this model embeds texts; a rerank job needs a cross-encoder model"
+            return None
+        if request.query is None:
+            return "query: missing; this model is a reranker (a job's options carry the query)"
+        if request.prompt_name is not None or request.prompt is not None:
+            return "prompt: a rerank job takes no prompt"
+        if not request.truncate:
+            return "truncate: a rerank job's pairs are always cut as CrossEncoder cuts them"
+        return None
 
     def _validate(self, t: Taken, now_wall: float) -> JobRequest:
         """The request of a job that may run, else `JobRefused` with a one-line reason."""

@@ -33,6 +33,7 @@ from rq.utils import utcformat
 from rq.worker import SimpleWorker, WorkerStatus
 
 from vecq.engines import Embedder
+from vecq.engines.reranker import Reranker
 from vecq.producer.connection import CONNECTION_LOST, describe, open_sync
 from vecq.producer.keys import health_key, model_name, queue_names
 from vecq.producer.serializer import MsgpackSerializer
@@ -54,7 +55,7 @@ class BatchWorker(SimpleWorker):
 
     def __init__(
         self,
-        embedder: Embedder,
+        embedder: Embedder | Reranker,
         *,
         settings: WorkerSettings,
         connection: Redis | None = None,

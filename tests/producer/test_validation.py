@@ -43,7 +43,7 @@ def test_unknown_option_is_refused(client: Client, redis_conn: redis.Redis) -> N
     assert (
         str(info.value)
         == "options: unknown option(s) pooling; known: dimensions, lane, model, prompt, prompt_name, "
-        "result_dtype, result_encoding, truncate"
+        "query, result_dtype, result_encoding, truncate"
     )
     assert redis_conn.dbsize() == 0
 
