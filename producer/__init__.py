@@ -18,6 +18,7 @@ from .errors import (
     VecqError,
 )
 from .keys import LANES, queue_name, queue_names
+from .rerank import RerankResult
 from .serializer import MsgpackSerializer
 from .settings import ProducerSettings
 from .similarity import similarity
@@ -41,6 +42,7 @@ __all__ = [
     "ProducerSettings",
     "QueueFull",
     "RedisUnavailable",
+    "RerankResult",
     "VecqError",
     "mask_url",
     "queue_name",

@@ -33,6 +33,7 @@ from .enqueue import new_job_id
 from .errors import JobTimeout
 from .hub import ResultHub
 from .keys import model_name
+from .rerank import RerankResult, check_rerank, ranked
 from .results import await_result
 from .settings import ProducerSettings
 
@@ -91,11 +92,31 @@ class AsyncClient:
             texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype, deadline_s=timeout,
             prompt_name=prompt_name, prompt=prompt, dimensions=dimensions,
         )  # fmt: skip
+        return await self._wait(job, model, len(texts), timeout)
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        lane: str = "interactive",
+        timeout: float | None = 30,
+    ) -> list[RerankResult]:
+        """`Client.rerank`, awaited; a timeout or a cancelled await cancels the job if no
+        worker has taken it yet, as `embed` does."""
+        check_rerank(documents, top_n)
+        job = await self.submit(documents, model=model, lane=lane, deadline_s=timeout, query=query)
+        return ranked(await self._wait(job, model, len(documents), timeout), top_n)
+
+    async def _wait(self, job: Job, model: str | None, texts: int, timeout: float | None) -> np.ndarray:
+        """The job's result through the hub; the job cancelled if its caller gives up first."""
         try:
             return await self.hub.wait(job.id, timeout)
         except (JobTimeout, asyncio.CancelledError):
             # the caller gave up: its job must not be computed for nobody
-            await asyncio.shield(self.cancel_untaken(job, model_name(model or DEFAULT_MODEL), len(texts)))
+            await asyncio.shield(self.cancel_untaken(job, model_name(model or DEFAULT_MODEL), texts))
             raise
 
     async def cancel_untaken(self, job: Job, model: str, texts: int) -> bool:
@@ -123,12 +144,13 @@ class AsyncClient:
         prompt_name: str | None = None,
         prompt: str | None = None,
         dimensions: int | None = None,
+        query: str | None = None,
     ) -> Job:
         """`Client.submit`; waiting for room sleeps on the loop, the rq write runs on a writer
         thread."""
         request = self.sync.request(
             texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype,
-            prompt_name=prompt_name, prompt=prompt, dimensions=dimensions,
+            prompt_name=prompt_name, prompt=prompt, dimensions=dimensions, query=query,
         )  # fmt: skip
         await self.wait_for_room(request.model, len(request.texts), wait_for_room)
         items = [(request, job_id or new_job_id())]

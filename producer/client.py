@@ -20,6 +20,7 @@ from .connection import RetryPolicy, call, describe, open_sync
 from .contract import DEFAULT_MODEL, EmbedRequest, ResultDtype, build_request
 from .enqueue import Enqueuer, JobOptions, new_job_id
 from .keys import model_name
+from .rerank import RerankResult, check_rerank, ranked
 from .results import wait
 from .settings import ProducerSettings
 
@@ -85,6 +86,24 @@ class Client:
         )  # fmt: skip
         return self.result(job, timeout=timeout)
 
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        lane: str = "interactive",
+        timeout: float | None = 30,
+    ) -> list[RerankResult]:
+        """`documents` ranked by relevance to `query` by a worker serving a cross-encoder
+        (`vecq worker --model DIR`), best first, at most `top_n`: each a `RerankResult(index,
+        score)`, the score `CrossEncoder.predict`'s for the pair.  Blocks up to `timeout` seconds
+        as `embed` does; one job, so at most `MAX_TEXTS_PER_JOB` documents."""
+        check_rerank(documents, top_n)
+        job = self.submit(documents, model=model, lane=lane, query=query)
+        return ranked(self.result(job, timeout=timeout), top_n)
+
     def submit(
         self,
         texts: Sequence[str],
@@ -99,6 +118,7 @@ class Client:
         prompt_name: str | None = None,
         prompt: str | None = None,
         dimensions: int | None = None,
+        query: str | None = None,
     ) -> Job:
         """Enqueue one job and return its rq `Job` without waiting for the result.
 
@@ -110,10 +130,11 @@ class Client:
         when neither it nor `prompt` is given); `prompt`: a literal one ("": none).  `dimensions`:
         keep the first d components (Matryoshka).  Only the worker knows the model's prompts and
         size, so an unknown name or a size over the model's fails the job (`JobFailed`).
+        `query`: a rerank job (see `rerank`): the texts are scored against it, (n, 1) scores.
         """
         request = self.request(
             texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype,
-            prompt_name=prompt_name, prompt=prompt, dimensions=dimensions,
+            prompt_name=prompt_name, prompt=prompt, dimensions=dimensions, query=query,
         )  # fmt: skip
         self.wait_for_room(request.model, len(request.texts), wait_for_room)
         return self.enqueuer.enqueue([(request, job_id or new_job_id())], deadline_s=deadline_s)[0]

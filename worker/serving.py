@@ -60,6 +60,14 @@ TOKENIZED_WAIT_S = 0.002
 HEARTBEAT_CHUNK = 2048
 
 
+def _admission(
+    embedder: Embedder | Reranker, settings: WorkerSettings, model: str, queue_names: list[str]
+) -> Admission:
+    """The rules of this worker's model: its dim, prompts and job kind (embed or rerank)."""
+    rules = (settings.result_ttl, settings.job_timeout, embedder.dim, embedder.prompts, embedder.scores_pairs)
+    return Admission(queue_names, list(settings.lanes), model, *rules)
+
+
 class Serving:
     """Everything one worker holds while it serves, and the pass that moves it along."""
 
@@ -88,14 +96,7 @@ class Serving:
         self.intake = Intake(
             connection, store, queue_names, model=model, heartbeat_ttl=settings.heartbeat_ttl
         )
-        rules = (
-            settings.result_ttl,
-            settings.job_timeout,
-            embedder.dim,
-            embedder.prompts,
-            embedder.scores_pairs,
-        )
-        self.admission = Admission(queue_names, list(settings.lanes), model, *rules)
+        self.admission = _admission(embedder, settings, model, queue_names)
         #: set by the engine thread with each result and by each finished tokenizing task: the
         #: main thread sleeps on it, so tokenized texts are planned (and the engine's hand-off slot
         #: refilled) as they come, not only when the engine returns a batch -- it left the slot

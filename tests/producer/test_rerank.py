@@ -1,0 +1,88 @@
+"""`Client.rerank` / `AsyncClient.rerank` against a real `vecq worker --model DIR` serving a tiny
+random cross-encoder (torch CPU, real Redis): the ranking is `CrossEncoder.predict`'s scores of
+the same pairs (within 1e-5), best first, cut to `top_n`; bad requests are refused in one line
+before anything reaches Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from vecq.engines.random_model import write_random_cross_encoder
+from vecq.producer import AsyncClient, BadRequest, Client, RerankResult
+
+pytestmark = pytest.mark.timeout(90)
+
+MODEL = "reranker"
+QUERY = "where is the Eiffel Tower?"
+DOCUMENTS = [
+    "Paris is the capital of France.",
+    "A cat sat on the mat.",
+    "北京是中国的首都。",
+    "The Eiffel Tower is in Paris.",
+    "Pizza 🍕 is best eaten hot. " * 30,  # over the model's 128 tokens: the pair is cut
+    "Towers of steel.",
+]
+
+
+@pytest.fixture(scope="module")
+def reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_cross_encoder(tmp_path_factory.mktemp("reranker") / "bert", seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference(reranker_dir: Path) -> np.ndarray:
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(reranker_dir), device="cpu")
+    return model.predict([(QUERY, d) for d in DOCUMENTS], show_progress_bar=False)
+
+
+def _expected(scores: np.ndarray, top_n: int | None) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: -scores[i])[:top_n]
+
+
+def test_rerank_ranks_like_cross_encoder(redis_url: str, start_worker, reranker_dir: Path, reference) -> None:  # type: ignore[no-untyped-def]
+    start_worker(redis_url, "--model", str(reranker_dir), "--backend", "torch", "--name", MODEL)
+    with Client(redis_url) as client:
+        full = client.rerank(QUERY, DOCUMENTS, model=MODEL, timeout=60)
+        top = client.rerank(QUERY, DOCUMENTS, model=MODEL, top_n=2)
+    assert all(isinstance(r, RerankResult) for r in full)
+    assert [r.index for r in full] == _expected(reference, None)
+    np.testing.assert_allclose([r.score for r in full], reference[[r.index for r in full]], atol=1e-5)
+    assert [r.score for r in full] == sorted((r.score for r in full), reverse=True)
+    assert top == full[:2]
+
+    async def both() -> list[list[RerankResult]]:
+        async with AsyncClient(redis_url) as aclient:
+            return list(
+                await asyncio.gather(
+                    aclient.rerank(QUERY, DOCUMENTS, model=MODEL, top_n=3),
+                    aclient.rerank(QUERY, DOCUMENTS[::-1], model=MODEL),
+                )
+            )
+
+    atop, reverse = asyncio.run(both())
+    assert atop == full[:3]
+    n = len(DOCUMENTS)
+    assert [(n - 1 - r.index) for r in reverse] == [r.index for r in full]
+
+
+def test_bad_rerank_requests_are_refused_in_one_line(redis_url: str, redis_conn: redis.Redis) -> None:
+    with Client(redis_url) as client:
+        cases = [
+            (("q", []), {}, "documents: empty list (send at least one document)"),
+            (("q", ["a", 3]), {}, "documents[1]: expected str, got int"),
+            (("q", ["a"]), {"top_n": 0}, "top_n: expected an int >= 1 or None, got 0"),
+            ((5, ["a"]), {}, "query: Input should be a valid string"),
+            (("", ["a"]), {}, "query: String should have at least 1 character"),
+        ]
+        for args, kwargs, message in cases:
+            with pytest.raises(BadRequest) as exc:
+                client.rerank(*args, model=MODEL, **kwargs)  # type: ignore[arg-type]
+            assert str(exc.value) == message
+    assert redis_conn.dbsize() == 0
