@@ -25,7 +25,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -53,6 +53,7 @@ from ..errors import BadRequest, RedisUnavailable, VecqError
 from .admission import Limit, QueuedTextsLimit
 from .guard import LIVENESS_PATH, BodyLimit, RequireKey
 from .openai_errors import ApiError, api_error, http_error, too_many, validation_error
+from .rerank import RERANK_PATH, RerankRequest, rerank_answer
 from .served import ServedModels
 from .settings import GatewaySettings, canonical_model
 from .usage import ModelTokenizer, load_tokenizers
@@ -155,26 +156,12 @@ class Gateway:
         texts = input_texts(body.input)
         model = canonical_model(body.model)
         self._check_dimensions(model, body.dimensions)
-        assert self.client and self.served and self.admission, "used outside the lifespan (vecq bug)"
-        if not await self.served.serves(model):
-            raise ApiError(
-                404,
-                f"model: {model!r} is not served here; GET /v1/models lists those that are",
-                param="model",
-                code="model_not_found",
-            )
-        if self.in_flight >= self.settings.max_in_flight:
-            raise too_many(
-                f"{self.in_flight} requests in flight here, limit {self.settings.max_in_flight} "
-                "(max_in_flight)",
-                "too_many_requests",
-            )
-        self.observe(model, await self.admission.admit(model, len(texts)))
+        await self.admit(model, len(texts))
         self.in_flight += 1
         options = body.model_dump(include=set(MODEL_OPTIONS))  # prompt_name, prompt, dimensions
         try:
             vectors, tokens = await asyncio.gather(
-                self.client.embed(texts, model=model, timeout=self.settings.timeout, **options),
+                self.client.embed(texts, model=model, timeout=self.settings.timeout, **options),  # type: ignore[union-attr]
                 self._count(model, texts, body),
             )
         finally:
@@ -192,6 +179,20 @@ class Gateway:
             "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    async def admit(self, model: str, texts: int) -> None:
+        """Let a request of `texts` for `model` in, or refuse it: not served (404), too many in
+        flight or its queues full (429)."""
+        assert self.client and self.served and self.admission, "used outside the lifespan (vecq bug)"
+        if not await self.served.serves(model):
+            raise ApiError(
+                404, f"model: {model!r} is not served here; GET /v1/models lists those that are",
+                param="model", code="model_not_found",
+            )  # fmt: skip
+        if self.in_flight >= (most := self.settings.max_in_flight):
+            message = f"{self.in_flight} requests in flight here, limit {most} (max_in_flight)"
+            raise too_many(message, "too_many_requests")
+        self.observe(model, await self.admission.admit(model, texts))
 
     def observe(self, model: str, limit: Limit) -> None:
         """The limit in use, in the metrics (models here are served or allowlisted: bounded)."""
@@ -341,24 +342,32 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+async def _answer(answer: Awaitable[dict[str, Any]], request: Request, gateway: Gateway) -> Response:
+    """The answer, unless the client goes away first: then its job is cancelled if no worker
+    has taken it (`AsyncClient.embed` / `rerank`), and nobody is answered."""
+    work = asyncio.ensure_future(answer)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if work in done:  # orjson: the stdlib's encoder was an eighth of the gateway's CPU
+        return Response(orjson.dumps(work.result()), media_type="application/json")
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    gateway.metrics.abandoned.inc()
+    return Response(status_code=CLIENT_CLOSED)
+
+
 def _add_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.post(EMBEDDINGS_PATH)
     async def embeddings(body: EmbeddingsRequest, request: Request) -> Response:
-        """The embedding, unless the client goes away first: then its job is cancelled if no
-        worker has taken it (`AsyncClient.embed`), and nobody is answered."""
-        work = asyncio.ensure_future(gateway.embeddings(body))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if work in done:  # orjson: the stdlib's encoder was an eighth of the gateway's CPU
-            return Response(orjson.dumps(work.result()), media_type="application/json")
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-        gateway.metrics.abandoned.inc()
-        return Response(status_code=CLIENT_CLOSED)
+        return await _answer(gateway.embeddings(body), request, gateway)
+
+    @app.post(RERANK_PATH)
+    async def rerank(body: RerankRequest, request: Request) -> Response:
+        return await _answer(rerank_answer(gateway, body), request, gateway)
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:

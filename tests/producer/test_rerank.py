@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import redis
 
 from vecq.engines.random_model import write_random_cross_encoder
 from vecq.producer import AsyncClient, BadRequest, Client, RerankResult
+
+from ..worker.servers import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -86,3 +89,42 @@ def test_bad_rerank_requests_are_refused_in_one_line(redis_url: str, redis_conn:
                 client.rerank(*args, model=MODEL, **kwargs)  # type: ignore[arg-type]
             assert str(exc.value) == message
     assert redis_conn.dbsize() == 0
+
+
+def test_gateway_rerank_route(
+    redis_url: str, start_worker, start_gateway, reranker_dir: Path, reference
+) -> None:  # type: ignore[no-untyped-def]
+    start_worker(redis_url, "--model", str(reranker_dir), "--backend", "torch", "--name", MODEL)
+    gateway = start_gateway(redis_url, "--api-key", "secret")
+    auth = {"Authorization": "Bearer secret"}
+    body = {"model": MODEL, "query": QUERY, "documents": DOCUMENTS, "top_n": 3, "return_documents": True}
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        listed = lambda: MODEL in {m["id"] for m in http.get("/v1/models", headers=auth).json()["data"]}  # noqa: E731
+        until(listed, 30, "the reranker worker in /v1/models")
+        refused = http.post("/v1/rerank", json=body)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        answer = http.post("/v1/rerank", json=body, headers=auth)
+        assert answer.status_code == 200, answer.text
+        got = answer.json()
+        best = _expected(reference, 3)
+        assert got["object"] == "list" and got["model"] == MODEL
+        assert got["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
+        assert [r["index"] for r in got["results"]] == best
+        assert [r["document"] for r in got["results"]] == [{"text": DOCUMENTS[i]} for i in best]
+        np.testing.assert_allclose([r["relevance_score"] for r in got["results"]], reference[best], atol=1e-5)
+        bare = http.post(
+            "/v1/rerank", json={"model": MODEL, "query": QUERY, "documents": DOCUMENTS}, headers=auth
+        )
+        assert [set(r) for r in bare.json()["results"]] == [{"index", "relevance_score"}] * len(DOCUMENTS)
+        cases = [
+            ({"documents": []}, 400, "documents: empty list (send at least one document)"),
+            ({"top_n": 0}, 400, "top_n: expected an int >= 1 or None, got 0"),
+            ({"query": 3}, 400, "query: Input should be a valid string"),
+            ({"return_documents": "yes"}, 400, "return_documents: expected a bool, got str"),
+            ({"model": "elsewhere"}, 404, "model: 'elsewhere' is not served here; GET /v1/models lists "
+             "those that are"),
+        ]  # fmt: skip
+        for change, status, message in cases:
+            answer = http.post("/v1/rerank", json={**body, **change}, headers=auth)
+            assert answer.status_code == status, (change, answer.text)
+            assert answer.json()["error"]["message"] == message

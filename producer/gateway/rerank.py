@@ -1,0 +1,63 @@
+"""`POST /v1/rerank`: the request and response shape Cohere, Jina and TEI users know.
+
+`{model, query, documents: [str], top_n?, return_documents?}` becomes one rerank job on the
+model's interactive lane (`AsyncClient.rerank`), through the same key check, body limit and
+admission as `/v1/embeddings` (`Gateway.admit`); its answer is `{"object": "list", model,
+results: [{index, relevance_score, document?: {text}}], usage}`, best first.  Bad requests get
+a 400 in OpenAI's error shape with one line naming the field.  `usage` reports 0 tokens: the
+gateway counts an embedder's tokens, not a cross-encoder's pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import BadRequest
+from ..rerank import check_rerank
+from .settings import canonical_model
+
+RERANK_PATH = "/v1/rerank"
+
+
+class RerankRequest(BaseModel):
+    """The rerank body; unknown fields are ignored, as OpenAI's are on `/v1/embeddings`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: Any
+    documents: Any
+    model: str = "default"
+    top_n: Any = None
+    return_documents: Any = False
+
+
+async def rerank_answer(gateway: Any, body: RerankRequest) -> dict[str, Any]:
+    """The ranking of `body.documents` against `body.query` by the model's workers (`gateway`:
+    the app's `Gateway`)."""
+    check_rerank(body.documents, body.top_n)
+    if type(body.return_documents) is not bool:
+        raise BadRequest(f"return_documents: expected a bool, got {type(body.return_documents).__name__}")
+    model = canonical_model(body.model)
+    await gateway.admit(model, len(body.documents))
+    gateway.in_flight += 1
+    try:
+        ranked = await gateway.client.rerank(
+            body.query, body.documents, model=model, top_n=body.top_n, timeout=gateway.settings.timeout
+        )
+    finally:
+        gateway.in_flight -= 1
+    gateway.metrics.texts.inc(len(body.documents))
+    results = []
+    for r in ranked:
+        entry: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
+        if body.return_documents:
+            entry["document"] = {"text": body.documents[r.index]}
+        results.append(entry)
+    return {
+        "object": "list",
+        "model": model,
+        "results": results,
+        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+    }
