@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 import numpy as np
 import openai
 import pytest
+
+from ..worker.servers import until
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 README_URL = "http://localhost:8000/v1"
@@ -49,7 +52,10 @@ def test_a_readme_framework_snippet_embeds_through_the_gateway(
     code = snippet(first_import)
     pytest.importorskip(module)
     start_worker(redis_url)
-    names = run_snippet(code, start_gateway(redis_url).url)
+    gateway = start_gateway(redis_url)
+    served = lambda: httpx.get(f"{gateway.url}/v1/models", timeout=5).json()["data"]  # noqa: E731
+    until(served, 30, "the worker's model in /v1/models")  # the worker may come up after the gateway
+    names = run_snippet(code, gateway.url)
     docs = np.asarray(names["docs"], dtype=np.float32)
     query = np.asarray(names["query"], dtype=np.float32)
     texts = ["tomatoes need full sun", "prune the side shoots weekly"]

@@ -60,7 +60,7 @@ def test_tokenizing_spreads_a_take_over_processes_and_keeps_every_job(tokenizer:
     class Item:  # what Tokenizing reads of a WorkItem
         def __init__(self, k: int, n: int) -> None:
             self.texts = [f"text {k} number {i}" for i in range(n)]
-            self.lane, self.truncate = "bulk", True
+            self.lane, self.truncate, self.query = "bulk", True, None
 
     items = [Item(k, 300) for k in range(5)] + [Item(99, 2)]
     tok = Tokenizing(tokenizer, processes=2)
@@ -92,7 +92,7 @@ def test_a_worker_with_tokenizer_processes_serves_exactly(redis_conn, make_worke
 def test_a_query_taken_with_bulk_jobs_is_tokenized_apart_at_once(tokenizer: TextTokenizer) -> None:
     class Item:
         def __init__(self, name: str, lane: str, n: int) -> None:
-            self.name, self.lane, self.truncate = name, lane, True
+            self.name, self.lane, self.truncate, self.query = name, lane, True, None
             self.texts = [f"{name} text number {i} " * 20 for i in range(n)]
 
     query = Item("query", "interactive", 1)
@@ -115,6 +115,7 @@ def test_a_finished_task_wakes_the_main_thread(tokenizer: TextTokenizer) -> None
     class Item:
         def __init__(self, n: int) -> None:
             self.texts, self.lane, self.truncate = [f"text {i} " * 30 for i in range(n)], "bulk", True
+            self.query = None
 
     wake = threading.Event()
     tok = Tokenizing(tokenizer, processes=1, wake=wake)
