@@ -124,3 +124,17 @@ def test_the_model_is_checked_before_the_corpus_is_read(tmp_path: Path) -> None:
         "embed", str(src), "--out", str(tmp_path / "v.npy"), "--model", str(tmp_path / "no")
     )
     assert line == f"vecq: ModelNotFound: {tmp_path / 'no'}: not a directory"
+
+
+def test_serve_and_gateway_without_the_gateway_extra_say_so_in_one_line() -> None:
+    """An install with only vecq[worker] (the README's main command) has no fastapi, uvicorn or
+    orjson: `vecq serve` named the missing module in a 40-line traceback."""
+    no_extra = (
+        "import sys; sys.modules.update(orjson=None, fastapi=None); from vecq.worker.cli import main; main()"
+    )
+    for verb in ("serve", "gateway"):
+        proc = subprocess.run(
+            [VECQ[0], "-c", no_extra, verb, "--port", "1"], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert "needs the gateway extra (pip install 'vecq[gateway]')" in proc.stderr

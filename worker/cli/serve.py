@@ -44,7 +44,10 @@ def serve(redis_url: str | None, gpus: str, workers_per_gpu: int, log_level: str
     """
     import logging
 
-    from ..stack import Ready, ServePlan, Stack, StackError
+    try:  # the stack reads the gateway's settings and routes: without the extra, one line
+        from ..stack import Ready, ServePlan, Stack, StackError
+    except ImportError as exc:
+        fail(f"vecq serve needs the gateway extra (pip install 'vecq[gateway]'): {exc}")
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker_values = given({k: v for k, v in flags.items() if k in WORKER_FIELDS})
