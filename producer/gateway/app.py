@@ -63,10 +63,8 @@ log = logging.getLogger(__name__)
 EMBEDDINGS_PATH = "/v1/embeddings"
 #: The status logged for a request whose client went away (nginx's "client closed request").
 CLIENT_CLOSED = 499
-#: Up to this many texts and characters, usage is counted on the event loop: a thread hop cost
-#: more than it; longer inputs would hold the loop (every other request) for milliseconds.
-INLINE_COUNT_TEXTS = 16
-INLINE_COUNT_CHARS = 16_384
+#: Usage of at most this many texts / characters is counted on the loop (a thread hop cost more).
+INLINE_COUNT_TEXTS, INLINE_COUNT_CHARS = 16, 16_384
 
 
 # --- the request and the errors ---------------------------------------------------------------
@@ -158,16 +156,12 @@ class Gateway:
         texts = input_texts(body.input)
         model = canonical_model(body.model)
         self._check_dimensions(model, body.dimensions)
-        await self.admit(model, len(texts))
-        self.in_flight += 1
         options = body.model_dump(include=set(MODEL_OPTIONS))  # prompt_name, prompt, dimensions
-        try:
+        async with self.admitted(model, len(texts)):
             vectors, tokens = await asyncio.gather(
                 self.client.embed(texts, model=model, timeout=self.settings.timeout, **options),  # type: ignore[union-attr]
                 self._count(model, texts, body),
             )
-        finally:
-            self.in_flight -= 1
         if body.dimensions is None:  # a shortened answer does not tell the model's size
             self.dims[model] = int(vectors.shape[1])
         self.metrics.texts.inc(len(texts))
@@ -182,9 +176,10 @@ class Gateway:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    async def admit(self, model: str, texts: int) -> None:
-        """Let a request of `texts` for `model` in, or refuse it: not served (404), too many in
-        flight or its queues full (429)."""
+    @asynccontextmanager
+    async def admitted(self, model: str, texts: int) -> AsyncIterator[None]:
+        """Let a request of `texts` for `model` in, counted in flight for the block, or refuse
+        it: not served (404), too many in flight or its queues full (429)."""
         assert self.client and self.served and self.admission, "used outside the lifespan (vecq bug)"
         if not await self.served.serves(model):
             raise ApiError(
@@ -195,6 +190,11 @@ class Gateway:
             message = f"{self.in_flight} requests in flight here, limit {most} (max_in_flight)"
             raise too_many(message, "too_many_requests")
         self.observe(model, await self.admission.admit(model, texts))
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     def observe(self, model: str, limit: Limit) -> None:
         """The limit in use, in the metrics (models here are served or allowlisted: bounded)."""

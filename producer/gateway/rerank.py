@@ -2,7 +2,7 @@
 
 `{model, query, documents: [str], top_n?, return_documents?}` becomes one rerank job on the
 model's interactive lane (`AsyncClient.rerank`), through the same key check, body limit and
-admission as `/v1/embeddings` (`Gateway.admit`); its answer is `{"object": "list", model,
+admission as `/v1/embeddings` (`Gateway.admitted`); its answer is `{"object": "list", model,
 results: [{index, relevance_score, document?: {text}}], usage}`, best first.  Bad requests get
 a 400 in OpenAI's error shape with one line naming the field.  `usage` reports 0 tokens: the
 gateway counts an embedder's tokens, not a cross-encoder's pairs.
@@ -40,14 +40,10 @@ async def rerank_answer(gateway: Any, body: RerankRequest) -> dict[str, Any]:
     if type(body.return_documents) is not bool:
         raise BadRequest(f"return_documents: expected a bool, got {type(body.return_documents).__name__}")
     model = canonical_model(body.model)
-    await gateway.admit(model, len(body.documents))
-    gateway.in_flight += 1
-    try:
+    async with gateway.admitted(model, len(body.documents)):
         ranked = await gateway.client.rerank(
             body.query, body.documents, model=model, top_n=body.top_n, timeout=gateway.settings.timeout
         )
-    finally:
-        gateway.in_flight -= 1
     gateway.metrics.texts.inc(len(body.documents))
     results = []
     for r in ranked:
