@@ -15,6 +15,8 @@
 #   bash benchmarks/gpu_host.sh gateway    # vecq bench gateway, BERT-base (random-bert-base-en) on the
 #     GPU, with fastapi starlette uvicorn h11 anyio sniffio idna httpx httpcore certifi orjson
 #     opentelemetry-api annotated-doc added to .whl/ (PROCESSES=N: the gateway's --processes)
+#   bash benchmarks/gpu_host.sh rerank     # vecq bench rerank: BERT-base cross-encoder vs CrossEncoder
+#   bash benchmarks/gpu_host.sh serve      # vecq serve on the GPU: ready, requests, Ctrl-C (gateway wheels)
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,9 +63,18 @@ kernels() {  # where a packed buffer's time goes (probes/engine_kernels.py)
     grep -v "Writing model" | tee -a "$out/kernels.txt"
 }
 gateway() {  # issue 15 on the GPU machine: a real model behind the gateway
-  head | tee "$out/gateway.txt"
+  head | tee "$out/gateway-p${PROCESSES:-1}.txt"
   timeout 500 python3 -m vecq.worker bench gateway --backend torch --device cuda --precision fp16 \
-    --model random-bert-base-en --processes "${PROCESSES:-1}" --clients 16,256,1024 --seconds 10 --drain 30 2>&1 | grep -v "Writing model" | tee -a "$out/gateway.txt"
+    --model random-bert-base-en --processes "${PROCESSES:-1}" --clients 16,256,1024 --seconds 10 --drain 30 2>&1 | grep -v "Writing model" | tee -a "$out/gateway-p${PROCESSES:-1}.txt"
+}
+rerank() {  # issue 17: rerank pairs/s, in process and through Redis, against CrossEncoder fp16
+  head | tee "$out/rerank.txt"
+  timeout 400 python3 -m vecq.worker bench rerank --device cuda 2>&1 | grep -v "Writing model\|Loading weights" |
+    tee -a "$out/rerank.txt"
+}
+serve() {  # issue 18: vecq serve on the GPU, as a user runs it
+  head | tee "$out/serve.txt"
+  timeout 400 python3 benchmarks/probes/serve_gpu.py 2>&1 | grep -v "Writing model" | tee -a "$out/serve.txt"
 }
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
@@ -71,7 +82,10 @@ quick() {  # one worker's host probe, then the pipeline
     grep -v "Writing model" | tee -a "$out/probes.txt"
   pipeline
 }
-case "${1:-all}" in
+for mode in ${@:-all}; do
+case "$mode" in
+rerank) rerank ;;
+serve) serve ;;
 kernels) kernels ;;
 gateway) gateway ;;
 quick) quick ;;
@@ -80,3 +94,4 @@ seed) seed ;;
 pipeline) pipeline ;;
 all) probes; pipeline; seed ;;
 esac
+done

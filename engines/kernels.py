@@ -106,8 +106,8 @@ if triton is not None:
 
     @triton.jit
     def _embed_kernel(
-        ids, cu, n_real, word, position, type0, w, b, out, seq_out, stride, width, slots, first, max_pos, eps,
-        HAS_TYPE: tl.constexpr, STEPS: tl.constexpr, BLOCK: tl.constexpr,
+        ids, cu, n_real, word, position, type0, type_ids, w, b, out, seq_out, stride, width, slots, first,
+        max_pos, eps, HAS_TYPE: tl.constexpr, TYPED: tl.constexpr, STEPS: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         # One token: its sequence (binary search of cu), position, the three embeddings, LayerNorm.
         t = tl.program_id(0)
@@ -127,7 +127,9 @@ if triton is not None:
         token = tl.load(ids + t)
         v = tl.load(word + token * width + cols, mask=inside, other=0.0).to(tl.float32)
         v += tl.load(position + pos * width + cols, mask=inside, other=0.0).to(tl.float32)
-        if HAS_TYPE:
+        if TYPED:  # type0 is the whole table, each token its own row
+            v += tl.load(type0 + tl.load(type_ids + t) * width + cols, mask=inside, other=0.0).to(tl.float32)
+        elif HAS_TYPE:
             v += tl.load(type0 + cols, mask=inside, other=0.0).to(tl.float32)
         _layer_norm_store(v, inside, cols, width, eps, w, b, out + t * stride)
 
@@ -220,14 +222,15 @@ def add_layer_norm(
 def packed_embed(
     ids: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, *, word: torch.Tensor, position: torch.Tensor,
     type0: torch.Tensor | None, norm: tuple[torch.Tensor, torch.Tensor, float], first_position: int,
-    max_position: int,
+    max_position: int, typed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """BERT's embeddings of a packed buffer, in one kernel on CUDA: `(x (T, H), seq (T,) int32)`.
 
     Each token's sequence (filler: `slots`) and position within it come from `cu`; x is
     `layer_norm(word[id] + position[first_position + min(pos, max_position)] + type0)`.  In torch
     this was a dozen kernels (search, gathers, adds, LayerNorm): a fifth of the 106 a one-text
-    buffer launched, each ~4 µs (BENCHMARKS.md, issue 14).
+    buffer launched, each ~4 µs (BENCHMARKS.md, issue 14).  `typed` = (the token-type table,
+    each token's type (T,)) replaces `type0` where segments differ (a cross-encoder's pairs).
     """
     T, slots = ids.shape[0], cu.shape[0] - 1
     if not triton_ready(ids):
@@ -237,17 +240,20 @@ def packed_embed(
         start = cu[seq.clamp(max=slots - 1)]
         positions = (token - start).clamp(min=0, max=max_position)
         x = word[ids] + position[positions + first_position]
-        if type0 is not None:
+        if typed is not None:
+            x = x + typed[0][typed[1].long()]
+        elif type0 is not None:
             x = x + type0
         return F.layer_norm(x, (word.shape[1],), *norm), seq.to(torch.int32)
     width = word.shape[1]
     out = torch.empty((T, width), dtype=word.dtype, device=ids.device)
     seq = torch.empty(T, dtype=torch.int32, device=ids.device)
     weight, bias, eps = norm
+    table, type_ids = typed if typed is not None else (word if type0 is None else type0, seq)
     _embed_kernel[(T,)](
-        ids, cu, n_real, word, position, word if type0 is None else type0, weight, bias, out, seq,
-        out.stride(0), width, slots, first_position, max_position, eps,
-        HAS_TYPE=type0 is not None, STEPS=max(1, slots.bit_length()), BLOCK=triton.next_power_of_2(width),
+        ids, cu, n_real, word, position, table, type_ids, weight, bias, out, seq,
+        out.stride(0), width, slots, first_position, max_position, eps, HAS_TYPE=type0 is not None,
+        TYPED=typed is not None, STEPS=max(1, slots.bit_length()), BLOCK=triton.next_power_of_2(width),
         num_warps=4,
     )  # fmt: skip
     return out, seq

@@ -52,7 +52,9 @@ class PackedEncoder(nn.Module):
     forward can be captured once per T.
     """
 
-    def __init__(self, encoder: nn.Module, *, pooling: str, normalize: bool) -> None:
+    def __init__(
+        self, encoder: nn.Module, *, pooling: str, normalize: bool, sep_id: int | None = None
+    ) -> None:
         super().__init__()
         config = encoder.config
         why = supports(config)
@@ -66,6 +68,12 @@ class PackedEncoder(nn.Module):
         self.position = e.position_embeddings.weight
         types = getattr(e, "token_type_embeddings", None)
         self.type0 = None if types is None else types.weight[0]
+        #: A cross-encoder's pairs: tokens after each text's first `sep_id` are segment 1 (what
+        #: the tokenizer's pair encoding gives BERT); None: every token is segment 0.
+        self.types = (
+            types.weight if types is not None and sep_id is not None and len(types.weight) > 1 else None
+        )
+        self.sep_id = sep_id
         self.embed_norm = (e.LayerNorm.weight, e.LayerNorm.bias, e.LayerNorm.eps)
         self.heads = config.num_attention_heads
         self.hidden = config.hidden_size
@@ -82,9 +90,11 @@ class PackedEncoder(nn.Module):
         self._encoder = encoder  # keeps the weights alive (and on the device they were moved to)
 
     def forward(self, ids: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
+        typed = None if self.types is None else (self.types, _segments(ids, cu, n_real, self.sep_id))
         x, seq = packed_embed(
             ids, cu, n_real, word=self.word, position=self.position, type0=self.type0, norm=self.embed_norm,
             first_position=self.first_position, max_position=self.max_position - self.first_position,
+            typed=typed,
         )  # fmt: skip
         T = ids.shape[0]
         for layer in self.layers:
@@ -97,6 +107,19 @@ class PackedEncoder(nn.Module):
                 h = F.gelu(F.linear(x, layer["w1"], layer["b1"]), approximate=self.gelu)
             x = add_layer_norm(x, F.linear(h, layer["w2"], layer["b2"]), *layer["norm2"])
         return packed_pool(x, seq, cu, mean=self.pooling != "cls", normalize=self.normalize)
+
+
+def _segments(ids: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, sep_id: int | None) -> torch.Tensor:
+    """Each token's segment (int32, T): 1 after the first `sep_id` of its own text, else 0 (as
+    `cross_encoder.ScoringEncoder` derives BERT's token types from a padded row)."""
+    T, slots = ids.shape[0], cu.shape[0] - 1
+    token = torch.arange(T, device=ids.device, dtype=torch.int32)
+    live = token < n_real
+    seq = (torch.searchsorted(cu, token, right=True) - 1).clamp(0, slots - 1)
+    sep = ((ids == sep_id) & live).to(torch.int32)
+    before = torch.cumsum(sep, 0, dtype=torch.int32) - sep  # separators before each token
+    start = cu[seq].long().clamp(max=T - 1)
+    return (((before - before[start]) > 0) & live).to(torch.int32)
 
 
 def _layer_weights(layer: nn.Module) -> dict[str, Any]:

@@ -187,17 +187,25 @@ def write_random_cross_encoder(
     max_positions: int = 128,
     activation: str = "torch.nn.modules.activation.Sigmoid",
     seed: int = 0,
+    vocab: str = "trained",
 ) -> Path:
     """A random one-label `*ForSequenceClassification` (bert, roberta, xlm-roberta) in the layout
     `CrossEncoder.save` writes (modules.json with one Transformer, sentence_bert_config.json's
     sequence-classification task, config_sentence_transformers.json's `activation`), with the
-    tokenizer `write_random_encoder` gives the same architecture: a reranker for tests."""
+    tokenizer `write_random_encoder` gives the same architecture: a reranker for tests.
+    `vocab="english"` (bert only): bert-base-uncased's WordPiece instead, so that a benchmark's
+    pairs are as long as a real English BERT reranker reads them."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    specials = _write_tokenizer(root, model_type, max_positions)
+    if vocab == "english" and model_type == "bert":
+        specials = (_english_tokenizer(root), {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103})
+    elif vocab == "trained":
+        specials = _write_tokenizer(root, model_type, max_positions)
+    else:
+        raise ValueError(f"vocab {vocab!r} for {model_type}: trained, or english for bert")
     torch.manual_seed(seed)
     config = _random_config(model_type, specials, hidden, layers, heads, max_positions, {"num_labels": 1})
     AutoModelForSequenceClassification.from_config(config).eval().save_pretrained(

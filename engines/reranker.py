@@ -5,7 +5,10 @@ tokenizes them (`TextTokenizer.encode_pairs`), planned into the engine's declare
 through the same padded path as texts (`batching.run_padded`), by the same engines (`TorchEngine`,
 `OnnxEngine`) over a `ScoringEncoder` (`cross_encoder.py`) whose output is one score per row.
 ONNX models are exported once into the cache (`cache.py`'s dir and key), unfused as CPU bundles
-are.  Bundles (`vecq build`) of rerankers, GPU engines and the worker's job kind come later.
+are.  On CUDA the model runs in torch fp16 (or bf16) through the padding-free packed engine
+(`PackedScorer` in `PackedGraphEngine`: one graph per token buffer) where the packed encoder
+serves its architecture, else through one CUDA graph per padded shape.  Bundles (`vecq build`) of
+rerankers and ONNX Runtime on CUDA come later.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from .shapes import ShapeSet, default_shapes
 from .spec import ModelSpec, check_model_dir, resolve_model
 from .tokenizer import TextTokenizer
 
-#: The backends a reranker runs on, for now (CPU only).
+#: The backends a reranker runs on, for now (onnx on the CPU only).
 RERANK_BACKENDS = ("torch", "onnx")
+#: Precisions on CUDA (torch); the CPU runs fp32.
+CUDA_PRECISIONS = ("fp16", "bf16", "fp32")
 
 
 def is_cross_encoder(path: str | Path) -> bool:
@@ -63,34 +68,49 @@ class Reranker:
     @classmethod
     def load(
         cls, path: str | Path, *, backend: str = "torch", device: str = "cpu", shapes: ShapeSet | None = None,
-        threads: int | None = None,
+        threads: int | None = None, precision: str | None = None, packed: bool = True,
     ) -> Reranker:  # fmt: skip
-        """A cross-encoder model dir (or a Hugging Face id in the local cache) on torch or onnx,
-        CPU; anything that is not a one-label `*ForSequenceClassification` of a served
-        architecture is refused in one line (`UnsupportedModel`)."""
-        from .cross_encoder import load_scoring, read_rerank_spec
+        """A cross-encoder model dir (or a Hugging Face id in the local cache): torch or onnx on
+        the CPU (fp32), torch on CUDA (fp16 unless `precision` says otherwise); anything that is
+        not a one-label `*ForSequenceClassification` of a served architecture is refused in one
+        line (`UnsupportedModel`)."""
+        from .cross_encoder import read_rerank_spec
 
         if backend not in RERANK_BACKENDS:
             raise UnknownBackend(f"backend {backend!r}: a reranker runs on {', '.join(RERANK_BACKENDS)}")
-        if device != "cpu":
-            raise UnknownBackend(f"device {device!r}: a reranker runs on the CPU for now")
+        cuda = device.startswith("cuda")
+        if cuda and backend != "torch":
+            raise UnknownBackend(f"backend {backend!r} on {device}: a reranker runs on CUDA with torch")
+        if device != "cpu" and not cuda:
+            raise UnknownBackend(f"device {device!r}: a reranker runs on cpu or cuda")
+        chosen = precision or ("fp16" if cuda else "fp32")
+        allowed = CUDA_PRECISIONS if cuda else ("fp32",)
+        if chosen not in allowed:
+            raise UnknownBackend(
+                f"precision {chosen!r} on {device}: a reranker runs {'/'.join(allowed)} there"
+            )
         root, name = resolve_model(path)
         check_model_dir(root)
         spec, activation = read_rerank_spec(root, name=name)
         tokenizer = TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len)
-        shapes = shapes or default_shapes(spec.max_seq_len, device)
         sep_id = int(tokenizer.filler[1])
-        if backend == "onnx":
+        if cuda:
+            engine = _cuda_engine(root, spec, activation, sep_id, device, chosen, shapes, packed=packed)
+        elif backend == "onnx":
             from .backends.onnx import OnnxEngine
 
+            shapes = shapes or default_shapes(spec.max_seq_len, device)
             onnx_path = _exported(root, spec, shapes, activation, sep_id)
-            engine: Engine = OnnxEngine(onnx_path, shapes=shapes, dim=1, device=device, threads=threads)
+            engine = OnnxEngine(onnx_path, shapes=shapes, dim=1, device=device, threads=threads)
         else:
             from .backends.torch import TorchEngine, _set_threads
+            from .cross_encoder import load_scoring
 
             _set_threads(device, threads)
             module = load_scoring(root, activation=activation, sep_id=sep_id)
-            engine = TorchEngine(module, shapes=shapes, dim=1, device=device)
+            engine = TorchEngine(
+                module, shapes=shapes or default_shapes(spec.max_seq_len, device), dim=1, device=device
+            )
         return cls(spec=spec, tokenizer=tokenizer, engine=engine)
 
     @property
@@ -127,6 +147,33 @@ class Reranker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cuda_engine(
+    root: Path, spec: ModelSpec, activation: str, sep_id: int, device: str, precision: str,
+    shapes: ShapeSet | None, *, packed: bool,
+) -> Engine:  # fmt: skip
+    """The packed engine where the packed encoder serves the architecture (`PackedScorer`), else
+    one CUDA graph per padded shape; both are captured at `warmup`."""
+    import torch
+
+    from .cross_encoder import PackedScorer, load_scoring
+    from .packed_encoder import supports
+
+    if not torch.cuda.is_available():
+        raise UnknownBackend(f"device {device!r}: this torch has no CUDA")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    module = load_scoring(root, activation=activation, sep_id=sep_id, dtype=dtype).to(device)
+    if packed and supports(module.encoder.config) is None:
+        from .backends.torch_packed import PackedGraphEngine, packed_shapes
+
+        chosen = shapes or packed_shapes(spec.max_seq_len)
+        return PackedGraphEngine(PackedScorer(module), shapes=chosen, dim=1, device=device)
+    from .backends.torch_graphs import TorchGraphEngine
+
+    return TorchGraphEngine(
+        module, shapes=shapes or default_shapes(spec.max_seq_len, device), dim=1, device=device
+    )
 
 
 def _exported(root: Path, spec: ModelSpec, shapes: ShapeSet, activation: str, sep_id: int) -> Path:

@@ -157,7 +157,7 @@ class WorkerSettings(CommonSettings):
     def load_embedder(self) -> Embedder | Reranker:
         """The model (or the null engine) these settings name, on their backend and device; a
         cross-encoder model dir (`--model`, a `*ForSequenceClassification`) is served as a
-        `Reranker`: torch or onnx, on the CPU, tokenizing on the worker's thread."""
+        `Reranker`: torch or onnx on the CPU, torch fp16 (or `precision`) on CUDA."""
         if self.model is not None and is_cross_encoder(self.model):
             return self._load_reranker(self.model)
         return Embedder.load(
@@ -165,13 +165,12 @@ class WorkerSettings(CommonSettings):
         )
 
     def _load_reranker(self, path: Path) -> Reranker:
-        if self.tokenize_processes:
-            raise ValueError("--tokenize-processes: a reranker tokenizes on the worker's thread (0 only)")
-        if self.precision is not None:
-            raise ValueError("--precision: a reranker runs fp32 (no precision to choose yet)")
-        backend = self.engine_backend() or "onnx"
+        cuda = self.device.startswith("cuda")
+        backend = self.engine_backend() or ("torch" if cuda else "onnx")
         threads = self.threads or physical_cores()
-        return Reranker.load(path, backend=backend, device=self.device, threads=threads)
+        return Reranker.load(
+            path, backend=backend, device=self.device, threads=threads, precision=self.precision
+        )
 
     def tokenize_in_parallel(self) -> bool:
         """`parallel_tokenize`, or its default for this worker."""

@@ -63,7 +63,7 @@ class TokenizerProcess:
     def encode_jobs(self, jobs: Sequence[NewJob], *, now: float) -> Encoded:
         """`planner.encode_jobs` of `jobs`, done in the child."""
         try:
-            _write(self._in, [[j.truncate, list(j.texts)] for j in jobs])
+            _write(self._in, [[j.truncate, list(j.texts), j.query] for j in jobs])
             reply = _read(self._out)
         except (OSError, ValueError) as exc:
             raise TokenizerCrashed(f"tokenizer process {self._proc.pid}: {exc}") from exc
@@ -124,7 +124,10 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     tok = TextTokenizer(Tokenizer.from_str(setup["tokenizer"]), max_seq_len=int(setup["max_seq_len"]))
     while (request := _read(stdin)) is not None:
         try:
-            jobs = [NewJob(i, texts, truncate=bool(truncate)) for i, (truncate, texts) in enumerate(request)]
+            jobs = [
+                NewJob(i, texts, truncate=bool(truncate), query=query)
+                for i, (truncate, texts, query) in enumerate(request)
+            ]
             encoded = encode_jobs(tok, jobs, now=0.0)
             parts = [t for _, t in encoded.jobs]
             joined = Tokenized.join(parts) if parts else flatten([])

@@ -53,8 +53,9 @@ def test_triton_kernels_equal_their_references(head_dim: int) -> None:
 
 
 def test_embed_and_pool_kernels_equal_their_references(monkeypatch) -> None:
-    """The one-kernel embeddings (sequence search, positions, LayerNorm) and pooling against the
-    torch code they replace, on a buffer with an empty slot mid-batch, filler and empty slots."""
+    """The one-kernel embeddings (sequence search, positions, token types: none, one, or each
+    token's own) and pooling against the torch code they replace, on a buffer with an empty slot
+    mid-batch, filler and empty slots."""
     from vecq.engines import kernels
 
     torch.manual_seed(0)
@@ -68,9 +69,11 @@ def test_embed_and_pool_kernels_equal_their_references(monkeypatch) -> None:
     type0, w, b = torch.randn(3, 768, **half)
     ids = torch.randint(0, 1000, (T,), device="cuda")
     cu, n_real = cu.cuda(), torch.tensor([n], dtype=torch.int32, device="cuda")
-    for types in (type0, None):
+    table = torch.randn(2, 768, **half)  # a cross-encoder's segments: each token its own type
+    typed = (table, torch.randint(0, 2, (T,), dtype=torch.int32, device="cuda"))
+    for types, per_token in ((type0, None), (None, None), (type0, typed)):
         args = {"word": word, "position": position, "type0": types, "norm": (w, b, 1e-12),
-                "first_position": 2, "max_position": 511}  # fmt: skip
+                "first_position": 2, "max_position": 511, "typed": per_token}  # fmt: skip
         x, seq = kernels.packed_embed(ids, cu, n_real, **args)
         for mean in (True, False):
             for normalize in (True, False):

@@ -94,3 +94,29 @@ def test_bad_input_names_the_field(model_dirs) -> None:
         reranker.score("q", ["a", 3])  # type: ignore[list-item]
     with pytest.raises(BadInput, match="query"):
         reranker.score(None, ["a"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_scorer_equals_the_padded_model(kind, model_dirs, documents) -> None:
+    """The scorer the GPU serves rerankers with (`PackedScorer`: pairs end to end, BERT's segment
+    ids derived per text in the buffer), run here on its torch references in fp32, against the
+    padded `ScoringEncoder` on the same pairs; filler tokens and empty slots change nothing."""
+    import torch
+
+    from vecq.engines.backends.torch_packed import pack_into
+    from vecq.engines.base import TokenBatch
+    from vecq.engines.cross_encoder import PackedScorer
+
+    reranker = Reranker.load(model_dirs[kind])
+    scoring = reranker.engine.module
+    tokens = reranker.tokenizer.encode_pairs(QUERIES[1], documents[:20])
+    batch = TokenBatch(ids=tokens.flat, lengths=tokens.lengths)
+    ids, cu = np.zeros(-(-batch.real_tokens // 128) * 128 + 128, dtype=np.int64), np.zeros(25, dtype=np.int32)
+    n = pack_into(batch, ids, cu)
+    with torch.inference_mode():
+        packed = PackedScorer(scoring)(
+            torch.from_numpy(ids), torch.from_numpy(cu), torch.tensor([n], dtype=torch.int32)
+        )
+    assert packed.shape == (24, 1) and packed.dtype == torch.float32
+    want = reranker.score(QUERIES[1], documents[:20])
+    np.testing.assert_allclose(packed[:20, 0].numpy(), want, atol=1e-5)

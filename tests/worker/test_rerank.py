@@ -43,13 +43,16 @@ def _reason(client: Client, job_id: str) -> str:
     return exc.value.reason
 
 
+@pytest.mark.parametrize("processes", [0, 1], ids=["worker-thread", "tokenizer-process"])
 def test_rerank_jobs_score_like_cross_encoder_and_a_job_without_query_fails_alone(
-    redis_url: str, redis_conn, make_worker, reranker_dir: Path
+    redis_url: str, redis_conn, make_worker, reranker_dir: Path, processes: int
 ) -> None:  # type: ignore[no-untyped-def]
+    """Pairs tokenized on the worker's thread or in a tokenizer process (a GPU worker's default)
+    score alike: the child is handed each job's query with its texts."""
     from sentence_transformers import CrossEncoder
 
-    worker = make_worker(model=reranker_dir, backend="torch", max_wait_ms=20)  # detected: a reranker
-    assert isinstance(worker.embedder, Reranker)
+    worker = make_worker(model=reranker_dir, backend="torch", max_wait_ms=20, tokenize_processes=processes)
+    assert isinstance(worker.embedder, Reranker)  # detected: a reranker
     queue = queue_name(worker.model, "interactive")
     jobs = [enqueue(redis_conn, [DOCUMENTS], queue=queue, model=worker.model, query=q)[0] for q in QUERIES]
     (plain,) = enqueue(redis_conn, [DOCUMENTS[:2]], queue=queue, model=worker.model, retries=None)
@@ -82,11 +85,9 @@ def test_rerank_job_on_an_embedding_worker_fails_alone(redis_url: str, redis_con
 
 
 def test_a_reranker_refuses_what_it_cannot_run_at_start(redis_url: str, reranker_dir: Path) -> None:
-    with pytest.raises(
-        ValueError, match=r"^--tokenize-processes: a reranker tokenizes on the worker's thread"
-    ):
-        WorkerSettings(redis_url=redis_url, model=reranker_dir, tokenize_processes=1).load_embedder()
-    with pytest.raises(UnknownBackend, match=r"^device 'cuda': a reranker runs on the CPU for now$"):
-        WorkerSettings(
-            redis_url=redis_url, model=reranker_dir, device="cuda", backend="torch"
-        ).load_embedder()
+    with pytest.raises(UnknownBackend, match=r"^backend 'onnx' on cuda: a reranker runs on CUDA with torch$"):
+        WorkerSettings(redis_url=redis_url, model=reranker_dir, device="cuda", backend="onnx").load_embedder()
+    with pytest.raises(UnknownBackend, match=r"^precision 'fp16' on cpu: a reranker runs fp32 there$"):
+        Reranker.load(reranker_dir, precision="fp16")
+    with pytest.raises(UnknownBackend, match=r"^device 'mps': a reranker runs on cpu or cuda$"):
+        Reranker.load(reranker_dir, device="mps")

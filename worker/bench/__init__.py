@@ -4,7 +4,8 @@ Loaded only when `vecq bench` runs (the command line names this package lazily).
 benchmark enqueues through the producer (`Client`, `BulkSubmitter`) and builds engines through
 `Embedder` and the backend registry, so what it times is what users run.  One module per
 command: `queue`, `producer`, `engines` (with `gpu` for the GPU tables), `embed`, `pipeline`, `scale`,
-`gateway`, `long` (a base-size XLM-RoBERTa at 512 and 8,192 tokens);
+`gateway`, `long` (a base-size XLM-RoBERTa at 512 and 8,192 tokens), `rerank` (a base-size
+cross-encoder against `CrossEncoder.predict`);
 `corpus` is the deterministic corpus they share and `models` the benchmark models.
 """
 
@@ -19,6 +20,7 @@ from .long import long_bench
 from .pipeline import pipeline
 from .producer import producer_bench
 from .queue import queue_bench
+from .rerank import rerank_bench
 from .scale import scale
 
 
@@ -36,5 +38,6 @@ for _command in (
     scale,
     gateway_bench,
     long_bench,
+    rerank_bench,
 ):
     bench.add_command(_command)

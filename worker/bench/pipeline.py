@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import click
@@ -56,9 +56,12 @@ def _latencies(url: str, model: str, texts: list[str], n: int) -> list[float]:
     return out
 
 
-def start_worker(url: str, bundle: Path, device: str, log: Path, *, sharing: int) -> subprocess.Popen:
+def start_worker(
+    url: str, bundle: Path, device: str, log: Path, *, sharing: int, source: str = "--bundle",
+    extra: Sequence[str] = (),
+) -> subprocess.Popen:  # fmt: skip
     """One `vecq worker` of `sharing` on this host, tokenizing on its share of the CPUs (as
-    `vecq worker --gpus` gives its workers)."""
+    `vecq worker --gpus` gives its workers); `source="--model"` serves a model dir."""
     from ..settings import tokenize_threads_for
 
     threads = tokenize_threads_for(len(os.sched_getaffinity(0)), workers=sharing)
@@ -67,7 +70,7 @@ def start_worker(url: str, bundle: Path, device: str, log: Path, *, sharing: int
         "-m",
         "vecq.worker",
         "worker",
-        "--bundle",
+        source,
         str(bundle),
         "--device",
         device,
@@ -77,6 +80,7 @@ def start_worker(url: str, bundle: Path, device: str, log: Path, *, sharing: int
         "WARNING",
         "--tokenize-threads",
         str(threads),
+        *extra,
     ]
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
 
