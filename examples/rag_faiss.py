@@ -1,16 +1,28 @@
-"""RAG indexing with vecq and FAISS: embed a corpus once, then find the passages nearest a query.
+"""RAG retrieval with vecq and FAISS: embed a corpus once, find the passages nearest a query, and
+optionally rerank them with a cross-encoder.
 
-The two commands a user runs (the first needs `vecq[worker]`, the second also `faiss-cpu`):
+The commands a user runs (the first needs `vecq[worker]`, the others also `faiss-cpu`):
 
     vecq embed examples/corpus.jsonl --id-field id --out vectors.parquet
     python examples/rag_faiss.py vectors.parquet "how do I keep tomato plants healthy?"
+    python examples/rag_faiss.py vectors.parquet "how do I keep tomato plants healthy?" \
+        --rerank ./bge-reranker-base
 
 The first writes one row per corpus line (`id`, `vector`), in corpus order, with the default
 model (all-MiniLM-L6-v2) on CPU; add `--redis URL` to use running workers instead.  The second
 builds a FAISS inner-product index over the normalized vectors (inner product = cosine), embeds
-the query with the same model and prints the k nearest texts.  The query is embedded in this
-process, as `vecq embed`'s embedded worker does (ONNX Runtime on CPU); pass `--redis URL` to send
-it to the workers that embedded the corpus, `--model DIR` if `vecq embed` was given one.
+the query with the same model and prints the k nearest texts with their cosines.  The query is
+embedded in this process, as `vecq embed`'s embedded worker does (ONNX Runtime on CPU); pass
+`--redis URL` to send it to the workers that embedded the corpus, `--model DIR` if `vecq embed`
+was given one.
+
+The third takes the 20 nearest texts (`--candidates N`) from FAISS and reranks them with a
+cross-encoder model dir (a one-label `*ForSequenceClassification`, e.g. the bge-reranker family):
+it prints the k most relevant by the cross-encoder's score (`CrossEncoder.predict`'s), best first.
+The pairs are scored in this process by vecq's `Reranker` (torch on CPU); with `--redis URL` they
+go through `Client.rerank` to workers serving the model (`vecq worker --model ./bge-reranker-base`),
+whose queues are named after the dir (`bge-reranker-base`) unless `--rerank-name` gives the
+`--name` they were started with.
 """
 
 from __future__ import annotations
@@ -87,21 +99,60 @@ def search(
     return [Hit(float(s), ids[r], texts[ids[r]]) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
 
 
+def rerank(
+    query: str, candidates: list[Hit], k: int, *, model: str, redis_url: str | None, name: str | None
+) -> list[Hit]:
+    """The k candidates most relevant to `query` by a cross-encoder, best first, with its scores:
+    through the workers serving it (queues named `name`, else after the model dir), or here."""
+    from vecq.producer.rerank import ranked
+
+    documents = [hit.text for hit in candidates]
+    if redis_url is not None:
+        from vecq.producer import Client
+
+        with Client(redis_url) as client:
+            results = client.rerank(query, documents, model=name or served_name(model), top_n=k)
+    else:
+        from vecq.engines.reranker import Reranker
+
+        with Reranker.load(model) as reranker:
+            results = ranked(reranker.score(query, documents), k)
+    return [Hit(r.score, candidates[r.index].id, candidates[r.index].text) for r in results]
+
+
+def served_name(model: str) -> str:
+    """The name `vecq worker --model DIR` serves a model dir under when not given `--name`."""
+    root = Path(model).resolve()
+    name = root.parent.name if root.name == "model" else root.name  # packaged: .../<package>/model
+    return name.lower().replace("_", "-")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Nearest corpus texts to a query (vecq + FAISS).")
     parser.add_argument("vectors", type=Path, help="vecq embed --out *.parquet")
     parser.add_argument("query")
     parser.add_argument("--corpus", type=Path, default=HERE / "corpus.jsonl", help="the embedded .jsonl")
     parser.add_argument("-k", type=int, default=3, help="how many texts to print")
-    parser.add_argument("--redis", dest="redis_url", help="embed the query through vecq's workers here")
+    parser.add_argument("--redis", dest="redis_url", help="embed (and rerank) through vecq's workers here")
     parser.add_argument("--model", type=Path, help="the --model/--bundle given to vecq embed, if any")
+    parser.add_argument("--rerank", metavar="MODEL_DIR", help="rerank the candidates with this cross-encoder")
+    parser.add_argument("--candidates", type=int, default=20, metavar="N", help="FAISS hits to --rerank (20)")
+    parser.add_argument("--rerank-name", metavar="NAME", help="with --redis: the reranking workers' --name")
     args = parser.parse_args(argv)
 
     ids, vectors = read_vectors(args.vectors)
     index = build_index(vectors)
     query = embed_query(args.query, redis_url=args.redis_url, model=args.model)
-    for hit in search(index, query, ids, read_texts(args.corpus), args.k):
-        print(f"{hit.score:.3f}\t{hit.id}\t{hit.text}")
+    texts = read_texts(args.corpus)
+    if args.rerank is None:
+        hits = search(index, query, ids, texts, args.k)
+    else:
+        candidates = search(index, query, ids, texts, args.candidates)
+        hits = rerank(
+            args.query, candidates, args.k, model=args.rerank, redis_url=args.redis_url, name=args.rerank_name
+        )
+    for hit in hits:
+        print(f"{hit.score:.4f}\t{hit.id}\t{hit.text}")
 
 
 if __name__ == "__main__":
