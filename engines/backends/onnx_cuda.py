@@ -81,9 +81,21 @@ class OnnxCudaEngine:
         opts.intra_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # placement notes on every session otherwise
-        self.session = ort.InferenceSession(
-            str(onnx_path), sess_options=opts, providers=[("CUDAExecutionProvider", cuda)]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(onnx_path), sess_options=opts, providers=[("CUDAExecutionProvider", cuda)]
+            )
+        except Exception as exc:  # ORT raises its own Fail; only the graph-capture refusal is ours
+            if not graphs or "graph capture" not in str(exc):
+                raise
+            # Some of the model's nodes run on the CPU EP (ModernBERT's rotary shape ops with ORT
+            # 1.31): ORT then refuses to capture.  Served right, without graphs, rather than not.
+            log.warning("onnx cuda: %s has nodes off the CUDA EP; served without CUDA graphs", onnx_path)
+            self.graphs = False
+            self.session = ort.InferenceSession(
+                str(onnx_path), sess_options=opts,
+                providers=[("CUDAExecutionProvider", {**cuda, "enable_cuda_graph": "0"})],
+            )  # fmt: skip
         self._output_name = self.session.get_outputs()[0].name
         self._slots: dict[Shape, _Slot] = {}
         self.captures = 0  # shapes captured so far (a test checks each is captured exactly once)
