@@ -18,6 +18,14 @@ workers that answer its requests), each stage within its children's `stop_timeou
 A child that dies is restarted with capped backoff (its jobs are recovered by the live workers
 meanwhile).  A child that fails its very first start with exit code 2 (a bad flag, bundle or
 Redis URL) stops the whole group: no restart can fix that.
+
+Several models (`vecq worker --model A --model B`, with or without `--gpus`): one child per
+(model, GPU, replica), each a plain single-model worker with its own engine, CUDA context and
+queue set.  Their share of a device is the OS's and the GPU's time-slicing between processes;
+inside each child its lanes stay ordered (interactive before bulk), so one model's bulk run
+queues behind nothing of the other's (benchmarks/probes/two_models.py measures it).  Names are
+read from each model's manifest or config before any child starts, so that two models of one
+name -- which would share, and fight over, one queue set -- are refused in one line.
 """
 
 from __future__ import annotations
@@ -32,6 +40,13 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from vecq.engines.backends.onnx import physical_cores
+from vecq.engines.bundle import MANIFEST, read_manifest
+from vecq.engines.embedder import DEFAULT_MODEL_NAME
+from vecq.engines.spec import check_model_dir, read_spec, resolve_model
+from vecq.producer.keys import model_name
 
 from .processes import die_with_parent
 from .settings import tokenize_threads_for
@@ -46,6 +61,8 @@ BACKOFF_CAP_S = 30.0
 #: Seconds children get to drain after SIGTERM before they are killed.
 STOP_TIMEOUT_S = 120.0
 USAGE_ERROR = 2  # click's and the worker CLI's exit code for bad flags / settings
+#: What names a child's model: with several models its flags do, never the supervisor's env.
+MODEL_ENV = ("VECQ_BUNDLE", "VECQ_MODEL", "VECQ_NAME")
 
 
 class NoGPUs(RuntimeError):
@@ -85,6 +102,47 @@ def parse_gpus(spec: str) -> list[str]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"--gpus: {spec!r} names a GPU twice (use --workers-per-gpu for several per GPU)")
     return ids
+
+
+@dataclass(frozen=True)
+class Served:
+    """One of the models a supervisor serves: the name its queues derive from, and the flags that
+    give a child worker that model (`--model DIR`, `--name N` when one was given)."""
+
+    name: str
+    args: tuple[str, ...]
+    #: How errors name it: the flag and path it came from.
+    where: str
+
+
+def served(flag: str, path: Path, name: str | None = None) -> Served:
+    """The model `--bundle`/`--model` `path` names, and its queue name: `name`, else the model's
+    own, read as the worker reads it (the bundle's manifest, the model dir's config or the
+    Hugging Face id; `default`: the default model's) but without loading anything."""
+    args = (flag, str(path), *(("--name", name) if name else ()))
+    return Served(name=model_name(name or _own_name(path)), args=args, where=f"{flag} {path}")
+
+
+def _own_name(path: Path) -> str:
+    if str(path) == "default":
+        return DEFAULT_MODEL_NAME
+    root, cached = resolve_model(path)
+    if (root / MANIFEST).is_file():
+        return read_manifest(root).name
+    return read_spec(check_model_dir(root), name=cached).name
+
+
+def distinct(models: Sequence[Served]) -> list[Served]:
+    """`models`, or `ValueError` (one line) if two share a name: they would serve one queue set."""
+    seen: dict[str, Served] = {}
+    for model in models:
+        first = seen.setdefault(model.name, model)
+        if first is not model:
+            raise ValueError(
+                f"{first.where} and {model.where} are both model {model.name!r} (one queue set): "
+                f"name one of them, e.g. --model NAME=DIR"
+            )
+    return list(models)
 
 
 @dataclass
@@ -140,22 +198,54 @@ class Supervisor:
         workers_per_gpu: int = 1,
         metrics_port: int | None = None,
         worker_name: str | None = None,
+        models: Sequence[Served] = (),
     ) -> Supervisor:
-        """One child per (GPU, replica); metrics ports count up from `metrics_port`, one each."""
-        children = []
+        """One child per (GPU, model, replica); metrics ports count up from `metrics_port`, one
+        each.  No `models`: the one model `worker_args` name (or the default)."""
+        each: list[Served | None] = [*models] or [None]
         # the workers share this host's CPUs: each tokenizes on its share of them
-        threads = tokenize_threads_for(len(os.sched_getaffinity(0)), workers=len(gpus) * workers_per_gpu)
+        workers = len(gpus) * len(each) * workers_per_gpu
+        threads = tokenize_threads_for(len(os.sched_getaffinity(0)), workers=workers)
+        children: list[Child] = []
         for gpu in gpus:
-            for replica in range(workers_per_gpu):
-                slot = len(children)
-                argv = [*CHILD_COMMAND, *worker_args, "--device", "cuda:0"]
-                if metrics_port is not None:
-                    argv += ["--metrics-port", str(metrics_port + slot)]
-                if worker_name is not None:
-                    argv += ["--worker-name", f"{worker_name}.gpu{gpu}.{replica}"]
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-                env.setdefault("VECQ_TOKENIZE_THREADS", str(threads))
-                children.append(Child(slot=slot, gpu=gpu, argv=argv, env=env))
+            for model in each:
+                for replica in range(workers_per_gpu):
+                    slot = len(children)
+                    argv = _argv(
+                        worker_args, model, "cuda:0", slot, metrics_port, worker_name, f"gpu{gpu}.{replica}"
+                    )
+                    env = _env(model, {"CUDA_VISIBLE_DEVICES": gpu}, VECQ_TOKENIZE_THREADS=str(threads))
+                    label = f"{model.name} on gpu {gpu}: worker {replica}" if model else ""
+                    children.append(Child(slot=slot, gpu=gpu, argv=argv, env=env, label=label))
+        return cls(children)
+
+    @classmethod
+    def for_device(
+        cls,
+        device: str,
+        worker_args: Sequence[str],
+        models: Sequence[Served],
+        *,
+        metrics_port: int | None = None,
+        worker_name: str | None = None,
+    ) -> Supervisor:
+        """Several models on one device (no `--gpus`): one child each on `device`.  On the CPU
+        each engine gets its share of the physical cores (`VECQ_THREADS`, unless set): N engines
+        of all the cores each would only contend for them."""
+        shares = {
+            "VECQ_TOKENIZE_THREADS": str(
+                tokenize_threads_for(len(os.sched_getaffinity(0)), workers=len(models))
+            )
+        }
+        if device == "cpu":
+            shares["VECQ_THREADS"] = str(max(1, physical_cores() // len(models)))
+        children: list[Child] = []
+        for slot, model in enumerate(models):
+            argv = _argv(worker_args, model, device, slot, metrics_port, worker_name, "")
+            env = _env(model, {}, **shares)
+            children.append(
+                Child(slot=slot, gpu=device, argv=argv, env=env, label=f"{model.name} on {device}")
+            )
         return cls(children)
 
     def run(self) -> int:
@@ -248,3 +338,34 @@ class Supervisor:
             # Ended by the SIGTERM just sent (uvicorn re-raises it after a clean shutdown): as asked.
             codes.append(0 if child.proc.returncode == -signal.SIGTERM else child.proc.returncode)
         return codes
+
+
+def _argv(
+    worker_args: Sequence[str],
+    model: Served | None,
+    device: str,
+    slot: int,
+    metrics_port: int | None,
+    worker_name: str | None,
+    where: str,
+) -> list[str]:
+    """A child's command: the supervisor's flags, its model's, its device, metrics port and name."""
+    argv = [*CHILD_COMMAND, *worker_args, *(model.args if model else ()), "--device", device]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port + slot)]
+    if worker_name is not None:
+        parts = (worker_name, model.name if model else "", where)
+        argv += ["--worker-name", ".".join(p for p in parts if p)]
+    return argv
+
+
+def _env(model: Served | None, forced: dict[str, str], **defaults: str) -> dict[str, str]:
+    """A child's environment: this one, with `forced`, and `defaults` unless already set.  A child
+    of several models is named its model by its flags only (`MODEL_ENV` dropped)."""
+    env = {**os.environ, **forced}
+    if model is not None:
+        for key in MODEL_ENV:
+            env.pop(key, None)
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    return env

@@ -2,30 +2,77 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
 
 from ..errors import error_line
 from ..settings import WorkerSettings
-from .options import command, fail, given, options_from, settings_or_fail, to_args
+from .options import command, fail, flag_of, given, options_from, settings_or_fail, to_args
 
 #: Flags each `--gpus` child gets of its own instead of the supervisor's.
 PER_CHILD = ("device", "metrics_port", "worker_name")
+#: The fields that name a model: repeatable flags, one supervised worker per model given.
+MODEL_FIELDS = ("bundle", "model")
+
+#: (field, path, name or None): one `--bundle`/`--model` as given.
+Source = tuple[str, Path, str | None]
+
+
+def _model_option(name: str) -> Callable[[Any], Any]:
+    """`--bundle`/`--model`, repeatable (None when not given, as every other option)."""
+    info = WorkerSettings.model_fields[name]
+    return click.option(
+        flag_of(name, info),
+        name,
+        multiple=True,
+        metavar="[NAME=]DIR",
+        callback=lambda _ctx, _param, value: tuple(value) or None,
+        help=info.description,
+    )
 
 
 @command()
-@options_from(WorkerSettings)
+@_model_option("bundle")
+@_model_option("model")
+@options_from(WorkerSettings, skip=MODEL_FIELDS)
 @click.option(
     "--gpus", help="'all' or a list like 0,1: one worker process per GPU, supervised (not with --device)."
 )
 @click.option("--workers-per-gpu", type=click.IntRange(1, 16), default=1, show_default=True)
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
-def worker(log_level: str, gpus: str | None, workers_per_gpu: int, **flags: object) -> None:
-    """Serve embedding jobs from Redis in batches (SIGTERM drains and exits 0)."""
+def worker(
+    log_level: str,
+    gpus: str | None,
+    workers_per_gpu: int,
+    bundle: tuple[str, ...] | None,
+    model: tuple[str, ...] | None,
+    **flags: object,
+) -> None:
+    """Serve embedding and rerank jobs from Redis in batches (SIGTERM drains and exits 0).
+
+    Several models: repeat --bundle/--model (e.g. an embedder and its reranker on one device):
+    one supervised worker process per model (per GPU with --gpus), each with its own engine and
+    queues; NAME=DIR names a model's queues (as --name does for one model).
+    """
     import logging
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rq").setLevel(log_level.upper())  # rq's worker installs its own INFO handler
     values = given(flags)
+    sources = [_source("bundle", raw) for raw in bundle or ()] + [
+        _source("model", raw) for raw in model or ()
+    ]
+    if len(sources) > 1:
+        raise SystemExit(_serve_several(sources, gpus, workers_per_gpu, log_level, values))
+    for field, path, name in sources:
+        values[field] = path
+        if name is not None:
+            if "name" in values:
+                fail(f"--name and --{field} {name}=... both name the model's queues: give one")
+            values["name"] = name
     settings: WorkerSettings = settings_or_fail(WorkerSettings, values)
     if gpus is not None:
         raise SystemExit(_supervise(settings, gpus, workers_per_gpu, log_level, values))
@@ -65,14 +112,9 @@ def _supervise(
     settings: WorkerSettings, gpus: str, per_gpu: int, log_level: str, values: dict[str, object]
 ) -> int:
     """`--gpus`: the same flags, minus the per-process ones, for one child worker per GPU."""
-    from ..supervisor import NoGPUs, Supervisor, parse_gpus
+    from ..supervisor import Supervisor
 
-    if "device" in values:
-        fail("--gpus and --device exclude each other (each GPU's worker gets its own device)")
-    try:
-        ids = parse_gpus(gpus)
-    except (NoGPUs, ValueError) as exc:
-        fail(str(exc))
+    ids = _gpu_ids(gpus, values)
     args = ["--log-level", log_level, *to_args(WorkerSettings, values, skip=PER_CHILD)]
     supervisor = Supervisor.for_gpus(
         ids,
@@ -83,6 +125,72 @@ def _supervise(
     )
     click.echo(f"vecq: {len(supervisor.children)} worker(s) on GPU(s) {','.join(ids)}", err=True)
     return supervisor.run()
+
+
+def _source(field: str, raw: str) -> Source:
+    """`DIR`, or `NAME=DIR` naming that model's queues (a path that exists is a path, `=` or not)."""
+    name, sep, rest = raw.partition("=")
+    if not sep or not name or "/" in name or Path(raw).exists():
+        return field, Path(raw), None
+    return field, Path(rest), name
+
+
+def _serve_several(
+    sources: list[Source], gpus: str | None, per_gpu: int, log_level: str, values: dict[str, object]
+) -> int:
+    """Several `--bundle`/`--model`: one supervised single-model worker per model (and GPU, and
+    replica), the other flags passed on to each; two models of one name refused before any starts."""
+    from ..supervisor import Supervisor, distinct, served
+
+    if "name" in values:
+        fail("--name names one model's queues; with several models, name each as --model NAME=DIR")
+    settings: WorkerSettings = settings_or_fail(WorkerSettings, values)  # the shared flags, checked once
+    try:
+        each = [served(f"--{field}", path, name) for field, path, name in sources]
+    except Exception as exc:  # a missing dir, an unreadable manifest, a bad name: one line
+        fail(error_line(exc))
+    try:
+        models = distinct(each)
+    except ValueError as exc:
+        fail(str(exc))
+    args = ["--log-level", log_level, *to_args(WorkerSettings, values, skip=PER_CHILD)]
+    names = ", ".join(m.name for m in models)
+    if gpus is None:
+        if per_gpu != 1:
+            fail("--workers-per-gpu needs --gpus")
+        supervisor = Supervisor.for_device(
+            settings.device,
+            args,
+            models,
+            metrics_port=settings.metrics_port,
+            worker_name=settings.worker_name,
+        )
+        click.echo(f"vecq: {len(models)} worker(s) on {settings.device}: {names}", err=True)
+        return supervisor.run()
+    ids = _gpu_ids(gpus, values)
+    supervisor = Supervisor.for_gpus(
+        ids,
+        args,
+        workers_per_gpu=per_gpu,
+        metrics_port=settings.metrics_port,
+        worker_name=settings.worker_name,
+        models=models,
+    )
+    click.echo(f"vecq: {len(supervisor.children)} worker(s) on GPU(s) {','.join(ids)}: {names}", err=True)
+    return supervisor.run()
+
+
+def _gpu_ids(gpus: str, values: dict[str, object]) -> list[str]:
+    """`--gpus` parsed (and `--device` refused beside it), or one line and exit 2."""
+    from ..supervisor import NoGPUs, parse_gpus
+
+    if "device" in values:
+        fail("--gpus and --device exclude each other (each GPU's worker gets its own device)")
+    try:
+        return parse_gpus(gpus)
+    except (NoGPUs, ValueError) as exc:
+        fail(str(exc))
+        raise  # not reached: `fail` exits
 
 
 def _redis_url(flag: str | None) -> str:
