@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -18,7 +17,17 @@ from pathlib import Path
 
 from . import backends
 from .batching import embed_texts
-from .bundle import FORMAT_VERSION, MANIFEST, Manifest, checksums
+from .bundle import (
+    FORMAT_VERSION,
+    MANIFEST,
+    TOKENIZER_FILES,
+    TORCH_FILES,
+    Manifest,
+    checksums,
+    copy_files,
+    library_versions,
+    manifest_json,
+)  # fmt: skip
 from .errors import BundleError, UnknownBackend
 from .parity import compare, parity_texts, reference_vectors, require
 from .prompts import write_prompts
@@ -29,8 +38,6 @@ from .tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-TORCH_FILES = ("config.json", "model.safetensors")
 
 
 def build_bundle(
@@ -55,24 +62,38 @@ def build_bundle(
     Shapes: `shapes` as given, else a grid of `batch_sizes` × `seq_lens` (capped by the model's
     max length and `max_batch_tokens`), else fine CPU shapes or the GPU defaults for `device`.
     Raises `ParityError` (and writes nothing) when the engine does not match the torch model.
+    A cross-encoder (`*ForSequenceClassification`) becomes a reranker's bundle (`rerank_build.py`).
     """
+    from .rerank_engine import is_cross_encoder
+
     say = progress or (lambda msg: log.info("%s", msg))
     kind = _device_kind(device)
-    _check_choice(backend, kind, precision)
     resolved, cached_name = resolve_model(model_dir)
     root = check_model_dir(resolved)
-    spec = read_spec(
-        root, name=name or cached_name, pooling=pooling, normalize=normalize, max_seq_len=max_seq_len
-    )
+    rerank = is_cross_encoder(root)
+    if rerank:
+        spec = _rerank_spec(root, name or cached_name, pooling, normalize, max_seq_len)
+    else:
+        _check_choice(backend, kind, precision)
+        spec = read_spec(
+            root, name=name or cached_name, pooling=pooling, normalize=normalize, max_seq_len=max_seq_len
+        )
     shapes = shapes or _shapes(root, spec, backend, kind, batch_sizes, seq_lens, max_batch_tokens)
     out = Path(out)
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        manifest = _assemble(
-            root, tmp, spec, shapes, backend=backend, device=kind, precision=precision, say=say
-        )
+        if rerank:
+            from .rerank_build import assemble_rerank
+
+            manifest = assemble_rerank(
+                root, tmp, spec, shapes, backend=backend, device=kind, precision=precision, say=say
+            )
+        else:
+            manifest = _assemble(
+                root, tmp, spec, shapes, backend=backend, device=kind, precision=precision, say=say
+            )
         _replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -93,7 +114,7 @@ def _assemble(
     texts = parity_texts()
     say(f"computing torch fp32 reference vectors of {len(texts)} parity texts")
     reference = reference_vectors(module, tokenizer, texts)
-    files = _copy(model_dir, tmp, TOKENIZER_FILES) + write_prompts(model_dir, tmp)
+    files = copy_files(model_dir, tmp, TOKENIZER_FILES) + write_prompts(model_dir, tmp)
     if backend == "torch" and not (model_dir / "model.safetensors").is_file():
         raise BundleError(f"{model_dir}: no model.safetensors (torch bundles copy safetensors weights only)")
     if backend == "onnx":
@@ -106,7 +127,7 @@ def _assemble(
         graph, fp32_nodes, report = onnx.graph, onnx.fp32_nodes, onnx.report
         files += ["model.onnx", *onnx.extra_files]
     else:
-        files += _copy(model_dir, tmp, TORCH_FILES)
+        files += copy_files(model_dir, tmp, TORCH_FILES)
         report = _torch_parity(tmp, spec, shapes, tokenizer, device, precision, texts, reference)
         graph, fp32_nodes = f"torch {precision} (sdpa)", []
     require(report, what=f"{spec.name} {backend} {precision}")
@@ -122,10 +143,13 @@ def _assemble(
     return manifest
 
 
-def manifest_json(manifest: Manifest) -> str:
-    """Indented JSON with each [batch, seq_len] shape on one line (CPU bundles have ~1000)."""
-    text = manifest.model_dump_json(indent=2)
-    return re.sub(r"\[\s+(\d+),\s+(\d+)\s+\]", r"[\1, \2]", text) + "\n"
+def _rerank_spec(root: Path, name: str | None, pooling, normalize, max_seq_len) -> ModelSpec:  # type: ignore[no-untyped-def]
+    """A cross-encoder's spec: its head decides pooling and scores are not normalized."""
+    from .cross_encoder import read_rerank_spec
+
+    if pooling is not None or normalize is not None or max_seq_len is not None:
+        raise BundleError(f"{root}: a cross-encoder's pooling, normalization and max length are its own")
+    return read_rerank_spec(root, name=name)[0]
 
 
 def _torch_parity(bundle, spec, shapes, tokenizer, device, precision, texts, reference):
@@ -139,19 +163,6 @@ def _torch_parity(bundle, spec, shapes, tokenizer, device, precision, texts, ref
         return compare(embed_texts(tokenizer, engine, texts), reference, precision=precision)
     finally:
         engine.close()
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries a bundle's artifact depends on (recorded, not enforced)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("vecq", "torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "absent"
-    return out
 
 
 def _shapes(
@@ -190,15 +201,6 @@ def _check_target(out: Path) -> None:
     """Refuse to replace a directory that is neither empty nor an earlier bundle."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
         raise BundleError(f"{out}: exists and is not a vecq bundle (refusing to overwrite it)")
-
-
-def _copy(src: Path, dst: Path, names: Sequence[str]) -> list[str]:
-    copied = []
-    for name in names:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
-            copied.append(name)
-    return copied
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -21,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import BundleError
-from .parity import ParityReport
+from .parity import ParityReport, ScoreParity
 from .shapes import ShapeSet
 from .spec import ModelSpec, Pooling
 
@@ -29,6 +32,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: CUDA ONNX bundles' padding-free twin of `model.onnx` (ORT's packing mode).
 PACKED_FILE = "model.packed.onnx"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TORCH_FILES = ("config.json", "model.safetensors")
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 # Options that tune how a bundle runs, not what it is.  `graphs`: one CUDA graph per shape on
 # CUDA (default on); `packed`: torch on CUDA packs batches into token buffers (default on, where the
@@ -54,9 +59,13 @@ class Manifest(BaseModel):
     fp32_nodes: list[str]  # int8 only: nodes left in fp32 to keep parity
     shapes: list[list[int]]
     files: dict[str, str]  # path relative to the bundle → sha256
-    parity: ParityReport
+    parity: ParityReport | ScoreParity
     versions: dict[str, str]
     created: datetime
+    #: "rerank": a cross-encoder's bundle (dim 1, one score per pair), loaded by `Reranker`;
+    #: `activation` is the one `CrossEncoder.predict` applies by default ("sigmoid", "identity").
+    task: Literal["embed", "rerank"] = "embed"
+    activation: str | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -127,3 +136,31 @@ def verify_files(root: str | Path, manifest: Manifest) -> None:
             raise BundleError(f"{path}: missing (incomplete bundle)")
         if sha256_file(path) != digest:
             raise BundleError(f"{path}: checksum mismatch (corrupted or modified since the build)")
+
+
+def manifest_json(manifest: Manifest) -> str:
+    """Indented JSON with each [batch, seq_len] shape on one line (CPU bundles have ~1000)."""
+    text = manifest.model_dump_json(indent=2)
+    return re.sub(r"\[\s+(\d+),\s+(\d+)\s+\]", r"[\1, \2]", text) + "\n"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a bundle's artifact depends on (recorded, not enforced)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("vecq", "torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "absent"
+    return out
+
+
+def copy_files(src: Path, dst: Path, names: Sequence[str]) -> list[str]:
+    copied = []
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied

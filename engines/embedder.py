@@ -107,6 +107,10 @@ class Embedder:
         bundle is (pooling, precision...) are refused: rebuild it."""
         root = Path(root)
         manifest = read_manifest(root)
+        if manifest.task == "rerank":
+            raise BundleError(
+                f"{root}: a reranker's bundle (serve it with `vecq worker --bundle`, or load a Reranker)"
+            )
         verify_files(root, manifest)
         options.pop("name", None)
         for key in options:

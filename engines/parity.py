@@ -38,6 +38,44 @@ class ParityReport(BaseModel):
     def passed(self) -> bool:
         return self.min_cosine >= self.threshold
 
+    def summary(self) -> str:
+        return f"parity min cosine {self.min_cosine:.7f} over {self.n_texts} texts"
+
+
+#: A reranker's largest allowed |score - reference| per precision (scores are the model's
+#: activation: sigmoid scores lie in 0..1).
+SCORE_TOLERANCES: dict[str, float] = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2}
+
+
+class ScoreParity(BaseModel):
+    """A reranker bundle's scores against its torch fp32 reference: a cosine means nothing for
+    one number per pair, so the largest absolute difference is what is bounded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_pairs: int
+    max_abs_error: float
+    worst_index: int
+    tolerance: float
+    reference: str = "torch fp32, one pair at a time, unpadded"
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_error <= self.tolerance
+
+    def summary(self) -> str:
+        return f"parity max score error {self.max_abs_error:.2e} over {self.n_pairs} pairs"
+
+
+def compare_scores(scores: np.ndarray, reference: np.ndarray, *, precision: str) -> ScoreParity:
+    """The parity of a reranker's (n,) scores against the (n,) reference, with `precision`'s tolerance."""
+    error = np.abs(scores.astype(np.float64) - reference.astype(np.float64))
+    worst = int(np.argmax(error))
+    return ScoreParity(
+        n_pairs=len(error), max_abs_error=float(error[worst]), worst_index=worst,
+        tolerance=SCORE_TOLERANCES[precision],
+    )  # fmt: skip
+
 
 def parity_texts() -> list[str]:
     """The fixed parity texts shipped with vecq."""
@@ -85,8 +123,15 @@ def compare(vectors: np.ndarray, reference: np.ndarray, *, precision: str) -> Pa
     )
 
 
-def require(report: ParityReport, *, what: str) -> None:
-    """Refuse an engine whose worst parity text is under the threshold, in one line."""
+def require(report: ParityReport | ScoreParity, *, what: str) -> None:
+    """Refuse an engine whose worst parity text (or pair) is past its bound, in one line."""
+    if isinstance(report, ScoreParity):
+        if not report.passed:
+            raise ParityError(
+                f"{what}: parity pair {report.worst_index} scores {report.max_abs_error:.2e} from the torch "
+                f"fp32 reference, over the allowed {report.tolerance} (refusing to write the bundle)"
+            )
+        return
     if not report.passed:
         raise ParityError(
             f"{what}: parity text {report.worst_index} has cosine {report.min_cosine:.6f} to the torch "

@@ -7,8 +7,8 @@ through the same padded path as texts (`batching.run_padded`), by the same engin
 ONNX models are exported once into the cache (`cache.py`'s dir and key), unfused as CPU bundles
 are.  On CUDA the model runs in torch fp16 (or bf16) through the padding-free packed engine
 (`PackedScorer` in `PackedGraphEngine`: one graph per token buffer) where the packed encoder
-serves its architecture, else through one CUDA graph per padded shape.  Bundles (`vecq build`) of
-rerankers and ONNX Runtime on CUDA come later.
+serves its architecture, else through one CUDA graph per padded shape.  `vecq build` of a
+cross-encoder writes a reranker bundle (`rerank_build.py`); ONNX Runtime on CUDA comes later.
 """
 
 from __future__ import annotations
@@ -20,33 +20,13 @@ import numpy as np
 
 from .base import Engine
 from .batching import check_texts, run_padded
-from .errors import BadInput, UnknownBackend, VecqEngineError
+from .bundle import MANIFEST, read_manifest, verify_files
+from .errors import BadInput, BundleError
 from .prompts import Prompts
+from .rerank_engine import CUDA_PRECISIONS, RERANK_BACKENDS, check_choice, is_cross_encoder, make_engine
 from .shapes import ShapeSet, default_shapes
 from .spec import ModelSpec, check_model_dir, resolve_model
 from .tokenizer import TextTokenizer
-
-#: The backends a reranker runs on, for now (onnx on the CPU only).
-RERANK_BACKENDS = ("torch", "onnx")
-#: Precisions on CUDA (torch); the CPU runs fp32.
-CUDA_PRECISIONS = ("fp16", "bf16", "fp32")
-
-
-def is_cross_encoder(path: str | Path) -> bool:
-    """Whether a model dir (or a Hugging Face id in the local cache) holds a
-    `*ForSequenceClassification`: what a worker serves as a reranker (`Reranker.load` then
-    refuses, in one line, one it cannot rerank with)."""
-    import json
-
-    try:
-        root, _name = resolve_model(path)
-        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, VecqEngineError):
-        return False  # not readable here: the embedder's load says why
-    if not isinstance(config, dict):
-        return False
-    kinds = config.get("architectures") or []
-    return any(str(k).endswith("ForSequenceClassification") for k in kinds)
 
 
 class Reranker:
@@ -67,51 +47,58 @@ class Reranker:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, backend: str = "torch", device: str = "cpu", shapes: ShapeSet | None = None,
-        threads: int | None = None, precision: str | None = None, packed: bool = True,
+        cls, path: str | Path, *, backend: str | None = None, device: str = "cpu",
+        shapes: ShapeSet | None = None, threads: int | None = None, precision: str | None = None,
+        packed: bool = True,
     ) -> Reranker:  # fmt: skip
-        """A cross-encoder model dir (or a Hugging Face id in the local cache): torch or onnx on
-        the CPU (fp32), torch on CUDA (fp16 unless `precision` says otherwise); anything that is
-        not a one-label `*ForSequenceClassification` of a served architecture is refused in one
-        line (`UnsupportedModel`)."""
+        """A cross-encoder model dir (or a Hugging Face id in the local cache, or a reranker's
+        bundle): torch or onnx on the CPU (fp32), torch on CUDA (fp16 unless `precision` says
+        otherwise); anything that is not a one-label `*ForSequenceClassification` of a served
+        architecture is refused in one line (`UnsupportedModel`)."""
         from .cross_encoder import read_rerank_spec
 
-        if backend not in RERANK_BACKENDS:
-            raise UnknownBackend(f"backend {backend!r}: a reranker runs on {', '.join(RERANK_BACKENDS)}")
-        cuda = device.startswith("cuda")
-        if cuda and backend != "torch":
-            raise UnknownBackend(f"backend {backend!r} on {device}: a reranker runs on CUDA with torch")
-        if device != "cpu" and not cuda:
-            raise UnknownBackend(f"device {device!r}: a reranker runs on cpu or cuda")
-        chosen = precision or ("fp16" if cuda else "fp32")
-        allowed = CUDA_PRECISIONS if cuda else ("fp32",)
-        if chosen not in allowed:
-            raise UnknownBackend(
-                f"precision {chosen!r} on {device}: a reranker runs {'/'.join(allowed)} there"
-            )
         root, name = resolve_model(path)
+        if (root / MANIFEST).is_file():
+            return cls.from_bundle(root, backend=backend, device=device, threads=threads, packed=packed)
+        backend = backend or "torch"
+        chosen = check_choice(backend, device, precision)
         check_model_dir(root)
         spec, activation = read_rerank_spec(root, name=name)
         tokenizer = TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len)
         sep_id = int(tokenizer.filler[1])
-        if cuda:
-            engine = _cuda_engine(root, spec, activation, sep_id, device, chosen, shapes, packed=packed)
-        elif backend == "onnx":
-            from .backends.onnx import OnnxEngine
-
+        onnx_path = None
+        if backend == "onnx" and device == "cpu":
             shapes = shapes or default_shapes(spec.max_seq_len, device)
             onnx_path = _exported(root, spec, shapes, activation, sep_id)
-            engine = OnnxEngine(onnx_path, shapes=shapes, dim=1, device=device, threads=threads)
-        else:
-            from .backends.torch import TorchEngine, _set_threads
-            from .cross_encoder import load_scoring
-
-            _set_threads(device, threads)
-            module = load_scoring(root, activation=activation, sep_id=sep_id)
-            engine = TorchEngine(
-                module, shapes=shapes or default_shapes(spec.max_seq_len, device), dim=1, device=device
-            )
+        engine = make_engine(
+            root, spec, activation, sep_id, backend=backend, device=device, precision=chosen, shapes=shapes,
+            threads=threads, packed=packed, onnx_path=onnx_path,
+        )  # fmt: skip
         return cls(spec=spec, tokenizer=tokenizer, engine=engine)
+
+    @classmethod
+    def from_bundle(
+        cls, root: str | Path, *, backend: str | None = None, device: str = "cpu", threads: int | None = None,
+        packed: bool = True,
+    ) -> Reranker:  # fmt: skip
+        """A verified reranker bundle (`vecq build` of a cross-encoder) on its own backend."""
+        root = Path(root)
+        manifest = read_manifest(root)
+        verify_files(root, manifest)
+        if manifest.task != "rerank":
+            raise BundleError(
+                f"{root}: an embedding model's bundle, not a reranker's (load it with Embedder)"
+            )
+        manifest.require_backend(root, backend or manifest.backend)
+        check_choice(manifest.backend, device, manifest.precision)
+        tokenizer = TextTokenizer.from_dir(root, max_seq_len=manifest.max_seq_len)
+        engine = make_engine(
+            root, manifest.spec, manifest.activation or "sigmoid", int(tokenizer.filler[1]),
+            backend=manifest.backend, device=device, precision=manifest.precision,
+            shapes=manifest.shape_set, threads=threads, packed=packed,
+            onnx_path=root / "model.onnx" if manifest.backend == "onnx" else None,
+        )  # fmt: skip
+        return cls(spec=manifest.spec, tokenizer=tokenizer, engine=engine)
 
     @property
     def name(self) -> str:
@@ -149,33 +136,6 @@ class Reranker:
         self.close()
 
 
-def _cuda_engine(
-    root: Path, spec: ModelSpec, activation: str, sep_id: int, device: str, precision: str,
-    shapes: ShapeSet | None, *, packed: bool,
-) -> Engine:  # fmt: skip
-    """The packed engine where the packed encoder serves the architecture (`PackedScorer`), else
-    one CUDA graph per padded shape; both are captured at `warmup`."""
-    import torch
-
-    from .cross_encoder import PackedScorer, load_scoring
-    from .packed_encoder import supports
-
-    if not torch.cuda.is_available():
-        raise UnknownBackend(f"device {device!r}: this torch has no CUDA")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    module = load_scoring(root, activation=activation, sep_id=sep_id, dtype=dtype).to(device)
-    if packed and supports(module.encoder.config) is None:
-        from .backends.torch_packed import PackedGraphEngine, packed_shapes
-
-        chosen = shapes or packed_shapes(spec.max_seq_len)
-        return PackedGraphEngine(PackedScorer(module), shapes=chosen, dim=1, device=device)
-    from .backends.torch_graphs import TorchGraphEngine
-
-    return TorchGraphEngine(
-        module, shapes=shapes or default_shapes(spec.max_seq_len, device), dim=1, device=device
-    )
-
-
 def _exported(root: Path, spec: ModelSpec, shapes: ShapeSet, activation: str, sep_id: int) -> Path:
     """The model's `ScoringEncoder` as ONNX (fp32, unfused), exported once into the cache."""
     import os
@@ -195,3 +155,6 @@ def _exported(root: Path, spec: ModelSpec, shapes: ShapeSet, activation: str, se
         made = export_onnx(module, Path(work) / "model.onnx")
         os.replace(made, target)  # whole or absent: another process may be exporting too
     return target
+
+
+__all__ = ["CUDA_PRECISIONS", "RERANK_BACKENDS", "Reranker", "is_cross_encoder"]

@@ -156,17 +156,22 @@ class WorkerSettings(CommonSettings):
 
     def load_embedder(self) -> Embedder | Reranker:
         """The model (or the null engine) these settings name, on their backend and device; a
-        cross-encoder model dir (`--model`, a `*ForSequenceClassification`) is served as a
-        `Reranker`: torch or onnx on the CPU, torch fp16 (or `precision`) on CUDA."""
-        if self.model is not None and is_cross_encoder(self.model):
-            return self._load_reranker(self.model)
+        cross-encoder model dir (`--model`, a `*ForSequenceClassification`) or a reranker's
+        bundle is served as a `Reranker`: torch or onnx on the CPU, torch fp16 (or `precision`)
+        on CUDA."""
+        if self.model_path is not None and is_cross_encoder(self.model_path):
+            return self._load_reranker(self.model_path)
         return Embedder.load(
             self.model_path, backend=self.engine_backend(), device=self.device, **self.engine_options()
         )
 
     def _load_reranker(self, path: Path) -> Reranker:
         cuda = self.device.startswith("cuda")
-        backend = self.engine_backend() or ("torch" if cuda else "onnx")
+        backend = (
+            self.backend
+            if self.bundle is not None
+            else self.engine_backend() or ("torch" if cuda else "onnx")
+        )
         threads = self.threads or physical_cores()
         return Reranker.load(
             path, backend=backend, device=self.device, threads=threads, precision=self.precision

@@ -120,3 +120,63 @@ def test_packed_scorer_equals_the_padded_model(kind, model_dirs, documents) -> N
     assert packed.shape == (24, 1) and packed.dtype == torch.float32
     want = reranker.score(QUERIES[1], documents[:20])
     np.testing.assert_allclose(packed[:20, 0].numpy(), want, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bundles(model_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`vecq build` of the BERT cross-encoder: ONNX and torch, for the CPU."""
+    from vecq.engines.build import build_bundle
+
+    root = tmp_path_factory.mktemp("rerank-bundles")
+    out = {}
+    for backend in ("onnx", "torch"):
+        build_bundle(model_dirs["bert"], root / backend, backend=backend)
+        out[backend] = root / backend
+    return out
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_a_reranker_bundle_scores_like_cross_encoder(backend, bundles, documents, references) -> None:
+    """A cross-encoder built by `vecq build` is a reranker's bundle: its manifest says so, its
+    parity is of scores (every parity text with three queries), and it loads as a `Reranker`
+    that scores as `CrossEncoder.predict` does."""
+    from vecq.engines.bundle import read_manifest
+    from vecq.engines.parity import ScoreParity
+
+    manifest = read_manifest(bundles[backend])
+    assert (manifest.task, manifest.dim, manifest.activation, manifest.backend) == (
+        "rerank",
+        1,
+        "sigmoid",
+        backend,
+    )
+    assert isinstance(manifest.parity, ScoreParity) and manifest.parity.n_pairs >= 150
+    assert manifest.parity.max_abs_error <= 1e-4 and manifest.parity.passed
+    reranker = Reranker.load(bundles[backend])
+    for query in QUERIES:
+        np.testing.assert_allclose(
+            reranker.score(query, documents), references["bert", query], atol=TOLERANCE
+        )
+
+
+def test_reranker_bundle_misuse_is_refused_in_one_line(
+    bundles, model_dirs, tmp_path: Path, monkeypatch
+) -> None:
+    from vecq.engines import BundleError, Embedder, ParityError, UnknownBackend
+    from vecq.engines import parity as parity_module
+    from vecq.engines.build import build_bundle
+
+    with pytest.raises(BundleError, match=r"a reranker's bundle \(serve it with `vecq worker --bundle`"):
+        Embedder.load(bundles["onnx"])
+    with pytest.raises(BundleError, match=r"built for backend 'onnx', not 'torch'$"):
+        Reranker.load(bundles["onnx"], backend="torch")
+    with pytest.raises(UnknownBackend, match=r"^a reranker's onnx bundle runs on the CPU for now"):
+        build_bundle(model_dirs["bert"], tmp_path / "cuda", backend="onnx", device="cuda", precision="fp16")
+    with pytest.raises(BundleError, match=r"pooling, normalization and max length are its own$"):
+        build_bundle(model_dirs["bert"], tmp_path / "pooled", pooling="mean")
+    monkeypatch.setitem(parity_module.SCORE_TOLERANCES, "fp32", 0.0)  # no engine is bit-exact
+    with pytest.raises(
+        ParityError, match=r"reranker onnx fp32: parity pair \d+ scores .* over the allowed 0.0"
+    ):
+        build_bundle(model_dirs["bert"], tmp_path / "strict")
+    assert not (tmp_path / "strict").exists()

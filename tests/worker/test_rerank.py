@@ -91,3 +91,23 @@ def test_a_reranker_refuses_what_it_cannot_run_at_start(redis_url: str, reranker
         Reranker.load(reranker_dir, precision="fp16")
     with pytest.raises(UnknownBackend, match=r"^device 'mps': a reranker runs on cpu or cuda$"):
         Reranker.load(reranker_dir, device="mps")
+
+
+def test_a_worker_serves_a_reranker_bundle(
+    redis_url: str, redis_conn, make_worker, reranker_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`vecq worker --bundle` of a cross-encoder's bundle (`vecq build`) serves rerank jobs."""
+    from sentence_transformers import CrossEncoder
+
+    from vecq.engines.build import build_bundle
+
+    bundle = tmp_path / "reranker-bundle"
+    build_bundle(reranker_dir, bundle, name="reranker-bundle")
+    worker = make_worker(bundle=bundle, backend=None, max_wait_ms=20)
+    assert isinstance(worker.embedder, Reranker) and worker.model == "reranker-bundle"
+    queue = queue_name(worker.model, "interactive")
+    (job,) = enqueue(redis_conn, [DOCUMENTS], queue=queue, model=worker.model, query=QUERIES[0])
+    run(worker, timeout=45)
+    want = CrossEncoder(str(reranker_dir), device="cpu").predict([(QUERIES[0], d) for d in DOCUMENTS])
+    with Client(redis_url) as client:
+        np.testing.assert_allclose(client.result(job.id, timeout=5)[:, 0], want, atol=1e-4)

@@ -61,6 +61,6 @@ def _build(model_dir: str, out: str, *, console, **flags) -> None:
 
         manifest = build_bundle(model_dir, out, name=name, progress=progress, **flags)
     click.echo(
-        f"{out}: {manifest.name} {manifest.backend} {manifest.precision}, {len(manifest.shapes)} shapes, "
-        f"parity min cosine {manifest.parity.min_cosine:.7f} over {manifest.parity.n_texts} texts"
+        f"{out}: {manifest.name} {'reranker ' if manifest.task == 'rerank' else ''}{manifest.backend} "
+        f"{manifest.precision}, {len(manifest.shapes)} shapes, {manifest.parity.summary()}"
     )
