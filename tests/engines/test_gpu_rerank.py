@@ -61,3 +61,24 @@ def test_cuda_reranker_matches_cross_encoder(kind: str, packed: bool, model_dirs
     np.testing.assert_allclose(alone, reranker.score(QUERIES[1], varied_texts)[:8], atol=2e-3)
     assert reranker.engine.captures == captured  # nothing captured after warmup
     reranker.close()
+
+
+def test_a_cuda_reranker_bundle_builds_and_serves(model_dirs, tmp_path: Path, varied_texts) -> None:
+    """`vecq build --device cuda --backend torch --precision fp16` of a cross-encoder: its score
+    parity is checked through the packed engine that will serve it, and the bundle serves."""
+    from sentence_transformers import CrossEncoder
+
+    from vecq.engines.build import build_bundle
+    from vecq.engines.reranker import Reranker
+
+    manifest = build_bundle(
+        model_dirs["bert"], tmp_path / "b", backend="torch", device="cuda", precision="fp16"
+    )
+    assert manifest.task == "rerank" and manifest.parity.max_abs_error <= TOLERANCE  # type: ignore[union-attr]
+    reranker = Reranker.load(tmp_path / "b", device="cuda")
+    reranker.warmup()
+    want = CrossEncoder(str(model_dirs["bert"]), device="cpu").predict(
+        [(QUERIES[0], d) for d in varied_texts]
+    )
+    assert float(np.abs(reranker.score(QUERIES[0], varied_texts) - want).max()) <= TOLERANCE
+    reranker.close()
