@@ -4,12 +4,14 @@
 model's interactive lane (`AsyncClient.rerank`), through the same key check, body limit and
 admission as `/v1/embeddings` (`Gateway.admitted`); its answer is `{"object": "list", model,
 results: [{index, relevance_score, document?: {text}}], usage}`, best first.  Bad requests get
-a 400 in OpenAI's error shape with one line naming the field.  `usage` reports 0 tokens: the
-gateway counts an embedder's tokens, not a cross-encoder's pairs.
+a 400 in OpenAI's error shape with one line naming the field.  `usage` counts the pairs' tokens
+with the model's tokenizer (`--tokenizer NAME=DIR`, the cross-encoder's dir or bundle), as the
+worker encodes them; 0 for a model with no known tokenizer.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -45,6 +47,11 @@ async def rerank_answer(gateway: Any, body: RerankRequest) -> dict[str, Any]:
             body.query, body.documents, model=model, top_n=body.top_n, timeout=gateway.settings.timeout
         )
     gateway.metrics.texts.inc(len(body.documents))
+    tokenizer = gateway.tokenizers.get(model)
+    tokens = (
+        0 if tokenizer is None else await asyncio.to_thread(tokenizer.count_pairs, body.query, body.documents)
+    )
+    gateway.metrics.tokens.inc(tokens)
     results = []
     for r in ranked:
         entry: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
@@ -55,5 +62,5 @@ async def rerank_answer(gateway: Any, body: RerankRequest) -> dict[str, Any]:
         "object": "list",
         "model": model,
         "results": results,
-        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }

@@ -55,6 +55,12 @@ class ModelTokenizer:
         texts = [prompt + t for t in texts] if prompt else list(texts)
         return sum(len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=True))
 
+    def count_pairs(self, query: str, documents: Sequence[str]) -> int:
+        """Tokens a cross-encoder reads for `(query, document)` pairs: the pair template, cut at
+        the max length longest-first, as the worker (and `CrossEncoder`) encode them."""
+        pairs = [(query, d) for d in documents]
+        return sum(len(e.ids) for e in self.tokenizer.encode_batch(pairs, add_special_tokens=True))
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:

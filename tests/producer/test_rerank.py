@@ -91,11 +91,20 @@ def test_bad_rerank_requests_are_refused_in_one_line(redis_url: str, redis_conn:
     assert redis_conn.dbsize() == 0
 
 
+def _pair_tokens(model_dir: Path) -> int:
+    """What the worker reads for DOCUMENTS' pairs: `CrossEncoder`'s own tokenizer, cut as it cuts."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    encoded = tokenizer([QUERY] * len(DOCUMENTS), DOCUMENTS, truncation=True, max_length=128)
+    return sum(len(ids) for ids in encoded["input_ids"])
+
+
 def test_gateway_rerank_route(
     redis_url: str, start_worker, start_gateway, reranker_dir: Path, reference
 ) -> None:  # type: ignore[no-untyped-def]
     start_worker(redis_url, "--model", str(reranker_dir), "--backend", "torch", "--name", MODEL)
-    gateway = start_gateway(redis_url, "--api-key", "secret")
+    gateway = start_gateway(redis_url, "--api-key", "secret", "--tokenizer", f"{MODEL}={reranker_dir}")
     auth = {"Authorization": "Bearer secret"}
     body = {"model": MODEL, "query": QUERY, "documents": DOCUMENTS, "top_n": 3, "return_documents": True}
     with httpx.Client(base_url=gateway.url, timeout=60) as http:
@@ -108,7 +117,8 @@ def test_gateway_rerank_route(
         got = answer.json()
         best = _expected(reference, 3)
         assert got["object"] == "list" and got["model"] == MODEL
-        assert got["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
+        tokens = _pair_tokens(reranker_dir)
+        assert got["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
         assert [r["index"] for r in got["results"]] == best
         assert [r["document"] for r in got["results"]] == [{"text": DOCUMENTS[i]} for i in best]
         np.testing.assert_allclose([r["relevance_score"] for r in got["results"]], reference[best], atol=1e-5)
