@@ -12,22 +12,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from . import backends
 from .batching import embed_texts
-from .bundle import (
-    FORMAT_VERSION,
-    MANIFEST,
-    TOKENIZER_FILES,
-    TORCH_FILES,
-    Manifest,
-    checksums,
-    copy_files,
-    library_versions,
-    manifest_json,
-)  # fmt: skip
+from .bundle import MANIFEST, TOKENIZER_FILES, TORCH_FILES, Manifest, copy_files, write_manifest
 from .errors import BundleError, UnknownBackend
 from .parity import compare, parity_texts, reference_vectors, require
 from .prompts import write_prompts
@@ -132,15 +121,11 @@ def _assemble(
         graph, fp32_nodes = f"torch {precision} (sdpa)", []
     require(report, what=f"{spec.name} {backend} {precision}")
     say(f"parity: min cosine {report.min_cosine:.7f} over {report.n_texts} texts (≥ {report.threshold})")
-    manifest = Manifest(
-        format_version=FORMAT_VERSION, name=spec.name, dim=spec.dim, pooling=spec.pooling,
-        normalize=spec.normalize, max_seq_len=spec.max_seq_len, precision=precision, backend=backend,
-        device=device, graph=graph, fp32_nodes=fp32_nodes, shapes=shapes.to_list(),
-        files=checksums(tmp, files), parity=report, versions=library_versions(),
-        created=datetime.now(UTC),
+    return write_manifest(
+        tmp, files, name=spec.name, dim=spec.dim, pooling=spec.pooling, normalize=spec.normalize,
+        max_seq_len=spec.max_seq_len, precision=precision, backend=backend, device=device, graph=graph,
+        fp32_nodes=fp32_nodes, shapes=shapes.to_list(), parity=report,
     )  # fmt: skip
-    (tmp / MANIFEST).write_text(manifest_json(manifest), encoding="utf-8")
-    return manifest
 
 
 def _rerank_spec(root: Path, name: str | None, pooling, normalize, max_seq_len) -> ModelSpec:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -136,6 +136,19 @@ def verify_files(root: str | Path, manifest: Manifest) -> None:
             raise BundleError(f"{path}: missing (incomplete bundle)")
         if sha256_file(path) != digest:
             raise BundleError(f"{path}: checksum mismatch (corrupted or modified since the build)")
+
+
+def write_manifest(tmp: Path, files: list[str], **fields: Any) -> Manifest:
+    """The manifest of the bundle assembled in `tmp` (`files` checksummed there, this vecq's
+    format and library versions, now), written to `tmp/manifest.json` and returned."""
+    from datetime import UTC
+
+    manifest = Manifest(
+        format_version=FORMAT_VERSION, files=checksums(tmp, files), versions=library_versions(),
+        created=datetime.now(UTC), **fields,
+    )  # fmt: skip
+    (tmp / MANIFEST).write_text(manifest_json(manifest), encoding="utf-8")
+    return manifest
 
 
 def manifest_json(manifest: Manifest) -> str:

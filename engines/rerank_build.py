@@ -10,25 +10,14 @@ engine that will serve the bundle, against the torch fp32 model one pair at a ti
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from .batching import run_padded
-from .bundle import (
-    FORMAT_VERSION,
-    MANIFEST,
-    TOKENIZER_FILES,
-    TORCH_FILES,
-    Manifest,
-    checksums,
-    copy_files,
-    library_versions,
-    manifest_json,
-)  # fmt: skip
+from .bundle import TOKENIZER_FILES, TORCH_FILES, Manifest, copy_files, write_manifest
 from .errors import BundleError, UnknownBackend
-from .parity import ScoreParity, compare_scores, parity_texts, require
+from .parity import compare_scores, parity_texts, require
 from .shapes import ShapeSet
 from .spec import ModelSpec
 from .tokenizer import TextTokenizer
@@ -85,11 +74,11 @@ def assemble_rerank(
         engine.close()
     require(report, what=f"{spec.name} reranker {backend} {precision}")
     say(report.summary())
-    manifest = _manifest(
-        spec, shapes, report, backend, device, precision, graph, activation, checksums(tmp, files)
-    )
-    (tmp / MANIFEST).write_text(manifest_json(manifest), encoding="utf-8")
-    return manifest
+    return write_manifest(
+        tmp, files, name=spec.name, dim=1, pooling="cls", normalize=False, max_seq_len=spec.max_seq_len,
+        precision=precision, backend=backend, device=device, graph=graph, fp32_nodes=[],
+        shapes=shapes.to_list(), parity=report, task="rerank", activation=activation,
+    )  # fmt: skip
 
 
 def reference_scores(module, tokenizer: TextTokenizer, documents: list[str]) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -114,15 +103,3 @@ def served_scores(tokenizer: TextTokenizer, engine, documents: list[str]) -> np.
             run_padded(tokenizer, engine, tokens, np.empty((len(documents), 1), dtype=np.float32))[:, 0]
         )
     return np.concatenate(parts)
-
-
-def _manifest(
-    spec: ModelSpec, shapes: ShapeSet, report: ScoreParity, backend: str, device: str, precision: str,
-    graph: str, activation: str, files: dict[str, str],
-) -> Manifest:  # fmt: skip
-    return Manifest(
-        format_version=FORMAT_VERSION, name=spec.name, dim=1, pooling="cls", normalize=False,
-        max_seq_len=spec.max_seq_len, precision=precision, backend=backend, device=device, graph=graph,
-        fp32_nodes=[], shapes=shapes.to_list(), files=files, parity=report, versions=library_versions(),
-        created=datetime.now(UTC), task="rerank", activation=activation,
-    )  # type: ignore[arg-type]  # fmt: skip
