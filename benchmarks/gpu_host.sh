@@ -17,6 +17,7 @@
 #     opentelemetry-api annotated-doc added to .whl/ (PROCESSES=N: the gateway's --processes)
 #   bash benchmarks/gpu_host.sh rerank     # vecq bench rerank: BERT-base cross-encoder vs CrossEncoder
 #   bash benchmarks/gpu_host.sh serve      # vecq serve on the GPU: ready, requests, Ctrl-C (gateway wheels)
+#   bash benchmarks/gpu_host.sh gil        # a lone query's path at GIL switch intervals of 0.5 / 0.2 / 0.1 ms
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +77,16 @@ serve() {  # issue 18: vecq serve on the GPU, as a user runs it
   head | tee "$out/serve.txt"
   timeout 400 python3 benchmarks/probes/serve_gpu.py 2>&1 | grep -v "Writing model" | tee -a "$out/serve.txt"
 }
+gil() {  # issue 14's idle p50: engine.start waits ~0.3 ms for the GIL; does a shorter switch help?
+  head | tee "$out/gil.txt"
+  for ms in 0.5 0.2 0.1; do
+    for run in "" "--under-bulk"; do
+      echo "== latency_path torch, gil ${ms} ms ${run}" | tee -a "$out/gil.txt"
+      timeout 150 python3 benchmarks/probes/latency_path.py --backend torch --requests 300 --gil-switch-ms "$ms" \
+        $run 2>&1 | grep -v "Writing model" | tee -a "$out/gil.txt"
+    done
+  done
+}
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
   timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile 2>&1 |
@@ -85,6 +96,7 @@ quick() {  # one worker's host probe, then the pipeline
 for mode in ${@:-all}; do
 case "$mode" in
 rerank) rerank ;;
+gil) gil ;;
 serve) serve ;;
 kernels) kernels ;;
 gateway) gateway ;;
