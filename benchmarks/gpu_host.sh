@@ -17,6 +17,7 @@
 #     opentelemetry-api annotated-doc added to .whl/ (PROCESSES=N: the gateway's --processes)
 #   bash benchmarks/gpu_host.sh rerank     # vecq bench rerank: BERT-base cross-encoder vs CrossEncoder
 #   bash benchmarks/gpu_host.sh serve      # vecq serve on the GPU: ready, requests, Ctrl-C (gateway wheels)
+#   bash benchmarks/gpu_host.sh longattn   # packed attention tiles vs flash at 53 ... 8,192-token texts
 #   bash benchmarks/gpu_host.sh gil        # a lone query's path at GIL switch intervals of 0.5 / 0.2 / 0.1 ms
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
 set -uo pipefail
@@ -87,6 +88,10 @@ gil() {  # issue 14's idle p50: engine.start waits ~0.3 ms for the GIL; does a s
     done
   done
 }
+longattn() {  # issue 16: attention at long inputs (benchmarks/probes/long_attention.py)
+  head | tee "$out/longattn.txt"
+  timeout 200 python3 benchmarks/probes/long_attention.py 2>&1 | tee -a "$out/longattn.txt"
+}
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
   timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile 2>&1 |
@@ -97,6 +102,7 @@ for mode in ${@:-all}; do
 case "$mode" in
 rerank) rerank ;;
 gil) gil ;;
+longattn) longattn ;;
 serve) serve ;;
 kernels) kernels ;;
 gateway) gateway ;;
