@@ -17,6 +17,7 @@
 #     opentelemetry-api annotated-doc added to .whl/ (PROCESSES=N: the gateway's --processes)
 #   bash benchmarks/gpu_host.sh rerank     # vecq bench rerank: BERT-base cross-encoder vs CrossEncoder
 #   bash benchmarks/gpu_host.sh serve      # vecq serve on the GPU: ready, requests, Ctrl-C (gateway wheels)
+#   bash benchmarks/gpu_host.sh twomodels  # an embedder and a reranker on one GPU: rerank latency beside bulk
 #   bash benchmarks/gpu_host.sh longattn   # packed attention tiles vs flash at 53 ... 8,192-token texts
 #   bash benchmarks/gpu_host.sh gil        # a lone query's path at GIL switch intervals of 0.5 / 0.2 / 0.1 ms
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
@@ -88,6 +89,11 @@ gil() {  # issue 14's idle p50: engine.start waits ~0.3 ms for the GIL; does a s
     done
   done
 }
+twomodels() {  # issue 17: two models on one GPU (benchmarks/probes/two_models.py, base sizes)
+  head | tee "$out/twomodels.txt"
+  timeout 300 python3 benchmarks/probes/two_models.py --device cuda --size base --requests 200 2>&1 |
+    grep -v "Writing model\|Loading weights" | tee -a "$out/twomodels.txt"
+}
 longattn() {  # issue 16: attention at long inputs (benchmarks/probes/long_attention.py)
   head | tee "$out/longattn.txt"
   timeout 200 python3 benchmarks/probes/long_attention.py 2>&1 | tee -a "$out/longattn.txt"
@@ -103,6 +109,7 @@ case "$mode" in
 rerank) rerank ;;
 gil) gil ;;
 longattn) longattn ;;
+twomodels) twomodels ;;
 serve) serve ;;
 kernels) kernels ;;
 gateway) gateway ;;
