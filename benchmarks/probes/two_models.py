@@ -81,6 +81,8 @@ def two_model_worker(url: str, emb: Path, rerank: Path, device: str, cache: Path
     """`vecq worker --model emb=EMB --model rerank=RERANK`, stopped by SIGTERM (a drain) at the end."""
     cmd = [sys.executable, "-m", "vecq.worker", "worker", "--model", f"emb={emb}", "--model"]
     cmd += [f"rerank={rerank}", "--redis", url, "--device", device, "--log-level", "WARNING"]
+    if device.startswith("cuda"):
+        cmd += ["--precision", "fp16"]  # both models, as a GPU user serves them
     proc = subprocess.Popen(cmd, env={**os.environ, "VECQ_CACHE_DIR": str(cache)})
     try:
         yield
