@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import add_layer_norm, packed_attention, packed_embed, packed_pool
+from .kernels import ATTENTION_CONFIG, add_layer_norm, packed_attention, packed_embed, packed_pool
 
 #: model_type → offset of the first position id (RoBERTa counts from padding_idx + 1).
 ARCHITECTURES = {"bert": 0, "roberta": None, "xlm-roberta": None, "distilbert": 0}
@@ -64,6 +64,8 @@ class PackedEncoder(nn.Module):
         offset = ARCHITECTURES[config.model_type]
         self.first_position = (config.pad_token_id + 1) if offset is None else offset
         self.max_position = config.max_position_embeddings - 1
+        #: the attention kernel's tile (probes time `kernels.LONG_ATTENTION_CONFIG` against it)
+        self.attention_config = ATTENTION_CONFIG
         self.word = e.word_embeddings.weight
         self.position = e.position_embeddings.weight
         types = getattr(e, "token_type_embeddings", None)
@@ -99,7 +101,7 @@ class PackedEncoder(nn.Module):
         T = ids.shape[0]
         for layer in self.layers:
             qkv = F.linear(x, layer["wqkv"], layer["bqkv"]).view(T, 3, self.heads, -1)
-            att = packed_attention(qkv, seq, cu, n_real, heads=self.heads)
+            att = packed_attention(qkv, seq, cu, n_real, heads=self.heads, config=self.attention_config)
             x = add_layer_norm(x, F.linear(att, layer["wo"], layer["bo"]), *layer["norm1"])
             if self.gelu_epilogue:
                 h = torch._addmm_activation(layer["b1"], x, layer["w1"].t(), use_gelu=True)

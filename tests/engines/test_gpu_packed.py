@@ -34,14 +34,16 @@ def _packed_buffer(lengths: list[int], T: int, slots: int, heads: int, head_dim:
     return qkv.cuda(), seq.cuda(), cu.cuda(), torch.tensor([n], dtype=torch.int32).cuda(), n
 
 
+@pytest.mark.parametrize("tile", ["short", "long"])
 @pytest.mark.parametrize("head_dim", [32, 64])
-def test_triton_kernels_equal_their_references(head_dim: int) -> None:
+def test_triton_kernels_equal_their_references(head_dim: int, tile: str) -> None:
     from vecq.engines import kernels
 
     torch.manual_seed(0)
-    lengths = [5, 1, 17, 64, 3, 40, 2, 70, 9, 512, 130, 63, 65, 128, 1]
+    config = kernels.ATTENTION_CONFIG if tile == "short" else kernels.LONG_ATTENTION_CONFIG
+    lengths = [5, 1, 17, 64, 3, 40, 2, 70, 9, 512, 130, 63, 65, 128, 1, 700]
     qkv, seq, cu, n_real, n = _packed_buffer(lengths, 2048, 32, 12, head_dim)
-    got = kernels.packed_attention(qkv, seq, cu, n_real, heads=12).float()
+    got = kernels.packed_attention(qkv, seq, cu, n_real, heads=12, config=config).float()
     want = kernels._attention_reference(qkv.float(), cu, n, heads=12)
     assert (got[:n] - want[:n]).abs().max().item() < 5e-3
     assert got[n:].abs().max().item() == 0.0
