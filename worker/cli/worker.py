@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import error_line
 from ..settings import WorkerSettings
 from .options import command, fail, flag_of, given, options_from, settings_or_fail, to_args
+
+if TYPE_CHECKING:
+    from ..supervisor import Served
 
 #: Flags each `--gpus` child gets of its own instead of the supervisor's.
 PER_CHILD = ("device", "metrics_port", "worker_name")
@@ -109,21 +112,21 @@ def _exit_drained() -> None:
 
 
 def _supervise(
-    settings: WorkerSettings, gpus: str, per_gpu: int, log_level: str, values: dict[str, object]
-) -> int:
-    """`--gpus`: the same flags, minus the per-process ones, for one child worker per GPU."""
+    settings: WorkerSettings, gpus: str, per_gpu: int, log_level: str, values: dict[str, object],
+    models: list[Served] | None = None,
+) -> int:  # fmt: skip
+    """`--gpus`: the same flags, minus the per-process ones, for one child worker per GPU (and
+    per model of `models`, when several were given)."""
     from ..supervisor import Supervisor
 
     ids = _gpu_ids(gpus, values)
     args = ["--log-level", log_level, *to_args(WorkerSettings, values, skip=PER_CHILD)]
     supervisor = Supervisor.for_gpus(
-        ids,
-        args,
-        workers_per_gpu=per_gpu,
-        metrics_port=settings.metrics_port,
-        worker_name=settings.worker_name,
-    )
-    click.echo(f"vecq: {len(supervisor.children)} worker(s) on GPU(s) {','.join(ids)}", err=True)
+        ids, args, workers_per_gpu=per_gpu, metrics_port=settings.metrics_port,
+        worker_name=settings.worker_name, models=models or (),
+    )  # fmt: skip
+    names = f": {', '.join(m.name for m in models)}" if models else ""
+    click.echo(f"vecq: {len(supervisor.children)} worker(s) on GPU(s) {','.join(ids)}{names}", err=True)
     return supervisor.run()
 
 
@@ -153,11 +156,11 @@ def _serve_several(
         models = distinct(each)
     except ValueError as exc:
         fail(str(exc))
-    args = ["--log-level", log_level, *to_args(WorkerSettings, values, skip=PER_CHILD)]
-    names = ", ".join(m.name for m in models)
     if gpus is None:
         if per_gpu != 1:
             fail("--workers-per-gpu needs --gpus")
+        args = ["--log-level", log_level, *to_args(WorkerSettings, values, skip=PER_CHILD)]
+        names = ", ".join(m.name for m in models)
         supervisor = Supervisor.for_device(
             settings.device,
             args,
@@ -167,17 +170,7 @@ def _serve_several(
         )
         click.echo(f"vecq: {len(models)} worker(s) on {settings.device}: {names}", err=True)
         return supervisor.run()
-    ids = _gpu_ids(gpus, values)
-    supervisor = Supervisor.for_gpus(
-        ids,
-        args,
-        workers_per_gpu=per_gpu,
-        metrics_port=settings.metrics_port,
-        worker_name=settings.worker_name,
-        models=models,
-    )
-    click.echo(f"vecq: {len(supervisor.children)} worker(s) on GPU(s) {','.join(ids)}: {names}", err=True)
-    return supervisor.run()
+    return _supervise(settings, gpus, per_gpu, log_level, values, models)
 
 
 def _gpu_ids(gpus: str, values: dict[str, object]) -> list[str]:
