@@ -81,8 +81,8 @@ def embed_query(query: str, *, redis_url: str | None, model: Path | None) -> np.
     if redis_url is not None:
         from vecq.producer import Client
 
-        with Client(redis_url) as client:
-            return client.embed([query])
+        with Client(redis_url) as client:  # the workers of `model` when one was given
+            return client.embed([query], model=served_name(str(model)) if model else None)
     from vecq.engines import Embedder
 
     with Embedder.load(model, backend="onnx") as embedder:
@@ -121,8 +121,11 @@ def rerank(
 
 
 def served_name(model: str) -> str:
-    """The name `vecq worker --model DIR` serves a model dir under when not given `--name`."""
+    """The name `vecq worker --model DIR` (or `--bundle DIR`: its manifest's) serves a model
+    under when not given `--name`."""
     root = Path(model).resolve()
+    if (root / "manifest.json").is_file():
+        return str(json.loads((root / "manifest.json").read_text(encoding="utf-8"))["name"])
     name = root.parent.name if root.name == "model" else root.name  # packaged: .../<package>/model
     return name.lower().replace("_", "-")
 

@@ -31,6 +31,7 @@ def load_example(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"vecq_example_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -133,3 +134,14 @@ def test_predict_vec_and_sim_through_client(
 
     out = run(sys.executable, str(EXAMPLES / "predict.py"), "--redis", redis_url, a, b, cwd=tmp_path)
     assert out.splitlines() == ["vectors: 2 x 384 float32", f"similarity: {float(similarity(*want)):.4f}"]
+
+
+def test_rag_faiss_names_the_workers_as_vecq_worker_does(tmp_path: Path) -> None:
+    """`--redis` with `--model`/`--rerank`: the queues a model dir or bundle is served under."""
+    rag_faiss = load_example("rag_faiss")
+    bundle = tmp_path / "some-bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"name": "bge-small"}), encoding="utf-8")
+    assert rag_faiss.served_name(str(bundle)) == "bge-small"
+    assert rag_faiss.served_name(str(tmp_path / "My_Reranker")) == "my-reranker"
+    assert rag_faiss.served_name(str(tmp_path / "gt_pkg" / "model")) == "gt-pkg"
