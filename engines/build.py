@@ -129,12 +129,15 @@ def _assemble(
 
 
 def _rerank_spec(root: Path, name: str | None, pooling, normalize, max_seq_len) -> ModelSpec:  # type: ignore[no-untyped-def]
-    """A cross-encoder's spec: its head decides pooling and scores are not normalized."""
+    """A cross-encoder's spec: its head decides pooling and scores are not normalized (options
+    that restate its own, as the model cache passes them, are let through)."""
     from .cross_encoder import read_rerank_spec
 
-    if pooling is not None or normalize is not None or max_seq_len is not None:
+    spec = read_rerank_spec(root, name=name)[0]
+    asked = {"pooling": pooling, "normalize": normalize, "max_seq_len": max_seq_len}
+    if any(v is not None and v != getattr(spec, k) for k, v in asked.items()):
         raise BundleError(f"{root}: a cross-encoder's pooling, normalization and max length are its own")
-    return read_rerank_spec(root, name=name)[0]
+    return spec
 
 
 def _torch_parity(bundle, spec, shapes, tokenizer, device, precision, texts, reference):

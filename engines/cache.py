@@ -29,7 +29,10 @@ _BUILDING = {
 }
 
 #: The modules whose code decides what a built bundle contains.
-RECIPE_MODULES = ("build.py", "export.py", "onnx_build.py", "parity.py", "parity_texts.json")
+RECIPE_MODULES = (
+    "build.py", "export.py", "onnx_build.py", "parity.py", "parity_texts.json", "rerank_build.py",
+    "cross_encoder.py",
+)  # fmt: skip
 
 
 def cache_dir() -> Path:

@@ -11,7 +11,6 @@ a literal `[SEP]` token), so no engine needs a third input.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ import torch
 from torch import nn
 
 from .architectures import architecture
-from .errors import ModelNotFound, UnsupportedModel
-from .pooled import AttnImplementation
-from .spec import ModelSpec, read_spec
+from .errors import UnsupportedModel
+from .pooled import AttnImplementation, from_pretrained
+from .spec import ModelSpec, load_json, read_spec
 
 #: The model types vecq reranks with (their `*ForSequenceClassification` heads).
 RERANK_TYPES = ("bert", "xlm-roberta", "roberta")
@@ -87,7 +86,7 @@ def read_rerank_spec(model_dir: str | Path, *, name: str | None = None) -> tuple
     `model_max_length` (or `max_seq_length`), within the model's positions (`read_spec`'s rule).
     """
     root = Path(model_dir)
-    config = _json(root / "config.json")
+    config = load_json(root / "config.json")
     architecture(config, where=root)
     kinds = config.get("architectures") or []
     if config.get("model_type") not in RERANK_TYPES or not any(
@@ -107,7 +106,7 @@ def read_rerank_spec(model_dir: str | Path, *, name: str | None = None) -> tuple
 def _activation(root: Path, config: dict[str, Any]) -> str:
     """The activation `CrossEncoder.predict` applies by default: the saved one, else sigmoid."""
     saved = (
-        _json(root / "config_sentence_transformers.json", required=False).get("activation_fn")
+        load_json(root / "config_sentence_transformers.json", required=False).get("activation_fn")
         or (config.get("sentence_transformers") or {}).get("activation_fn")
         or config.get("sbert_ce_default_activation_function")
         or "torch.nn.modules.activation.Sigmoid"
@@ -125,23 +124,8 @@ def load_scoring(
     wants eager attention, as for `pooled.load_pooled`)."""
     from transformers import AutoModelForSequenceClassification
 
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), attn_implementation=attn_implementation, dtype=dtype
-        )
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFound(f"{model_dir}: transformers cannot load the model ({first})") from None
+    model = from_pretrained(
+        AutoModelForSequenceClassification, model_dir, attn_implementation=attn_implementation, dtype=dtype
+    )
     types = int(getattr(model.config, "type_vocab_size", 1) or 1)
     return ScoringEncoder(model, activation=activation, sep_id=sep_id if types > 1 else None).eval()
-
-
-def _json(path: Path, *, required: bool = True) -> dict[str, Any]:
-    if not path.is_file():
-        if required:
-            raise ModelNotFound(f"{path.parent}: no {path.name}")
-        return {}
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        raise ModelNotFound(f"{path}: unreadable ({exc})") from None

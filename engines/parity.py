@@ -41,6 +41,12 @@ class ParityReport(BaseModel):
     def summary(self) -> str:
         return f"parity min cosine {self.min_cosine:.7f} over {self.n_texts} texts"
 
+    def shortfall(self) -> str:
+        return (
+            f"parity text {self.worst_index} has cosine {self.min_cosine:.6f} to the torch fp32 "
+            f"reference, under the required {self.threshold}"
+        )
+
 
 #: A reranker's largest allowed |score - reference| per precision (scores are the model's
 #: activation: sigmoid scores lie in 0..1).
@@ -65,6 +71,12 @@ class ScoreParity(BaseModel):
 
     def summary(self) -> str:
         return f"parity max score error {self.max_abs_error:.2e} over {self.n_pairs} pairs"
+
+    def shortfall(self) -> str:
+        return (
+            f"parity pair {self.worst_index} scores {self.max_abs_error:.2e} from the torch fp32 "
+            f"reference, over the allowed {self.tolerance}"
+        )
 
 
 def compare_scores(scores: np.ndarray, reference: np.ndarray, *, precision: str) -> ScoreParity:
@@ -125,15 +137,5 @@ def compare(vectors: np.ndarray, reference: np.ndarray, *, precision: str) -> Pa
 
 def require(report: ParityReport | ScoreParity, *, what: str) -> None:
     """Refuse an engine whose worst parity text (or pair) is past its bound, in one line."""
-    if isinstance(report, ScoreParity):
-        if not report.passed:
-            raise ParityError(
-                f"{what}: parity pair {report.worst_index} scores {report.max_abs_error:.2e} from the torch "
-                f"fp32 reference, over the allowed {report.tolerance} (refusing to write the bundle)"
-            )
-        return
     if not report.passed:
-        raise ParityError(
-            f"{what}: parity text {report.worst_index} has cosine {report.min_cosine:.6f} to the torch "
-            f"fp32 reference, under the required {report.threshold} (refusing to write the bundle)"
-        )
+        raise ParityError(f"{what}: {report.shortfall()} (refusing to write the bundle)")

@@ -9,7 +9,7 @@ the clamped token count), so vecq's vectors match `SentenceTransformer.encode`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -56,12 +56,22 @@ def load_pooled(
     (and fuses) the eager attention subgraph, not the SDPA one.  Serving in torch wants "sdpa".
     """
     from transformers import AutoModel
+
+    encoder = from_pretrained(AutoModel, model_dir, attn_implementation=attn_implementation, dtype=dtype)
+    return PooledEncoder(encoder, pooling=spec.pooling, normalize=spec.normalize).eval()
+
+
+def from_pretrained(
+    auto_class: Any, model_dir: str | Path, *, attn_implementation: str, dtype: torch.dtype
+) -> Any:
+    """`auto_class.from_pretrained(model_dir)` without its per-weight progress bar (noise in a
+    worker's log), or `ModelNotFound` in one line when transformers cannot load it."""
     from transformers.utils import logging as hf_logging
 
     bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a per-weight progress bar is noise in a worker's log
+    hf_logging.disable_progress_bar()
     try:
-        encoder = AutoModel.from_pretrained(
+        return auto_class.from_pretrained(
             str(model_dir), attn_implementation=attn_implementation, dtype=dtype
         )
     except (OSError, ValueError) as exc:
@@ -70,4 +80,3 @@ def load_pooled(
     finally:
         if bar:
             hf_logging.enable_progress_bar()
-    return PooledEncoder(encoder, pooling=spec.pooling, normalize=spec.normalize).eval()

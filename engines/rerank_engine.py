@@ -61,8 +61,7 @@ def make_engine(
     shapes: ShapeSet | None, threads: int | None, packed: bool, onnx_path: Path | None = None,
 ) -> Engine:  # fmt: skip
     """The engine that scores pairs of `root`'s model (a model dir, or a bundle's files):
-    packed or graphed torch on CUDA; ONNX Runtime on `onnx_path` (the bundle's, or the model dir's
-    export in the cache: `reranker.py` makes it) or torch on the CPU."""
+    packed or graphed torch on CUDA; ONNX Runtime on a bundle's `onnx_path`, or torch, on the CPU."""
     if device.startswith("cuda"):
         return _cuda_engine(root, spec, activation, sep_id, device, precision, shapes, packed=packed)
     shapes = shapes or default_shapes(spec.max_seq_len, device)

@@ -4,11 +4,12 @@ The reranking twin of `Embedder`: pairs are tokenized as `sentence_transformers.
 tokenizes them (`TextTokenizer.encode_pairs`), planned into the engine's declared shapes and run
 through the same padded path as texts (`batching.run_padded`), by the same engines (`TorchEngine`,
 `OnnxEngine`) over a `ScoringEncoder` (`cross_encoder.py`) whose output is one score per row.
-ONNX models are exported once into the cache (`cache.py`'s dir and key), unfused as CPU bundles
-are.  On CUDA the model runs in torch fp16 (or bf16) through the padding-free packed engine
-(`PackedScorer` in `PackedGraphEngine`: one graph per token buffer) where the packed encoder
-serves its architecture, else through one CUDA graph per padded shape.  `vecq build` of a
-cross-encoder writes a reranker bundle (`rerank_build.py`); ONNX Runtime on CUDA comes later.
+A model dir on ONNX is built once into a reranker bundle in the cache (`cache.cached_bundle`, as
+an embedder's is) and served from it.  On CUDA the model runs in torch fp16 (or bf16) through the
+padding-free packed engine (`PackedScorer` in `PackedGraphEngine`: one graph per token buffer)
+where the packed encoder serves its architecture, else through one CUDA graph per padded shape.
+`vecq build` of a cross-encoder writes a reranker bundle (`rerank_build.py`); ONNX Runtime on
+CUDA comes later.
 """
 
 from __future__ import annotations
@@ -64,15 +65,18 @@ class Reranker:
         chosen = check_choice(backend, device, precision)
         check_model_dir(root)
         spec, activation = read_rerank_spec(root, name=name)
-        tokenizer = TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len)
-        sep_id = int(tokenizer.filler[1])
-        onnx_path = None
-        if backend == "onnx" and device == "cpu":
+        if backend == "onnx":  # ONNX runs from bundles only: built once into the cache, as embedders'
+            from .cache import cached_bundle
+
             shapes = shapes or default_shapes(spec.max_seq_len, device)
-            onnx_path = _exported(root, spec, shapes, activation, sep_id)
+            bundle = cached_bundle(
+                root, backend="onnx", spec=spec, shapes=shapes, device=device, precision=chosen
+            )
+            return cls.from_bundle(bundle, device=device, threads=threads)
+        tokenizer = TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len)
         engine = make_engine(
-            root, spec, activation, sep_id, backend=backend, device=device, precision=chosen, shapes=shapes,
-            threads=threads, packed=packed, onnx_path=onnx_path,
+            root, spec, activation, int(tokenizer.filler[1]), backend=backend, device=device,
+            precision=chosen, shapes=shapes, threads=threads, packed=packed,
         )  # fmt: skip
         return cls(spec=spec, tokenizer=tokenizer, engine=engine)
 
@@ -134,27 +138,6 @@ class Reranker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _exported(root: Path, spec: ModelSpec, shapes: ShapeSet, activation: str, sep_id: int) -> Path:
-    """The model's `ScoringEncoder` as ONNX (fp32, unfused), exported once into the cache."""
-    import os
-    import tempfile
-
-    from .cache import cache_dir, cache_key
-    from .cross_encoder import load_scoring
-    from .export import export_onnx
-
-    key = cache_key(root, spec=spec, shapes=shapes, device="cpu", precision=f"rerank-{activation}")
-    target = cache_dir() / f"rerank-{key}" / "model.onnx"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    module = load_scoring(root, activation=activation, sep_id=sep_id, attn_implementation="eager")
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        made = export_onnx(module, Path(work) / "model.onnx")
-        os.replace(made, target)  # whole or absent: another process may be exporting too
-    return target
 
 
 __all__ = ["CUDA_PRECISIONS", "RERANK_BACKENDS", "Reranker", "is_cross_encoder"]

@@ -55,11 +55,11 @@ def read_spec(
     the model's positions nor 8,192 (`architectures.max_seq_len`).
     """
     root = Path(model_dir)
-    config = _load_json(root / "config.json", what="config.json")
+    config = load_json(root / "config.json", what="config.json")
     arch = architecture(config, where=root)
     st_pooling, st_normalize = _sentence_transformers_head(root)
-    st_max = _load_json(root / "sentence_bert_config.json", required=False).get("max_seq_length")
-    tokenizer_max = _load_json(root / "tokenizer_config.json", required=False).get("model_max_length")
+    st_max = load_json(root / "sentence_bert_config.json", required=False).get("max_seq_length")
+    tokenizer_max = load_json(root / "tokenizer_config.json", required=False).get("model_max_length")
     # sentence-transformers' order: max_seq_length, else the tokenizer's model_max_length
     limit = model_max_len(config, wanted=max_seq_len or st_max or tokenizer_max)
     return ModelSpec(
@@ -109,13 +109,13 @@ def check_model_dir(model_dir: str | Path) -> Path:
 
 
 def _sentence_transformers_head(root: Path) -> tuple[Pooling | None, bool]:
-    modules = _load_json(root / "modules.json", required=False, default=[])
+    modules = load_json(root / "modules.json", required=False, default=[])
     pooling: Pooling | None = None
     normalize = False
     for module in modules:
         kind = str(module.get("type", ""))
         if kind.endswith("Pooling"):
-            cfg = _load_json(root / module.get("path", "") / "config.json", required=False)
+            cfg = load_json(root / module.get("path", "") / "config.json", required=False)
             if cfg.get("pooling_mode_mean_tokens"):
                 pooling = "mean"
             elif cfg.get("pooling_mode_cls_token"):
@@ -132,7 +132,7 @@ def _default_name(root: Path) -> str:
     return name.lower().replace("_", "-")
 
 
-def _load_json(path: Path, *, what: str = "", required: bool = True, default=None):
+def load_json(path: Path, *, what: str = "", required: bool = True, default=None):
     if not path.is_file():
         if required:
             raise ModelNotFound(f"{path.parent}: no {what or path.name}")

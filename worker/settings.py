@@ -166,15 +166,9 @@ class WorkerSettings(CommonSettings):
         )
 
     def _load_reranker(self, path: Path) -> Reranker:
-        cuda = self.device.startswith("cuda")
-        backend = (
-            self.backend
-            if self.bundle is not None
-            else self.engine_backend() or ("torch" if cuda else "onnx")
-        )
         threads = self.threads or physical_cores()
         return Reranker.load(
-            path, backend=backend, device=self.device, threads=threads, precision=self.precision
+            path, backend=self.engine_backend(), device=self.device, threads=threads, precision=self.precision
         )
 
     def tokenize_in_parallel(self) -> bool:

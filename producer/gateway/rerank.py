@@ -43,14 +43,13 @@ async def rerank_answer(gateway: Any, body: RerankRequest) -> dict[str, Any]:
         raise BadRequest(f"return_documents: expected a bool, got {type(body.return_documents).__name__}")
     model = canonical_model(body.model)
     async with gateway.admitted(model, len(body.documents)):
-        ranked = await gateway.client.rerank(
-            body.query, body.documents, model=model, top_n=body.top_n, timeout=gateway.settings.timeout
+        ranked, tokens = await asyncio.gather(  # the count runs while the workers score
+            gateway.client.rerank(
+                body.query, body.documents, model=model, top_n=body.top_n, timeout=gateway.settings.timeout
+            ),
+            _pair_tokens(gateway.tokenizers.get(model), body),
         )
     gateway.metrics.texts.inc(len(body.documents))
-    tokenizer = gateway.tokenizers.get(model)
-    tokens = (
-        0 if tokenizer is None else await asyncio.to_thread(tokenizer.count_pairs, body.query, body.documents)
-    )
     gateway.metrics.tokens.inc(tokens)
     results = []
     for r in ranked:
@@ -64,3 +63,11 @@ async def rerank_answer(gateway: Any, body: RerankRequest) -> dict[str, Any]:
         "results": results,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+async def _pair_tokens(tokenizer: Any, body: RerankRequest) -> int:
+    """The pairs' tokens by the model's tokenizer, off the loop (0: no tokenizer, or a query the
+    client's checks refuse)."""
+    if tokenizer is None or not isinstance(body.query, str):
+        return 0
+    return await asyncio.to_thread(tokenizer.count_pairs, body.query, body.documents)
