@@ -165,9 +165,9 @@ if triton is not None:
 ATTENTION_CONFIG = (64, 32, 4, 2)  # 129 µs per BERT-base layer of 32k tokens; (64, 64, 4, 2) 138
 #: The tile long texts want: from 512-token texts up 17-19 % faster than the one above and as fast
 #: as flash attention, on 53-token texts 20 % slower (benchmarks/probes/long_attention.py on the
-#: H200, BENCHMARKS.md issue 16).  Not served yet: a buffer's texts decide which tile pays, so it
-#: needs a second graph per buffer size (a whole XLM-R base buffer: 1.14x at 8,192-token texts,
-#: 0.93x at 53, probes/long_tile.py).
+#: H200, BENCHMARKS.md issue 16).  A buffer's texts decide which tile pays (a whole XLM-R base
+#: buffer: 1.14x at 8,192-token texts, 0.93x at 53, probes/long_tile.py), so models that read
+#: long texts get a second graph per buffer with this tile (`torch_packed.LONG_TEXTS_FROM`).
 LONG_ATTENTION_CONFIG = (128, 64, 4, 3)
 
 

@@ -64,7 +64,7 @@ class PackedEncoder(nn.Module):
         offset = ARCHITECTURES[config.model_type]
         self.first_position = (config.pad_token_id + 1) if offset is None else offset
         self.max_position = config.max_position_embeddings - 1
-        #: the attention kernel's tile (probes time `kernels.LONG_ATTENTION_CONFIG` against it)
+        #: the attention kernel's tile, read at capture (`torch_packed.attention_tile` sets it)
         self.attention_config = ATTENTION_CONFIG
         self.word = e.word_embeddings.weight
         self.position = e.position_embeddings.weight

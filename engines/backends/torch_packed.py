@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,12 @@ TOKEN_BUCKETS: tuple[int, ...] = (
 )  # fmt: skip
 #: Padded shapes are declared up to this many tokens (the largest buffer: real <= padded).
 MAX_TOKENS = TOKEN_BUCKETS[-1]
+#: A buffer whose texts average this many tokens or more (weighted by tokens: what attention's
+#: cost follows) replays a second graph, captured with `kernels.LONG_ATTENTION_CONFIG`: 17-19 %
+#: faster attention from 512-token texts up, 7 % slower whole buffers at 53 (BENCHMARKS.md,
+#: issue 16).  Only models that read more than this many tokens get the second graphs: at 512 the
+#: whole buffer gains 1 %, not worth twice the captures.
+LONG_TEXTS_FROM = 512
 
 
 def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet:
@@ -133,14 +140,18 @@ class PackedGraphEngine:
         self._turn = 0
         self._pool = torch.cuda.graph_pool_handle()
         self._stream = torch.cuda.Stream(device=self.device)
-        self._graphs: dict[int, _Buffer] = {}
+        #: Buffers that also have a long-text graph (empty unless the model reads > 512 tokens).
+        long_texts = max(s.seq_len for s in shapes) > LONG_TEXTS_FROM and has_tiles(module)
+        self.long_buckets = tuple(T for T in self.buckets if T >= LONG_TEXTS_FROM) if long_texts else ()
+        self._graphs: dict[tuple[int, bool], _Buffer] = {}
         self.captures = 0
         self.runs_by_bucket: dict[int, int] = dict.fromkeys(self.buckets, 0)
+        self.long_runs = 0  # batches that replayed a long-text graph
 
-    def _capture(self, T: int) -> _Buffer:
+    def _capture(self, T: int, long: bool = False) -> _Buffer:
         torch = self._torch
         ids = self._ids[:T]
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_tile(self.module, long=long):
             self._cu.fill_(0)
             self._cu[1:].fill_(min(T, 2))  # one 2-token text: a valid batch to warm on
             self._n.fill_(min(T, 2))
@@ -156,10 +167,12 @@ class PackedGraphEngine:
         return _Buffer(graph, out)
 
     def warmup(self) -> None:
-        """Capture every token buffer, largest first so the shared memory pool is sized once."""
+        """Capture every token buffer (and its long-text graph), largest first so the shared
+        memory pool is sized once."""
         for T in sorted(self.buckets, reverse=True):
-            if T not in self._graphs:
-                self._graphs[T] = self._capture(T)
+            for long in (False, True) if T in self.long_buckets else (False,):
+                if (T, long) not in self._graphs:
+                    self._graphs[T, long] = self._capture(T, long)
         self._torch.cuda.synchronize(self.device)
         log.info("torch packed: %d token buffers captured, up to %d tokens", self.captures, self.buckets[-1])
 
@@ -183,17 +196,20 @@ class PackedGraphEngine:
         stage = self._staging[self._turn]
         self._turn ^= 1
         stage.done.synchronize()  # the batch before last has left this set
-        n = pack_into(batch, stage.ids.numpy(), stage.cu.numpy())
+        cu = stage.cu.numpy()
+        n = pack_into(batch, stage.ids.numpy(), cu)
         stage.n.numpy()[0] = n
         T = self.buckets[bisect.bisect_left(self.buckets, n)]
-        buf = self._graphs.get(T)
+        long = n >= LONG_TEXTS_FROM and T in self.long_buckets and _long_texts(cu, batch.rows, n)
+        buf = self._graphs.get((T, long))
         if buf is None:
-            buf = self._graphs[T] = self._capture(T)  # only if warmup was skipped
+            buf = self._graphs[T, long] = self._capture(T, long)  # only if warmup was skipped
         self._ids[:n].copy_(stage.ids[:n], non_blocking=True)
         self._cu.copy_(stage.cu, non_blocking=True)
         self._n.copy_(stage.n, non_blocking=True)
         buf.graph.replay()
         self.runs_by_bucket[T] += 1
+        self.long_runs += long
         out = stage.out[: batch.rows]
         out.copy_(buf.out[: batch.rows], non_blocking=True)
         stage.done.record()
@@ -221,6 +237,35 @@ def pack_into(batch: Batch | TokenBatch, ids: np.ndarray, cu: np.ndarray) -> int
     cu[1 : rows + 1] = np.cumsum(lengths)
     cu[rows + 1 :] = n
     return n
+
+
+def _long_texts(cu: np.ndarray, rows: int, n: int) -> bool:
+    """Whether the packed texts' token-weighted mean length reaches `LONG_TEXTS_FROM`."""
+    lengths = np.diff(cu[: rows + 1]).astype(np.int64)
+    return int(lengths @ lengths) >= LONG_TEXTS_FROM * n
+
+
+def has_tiles(module: Any) -> bool:
+    """Whether `module` runs a `PackedEncoder`, whose attention tile a capture can choose."""
+    from ..packed_encoder import PackedEncoder
+
+    return any(isinstance(m, PackedEncoder) for m in module.modules())
+
+
+@contextmanager
+def attention_tile(module: Any, *, long: bool) -> Iterator[None]:
+    """Capture `module` with the long-text attention tile (`long`) or the default one."""
+    from ..kernels import ATTENTION_CONFIG, LONG_ATTENTION_CONFIG
+    from ..packed_encoder import PackedEncoder
+
+    encoders = [m for m in module.modules() if isinstance(m, PackedEncoder)]
+    for e in encoders:
+        e.attention_config = LONG_ATTENTION_CONFIG if long else ATTENTION_CONFIG
+    try:
+        yield
+    finally:
+        for e in encoders:
+            e.attention_config = ATTENTION_CONFIG
 
 
 def _round_up(tokens: int) -> int:

@@ -188,3 +188,31 @@ def test_every_architecture_on_cuda_fp16_matches_cpu_fp32(
     alone = np.stack([gpu.embed([t])[0] for t in varied_texts[:8]])
     assert cosines(alone, got[:8]).min() >= 0.9999
     gpu.close()
+
+
+def test_long_texts_replay_the_long_tile_graph(tmp_path, varied_texts) -> None:
+    """A model that reads 2,048 tokens gets a second graph per buffer of 512 tokens and more,
+    captured at warmup with the long attention tile; a batch of long texts replays it, a batch
+    of short ones the default graph, and both are within cosine 0.999 of torch fp32 on CPU."""
+    from vecq.engines import Embedder
+    from vecq.engines.parity import cosines
+    from vecq.engines.random_model import write_random_encoder
+
+    root = write_random_encoder(
+        tmp_path / "xlmr", model_type="xlm-roberta", hidden=64, heads=2, max_positions=2048
+    )
+    gpu = Embedder.load(root, backend="torch", device="cuda", precision="fp16")
+    gpu.warmup()
+    engine = gpu.engine
+    assert engine.long_buckets and min(engine.long_buckets) == 512
+    assert engine.captures == len(engine.buckets) + len(engine.long_buckets)
+    cpu = Embedder.load(root, backend="torch", device="cpu")
+    long_texts = [" ".join(varied_texts[i:] + varied_texts[:i]) * 3 for i in range(6)]
+    assert min(len(t) for t in gpu.tokenizer.encode(long_texts).ids) >= 1024
+    for texts, long in ((long_texts, True), (varied_texts, False)):
+        runs = engine.long_runs
+        got = gpu.embed(texts)
+        assert (engine.long_runs > runs) == long
+        assert cosines(got, cpu.embed(texts)).min() >= 0.999
+    assert engine.captures == len(engine.buckets) + len(engine.long_buckets)
+    gpu.close()

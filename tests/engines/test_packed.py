@@ -111,3 +111,24 @@ def test_embed_on_a_packing_engine_tokenizes_in_chunks_and_equals_the_padded_pat
     with pytest.raises(TextTooLong, match=r"texts\[2\]"):
         packing.embed(["a", "b", "word " * 600], truncate=False)
     assert packing.engine.calls == calls
+
+
+def test_a_buffer_of_long_texts_is_told_from_short_ones_and_its_tile_set_for_capture() -> None:
+    """The long-tile graph is chosen by the texts' token-weighted mean length (what attention
+    costs), so one long text among many short ones keeps the default tile; the capture's tile
+    is set on every packed encoder inside the module (a reranker's too) and put back after."""
+    from vecq.engines import kernels
+    from vecq.engines.backends.torch_packed import LONG_TEXTS_FROM, _long_texts, attention_tile
+
+    def cu(lengths: list[int]) -> np.ndarray:
+        return np.r_[0, np.cumsum(lengths)].astype(np.int32)
+
+    assert _long_texts(cu([2048, 2048]), 2, 4096)
+    assert _long_texts(cu([LONG_TEXTS_FROM]), 1, LONG_TEXTS_FROM)
+    assert not _long_texts(cu([600] + [40] * 200), 201, 8600)
+    assert not _long_texts(cu([53] * 100), 100, 5300)
+    encoder = PackedEncoder(_tiny("bert"), pooling="mean", normalize=True)
+    module = torch.nn.Sequential(encoder)
+    with attention_tile(module, long=True):
+        assert encoder.attention_config == kernels.LONG_ATTENTION_CONFIG
+    assert encoder.attention_config == kernels.ATTENTION_CONFIG
