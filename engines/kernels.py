@@ -43,8 +43,10 @@ if triton is not None:
     def _attention_kernel(
         qkv, out, seq_of, cu, n_real, stride_t, stride_o, scale,
         HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        WINDOW: tl.constexpr,
     ):  # fmt: skip
         # qkv: (T, 3, HEADS, HEAD_DIM) rows of stride_t; out: (T, HEADS, HEAD_DIM) of stride_o.
+        # WINDOW > 0: a token sees only keys at most WINDOW tokens away (ModernBERT's local layers).
         start = tl.program_id(0) * BLOCK_M
         head = tl.program_id(1)
         n = tl.load(n_real)
@@ -60,6 +62,9 @@ if triton is not None:
         last = tl.load(seq_of + tl.minimum(start + BLOCK_M, n) - 1)
         k_start = tl.load(cu + first)
         k_end = tl.load(cu + last + 1)
+        if WINDOW > 0:
+            k_start = tl.maximum(k_start, start - WINDOW)
+            k_end = tl.minimum(k_end, start + BLOCK_M + WINDOW)
         q = tl.load(
             qkv + rows[:, None] * stride_t + head * HEAD_DIM + dims[None, :], mask=live[:, None], other=0.0
         )
@@ -74,7 +79,10 @@ if triton is not None:
             v = tl.load(base + 2 * HEADS * HEAD_DIM, mask=inside[:, None], other=0.0)
             k_seq = tl.load(seq_of + cols, mask=inside, other=-2)
             s = tl.dot(q, tl.trans(k)) * scale  # scale carries log2(e): exp2 below
-            s = tl.where(seq[:, None] == k_seq[None, :], s, float("-inf"))
+            keep = seq[:, None] == k_seq[None, :]
+            if WINDOW > 0:
+                keep = keep & (tl.abs(rows[:, None] - cols[None, :]) <= WINDOW)
+            s = tl.where(keep, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp2(s - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
@@ -173,9 +181,10 @@ LONG_ATTENTION_CONFIG = (128, 64, 4, 3)
 
 def packed_attention(
     qkv: torch.Tensor, seq_of: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, *, heads: int,
-    config: tuple[int, int, int, int] | None = None,
+    config: tuple[int, int, int, int] | None = None, window: int = 0,
 ) -> torch.Tensor:  # fmt: skip
-    """Self-attention of every sequence of a packed buffer within itself.
+    """Self-attention of every sequence of a packed buffer within itself (and, with `window`,
+    only to keys at most that many tokens away: ModernBERT's local layers).
 
     `qkv` is (T, 3, heads, head_dim); `cu` the cumulative lengths (int32, cu[i]..cu[i+1] is
     sequence i); `seq_of` (int32, T) each token's sequence; `n_real` (int32, 1) the tokens that
@@ -187,18 +196,21 @@ def packed_attention(
     if T % BUFFER_MULTIPLE:
         raise ValueError(f"packed buffer of {T} tokens: must be a multiple of {BUFFER_MULTIPLE}")
     if not triton_ready(qkv):
-        return _attention_reference(qkv, cu, int(n_real.item()), heads=heads)
+        return _attention_reference(qkv, cu, int(n_real.item()), heads=heads, window=window)
     out = torch.empty((T, heads, head_dim), dtype=qkv.dtype, device=qkv.device)
     block_m, block_n, warps, stages = config or ATTENTION_CONFIG
     scale = math.log2(math.e) / math.sqrt(head_dim)
     _attention_kernel[(T // block_m, heads)](
         qkv, out, seq_of, cu, n_real, qkv.stride(0), out.stride(0), scale,
-        HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+        HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, WINDOW=window, num_warps=warps,
+        num_stages=stages,
     )  # fmt: skip
     return out.view(T, heads * head_dim)
 
 
-def _attention_reference(qkv: torch.Tensor, cu: torch.Tensor, n: int, *, heads: int) -> torch.Tensor:
+def _attention_reference(
+    qkv: torch.Tensor, cu: torch.Tensor, n: int, *, heads: int, window: int = 0
+) -> torch.Tensor:
     """One SDPA per sequence: the meaning `packed_attention` must keep (CPU, and the GPU tests)."""
     T, _, _, head_dim = qkv.shape
     out = qkv.new_zeros((T, heads * head_dim))
@@ -207,7 +219,11 @@ def _attention_reference(qkv: torch.Tensor, cu: torch.Tensor, n: int, *, heads: 
         if b > n or b <= a:
             break
         q, k, v = (qkv[a:b, j].transpose(0, 1) for j in range(3))  # (heads, L, head_dim)
-        out[a:b] = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(b - a, -1)
+        near = None
+        if window:
+            idx = torch.arange(b - a, device=qkv.device)
+            near = (idx[:, None] - idx[None, :]).abs() <= window
+        out[a:b] = F.scaled_dot_product_attention(q, k, v, attn_mask=near).transpose(0, 1).reshape(b - a, -1)
     return out
 
 

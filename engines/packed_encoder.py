@@ -30,18 +30,36 @@ def _activation(config: Any) -> str | None:
 
 
 def supports(config: Any) -> str | None:
-    """None if the packed encoder reproduces this config, else why not (one line)."""
+    """None if the packed encoder (`packed_module`) reproduces this config, else why not (one line)."""
     kind = getattr(config, "model_type", "?")
+    if kind == "modernbert":
+        from .packed_modernbert import supports_modernbert
+
+        return supports_modernbert(config) or _head_size(config)
     if kind not in ARCHITECTURES:
-        return f"model_type {kind!r} (packed: {', '.join(ARCHITECTURES)})"
+        return f"model_type {kind!r} (packed: {', '.join([*ARCHITECTURES, 'modernbert'])})"
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
         return f"position_embedding_type {config.position_embedding_type!r}"
     if _activation(config) not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
         return f"hidden_act {_activation(config)!r}"
+    return _head_size(config)
+
+
+def _head_size(config: Any) -> str | None:
     head_dim = config.hidden_size // config.num_attention_heads
     if head_dim & (head_dim - 1) or head_dim < 16:
         return f"head size {head_dim} (packed attention needs a power of two >= 16)"
     return None
+
+
+def packed_module(encoder: nn.Module, *, pooling: str, normalize: bool) -> nn.Module:
+    """The packed twin of a transformers encoder `supports` accepts: `PackedEncoder`, or for
+    ModernBERT `PackedModernBert` (same inputs and outputs)."""
+    if encoder.config.model_type == "modernbert":
+        from .packed_modernbert import PackedModernBert
+
+        return PackedModernBert(encoder, pooling=pooling, normalize=normalize)
+    return PackedEncoder(encoder, pooling=pooling, normalize=normalize)
 
 
 class PackedEncoder(nn.Module):

@@ -156,14 +156,14 @@ def _served(engine: TorchEngine, *, graphs: bool, packed: bool, shapes: ShapeSet
     per shape (eager launches cost more than small batches run); as is on CPU or without graphs."""
     if engine.device.type != "cuda" or not graphs:
         return engine
-    from ..packed_encoder import PackedEncoder, supports
+    from ..packed_encoder import packed_module, supports
 
     encoder = engine.module.encoder
     why = supports(encoder.config)
     if packed and why is None:
         from .torch_packed import PackedGraphEngine, packed_shapes
 
-        module = PackedEncoder(encoder, pooling=engine.module.pooling, normalize=engine.module.normalize)
+        module = packed_module(encoder, pooling=engine.module.pooling, normalize=engine.module.normalize)
         chosen = shapes or packed_shapes(max(s.seq_len for s in engine.shapes))
         return PackedGraphEngine(module, shapes=chosen, dim=engine.dim, device=str(engine.device))
     if packed:

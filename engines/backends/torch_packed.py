@@ -246,19 +246,16 @@ def _long_texts(cu: np.ndarray, rows: int, n: int) -> bool:
 
 
 def has_tiles(module: Any) -> bool:
-    """Whether `module` runs a `PackedEncoder`, whose attention tile a capture can choose."""
-    from ..packed_encoder import PackedEncoder
-
-    return any(isinstance(m, PackedEncoder) for m in module.modules())
+    """Whether `module` runs a packed encoder, whose attention tile a capture can choose."""
+    return any(hasattr(m, "attention_config") for m in module.modules())
 
 
 @contextmanager
 def attention_tile(module: Any, *, long: bool) -> Iterator[None]:
     """Capture `module` with the long-text attention tile (`long`) or the default one."""
     from ..kernels import ATTENTION_CONFIG, LONG_ATTENTION_CONFIG
-    from ..packed_encoder import PackedEncoder
 
-    encoders = [m for m in module.modules() if isinstance(m, PackedEncoder)]
+    encoders = [m for m in module.modules() if hasattr(m, "attention_config")]
     for e in encoders:
         e.attention_config = LONG_ATTENTION_CONFIG if long else ATTENTION_CONFIG
     try:

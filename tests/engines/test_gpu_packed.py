@@ -34,17 +34,18 @@ def _packed_buffer(lengths: list[int], T: int, slots: int, heads: int, head_dim:
     return qkv.cuda(), seq.cuda(), cu.cuda(), torch.tensor([n], dtype=torch.int32).cuda(), n
 
 
+@pytest.mark.parametrize("window", [0, 64])
 @pytest.mark.parametrize("tile", ["short", "long"])
 @pytest.mark.parametrize("head_dim", [32, 64])
-def test_triton_kernels_equal_their_references(head_dim: int, tile: str) -> None:
+def test_triton_kernels_equal_their_references(head_dim: int, tile: str, window: int) -> None:
     from vecq.engines import kernels
 
     torch.manual_seed(0)
     config = kernels.ATTENTION_CONFIG if tile == "short" else kernels.LONG_ATTENTION_CONFIG
     lengths = [5, 1, 17, 64, 3, 40, 2, 70, 9, 512, 130, 63, 65, 128, 1, 700]
     qkv, seq, cu, n_real, n = _packed_buffer(lengths, 2048, 32, 12, head_dim)
-    got = kernels.packed_attention(qkv, seq, cu, n_real, heads=12, config=config).float()
-    want = kernels._attention_reference(qkv.float(), cu, n, heads=12)
+    got = kernels.packed_attention(qkv, seq, cu, n_real, heads=12, config=config, window=window).float()
+    want = kernels._attention_reference(qkv.float(), cu, n, heads=12, window=window)
     assert (got[:n] - want[:n]).abs().max().item() < 5e-3
     assert got[n:].abs().max().item() == 0.0
     x, y = torch.randn(2, 1000, 768, dtype=torch.float16, device="cuda")
@@ -164,7 +165,7 @@ def test_each_token_buffer_captured_once_and_batches_use_the_smallest(packed_emb
 @pytest.mark.parametrize(
     ("model_type", "engine_class"),
     [("bert", "PackedGraphEngine"), ("distilbert", "PackedGraphEngine"), ("roberta", "PackedGraphEngine"),
-     ("xlm-roberta", "PackedGraphEngine"), ("modernbert", "TorchGraphEngine")],
+     ("xlm-roberta", "PackedGraphEngine"), ("modernbert", "PackedGraphEngine")],
 )  # fmt: skip
 def test_every_architecture_on_cuda_fp16_matches_cpu_fp32(
     tmp_path, varied_texts, model_type, engine_class

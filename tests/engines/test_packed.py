@@ -79,7 +79,12 @@ def test_a_model_the_packed_encoder_cannot_run_is_named() -> None:
     from transformers import BertConfig, DistilBertConfig, ModernBertConfig
 
     assert supports(BertConfig()) is None and supports(DistilBertConfig()) is None
-    assert "modernbert" in supports(ModernBertConfig())
+    assert supports(ModernBertConfig()) is None
+    scaled = {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}
+    plain = {"rope_type": "default", "rope_theta": 1e4}
+    rope = {"full_attention": scaled, "sliding_attention": plain}
+    assert "rope_type 'linear'" in supports(ModernBertConfig(rope_parameters=rope))
+    assert "hidden_activation 'relu'" in supports(ModernBertConfig(hidden_activation="relu"))
     assert "relative_key" in supports(BertConfig(position_embedding_type="relative_key"))
     assert "head size 24" in supports(BertConfig(hidden_size=48, num_attention_heads=2))
 
@@ -132,3 +137,35 @@ def test_a_buffer_of_long_texts_is_told_from_short_ones_and_its_tile_set_for_cap
     with attention_tile(module, long=True):
         assert encoder.attention_config == kernels.LONG_ATTENTION_CONFIG
     assert encoder.attention_config == kernels.ATTENTION_CONFIG
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_modernbert_equals_the_padded_model(bias: bool) -> None:
+    """ModernBERT packed: rotary positions from each text's own start, local layers that see
+    only keys within the window (texts longer than it included), pre-norm layers with and
+    without biases, filler and empty slots — the padded Hugging Face model's vectors."""
+    from transformers import ModernBertConfig, ModernBertModel
+
+    from vecq.engines.packed_encoder import packed_module
+
+    torch.manual_seed(0)
+    config = ModernBertConfig(
+        vocab_size=500, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
+        max_position_embeddings=256, local_attention=32, global_attn_every_n_layers=2, pad_token_id=0,
+        norm_bias=bias, attention_bias=bias, mlp_bias=bias,
+    )  # fmt: skip
+    encoder = ModernBertModel(config).eval()
+    lengths = [5, 1, 17, 130, 3, 200, 40]
+    batch = _padded(lengths, 0)
+    padded = PooledEncoder(encoder, pooling="mean", normalize=True).eval()
+    with torch.inference_mode():
+        want = padded(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+    slots, T = 12, 512
+    ids, cu = np.zeros(T, dtype=np.int64), np.zeros(slots + 1, dtype=np.int32)
+    n = pack_into(batch, ids, cu)
+    packed = packed_module(encoder, pooling="mean", normalize=True)
+    with torch.inference_mode():
+        got = packed(torch.from_numpy(ids), torch.from_numpy(cu), torch.tensor([n], dtype=torch.int32))
+    assert got.shape == (slots, 64)
+    np.testing.assert_allclose(got[: len(lengths)].numpy(), want[: len(lengths)].numpy(), atol=2e-5)
+    assert torch.isfinite(got).all()
