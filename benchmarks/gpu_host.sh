@@ -20,6 +20,9 @@
 #   bash benchmarks/gpu_host.sh twomodels  # an embedder and a reranker on one GPU: rerank latency beside bulk
 #   bash benchmarks/gpu_host.sh longattn   # packed attention tiles vs flash at 53 ... 8,192-token texts
 #   bash benchmarks/gpu_host.sh gil        # a lone query's path at GIL switch intervals of 0.5 / 0.2 / 0.1 ms
+#   bash benchmarks/gpu_host.sh startcost  # each step of a lone query's engine.start (probes/start_cost.py)
+#   bash benchmarks/gpu_host.sh long       # vecq bench long: XLM-R base at 512 and 8,192 (ARCH=modernbert:
+#     ModernBERT base; LENGTHS=512,8192)
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -98,6 +101,15 @@ longattn() {  # issue 16: attention at long inputs (benchmarks/probes/long_atten
   head | tee "$out/longattn.txt"
   timeout 200 python3 benchmarks/probes/long_attention.py 2>&1 | tee -a "$out/longattn.txt"
 }
+startcost() {  # issue 14's idle p50: where engine.start's CPU goes
+  head | tee "$out/startcost.txt"
+  timeout 200 python3 benchmarks/probes/start_cost.py 2>&1 | grep -v "Writing model" | tee -a "$out/startcost.txt"
+}
+long() {  # issue 16: a base-size long-input model, engine / Embedder / bulk / ST
+  head | tee "$out/long-${ARCH:-xlm-roberta}.txt"
+  timeout 540 python3 -m vecq.worker bench long --device cuda --lengths "${LENGTHS:-512,8192}" \
+    --architecture "${ARCH:-xlm-roberta}" 2>&1 | grep -v "Writing model\|Loading weights" | tee -a "$out/long-${ARCH:-xlm-roberta}.txt"
+}
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
   timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile 2>&1 |
@@ -109,6 +121,8 @@ case "$mode" in
 rerank) rerank ;;
 gil) gil ;;
 longattn) longattn ;;
+startcost) startcost ;;
+long) long ;;
 twomodels) twomodels ;;
 serve) serve ;;
 kernels) kernels ;;

@@ -1,4 +1,4 @@
-"""`vecq bench long`: a base-size XLM-RoBERTa on texts of 512 and 8,192 tokens.
+"""`vecq bench long`: a base-size XLM-RoBERTa (or ModernBERT) on texts of 512 and 8,192 tokens.
 
 bge-m3 and multilingual-e5 read up to 8,192 tokens, and RAG corpora are cut into passages of
 hundreds to thousands of tokens, so the corpus benchmark's 53-token texts say little about them.
@@ -6,6 +6,8 @@ Each length gets its own model (random weights, XLM-R base: 12 × 768, 250,002-t
 table, 8,194 positions; `max_seq_length` the length measured) and texts long enough to be cut at
 it, so every text is exactly that many tokens.  Rows: the engine alone, `Embedder.embed`, bulk
 through Redis with one worker, and sentence-transformers fp16 on the same texts.
+`--architecture modernbert`: ModernBERT base instead (22 × 768, GeGLU 1,152, a 50,368-token
+table, global attention every third layer, the others a 128-token window, 8,192 positions).
 
 The tokenizer is vecq's small trained Unigram (XLM-R's kind, ~1,500 pieces, ids within the full
 table): texts are cut at the same token count whatever the vocabulary, so the work per text is
@@ -22,14 +24,22 @@ from pathlib import Path
 
 import click
 
+_NAMES = {"xlm-roberta": "XLM-RoBERTa", "modernbert": "ModernBERT"}
 #: (texts, bulk chunk size, bulk window in texts) per length: ~4M tokens a round, Redis kept small.
 _SIZES = {512: (8000, 64, 4096), 8192: (480, 4, 256)}
 
 
-def long_model(root: Path, max_len: int) -> Path:
-    """A base-size random XLM-RoBERTa in the sentence-transformers layout, reading `max_len`."""
+def long_model(root: Path, max_len: int, architecture: str = "xlm-roberta") -> Path:
+    """A base-size random XLM-RoBERTa (or ModernBERT) in the sentence-transformers layout,
+    reading `max_len`."""
     from vecq.engines.random_model import write_random_encoder
 
+    if architecture == "modernbert":
+        return write_random_encoder(
+            root, model_type="modernbert", hidden=768, layers=22, heads=12, max_positions=8192,
+            max_seq_length=max_len, vocab_size=50368, intermediate_size=1152, global_attn_every_n_layers=3,
+            local_attention=128,
+        )  # fmt: skip
     return write_random_encoder(
         root, model_type="xlm-roberta", hidden=768, layers=12, heads=12, max_positions=8192,
         max_seq_length=max_len, vocab_size=250002,
@@ -53,14 +63,17 @@ def long_texts(n: int, max_len: int, model_dir: Path, *, seed: int = 3) -> list[
 @click.option("--lengths", default="512,8192", show_default=True, help="Token lengths, e.g. 512,8192.")
 @click.option("--st-batch", type=int, default=16, show_default=True, help="sentence-transformers batch.")
 @click.option("--texts", "n_texts", type=int, default=0, help="Texts per length (0: ~4M tokens' worth).")
-def long_bench(device: str, lengths: str, st_batch: int, n_texts: int) -> None:
+@click.option("--architecture", type=click.Choice(list(_NAMES)), default="xlm-roberta", show_default=True)
+def long_bench(device: str, lengths: str, st_batch: int, n_texts: int, architecture: str) -> None:
     """A base-size XLM-RoBERTa at long inputs: engine, Embedder, bulk through Redis, ST fp16."""
     for max_len in [int(x) for x in lengths.split(",") if x.strip()]:
         with tempfile.TemporaryDirectory(prefix="vecq-long-") as tmp:
-            _one_length(device, max_len, st_batch, Path(tmp), n_texts=n_texts)
+            _one_length(device, max_len, st_batch, Path(tmp), n_texts=n_texts, architecture=architecture)
 
 
-def _one_length(device: str, max_len: int, st_batch: int, tmp: Path, *, n_texts: int) -> None:
+def _one_length(
+    device: str, max_len: int, st_batch: int, tmp: Path, *, n_texts: int, architecture: str
+) -> None:
     from vecq.engines.build import build_bundle
 
     from . import baselines
@@ -68,7 +81,7 @@ def _one_length(device: str, max_len: int, st_batch: int, tmp: Path, *, n_texts:
 
     n, chunk, window = _SIZES.get(max_len, (max(64, 4_000_000 // max_len), 16, 1024))
     n = n_texts or n
-    model_dir = long_model(tmp / f"xlmr-{max_len}", max_len)
+    model_dir = long_model(tmp / f"{architecture}-{max_len}", max_len, architecture)
     texts = long_texts(n, max_len, model_dir)
     lengths = baselines.real_tokens(model_dir, texts)
     tokens = sum(lengths)
@@ -83,7 +96,7 @@ def _one_length(device: str, max_len: int, st_batch: int, tmp: Path, *, n_texts:
     rates.append(baselines.sentence_transformers_rate(model_dir, device, texts, tokens, st_batch))
     ceiling = baselines.matmul_tflops(device) * 1e12 / baselines.flops_per_token(model_dir)
     title = (
-        f"XLM-RoBERTa base (random) at {max_len:,} tokens on {device}: {n:,} texts of "
+        f"{_NAMES[architecture]} base (random) at {max_len:,} tokens on {device}: {n:,} texts of "
         f"{tokens / n:,.0f} tokens; dense ceiling {ceiling / 1e6:.2f}M tokens/s"
     )
     print_rates(title, rates, ceiling)

@@ -1,0 +1,111 @@
+"""Probe (issue 14, idle latency): what a lone query's `PackedGraphEngine.start` spends its
+~0.3 ms of CPU on (latency_path.py measures the whole call: 0.54 ms wall on the H200).
+
+The benchmark model (BERT-base, bert-base-uncased's WordPiece) on the packed torch fp16 engine,
+warmed; one 8-token text packed as the worker packs it, then each step of `start` and `result`
+timed on its own over many calls (perf_counter around each, the GPU idle between calls as for a
+lone query), plus the graph replay alone with the GPU drained before each:
+
+    python3 benchmarks/probes/start_cost.py [--calls 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from worker_host import bench_embedder  # this folder's probe: the same model and engines
+
+from vecq.engines.backends.torch_packed import pack_into
+from vecq.engines.base import TokenBatch
+
+
+def _steps(engine, batch, calls: int) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
+    """µs of each step of start() + result(), spelled out as torch_packed.py runs them."""
+    took: dict[str, list[float]] = {}
+
+    def stamp(name: str, since: float) -> float:
+        now = time.perf_counter()
+        took.setdefault(name, []).append((now - since) * 1e6)
+        return now
+
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t0 = t = time.perf_counter()
+        stage = engine._staging[engine._turn]
+        engine._turn ^= 1
+        stage.done.synchronize()
+        t = stamp("event sync (previous batch)", t)
+        cu = stage.cu.numpy()
+        n = pack_into(batch, stage.ids.numpy(), cu)
+        stage.n.numpy()[0] = n
+        T = engine.buckets[bisect.bisect_left(engine.buckets, n)]
+        buf = engine._graphs[T, False]
+        t = stamp("pack_into + bucket", t)
+        engine._ids[:n].copy_(stage.ids[:n], non_blocking=True)
+        t = stamp("H2D ids", t)
+        engine._cu.copy_(stage.cu, non_blocking=True)
+        t = stamp("H2D cu", t)
+        engine._n.copy_(stage.n, non_blocking=True)
+        t = stamp("H2D n", t)
+        buf.graph.replay()
+        t = stamp("graph.replay()", t)
+        out = stage.out[: batch.rows]
+        out.copy_(buf.out[: batch.rows], non_blocking=True)
+        t = stamp("D2H out", t)
+        stage.done.record()
+        t = stamp("event record", t)
+        stamp("start() total", t0)
+        stage.done.synchronize()
+        t = stamp("device wait (result)", t)
+        out.numpy().copy()
+        stamp("result copy", t)
+    return took
+
+
+def _replay_alone(engine, T: int, calls: int) -> list[float]:  # type: ignore[no-untyped-def]
+    graph = engine._graphs[T, False].graph
+    took = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        graph.replay()
+        took.append((time.perf_counter() - t) * 1e6)
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=2000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        emb = bench_embedder(Path(tmp), "torch", "cuda")
+        engine = emb.engine
+        tokens = emb.tokenizer.encode(["a short query number 7"])
+        batch = TokenBatch(ids=tokens.flat, lengths=tokens.lengths)
+        took = _steps(engine, batch, args.calls)
+        tokens_in = int(batch.lengths.sum())
+        print(f"{args.calls} lone-query calls, {tokens_in} tokens, buffer {engine.buckets[0]}:")
+        for name, values in took.items():
+            v = np.asarray(values[100:])
+            print(f"  {name:<30} p50 {np.median(v):8.1f} µs   p90 {np.percentile(v, 90):8.1f} µs")
+        for T in (engine.buckets[0], engine.buckets[-1]):
+            v = np.asarray(_replay_alone(engine, T, args.calls // 4)[50:])
+            print(f"  graph.replay() alone, {T:>5}-token buffer: p50 {np.median(v):.1f} µs")
+        engine.run(batch)
+        wall = []
+        for _ in range(args.calls):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            engine.run(batch)
+            wall.append((time.perf_counter() - t) * 1e6)
+        print(f"  engine.run() end to end: p50 {np.median(wall[100:]):.1f} µs")
+
+
+if __name__ == "__main__":
+    main()
