@@ -188,13 +188,16 @@ def write_random_cross_encoder(
     activation: str = "torch.nn.modules.activation.Sigmoid",
     seed: int = 0,
     vocab: str = "trained",
+    initializer_range: float = 0.02,
 ) -> Path:
     """A random one-label `*ForSequenceClassification` (bert, roberta, xlm-roberta) in the layout
     `CrossEncoder.save` writes (modules.json with one Transformer, sentence_bert_config.json's
     sequence-classification task, config_sentence_transformers.json's `activation`), with the
     tokenizer `write_random_encoder` gives the same architecture: a reranker for tests.
     `vocab="english"` (bert only): bert-base-uncased's WordPiece instead, so that a benchmark's
-    pairs are as long as a real English BERT reranker reads them."""
+    pairs are as long as a real English BERT reranker reads them.  `initializer_range` 0.2
+    (BERT's initial scale is 0.02) spreads the scores: at 0.02 every pair of a tiny model scores
+    within 1e-4 of 0.489, too close for a parity test to see a lost segment id."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -207,7 +210,8 @@ def write_random_cross_encoder(
     else:
         raise ValueError(f"vocab {vocab!r} for {model_type}: trained, or english for bert")
     torch.manual_seed(seed)
-    config = _random_config(model_type, specials, hidden, layers, heads, max_positions, {"num_labels": 1})
+    overrides = {"num_labels": 1, "initializer_range": initializer_range}
+    config = _random_config(model_type, specials, hidden, layers, heads, max_positions, overrides)
     AutoModelForSequenceClassification.from_config(config).eval().save_pretrained(
         root, safe_serialization=True
     )

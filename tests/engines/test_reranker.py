@@ -28,7 +28,9 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("rerankers")
-    dirs = {kind: write_random_cross_encoder(root / kind, model_type=kind) for kind in KINDS}
+    # initializer_range 0.2: scores that spread (~0.25), so a lost segment id or position shows
+    spread = {"initializer_range": 0.2}
+    dirs = {kind: write_random_cross_encoder(root / kind, model_type=kind, **spread) for kind in KINDS}
     dirs["identity"] = write_random_cross_encoder(
         root / "identity", activation="torch.nn.modules.linear.Identity", seed=1
     )
