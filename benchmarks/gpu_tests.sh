@@ -42,7 +42,7 @@ if [ "${1:-}" = breaks ]; then
     date -u +%FT%TZ
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     echo "code: ${CODE:-unknown}"
-    timeout -s TERM "${BREAKS_TIMEOUT:-540}" python3 benchmarks/gpu_breaks.py --site "$site" --logs "$out/gpu-breaks" "$@" 2>&1
+    VECQ_GPU_START_S=${VECQ_GPU_START_S:-120} timeout -s TERM "${BREAKS_TIMEOUT:-540}" python3 benchmarks/gpu_breaks.py --site "$site" --logs "$out/gpu-breaks" "$@" 2>&1
   } | tee "$out/gpu-breaks.txt"
   exit "${PIPESTATUS[0]}"
 fi
@@ -50,7 +50,8 @@ fi
   date -u +%FT%TZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   echo "code: ${CODE:-unknown}"
-  timeout 540 python3 -m pytest -q -p no:cacheprovider -rs tests/engines/test_gpu_packed.py \
+  # TESTS: a part of the list (the whole of it may need more than one call's 600 s)
+  timeout 540 python3 -m pytest -q -p no:cacheprovider -rs --durations=8 ${TESTS:-tests/engines/test_gpu_packed.py \
     tests/engines/test_gpu_rerank.py tests/engines/test_gpu.py tests/engines/test_packed.py tests/worker/test_gpu_supervisor.py \
-    tests/worker/test_torch_worker.py tests/worker/test_lanewatch.py tests/worker/test_packing.py 2>&1
-} | tee "$out/gpu-tests.txt"
+    tests/worker/test_torch_worker.py tests/worker/test_lanewatch.py tests/worker/test_packing.py} 2>&1
+} | tee "$out/gpu-tests${TESTS:+-part}.txt"

@@ -43,7 +43,9 @@ def _gpus() -> int:
 
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpus() == 0, reason="needs CUDA GPUs and nvidia-smi")]
-START_S = 300  # model load, Triton compiles and graph captures, per worker start
+#: Seconds a worker start may take (model load, Triton compiles, graph captures); the break run
+#: of benchmarks/gpu_breaks.py shortens it (VECQ_GPU_START_S) so a never-restarted worker fails sooner.
+START_S = float(os.environ.get("VECQ_GPU_START_S", "300"))
 
 
 def _memory_used_mib() -> dict[str, int]:
