@@ -61,7 +61,7 @@ def classify(rc: int, output: str) -> tuple[str, bool]:
     lines = [m for m in map(SUMMARY.match, output.splitlines()) if m]
     failed = [m for m in lines if m.group(1) == "FAILED"]
     if rc == 1 and failed:
-        node, message = failed[0].group(2), (failed[0].group(3) or "").strip()
+        node, message = failed[0].group(2), _first_error(output) or (failed[0].group(3) or "").strip()
         return f"CAUGHT: {node.split('::')[-1]} failed by {_failure_kind(message)}", True
     if rc == 0:
         counts = _counts(output)
@@ -72,6 +72,13 @@ def classify(rc: int, output: str) -> tuple[str, bool]:
     errors = [f"{m.group(2)}: {(m.group(3) or '').strip()}"[:200] for m in lines if m.group(1) == "ERROR"]
     what = errors[0] if errors else _last_line(output)
     return f"ERROR, not a failing assertion (pytest exit {rc}): {what}", False
+
+
+def _first_error(output: str) -> str:
+    """The first `E   ...` line of pytest's report: what failed (the short summary cuts a long
+    message to the terminal's width, or leaves it out: `- a...`)."""
+    found = next((ln[1:].strip() for ln in output.splitlines() if ln.startswith("E ")), "")
+    return found
 
 
 def _failure_kind(message: str) -> str:
