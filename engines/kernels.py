@@ -104,13 +104,33 @@ if triton is not None:
         tl.store(out_row + cols, normed.to(out_row.dtype.element_ty), mask=inside)
 
     @triton.jit
-    def _add_layer_norm_kernel(x, y, w, b, out, stride, width, eps, BLOCK: tl.constexpr):
+    def _add_layer_norm_kernel(
+        x, y, w, b, out, total, stride, width, eps, BLOCK: tl.constexpr, KEEP_SUM: tl.constexpr
+    ):
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         inside = cols < width
         v = tl.load(x + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
         v += tl.load(y + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
+        if KEEP_SUM:  # a pre-norm layer keeps x + y as its residual stream
+            tl.store(total + row * stride + cols, v.to(total.dtype.element_ty), mask=inside)
         _layer_norm_store(v, inside, cols, width, eps, w, b, out + row * stride)
+
+    @triton.jit
+    def _rotary_kernel(qkv, cos, sin, cu, seq_of, stride_t, max_pos, HEADS: tl.constexpr, HALF: tl.constexpr):
+        # One token: its position from its sequence's start, then every head's query and key
+        # rotated in place (x1, x2 halves: x1·c − x2·s, x2·c + x1·s, in fp32).
+        t = tl.program_id(0)
+        pos = tl.minimum(tl.maximum(t - tl.load(cu + tl.load(seq_of + t)), 0), max_pos)
+        d = tl.arange(0, HALF)
+        c = tl.load(cos + pos * (2 * HALF) + d).to(tl.float32)
+        s = tl.load(sin + pos * (2 * HALF) + d).to(tl.float32)
+        for j in tl.static_range(2 * HEADS):  # the queries' heads, then the keys'
+            base = qkv + t * stride_t + j * (2 * HALF)
+            x1 = tl.load(base + d).to(tl.float32)
+            x2 = tl.load(base + HALF + d).to(tl.float32)
+            tl.store(base + d, (x1 * c - x2 * s).to(qkv.dtype.element_ty))
+            tl.store(base + HALF + d, (x2 * c + x1 * s).to(qkv.dtype.element_ty))
 
     @triton.jit
     def _embed_kernel(
@@ -233,12 +253,57 @@ def add_layer_norm(
     """`layer_norm(x + y)` over the last dim, in one pass on CUDA (fp32 statistics)."""
     if not triton_ready(x):
         return F.layer_norm(x + y, (x.shape[-1],), weight, bias, eps)
+    return _add_norm(x, y, weight, bias, eps, keep_sum=False)[1]
+
+
+def add_norm(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(x + y, layer_norm(x + y))` in one pass on CUDA: a pre-norm layer's (ModernBERT's)
+    residual stream and the input of its next sublayer."""
+    if not triton_ready(x):
+        total = x + y
+        return total, F.layer_norm(total, (x.shape[-1],), weight, bias, eps)
+    return _add_norm(x, y, weight, bias, eps, keep_sum=True)
+
+
+def _add_norm(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, *, keep_sum: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     rows, width = x.shape
     out = torch.empty_like(x)
+    total = torch.empty_like(x) if keep_sum else out
     _add_layer_norm_kernel[(rows,)](
-        x, y, weight, bias, out, x.stride(0), width, eps, BLOCK=triton.next_power_of_2(width), num_warps=4
+        x, y, weight, bias, out, total, x.stride(0), width, eps, BLOCK=triton.next_power_of_2(width),
+        KEEP_SUM=keep_sum, num_warps=4,
+    )  # fmt: skip
+    return total, out
+
+
+def rotate_qk(
+    qkv: torch.Tensor, seq: torch.Tensor, cu: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Rotary positions (RoPE, transformers' `apply_rotary_pos_emb`) applied to the queries and
+    keys of a packed `(T, 3, heads, head_dim)` buffer, each token at its offset from its own
+    text's start; `table` is (cos, sin), each (positions, head_dim).  In place, one kernel on
+    CUDA, where torch took ten over fp32 copies."""
+    cos, sin = table
+    T, _, heads, head_dim = qkv.shape
+    if not triton_ready(qkv):
+        slots = cu.shape[0] - 1
+        token = torch.arange(T, device=qkv.device, dtype=torch.int32)
+        pos = (token - cu[seq.clamp(max=slots - 1)]).clamp(min=0, max=cos.shape[0] - 1).long()
+        c, s = cos[pos][:, None], sin[pos][:, None]
+        for j in (0, 1):
+            f = qkv[:, j].float()
+            half = head_dim // 2
+            rotated = torch.cat((-f[..., half:], f[..., :half]), dim=-1)
+            qkv[:, j] = (f * c + rotated * s).to(qkv.dtype)
+        return qkv
+    _rotary_kernel[(T,)](
+        qkv, cos, sin, cu, seq, qkv.stride(0), cos.shape[0] - 1, HEADS=heads, HALF=head_dim // 2, num_warps=1
     )
-    return out
+    return qkv
 
 
 def packed_embed(

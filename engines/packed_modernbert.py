@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import ATTENTION_CONFIG, packed_attention, packed_embed, packed_pool
+from .kernels import (
+    ATTENTION_CONFIG,
+    add_layer_norm,
+    add_norm,
+    packed_attention,
+    packed_embed,
+    packed_pool,
+    rotate_qk,
+)
 
 GELUS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
@@ -73,32 +81,21 @@ class PackedModernBert(nn.Module):
             ids, cu, n_real, word=self.word, position=self.no_position, type0=None, norm=self.embed_norm,
             first_position=0, max_position=0,
         )  # fmt: skip
-        T, slots = ids.shape[0], cu.shape[0] - 1
-        token = torch.arange(T, device=ids.device, dtype=torch.int32)
-        pos = (token - cu[seq.clamp(max=slots - 1)]).clamp(min=0, max=self.max_position).long()
-        rotations = {kind: (cos[pos][:, None], sin[pos][:, None]) for kind, (cos, sin) in self.rope.items()}
-        for layer in self.layers:
-            h = x if layer["attn_norm"] is None else F.layer_norm(x, x.shape[-1:], *layer["attn_norm"])
+        T = ids.shape[0]
+        h = x  # the first layer has no attention norm
+        for i, layer in enumerate(self.layers):
             qkv = F.linear(h, layer["wqkv"], layer["bqkv"]).view(T, 3, self.heads, self.head_dim)
-            cos, sin = rotations[layer["kind"]]
-            qkv = torch.stack((_rotate(qkv[:, 0], cos, sin), _rotate(qkv[:, 1], cos, sin), qkv[:, 2]), dim=1)
+            qkv = rotate_qk(qkv, seq, cu, self.rope[layer["kind"]])
             att = packed_attention(
                 qkv, seq, cu, n_real, heads=self.heads, config=self.attention_config, window=layer["window"]
             )
-            x = x + F.linear(att, layer["wo"], layer["bo"])
-            h = F.layer_norm(x, x.shape[-1:], *layer["mlp_norm"])
+            x, h = add_norm(x, F.linear(att, layer["wo"], layer["bo"]), *layer["mlp_norm"])
             gate_in, gate = F.linear(h, layer["wi"], layer["bi"]).chunk(2, dim=-1)
-            x = x + F.linear(F.gelu(gate_in, approximate=self.gelu) * gate, layer["wo2"], layer["bo2"])
-        x = F.layer_norm(x, x.shape[-1:], *self.final_norm)
+            y = F.linear(F.gelu(gate_in, approximate=self.gelu) * gate, layer["wo2"], layer["bo2"])
+            if i + 1 < len(self.layers):  # the residual, and the next layer's attention norm of it
+                x, h = add_norm(x, y, *self.layers[i + 1]["attn_norm"])
+        x = add_layer_norm(x, y, *self.final_norm)
         return packed_pool(x, seq, cu, mean=self.pooling != "cls", normalize=self.normalize)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in fp32 as transformers applies it: x·cos + rotate_half(x)·sin, back in x's dtype."""
-    f = x.float()
-    half = f.shape[-1] // 2
-    rotated = torch.cat((-f[..., half:], f[..., :half]), dim=-1)
-    return (f * cos + rotated * sin).to(x.dtype)
 
 
 def _norm(norm: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -90,6 +90,31 @@ def test_embed_and_pool_kernels_equal_their_references(monkeypatch) -> None:
                 assert (pooled - pooled_ref).abs().max().item() < 1e-3
 
 
+def test_modernbert_kernels_equal_their_references(monkeypatch) -> None:
+    """ModernBERT's rotary positions (in place, each token from its own text's start, filler
+    and empty slots) and the pre-norm add + LayerNorm that keeps the sum, against their torch code."""
+    from vecq.engines import kernels
+
+    torch.manual_seed(0)
+    lengths = [5, 1, 17, 64, 3, 0, 40, 2, 300, 9]
+    qkv, seq, cu, _, n = _packed_buffer(lengths, 1024, 32, 12, 64)
+    angles = torch.randn(512, 64, device="cuda") * 3
+    table = (angles.cos().half(), angles.sin().half())
+    x, y = torch.randn(2, 1024, 768, dtype=torch.float16, device="cuda")
+    w, b = torch.randn(2, 768, dtype=torch.float16, device="cuda")
+    got = kernels.rotate_qk(qkv.clone(), seq, cu, table)
+    total, normed = kernels.add_norm(x, y, w, b, 1e-5)
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "triton_ready", lambda _: False)
+        want = kernels.rotate_qk(qkv.clone(), seq, cu, table)
+        want_total, want_normed = kernels.add_norm(x, y, w, b, 1e-5)
+    assert (got[:n].float() - want[:n].float()).abs().max().item() < 1.6e-2  # an fp16 ulp at 8-16
+    assert (got[:n].float() - qkv[:n].float()).abs().max().item() > 0.1  # it did rotate
+    assert torch.equal(got[:n, 2], qkv[:n, 2])  # values untouched
+    assert (total.float() - want_total.float()).abs().max().item() < 1e-2
+    assert (normed.float() - want_normed.float()).abs().max().item() < 2e-2
+
+
 @pytest.fixture(scope="module")
 def packed_embedder(default_model_dir: Path):
     from vecq.engines import Embedder
