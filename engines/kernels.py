@@ -285,8 +285,8 @@ def rotate_qk(
 ) -> torch.Tensor:
     """Rotary positions (RoPE, transformers' `apply_rotary_pos_emb`) applied to the queries and
     keys of a packed `(T, 3, heads, head_dim)` buffer, each token at its offset from its own
-    text's start; `table` is (cos, sin), each (positions, head_dim).  In place, one kernel on
-    CUDA, where torch took ten over fp32 copies."""
+    text's start; `table` is (cos, sin), each (positions, head_dim) with equal halves, as RoPE's
+    are (the kernel reads the first).  In place, one kernel on CUDA, where torch took ten."""
     cos, sin = table
     T, _, heads, head_dim = qkv.shape
     if not triton_ready(qkv):
