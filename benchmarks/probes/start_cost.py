@@ -4,9 +4,11 @@
 The benchmark model (BERT-base, bert-base-uncased's WordPiece) on the packed torch fp16 engine,
 warmed; one 8-token text packed as the worker packs it, then each step of `start` and `result`
 timed on its own over many calls (perf_counter around each, the GPU idle between calls as for a
-lone query), plus the graph replay alone with the GPU drained before each:
+lone query), plus the graph replay alone with the GPU drained before each.  `--gap-ms 0,2`: once back to back,
+once asleep 2 ms before each call (in the worker the same call used 2.6x this CPU: caches and
+clocks gone cold while its thread slept between queries is one reading to test):
 
-    python3 benchmarks/probes/start_cost.py [--calls 2000]
+    python3 benchmarks/probes/start_cost.py [--calls 2000] [--gap-ms 0,2]
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from vecq.engines.backends.torch_packed import pack_into
 from vecq.engines.base import TokenBatch
 
 
-def _steps(engine, batch, calls: int) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
-    """µs of each step of start() + result(), spelled out as torch_packed.py runs them."""
+def _steps(engine, batch, calls: int, gap_s: float = 0.0) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
+    """µs of each step of start() + result(), spelled out as torch_packed.py runs them; `gap_s`
+    asleep before each call, as a worker's engine thread sleeps between lone queries."""
     took: dict[str, list[float]] = {}
 
     def stamp(name: str, since: float) -> float:
@@ -36,6 +39,8 @@ def _steps(engine, batch, calls: int) -> dict[str, list[float]]:  # type: ignore
 
     for _ in range(calls):
         torch.cuda.synchronize()
+        if gap_s:
+            time.sleep(gap_s)
         t0 = t = time.perf_counter()
         stage = engine._staging[engine._turn]
         engine._turn ^= 1
@@ -82,18 +87,23 @@ def _replay_alone(engine, T: int, calls: int) -> list[float]:  # type: ignore[no
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--gap-ms", default="0,2", help="sleeps before each call, one pass each")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         emb = bench_embedder(Path(tmp), "torch", "cuda")
         engine = emb.engine
         tokens = emb.tokenizer.encode(["a short query number 7"])
         batch = TokenBatch(ids=tokens.flat, lengths=tokens.lengths)
-        took = _steps(engine, batch, args.calls)
         tokens_in = int(batch.lengths.sum())
-        print(f"{args.calls} lone-query calls, {tokens_in} tokens, buffer {engine.buckets[0]}:")
-        for name, values in took.items():
-            v = np.asarray(values[100:])
-            print(f"  {name:<30} p50 {np.median(v):8.1f} µs   p90 {np.percentile(v, 90):8.1f} µs")
+        for gap in [float(g) for g in args.gap_ms.split(",")]:
+            took = _steps(engine, batch, args.calls, gap / 1000)
+            print(
+                f"{args.calls} lone-query calls, {tokens_in} tokens, buffer {engine.buckets[0]}, "
+                f"{gap} ms asleep before each:"
+            )
+            for name, values in took.items():
+                v = np.asarray(values[100:])
+                print(f"  {name:<30} p50 {np.median(v):8.1f} µs   p90 {np.percentile(v, 90):8.1f} µs")
         for T in (engine.buckets[0], engine.buckets[-1]):
             v = np.asarray(_replay_alone(engine, T, args.calls // 4)[50:])
             print(f"  graph.replay() alone, {T:>5}-token buffer: p50 {np.median(v):.1f} µs")
