@@ -1,4 +1,4 @@
-"""The two kernels the packed encoder needs beyond torch's own, in Triton, with torch fallbacks.
+"""The kernels the packed encoders need beyond torch's own, in Triton, with torch fallbacks.
 
 Profiled on the H200 (BENCHMARKS.md, issue 14), a padding-free BERT-base buffer spent 21 % of
 its time in torch's variable-length flash attention: that kernel gives every sequence its own
@@ -6,8 +6,11 @@ its time in torch's variable-length flash attention: that kernel gives every seq
 64- or a 512-token max.  `packed_attention` instead cuts the packed buffer itself into blocks of
 `BLOCK_M` consecutive tokens, whatever sequences they belong to; each block reads the keys of
 the sequences it touches and masks attention to a token's own sequence.  Short texts share a
-block, long ones span several, nothing is padded.  `add_layer_norm` is BERT's `LN(x + y)` in one
-pass (the residual add and the LayerNorm were another 18 %).
+block, long ones span several, nothing is padded (ModernBERT's local layers add a key `window`).
+`add_layer_norm` is BERT's `LN(x + y)` in one pass (the residual add and the LayerNorm were
+another 18 %); `add_norm` keeps the sum too, for pre-norm layers.  `packed_embed` and
+`packed_pool` replace a dozen small torch kernels each, and `rotate_qk` ModernBERT's rotary
+positions (ten over fp32 copies: half its buffer's time at 512 tokens, BENCHMARKS.md issue 16).
 
 Triton is imported only on CUDA; on CPU (and in CI) the same functions run their torch
 reference, which is also what the GPU tests compare the kernels with.
