@@ -10,7 +10,8 @@ block, long ones span several, nothing is padded (ModernBERT's local layers add 
 `add_layer_norm` is BERT's `LN(x + y)` in one pass (the residual add and the LayerNorm were
 another 18 %); `add_norm` keeps the sum too, for pre-norm layers.  `packed_embed` and
 `packed_pool` replace a dozen small torch kernels each, and `rotate_qk` ModernBERT's rotary
-positions (ten over fp32 copies: half its buffer's time at 512 tokens, BENCHMARKS.md issue 16).
+positions (ten over fp32 copies; with `add_norm`, half a ModernBERT buffer's time at 512 tokens,
+BENCHMARKS.md issue 16).
 
 Triton is imported only on CUDA; on CPU (and in CI) the same functions run their torch
 reference, which is also what the GPU tests compare the kernels with.
