@@ -174,7 +174,10 @@ class PackedGraphEngine:
                 if (T, long) not in self._graphs:
                     self._graphs[T, long] = self._capture(T, long)
         self._torch.cuda.synchronize(self.device)
-        log.info("torch packed: %d token buffers captured, up to %d tokens", self.captures, self.buckets[-1])
+        log.info(
+            "torch packed: %d graphs captured (%d token buffers up to %d tokens, %d with a long-text tile)",
+            self.captures, len(self.buckets), self.buckets[-1], len(self.long_buckets),
+        )  # fmt: skip
 
     def run(self, batch: Batch | TokenBatch) -> np.ndarray:
         return self.start(batch).result()
