@@ -76,6 +76,8 @@ class PackedEncoder(nn.Module):
         super().__init__()
         config = encoder.config
         why = supports(config)
+        if why is None and config.model_type not in ARCHITECTURES:
+            why = f"{config.model_type} (`packed_module` gives it its own forward)"
         if why is not None:
             raise ValueError(f"the packed encoder does not serve {why}")
         e = encoder.embeddings
