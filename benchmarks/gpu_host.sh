@@ -104,6 +104,7 @@ longattn() {  # issue 16: attention at long inputs (benchmarks/probes/long_atten
 startcost() {  # issue 14's idle p50: where engine.start's CPU goes
   head | tee "$out/startcost.txt"
   timeout 200 python3 benchmarks/probes/start_cost.py 2>&1 | grep -v "Writing model" | tee -a "$out/startcost.txt"
+  timeout 100 python3 benchmarks/probes/cold_path.py 2>&1 | grep -v "Writing model" | tee -a "$out/startcost.txt"
 }
 long() {  # issue 16: a base-size long-input model, engine / Embedder / bulk / ST
   head | tee "$out/long-${ARCH:-xlm-roberta}.txt"
