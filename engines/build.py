@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import backends
 from .batching import embed_texts
-from .bundle import MANIFEST, TOKENIZER_FILES, TORCH_FILES, Manifest, copy_files, write_manifest
+from .bundle import MANIFEST, TOKENIZER_FILES, Manifest, copy_files, copy_torch_files, write_manifest
 from .errors import BundleError, UnknownBackend
 from .parity import compare, parity_texts, reference_vectors, require
 from .prompts import write_prompts
@@ -104,8 +104,6 @@ def _assemble(
     say(f"computing torch fp32 reference vectors of {len(texts)} parity texts")
     reference = reference_vectors(module, tokenizer, texts)
     files = copy_files(model_dir, tmp, TOKENIZER_FILES) + write_prompts(model_dir, tmp)
-    if backend == "torch" and not (model_dir / "model.safetensors").is_file():
-        raise BundleError(f"{model_dir}: no model.safetensors (torch bundles copy safetensors weights only)")
     if backend == "onnx":
         from .onnx_build import build_onnx
 
@@ -116,7 +114,7 @@ def _assemble(
         graph, fp32_nodes, report = onnx.graph, onnx.fp32_nodes, onnx.report
         files += ["model.onnx", *onnx.extra_files]
     else:
-        files += copy_files(model_dir, tmp, TORCH_FILES)
+        files += copy_torch_files(model_dir, tmp)
         report = _torch_parity(tmp, spec, shapes, tokenizer, device, precision, texts, reference)
         graph, fp32_nodes = f"torch {precision} (sdpa)", []
     require(report, what=f"{spec.name} {backend} {precision}")

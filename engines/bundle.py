@@ -170,6 +170,13 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def copy_torch_files(src: Path, dst: Path) -> list[str]:
+    """A torch bundle's weights and config, copied: safetensors only (no pickled weights)."""
+    if not (src / "model.safetensors").is_file():
+        raise BundleError(f"{src}: no model.safetensors (torch bundles copy safetensors weights only)")
+    return copy_files(src, dst, TORCH_FILES)
+
+
 def copy_files(src: Path, dst: Path, names: Sequence[str]) -> list[str]:
     copied = []
     for name in names:

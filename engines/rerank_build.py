@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .batching import run_padded
-from .bundle import TOKENIZER_FILES, TORCH_FILES, Manifest, copy_files, write_manifest
-from .errors import BundleError, UnknownBackend
+from .bundle import TOKENIZER_FILES, Manifest, copy_files, copy_torch_files, write_manifest
+from .errors import UnknownBackend
 from .parity import compare_scores, parity_texts, require
 from .shapes import ShapeSet
 from .spec import ModelSpec
@@ -57,11 +57,7 @@ def assemble_rerank(
         files.append("model.onnx")
         graph = "exported (unfused)"
     else:
-        if not (model_dir / "model.safetensors").is_file():
-            raise BundleError(
-                f"{model_dir}: no model.safetensors (torch bundles copy safetensors weights only)"
-            )
-        files += copy_files(model_dir, tmp, TORCH_FILES)
+        files += copy_torch_files(model_dir, tmp)
         graph = f"torch {precision} (sdpa)"
     engine = make_engine(
         tmp, spec, activation, sep_id, backend=backend, device=device, precision=precision, shapes=shapes,

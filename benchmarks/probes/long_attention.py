@@ -16,6 +16,7 @@ import argparse
 from functools import partial
 
 import torch
+from cuda_timing import cuda_ms  # this folder's
 
 from vecq.engines import kernels
 
@@ -37,16 +38,7 @@ def _buffer(length: int, T: int, heads: int, head_dim: int):  # type: ignore[no-
 
 
 def _time(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps * 1000  # µs
+    return cuda_ms(fn, reps) * 1000  # µs
 
 
 def _one_length(length: int, reps: int, heads: int = 12, head_dim: int = 64, T: int = 32768) -> None:

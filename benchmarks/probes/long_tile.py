@@ -12,6 +12,7 @@ on one text.
 from __future__ import annotations
 
 import torch
+from cuda_timing import cuda_ms  # this folder's
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
 from vecq.engines import kernels
@@ -29,16 +30,7 @@ def _buffer(length: int):  # type: ignore[no-untyped-def]
 
 def _ms(encoder: PackedEncoder, args, reps: int = 10) -> float:  # type: ignore[no-untyped-def]
     with torch.inference_mode():
-        for _ in range(2):
-            encoder(*args)
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            encoder(*args)
-        end.record()
-        torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+        return cuda_ms(lambda: encoder(*args), reps, warm=2)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cuda_timing import cuda_ms  # this folder's
 from tokenizers import Tokenizer
 from torch.nn.attention.varlen import varlen_attn
 from transformers import BertConfig, BertModel
@@ -432,15 +433,7 @@ if "vecq-profile" in variants:
     print(f"profiled buffer: {len(rows)} texts, {len(flat)} real tokens of {T}")
 
     def timed(fn, reps=20):
-        fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / reps  # ms
+        return cuda_ms(fn, reps, warm=1)  # ms
 
     with torch.inference_mode():
         # attention alone, per kernel config, on this buffer's sequence layout
