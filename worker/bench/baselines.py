@@ -38,7 +38,9 @@ def flops_per_token(model_dir: Path) -> float:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     h, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
     ffn = int(config.get("intermediate_size", 4 * h))
-    return 2.0 * layers * (4 * h * h + 2 * h * ffn)
+    # ModernBERT's gated FFN: its input projection is 2 × intermediate wide (value and gate)
+    ffn_mats = 3 if config.get("model_type") == "modernbert" else 2
+    return 2.0 * layers * (4 * h * h + ffn_mats * h * ffn)
 
 
 def matmul_tflops(device: str) -> float:
