@@ -158,6 +158,10 @@ class Gateway:
         """The official client, without its own retries (the tests look at single answers)."""
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
+    def models(self) -> list[str]:
+        """The ids `GET /v1/models` lists: what the gateway takes requests for now."""
+        return [m["id"] for m in httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"]]
+
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         return {

@@ -108,6 +108,8 @@ def test_tokenizer_flag_counts_with_that_tokenizer_and_unknown_models_count_zero
     start_worker(redis_url, "--name", "short")
     start_worker(redis_url, "--name", "plain")
     gateway = start_gateway(redis_url, "--tokenizer", f"Short={short_tokenizer_dir(tmp_path / 'tok', 8)}")
+    # both workers up before the first request (under load one took longer than the request: a 404)
+    until(lambda: {"short", "plain"} <= set(gateway.models()), 60, "both workers advertising their models")
     client = gateway.openai()
     texts = ["hello world", "word " * 50]
 
@@ -302,8 +304,7 @@ def test_unknown_models_are_refused_at_once_and_write_nothing(
     }
     assert redis_conn.keys("*never-heard-of*") == []
     start_worker(redis_url)  # the null engine serves the default model
-    served = lambda: [m["id"] for m in httpx.get(f"{gateway.url}/v1/models", timeout=10).json()["data"]]  # noqa: E731
-    until(lambda: served() == [MODEL, "scaled-to-zero"], 60, "the worker's model listed")
+    until(lambda: gateway.models() == [MODEL, "scaled-to-zero"], 60, "the worker's model listed")
     assert len(client.embeddings.create(model="default", input=["now served"]).data) == 1
 
 
@@ -344,8 +345,7 @@ def test_real_default_model_matches_embedder(redis_url, start_worker, start_gate
     start_worker(redis_url, "--backend", "onnx")  # the real default model, ONNX Runtime on CPU
     gateway = start_gateway(redis_url, "--timeout", "120")
     texts = ["A man is eating food.", "今天天气怎么样", "the quick brown fox " * 100, "vecq"]
-    served = lambda: [m["id"] for m in httpx.get(f"{gateway.url}/v1/models", timeout=10).json()["data"]]  # noqa: E731
-    until(lambda: served() == [MODEL], 300, "the worker up and advertising its model")
+    until(lambda: gateway.models() == [MODEL], 300, "the worker up and advertising its model")
 
     response = gateway.openai().embeddings.create(model="default", input=texts)
 
