@@ -237,6 +237,15 @@ BREAKS: tuple[Break, ...] = (
         timeout=360.0,
     ),
     Break(
+        "ort.no-session-per-shape",
+        ONNX_CUDA,
+        "            session = self._shape_session(first)\n",
+        '            raise RuntimeError("break: graph capture refused per shape too")\n',
+        (GPU + "test_every_architecture_on_ort_cuda_fp16_matches_cpu_fp32[modernbert]",),
+        needs_ort=True,
+        timeout=300.0,
+    ),
+    Break(
         "supervisor.unpinned",
         "vecq/worker/supervisor.py",
         'env = _env(model, {"CUDA_VISIBLE_DEVICES": gpu}, VECQ_TOKENIZE_THREADS=str(threads))',

@@ -8,6 +8,12 @@ host→device copy into the shape's input buffers, one graph replay and a device
 A packed-mode model (ORT's RemovePadding → PackedAttention → RestorePadding) cannot be captured:
 its internal sizes follow the real token count.  `OnnxCudaEngine(graphs=False)` serves it with
 the same bound buffers and plain runs.
+
+A graph whose shape arithmetic ORT places on the CPU EP (ModernBERT's rotary positions and
+window mask: Shape, Range, Gather on dynamic sizes) is refused capture.  With `batch` and
+`sequence` fixed by free-dimension overrides all of that arithmetic folds into constants, so such
+a model gets one session per shape instead, every session reading the same weights on the GPU
+(`SharedWeights`): graphs at the cost of a session per shape, not of the weights per shape.
 """
 
 from __future__ import annotations
@@ -73,34 +79,28 @@ class OnnxCudaEngine:
             "enable_cuda_graph": "1" if graphs else "0",
             "cudnn_conv_algo_search": "HEURISTIC",
         }
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Only a few shape nodes run on the CPU.  ORT's default is a pool of one spinning thread
-        # per core, which kept 16 cores busy after every call and made the worker's own host
-        # work (tokenizer, copies) 2-4× slower beside it on the H100 machine (BENCHMARKS.md).
-        opts.intra_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3  # placement notes on every session otherwise
+        self._providers = [("CUDAExecutionProvider", cuda)]
+        self._path = str(onnx_path)
+        self._weights: SharedWeights | None = None
+        self._sessions: dict[Shape, Any] = {}  # per-shape sessions (weights shared), if any
         try:
             self.session = ort.InferenceSession(
-                str(onnx_path), sess_options=opts, providers=[("CUDAExecutionProvider", cuda)]
+                self._path, sess_options=session_options(ort), providers=self._providers
             )
         except Exception as exc:  # ORT raises its own Fail; only the graph-capture refusal is ours
             if not graphs or "graph capture" not in str(exc):
                 raise
-            # Some of the model's nodes run on the CPU EP (ModernBERT's rotary shape ops with ORT
-            # 1.31): ORT then refuses to capture.  Served right, without graphs, rather than not.
-            log.warning("onnx cuda: %s has nodes off the CUDA EP; served without CUDA graphs", onnx_path)
-            self.graphs = False
-            self.session = ort.InferenceSession(
-                str(onnx_path), sess_options=opts,
-                providers=[("CUDAExecutionProvider", {**cuda, "enable_cuda_graph": "0"})],
-            )  # fmt: skip
+            self.session = self._per_shape_or_plain(onnx_path)
         self._output_name = self.session.get_outputs()[0].name
         self._slots: dict[Shape, _Slot] = {}
         self.captures = 0  # shapes captured so far (a test checks each is captured exactly once)
         self.runs = 0  # session runs, warm-up ones included
         self.replays = 0  # runs of a shape after its capture: graph replays
+
+    @property
+    def shared_weight_bytes(self) -> int:
+        """Bytes of weights its per-shape sessions share (0: one session for every shape)."""
+        return self._weights.nbytes if self._weights else 0
 
     def _slot(self, shape: Shape) -> _Slot:
         slot = self._slots.get(shape)
@@ -114,7 +114,10 @@ class OnnxCudaEngine:
             for n in INPUTS
         }
         output = ov.ortvalue_from_shape_and_type([shape.batch, self.dim], np.float32, "cuda", self.device_id)
-        binding = self.session.io_binding()
+        session = self.session
+        if self._weights is not None:  # one session per shape
+            session = self._sessions.get(shape) or self._shape_session(shape)
+        binding = session.io_binding()
         for name, value in inputs.items():
             binding.bind_ortvalue_input(name, value)
         binding.bind_ortvalue_output(self._output_name, output)
@@ -161,9 +164,85 @@ class OnnxCudaEngine:
         self._run(slot)
         return slot.output.numpy()
 
+    def _per_shape_or_plain(self, onnx_path: str | Path) -> Any:
+        """A capture-refused model: one session per shape if the smallest shape's session can
+        capture (its first session is returned); otherwise one session without graphs."""
+        ort = self._ort
+        self._weights = SharedWeights(ort, onnx_path, device_id=self.device_id)
+        first = min(self.shapes, key=lambda s: (s.tokens, s.batch))
+        try:
+            session = self._shape_session(first)
+        except Exception as exc:
+            if "graph capture" not in str(exc):
+                raise
+            log.warning("onnx cuda: %s has nodes off the CUDA EP; served without CUDA graphs", onnx_path)
+            self._weights, self._sessions, self.graphs = None, {}, False
+            plain = [("CUDAExecutionProvider", {**self._providers[0][1], "enable_cuda_graph": "0"})]
+            return ort.InferenceSession(self._path, sess_options=session_options(ort), providers=plain)
+        shared = self._weights
+        log.info(
+            "onnx cuda: %s: dynamic shape arithmetic runs on the CPU EP, so one session per shape "
+            "(%d weights shared, %.0f MiB)", onnx_path, len(shared.views), shared.nbytes / 2**20,
+        )  # fmt: skip
+        return session
+
+    def _shape_session(self, shape: Shape) -> Any:
+        assert self._weights is not None
+        opts = session_options(self._ort, shape=shape, weights=self._weights)
+        session = self._ort.InferenceSession(self._path, sess_options=opts, providers=self._providers)
+        self._sessions[shape] = session
+        return session
+
     def close(self) -> None:
         self._slots.clear()
+        self._sessions.clear()
+        self._weights = None
         self.session = None  # type: ignore[assignment]
+
+
+def session_options(ort: Any, *, shape: Shape | None = None, weights: SharedWeights | None = None) -> Any:
+    """vecq's ORT CUDA session options; `shape` fixes the `batch` and `sequence` axes."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Only a few shape nodes run on the CPU.  ORT's default is a pool of one spinning thread
+    # per core, which kept 16 cores busy after every call and made the worker's own host
+    # work (tokenizer, copies) 2-4× slower beside it on the H100 machine (BENCHMARKS.md).
+    opts.intra_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # placement notes on every session otherwise
+    if shape is not None:
+        opts.add_free_dimension_override_by_name("batch", shape.batch)
+        opts.add_free_dimension_override_by_name("sequence", shape.seq_len)
+    for name, value in weights.views.items() if weights else ():
+        opts.add_initializer(name, value)
+    return opts
+
+
+class SharedWeights:
+    """A model's float weights placed once on a device, for many sessions to read.
+
+    ORT takes a shared initializer only in memory it does not own, so each weight is copied to
+    the device into an ORT-owned value (`owners`, kept alive here) and handed over as a DLPack
+    view of it (`views`).  Integer tensors stay with each session: they are the shape
+    arithmetic's, which ORT folds away or reads on the CPU.
+    """
+
+    def __init__(self, ort: Any, onnx_path: str | Path, *, device_id: int = 0, device: str = "cuda") -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(onnx_path))
+        self.owners: dict[str, Any] = {}
+        self.views: dict[str, Any] = {}
+        self.nbytes = 0
+        for tensor in model.graph.initializer:
+            array = numpy_helper.to_array(tensor)
+            if array.dtype.kind != "f":
+                continue
+            owner = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, device_id)
+            self.owners[tensor.name] = owner
+            self.views[tensor.name] = ort.OrtValue.from_dlpack(owner._get_c_value().to_dlpack())
+            self.nbytes += array.nbytes
 
 
 class HybridCudaEngine:

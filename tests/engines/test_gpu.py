@@ -201,7 +201,9 @@ def test_every_architecture_on_ort_cuda_fp16_matches_cpu_fp32(
     """Issue 16 on ONNX Runtime's CUDA EP: each architecture's tiny random model built into an
     fp16 bundle (`vecq build --device cuda`: its own parity check) and served from it within
     cosine 0.999 of torch fp32 on the CPU for every varied text, a text's vector independent of
-    its batch-mates."""
+    its batch-mates; the small shapes replay CUDA graphs, ModernBERT's too (a session per shape,
+    its weights shared: its dynamic shape arithmetic otherwise runs on the CPU EP)."""
+    from vecq.engines.backends.onnx_cuda import HybridCudaEngine
     from vecq.engines.build import build_bundle
     from vecq.engines.random_model import write_random_encoder
 
@@ -218,3 +220,6 @@ def test_every_architecture_on_ort_cuda_fp16_matches_cpu_fp32(
         assert cosines(got, reference).min() >= 0.999
         alone = np.stack([gpu.embed([t])[0] for t in varied_texts[:8]])
         assert cosines(alone, got[:8]).min() >= 0.9999
+        lane = gpu.engine.graphs if isinstance(gpu.engine, HybridCudaEngine) else gpu.engine
+        assert lane.graphs and lane.captures > 0 and lane.replays > 0, (lane.captures, lane.replays)
+        assert (lane.shared_weight_bytes > 0) == (model_type == "modernbert")
