@@ -231,10 +231,13 @@ class SharedWeights:
         import onnx
         from onnx import numpy_helper
 
-        model = onnx.load(str(onnx_path))
         self.owners: dict[str, Any] = {}
         self.views: dict[str, Any] = {}
         self.nbytes = 0
+        if not hasattr(ort.OrtValue, "from_dlpack"):  # an older ORT: each session loads its own
+            log.warning("onnx cuda: onnxruntime %s cannot share weights; one copy per shape", ort.__version__)
+            return
+        model = onnx.load(str(onnx_path))
         for tensor in model.graph.initializer:
             array = numpy_helper.to_array(tensor)
             if array.dtype.kind != "f":
