@@ -190,7 +190,11 @@ def test_the_other_workers_serve_and_recover_while_one_restarts(redis_url: str, 
         os.kill(pid, signal.SIGKILL)
         killed_ms = seconds * 1000 + micros // 1000
         got = [client.result(job, timeout=120) for job in jobs]
-        down = _workers(conn).get(victim) in (None, pid)
+        # Served while the victim restarts: if it is still down once a new job is written, someone
+        # else wrote it.  (Asked after the write: a restarted victim registers before it serves.)
+        writer = Served(client, conn).one("while down")
+        if _workers(conn).get(victim) in (None, pid):
+            assert writer != victim
         # A held job the victim wrote before its kill is fine; one written under its name after
         # the kill waited for the restart instead of being recovered by the others.
         late = [j for j in held if _writer(conn, j) == victim and _written_ms(conn, j) >= killed_ms]
@@ -200,9 +204,6 @@ def test_the_other_workers_serve_and_recover_while_one_restarts(redis_url: str, 
         for job, vectors, job_texts in zip(jobs, got, texts, strict=True):
             if job.id in checked:
                 assert float(np.min(np.sum(vectors * want.embed(job_texts), axis=1))) > 0.999
-        served = Served(client, conn)
-        if down:  # still restarting: whoever serves now is another worker
-            assert served.one("while down") != victim
         until(lambda: _workers(conn).get(victim, pid) not in (pid, 0), START_S, "the victim restarted")
         print(f"{len(held)} jobs held by the killed worker, recovered by the others")
     finally:
