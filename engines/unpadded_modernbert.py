@@ -1,0 +1,111 @@
+"""ModernBERT's padding-free twin for ONNX Runtime: its linear layers over the real tokens only.
+
+ORT's packing mode (RemovePadding → PackedAttention → RestorePadding) needs its BERT attention
+fusion, which has no ModernBERT type, and none of ORT's packed attention kernels has a
+bidirectional key window.  So this graph, exported from torch like the main one, removes the
+padding itself where the FLOPs are: the tokens of a `(batch, sequence)` batch are gathered into
+one `(tokens, hidden)` matrix (`NonZero` over the mask) for the embedding norm, the QKV, output
+and MLP projections and the norms, and scattered back to `(batch, sequence)` only for attention
+(SDPA with the key-padding mask, and the window for the local layers).  Rotary positions are
+applied in the gathered layout, each token's from its offset in its text.
+
+It is meant to be served like ORT's packed twin: without CUDA graphs (its sizes follow the real
+token count), for large batches, beside the main graph's per-shape graphs
+(`backends/onnx_cuda.py`). Not yet part of a CUDA bundle: its fp16 build and its speed are still
+to be measured on the GPU; on the CPU it equals the padded model (tests/engines/test_unpadded_modernbert.py).
+It reads the same weights as `PackedModernBert` (`packed_modernbert._layer_weights`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .packed_modernbert import _layer_weights
+
+
+class UnpaddedModernBert(nn.Module):
+    """`(input_ids, attention_mask) -> (batch, dim)`, as `PooledEncoder`, padding-free inside."""
+
+    def __init__(self, encoder: nn.Module, *, pooling: str, normalize: bool) -> None:
+        super().__init__()
+        self.encoder = encoder  # export_onnx reads its config; keeps the weights registered
+        config = encoder.config
+        self.heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+        self.hidden = (config.hidden_size,)  # a constant for the tracer, not x.shape[-1:]
+        self.gelu = "tanh" if config.hidden_activation in ("gelu_new", "gelu_pytorch_tanh") else "none"
+        self.bases = {kind: config.rope_parameters[kind]["rope_theta"] for kind in set(config.layer_types)}
+        self.layers = [_layer_weights(layer, config) for layer in encoder.layers]
+        self.pooling, self.normalize = pooling, normalize
+
+    def _rope(self, positions: torch.Tensor, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of each gathered token's position, (tokens, 1, head_dim)."""
+        dim = self.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
+        return emb.cos(), emb.sin()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        B, S = input_ids.shape
+        valid = attention_mask.bool()
+        where = torch.nonzero(valid.reshape(-1)).squeeze(1)  # the real tokens' flat indices
+        positions = torch.remainder(where, S)  # right-padded: a token's offset in its text
+        emb = self.encoder.embeddings
+        x = emb.norm(F.embedding(input_ids.reshape(-1)[where], emb.tok_embeddings.weight))
+        rope = {kind: self._rope(positions, base) for kind, base in self.bases.items()}
+        # keys: the text's real tokens; a pad query keeps all of them (no all-masked row, no NaN)
+        offset = torch.arange(S, device=input_ids.device)
+        near = (offset[:, None] - offset[None, :]).abs()
+        keys = valid[:, None, None, :]
+        masks = {0: keys}
+        for w in {layer["window"] for layer in self.layers if layer["window"]}:
+            masks[w] = keys & ((near <= w)[None, None] | ~valid[:, None, :, None])
+        for layer in self.layers:
+            norm = layer["attn_norm"]
+            h = x if norm is None else F.layer_norm(x, self.hidden, *norm)
+            qkv = F.linear(h, layer["wqkv"], layer["bqkv"]).view(-1, 3, self.heads, self.head_dim)
+            cos, sin = rope[layer["kind"]]
+            q, k, v = qkv.unbind(1)
+            q, k = (_rotate(t, cos.to(t.dtype), sin.to(t.dtype)) for t in (q, k))
+            att = self._attend(torch.stack((q, k, v), 1), where, B, S, masks[layer["window"]])
+            x = x + F.linear(att, layer["wo"], layer["bo"])
+            h = F.layer_norm(x, self.hidden, *layer["mlp_norm"])
+            gate_in, gate = F.linear(h, layer["wi"], layer["bi"]).chunk(2, dim=-1)
+            x = x + F.linear(F.gelu(gate_in, approximate=self.gelu) * gate, layer["wo2"], layer["bo2"])
+        x = self.encoder.final_norm(x)
+        return self._pool(x, where, valid, B, S)
+
+    def _attend(
+        self, qkv: torch.Tensor, where: torch.Tensor, B: int, S: int, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention of the gathered (tokens, 3, heads, head_dim) in the padded layout, gathered back."""
+        padded = qkv.new_zeros((B * S, *qkv.shape[1:])).index_put((where,), qkv)
+        q, k, v = padded.view(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return out.transpose(1, 2).reshape(B * S, -1)[where]
+
+    def _pool(
+        self, x: torch.Tensor, where: torch.Tensor, valid: torch.Tensor, B: int, S: int
+    ) -> torch.Tensor:
+        hidden = x.new_zeros((B * S, x.shape[-1])).index_put((where,), x).view(B, S, -1)
+        if self.pooling == "cls":
+            vectors = hidden[:, 0]
+        else:  # sentence-transformers' masked mean (pad rows are zeros here)
+            vectors = hidden.sum(dim=1) / valid.sum(dim=1, keepdim=True).to(hidden.dtype).clamp(min=1e-9)
+        return F.normalize(vectors, p=2.0, dim=1) if self.normalize else vectors
+
+
+def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as transformers' `apply_rotary_pos_emb`: t·cos + rotate_half(t)·sin."""
+    half = t.shape[-1] // 2
+    return t * cos + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin
+
+
+def unpadded_twin(module: Any) -> UnpaddedModernBert:
+    """The twin of a `PooledEncoder` over a ModernBERT, sharing its weights."""
+    return UnpaddedModernBert(module.encoder, pooling=module.pooling, normalize=module.normalize).eval()
