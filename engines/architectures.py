@@ -12,7 +12,11 @@ export or with a `KeyError` on a config field (DistilBERT names its width `dim`,
 - `ort_model_type`: the model type ONNX Runtime's transformer optimizer fuses for it (ORT's "bert"
   optimizer covers BERT, RoBERTa, XLM-R and DistilBERT), or None where ORT has no fusion
   (ModernBERT's rotary, partly sliding-window attention): such graphs are served unfused, with no
-  packed twin (ORT's packing mode rewrites fused Attention nodes only).
+  packed twin from ORT (its packing mode rewrites fused Attention nodes only; ModernBERT's twin is
+  vecq's own, `unpadded_modernbert.py`);
+- `fp32_scopes`: parts of the graph (node-name scopes) an fp16 build keeps in fp32: ModernBERT's
+  rotary angles, since fp16 holds positions exactly only up to 2,048 and position × frequency
+  loses the phase long before (cos off by 0.08 at position 500, by 0.8 at 8,000).
 
 int8 needs no line: every architecture here held parity in int8 on tiny random models, and a
 build whose int8 graph misses parity is refused by the build's own parity check.
@@ -44,6 +48,7 @@ class Architecture:
     #: Positions reserved before the first token: "pad+1" (RoBERTa's padding_idx + 1) or 0.
     position_offset: str | int = 0
     ort_model_type: str | None = "bert"
+    fp32_scopes: tuple[str, ...] = ()
 
     def dim(self, config: Mapping[str, Any]) -> int:
         """The model's hidden size (its sentence vectors' dim before any projection)."""
@@ -64,7 +69,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("distilbert", dim_key="dim"),
         Architecture("roberta", position_offset="pad+1"),
         Architecture("xlm-roberta", position_offset="pad+1"),
-        Architecture("modernbert", ort_model_type=None),
+        Architecture("modernbert", ort_model_type=None, fp32_scopes=("rotary_emb",)),
     )
 }
 

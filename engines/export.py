@@ -13,6 +13,7 @@ steps rest on (DESIGN.md, "Performance notes"):
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,13 +67,15 @@ def optimize(
     attention, LayerNorm, GELU; fp16 keeps float32 inputs/outputs.
 
     Architectures ORT has no optimizer for (`Architecture.ort_model_type` None: ModernBERT) keep
-    the exported graph, converted to fp16 when asked.
+    the exported graph, converted to fp16 when asked.  fp16 leaves the nodes under the
+    architecture's `fp32_scopes` in fp32 (ModernBERT's rotary angles).
     """
     import onnx
     from onnxruntime.transformers.onnx_model import OnnxModel
     from onnxruntime.transformers.optimizer import optimize_model
 
-    ort_type = ARCHITECTURES[model_type].ort_model_type
+    arch = ARCHITECTURES[model_type]
+    ort_type = arch.ort_model_type
     if ort_type is None:
         model = OnnxModel(onnx.load(str(src)))
     else:
@@ -85,7 +88,10 @@ def optimize(
             use_gpu=use_gpu,
         )
     if fp16:
-        model.convert_float_to_float16(keep_io_types=True)
+        # a module called twice exports its second call's nodes under `/scope_1/`
+        scoped = [re.compile(rf"/{re.escape(scope)}(_\d+)?/") for scope in arch.fp32_scopes]
+        kept = [n.name for n in model.nodes() if any(p.search(n.name) for p in scoped)]
+        model.convert_float_to_float16(keep_io_types=True, node_block_list=kept or None)
     model.save_model_to_file(str(dst))
     return dst
 
@@ -156,8 +162,6 @@ def split_cls(src: Path, dst: Path, *, skip: str = r"/self/MatMul(_\d+)?$") -> l
     (BENCHMARKS.md, the int8 probe), for two Slices per input and one Concat per
     MatMul.  `skip` names MatMuls left whole (activation × activation ones in attention).
     """
-    import re
-
     import onnx
     from onnx import TensorProto, helper
 

@@ -4,8 +4,8 @@
   small CPU the transformer optimizer's fused graph measured slower (BENCHMARKS.md).
 - cuda fp32 / fp16: fused attention from ORT's transformer optimizer for the architecture ("bert"
   covers BERT, RoBERTa, XLM-R, DistilBERT), with its packed twin; fp16 keeps float32
-  inputs/outputs.  ModernBERT, which ORT does not fuse, keeps the exported graph (fp16 if asked)
-  and has no packed twin.
+  inputs/outputs.  ModernBERT, which ORT does not fuse, keeps the exported graph (fp16 if asked,
+  its rotary angles fp32) and its twin is vecq's own padding-free export (`unpadded_modernbert.py`).
 - cpu int8: dynamic int8 (per-channel 7-bit weights) of the MatMuls, each with the [CLS] row
   quantized apart from the other tokens (`export.split_cls`); the MatMuls whose quantization
   costs the most cosine (measured per model, at build time) stay fp32, as few as parity allows.
@@ -93,27 +93,40 @@ def build_onnx(
 
 
 def _cuda_graph(module, exported, work, bundle, spec, precision, say, parity) -> tuple[OnnxArtifact, Path]:
-    """A CUDA bundle's graph: fused by ORT's optimizer for the architecture, with its packed twin;
-    for an architecture ORT does not fuse (ModernBERT), the exported graph (fp16 if asked) alone."""
+    """A CUDA bundle's graph and its padding-free twin: fused by ORT's optimizer for the
+    architecture and converted to ORT's packing mode; for ModernBERT, which ORT does not fuse, the
+    exported graph (fp16 if asked) and vecq's own unpadded export."""
     config = module.encoder.config
     kind = config.model_type
     fused = fuses(kind)
     graph = ("fused" if fused else "unfused") + ("+fp16" if precision == "fp16" else "")
     say(f"optimizing for CUDA ({graph}; ORT's optimizer {'for ' + kind if fused else 'has no ' + kind})")
-    chosen = optimize(
-        exported, work / "fused.onnx", spec=spec, num_heads=int(config.num_attention_heads),
-        fp16=precision == "fp16", use_gpu=True, model_type=kind,
-    )  # fmt: skip
+
+    def optimized(src: Path, dst: Path) -> Path:
+        return optimize(
+            src, dst, spec=spec, num_heads=int(config.num_attention_heads), fp16=precision == "fp16",
+            use_gpu=True, model_type=kind,
+        )  # fmt: skip
+
+    chosen = optimized(exported, work / "fused.onnx")
     artifact = OnnxArtifact(graph, [], parity(chosen))
     if fused:
-        artifact = _with_packed(artifact, chosen, bundle, work, say, parity)
-    return artifact, chosen
+        twin, label = _packing_mode(chosen, work, say), "packed"
+    elif kind == "modernbert":
+        from .unpadded_modernbert import unpadded_twin
+
+        say("exporting ModernBERT's padding-free twin (its linear layers over the real tokens only)")
+        twin, label = (
+            optimized(export_onnx(unpadded_twin(module), work / "unpadded.onnx"), work / PACKED_FILE),
+            "unpadded",
+        )
+    else:
+        return artifact, chosen
+    return _with_twin(artifact, twin, label, bundle, say, parity), chosen
 
 
-def _with_packed(artifact: OnnxArtifact, fused: Path, bundle: Path, work: Path, say, parity) -> OnnxArtifact:
-    """CUDA bundles also carry the padding-free twin of the fused graph (ORT's packing mode:
-    RemovePadding → PackedAttention → RestorePadding), which serves large batches at the speed of
-    their real tokens.  It is parity-checked like the main graph; the bundle's report is the worse."""
+def _packing_mode(fused: Path, work: Path, say) -> Path:
+    """ORT's packing mode of the fused graph: RemovePadding → PackedAttention → RestorePadding."""
     import onnx
     from onnxruntime.transformers.convert_to_packing_mode import PackingMode
     from onnxruntime.transformers.onnx_model import OnnxModel
@@ -123,11 +136,18 @@ def _with_packed(artifact: OnnxArtifact, fused: Path, bundle: Path, work: Path, 
     PackingMode(model).convert()
     packed = work / PACKED_FILE
     model.save_model_to_file(str(packed))
-    report = parity(packed, packed=True)
-    say(f"packed graph parity: min cosine {report.min_cosine:.6f}")
-    shutil.move(str(packed), bundle / PACKED_FILE)
+    return packed
+
+
+def _with_twin(artifact: OnnxArtifact, twin: Path, label: str, bundle: Path, say, parity) -> OnnxArtifact:
+    """CUDA bundles also carry a padding-free twin of the main graph, which serves large batches
+    at the speed of their real tokens.  It is parity-checked like the main graph, the way a worker
+    runs it; the bundle's report is the worse of the two."""
+    report = parity(twin, packed=True)
+    say(f"{label} graph parity: min cosine {report.min_cosine:.6f}")
+    shutil.move(str(twin), bundle / PACKED_FILE)
     worse = report if report.min_cosine < artifact.report.min_cosine else artifact.report
-    return OnnxArtifact(f"{artifact.graph} + packed", [], worse, extra_files=(PACKED_FILE,))
+    return OnnxArtifact(f"{artifact.graph} + {label}", [], worse, extra_files=(PACKED_FILE,))
 
 
 def int8_ladder(ranked: Sequence[str], *, step: int) -> list[list[str]]:

@@ -9,10 +9,9 @@ and MLP projections and the norms, and scattered back to `(batch, sequence)` onl
 (SDPA with the key-padding mask, and the window for the local layers).  Rotary positions are
 applied in the gathered layout, each token's from its offset in its text.
 
-It is meant to be served like ORT's packed twin: without CUDA graphs (its sizes follow the real
-token count), for large batches, beside the main graph's per-shape graphs
-(`backends/onnx_cuda.py`). Not yet part of a CUDA bundle: its fp16 build and its speed are still
-to be measured on the GPU; on the CPU it equals the padded model (tests/engines/test_unpadded_modernbert.py).
+It is served like ORT's packed twin: a CUDA bundle of a ModernBERT carries it as its
+`PACKED_FILE` (`onnx_build.py`), run without CUDA graphs (its sizes follow the real token count)
+for large batches, beside the main graph's per-shape graphs (`backends/onnx_cuda.py`).
 It reads the same weights as `PackedModernBert` (`packed_modernbert._layer_weights`).
 """
 
@@ -38,17 +37,13 @@ class UnpaddedModernBert(nn.Module):
         self.head_dim = config.hidden_size // self.heads
         self.hidden = (config.hidden_size,)  # a constant for the tracer, not x.shape[-1:]
         self.gelu = "tanh" if config.hidden_activation in ("gelu_new", "gelu_pytorch_tanh") else "none"
-        self.bases = {kind: config.rope_parameters[kind]["rope_theta"] for kind in set(config.layer_types)}
+        kinds = sorted(set(config.layer_types))
+        self.rotary_emb = _RotaryAngles(
+            self.head_dim, [config.rope_parameters[k]["rope_theta"] for k in kinds]
+        )
+        self.kinds = kinds
         self.layers = [_layer_weights(layer, config) for layer in encoder.layers]
         self.pooling, self.normalize = pooling, normalize
-
-    def _rope(self, positions: torch.Tensor, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) of each gathered token's position, (tokens, 1, head_dim)."""
-        dim = self.head_dim
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
-        return emb.cos(), emb.sin()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         B, S = input_ids.shape
@@ -57,7 +52,7 @@ class UnpaddedModernBert(nn.Module):
         positions = torch.remainder(where, S)  # right-padded: a token's offset in its text
         emb = self.encoder.embeddings
         x = emb.norm(F.embedding(input_ids.reshape(-1)[where], emb.tok_embeddings.weight))
-        rope = {kind: self._rope(positions, base) for kind, base in self.bases.items()}
+        rope = dict(zip(self.kinds, self.rotary_emb(positions), strict=True))
         # keys: the text's real tokens; a pad query keeps all of them (no all-masked row, no NaN)
         offset = torch.arange(S, device=input_ids.device)
         near = (offset[:, None] - offset[None, :]).abs()
@@ -98,6 +93,27 @@ class UnpaddedModernBert(nn.Module):
         else:  # sentence-transformers' masked mean (pad rows are zeros here)
             vectors = hidden.sum(dim=1) / valid.sum(dim=1, keepdim=True).to(hidden.dtype).clamp(min=1e-9)
         return F.normalize(vectors, p=2.0, dim=1) if self.normalize else vectors
+
+
+class _RotaryAngles(nn.Module):
+    """(cos, sin) of each gathered token's position, (tokens, 1, head_dim), for each base.
+
+    A module of its own so that its nodes export under `/rotary_emb/`, the scope an fp16 build
+    keeps in fp32 (`Architecture.fp32_scopes`): the angles need more than fp16's precision.
+    """
+
+    def __init__(self, head_dim: int, bases: list[float]) -> None:
+        super().__init__()
+        self.head_dim, self.bases = head_dim, bases
+
+    def forward(self, positions: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        dim, out = self.head_dim, []
+        for base in self.bases:
+            inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+            freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
+            out.append((emb.cos(), emb.sin()))
+        return tuple(out)
 
 
 def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

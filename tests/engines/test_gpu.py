@@ -65,10 +65,10 @@ def cpu_fp32(default_model_dir: Path):
     return TorchEngine.from_model_dir(default_model_dir, spec=read_spec(default_model_dir), shapes=SHAPES)
 
 
-def _batches_of_every_shape(shapes: ShapeSet, rng: np.random.Generator) -> list[Batch]:
+def _batches_of_every_shape(shapes: ShapeSet, rng: np.random.Generator, *, vocab: int = 20000) -> list[Batch]:
     out = []
     for shape in shapes:
-        ids = rng.integers(1000, 20000, size=(shape.batch, shape.seq_len), dtype=np.int64)
+        ids = rng.integers(min(1000, vocab // 2), vocab, size=(shape.batch, shape.seq_len), dtype=np.int64)
         lengths = rng.integers(2, shape.seq_len + 1, size=shape.batch)
         mask = (np.arange(shape.seq_len)[None, :] < lengths[:, None]).astype(np.int64)
         out.append(Batch(input_ids=ids * mask, attention_mask=mask, rows=shape.batch))
@@ -202,10 +202,14 @@ def test_every_architecture_on_ort_cuda_fp16_matches_cpu_fp32(
     fp16 bundle (`vecq build --device cuda`: its own parity check) and served from it within
     cosine 0.999 of torch fp32 on the CPU for every varied text, a text's vector independent of
     its batch-mates; the small shapes replay CUDA graphs, ModernBERT's too (a session per shape,
-    its weights shared: its dynamic shape arithmetic otherwise runs on the CPU EP)."""
+    its weights shared: its dynamic shape arithmetic otherwise runs on the CPU EP), and the large
+    ones run the padding-free twin (ORT's packing mode; ModernBERT's own unpadded export), on the
+    texts and on random batches of every large shape, padding of every length included."""
     from vecq.engines.backends.onnx_cuda import HybridCudaEngine
+    from vecq.engines.backends.torch import TorchEngine
     from vecq.engines.build import build_bundle
     from vecq.engines.random_model import write_random_encoder
+    from vecq.engines.spec import read_spec
 
     root = write_random_encoder(
         tmp_path / model_type, model_type=model_type, hidden=64, heads=2, max_positions=256
@@ -223,3 +227,10 @@ def test_every_architecture_on_ort_cuda_fp16_matches_cpu_fp32(
         lane = gpu.engine.graphs if isinstance(gpu.engine, HybridCudaEngine) else gpu.engine
         assert lane.graphs and lane.captures > 0 and lane.replays > 0, (lane.captures, lane.replays)
         assert (lane.shared_weight_bytes > 0) == (model_type == "modernbert")
+        twin = gpu.engine.packed
+        assert isinstance(gpu.engine, HybridCudaEngine) and twin.runs > len(SHAPES), twin.runs
+        cpu = TorchEngine.from_model_dir(root, spec=read_spec(root), shapes=SHAPES)
+        vocab = int(cpu.module.encoder.config.vocab_size)
+        for batch in _batches_of_every_shape(SHAPES, np.random.default_rng(3), vocab=vocab):
+            if batch.rows >= gpu.engine.packed_from_batch:
+                _close_to_cpu(gpu.engine.run(batch), cpu, batch)

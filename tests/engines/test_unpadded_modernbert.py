@@ -1,7 +1,8 @@
-"""ModernBERT's padding-free ONNX twin (engines/unpadded_modernbert.py) on the CPU: the linear
-layers over the gathered real tokens, attention in the padded layout, against the padded model.
+"""ModernBERT's ONNX graphs on the CPU: the padding-free twin (engines/unpadded_modernbert.py,
+the linear layers over the gathered real tokens, attention in the padded layout) against the
+padded model, and the rotary angles of both kept in fp32 by an fp16 build.
 
-Not yet part of a CUDA bundle: that needs its build and its speed measured on the GPU first.
+The twin's CUDA bundle (fp16 parity, speed) is tested on the GPU (tests/engines/test_gpu.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vecq.engines.export import export_onnx
+from vecq.engines.export import export_onnx, optimize
 from vecq.engines.pooled import load_pooled
 from vecq.engines.random_model import write_random_encoder
 from vecq.engines.spec import read_spec
@@ -24,7 +25,7 @@ def pooled(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     """A tiny ModernBERT whose 16-token window is shorter than the batches' texts."""
     root = write_random_encoder(
         tmp_path_factory.mktemp("modernbert") / "model", model_type="modernbert", hidden=64, heads=2,
-        max_positions=256, local_attention=16,
+        max_positions=4096, local_attention=16,
     )  # fmt: skip
     return load_pooled(root, read_spec(root), attn_implementation="eager")
 
@@ -54,3 +55,37 @@ def test_the_twin_and_its_onnx_export_equal_the_padded_model(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("graph", ["padded", "twin"])
+def test_fp16_builds_keep_the_rotary_angles_in_fp32(pooled, tmp_path: Path, graph: str) -> None:
+    """At position 4,000 an fp16 angle (position × frequency) is off by radians; the fp16 graph's
+    cosines of the angles must be those of float64 to fp32 precision at every position."""
+    import onnx
+    import onnxruntime as ort
+
+    module = pooled if graph == "padded" else unpadded_twin(pooled)
+    config, spec = pooled.encoder.config, read_spec(Path(pooled.encoder.config.name_or_path))
+    exported = export_onnx(module, tmp_path / "fp32.onnx")
+    half = optimize(
+        exported, tmp_path / "fp16.onnx", spec=spec, num_heads=config.num_attention_heads, fp16=True,
+        use_gpu=False, model_type="modernbert",
+    )  # fmt: skip
+    model = onnx.load(str(half))
+    cosines = [n.output[0] for n in model.graph.node if n.op_type == "Cos"]
+    assert len(cosines) == 2  # one per rotary base (global, local)
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(c) for c in cosines)
+    onnx.save(model, str(tmp_path / "probe.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "probe.onnx"), providers=["CPUExecutionProvider"])
+    seq = 4000
+    ids = np.full((1, seq), 500, dtype=np.int64)
+    got = session.run(cosines, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    dim = config.hidden_size // config.num_attention_heads
+    truths = []
+    for kind in sorted(set(config.layer_types)):
+        inv_freq = 1.0 / (config.rope_parameters[kind]["rope_theta"] ** (np.arange(0, dim, 2) / dim))
+        angles = np.arange(seq)[:, None] * inv_freq[None]
+        truths.append(np.cos(np.concatenate([angles, angles], axis=1)))
+    for value in got:
+        value = np.asarray(value, dtype=np.float64).reshape(seq, dim)
+        assert min(np.abs(value - truth).max() for truth in truths) < 1e-3
