@@ -92,8 +92,23 @@ def optimize(
         scoped = [re.compile(rf"/{re.escape(scope)}(_\d+)?/") for scope in arch.fp32_scopes]
         kept = [n.name for n in model.nodes() if any(p.search(n.name) for p in scoped)]
         model.convert_float_to_float16(keep_io_types=True, node_block_list=kept or None)
+        _drop_repeats(model.model.graph)
     model.save_model_to_file(str(dst))
     return dst
+
+
+def _drop_repeats(graph) -> None:  # type: ignore[no-untyped-def]
+    """Keep one of each repeated node and value_info.
+
+    onnxruntime < 1.32's fp16 converter adds, for a tensor that feeds several fp32-kept nodes,
+    one identical Cast (and value_info) per consumer, which ORT then refuses to load ("two nodes
+    with same node name"); 1.32 adds one and shares it.
+    """
+    for field, key in ((graph.node, lambda n: n.SerializeToString()), (graph.value_info, lambda v: v.name)):
+        seen: set = set()
+        unique = [item for item in field if not (key(item) in seen or seen.add(key(item)))]
+        del field[:]
+        field.extend(unique)
 
 
 def fuses(model_type: str) -> bool:
