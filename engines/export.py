@@ -53,6 +53,7 @@ def export_onnx(module, path: Path, *, opset: int = OPSET) -> Path:
             output_names=[OUTPUT_NAME],
             dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, OUTPUT_NAME: {0: "batch"}},
             opset_version=opset,
+            custom_opsets={"com.microsoft": 1},  # ModernBERT's twin: ORT's MultiHeadAttention
             do_constant_folding=True,
             dynamo=False,
         )
@@ -88,13 +89,25 @@ def optimize(
             use_gpu=use_gpu,
         )
     if fp16:
-        # a module called twice exports its second call's nodes under `/scope_1/`
-        scoped = [re.compile(rf"/{re.escape(scope)}(_\d+)?/") for scope in arch.fp32_scopes]
-        kept = [n.name for n in model.nodes() if any(p.search(n.name) for p in scoped)]
+        kept = _fp32_nodes(model.model.graph, arch.fp32_scopes)
         model.convert_float_to_float16(keep_io_types=True, node_block_list=kept or None)
         _drop_repeats(model.model.graph)
     model.save_model_to_file(str(dst))
     return dst
+
+
+def _fp32_nodes(graph, scopes: Sequence[str]) -> list[str]:  # type: ignore[no-untyped-def]
+    """The nodes under `scopes`, and the `Constant` nodes they read.
+
+    A module called twice exports its second call's nodes under `/scope_1/`.  Some torch
+    versions (2.11) emit a scope's constants (ModernBERT's rotary frequencies) as unscoped
+    `Constant` nodes, which the fp16 converter would round to fp16 ahead of the fp32 scope.
+    """
+    scoped = [re.compile(rf"/{re.escape(scope)}(_\d+)?/") for scope in scopes]
+    kept = [n for n in graph.node if any(p.search(n.name) for p in scoped)]
+    read = {name for n in kept for name in n.input}
+    constants = [n for n in graph.node if n.op_type == "Constant" and read.intersection(n.output)]
+    return [n.name for n in kept + constants]
 
 
 def _drop_repeats(graph) -> None:  # type: ignore[no-untyped-def]
