@@ -50,9 +50,10 @@ class UnpaddedModernBert(nn.Module):
         valid = attention_mask.bool()
         flat = valid.reshape(-1)
         where = torch.nonzero(flat).squeeze(1)  # the real tokens' flat indices
-        # each padded slot's row in [a zero row; the gathered tokens]: pad slots read the zero row
-        # (a Gather: ORT's ScatterND took 1.2 ms a call at 64 x 512 on the H200)
-        slots = torch.cumsum(flat.long(), 0) * flat.long()
+        # each padded slot's row among the gathered tokens, for a Gather back to the padded layout
+        # (ORT's ScatterND took 1.2 ms a call at 64 x 512 on the H200).  A pad slot reads token 0:
+        # any finite row will do, as attention's bias hides pad keys and pad queries are dropped.
+        slots = (torch.cumsum(flat.long(), 0) - 1).clamp(min=0)
         positions = torch.remainder(where, S)  # right-padded: a token's offset in its text
         emb = self.encoder.embeddings
         x = emb.norm(F.embedding(input_ids.reshape(-1)[where], emb.tok_embeddings.weight))
@@ -65,17 +66,20 @@ class UnpaddedModernBert(nn.Module):
             cos, sin = rope[layer["kind"]]
             q, k, v = qkv.unbind(1)
             q, k = (_rotate(t, cos.to(t.dtype), sin.to(t.dtype)) for t in (q, k))
-            att = self._attend(torch.stack((q, k, v), 1), where, slots, B, S, biases[layer["window"]])
+            att = self._attend((q, k, v), where, slots, B, S, biases[layer["window"]])
             x = x + F.linear(att, layer["wo"], layer["bo"])
             h = F.layer_norm(x, self.hidden, *layer["mlp_norm"])
             gate_in, gate = F.linear(h, layer["wi"], layer["bi"]).chunk(2, dim=-1)
             x = x + F.linear(F.gelu(gate_in, approximate=self.gelu) * gate, layer["wo2"], layer["bo2"])
         x = self.encoder.final_norm(x)
-        hidden = _padded(x, slots).view(B, S, -1)
+        hidden = x[slots].view(B, S, -1)
         if self.pooling == "cls":
             vectors = hidden[:, 0]
-        else:  # sentence-transformers' masked mean (pad rows are zeros here)
-            vectors = hidden.sum(dim=1) / valid.sum(dim=1, keepdim=True).to(hidden.dtype).clamp(min=1e-9)
+        else:  # sentence-transformers' masked mean
+            weights = valid.to(hidden.dtype)
+            vectors = (hidden * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(
+                min=1e-9
+            )
         return F.normalize(vectors, p=2.0, dim=1) if self.normalize else vectors
 
     def _biases(self, valid: torch.Tensor, S: int) -> dict[int, torch.Tensor]:
@@ -91,21 +95,23 @@ class UnpaddedModernBert(nn.Module):
         return {w: (~m).to(torch.float32) * MASKED for w, m in seen.items()}
 
     def _attend(
-        self, qkv: torch.Tensor, where: torch.Tensor, slots: torch.Tensor, B: int, S: int, bias: torch.Tensor
+        self,
+        qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        where: torch.Tensor,
+        slots: torch.Tensor,
+        B: int,
+        S: int,
+        bias: torch.Tensor,
     ) -> torch.Tensor:
-        """Attention of the gathered (tokens, 3, heads, head_dim) in the padded layout, gathered back."""
-        q, k, v = _padded(qkv, slots).view(B, S, 3, -1).unbind(2)
+        """Attention of the gathered (tokens, heads, head_dim) q, k, v in the padded layout,
+        gathered back (one Gather each: no stacking copy, no split after)."""
+        q, k, v = (t.reshape(t.shape[0], -1)[slots].view(B, S, -1) for t in qkv)
         return _MultiHeadAttention.apply(q, k, v, bias, self.heads).reshape(B * S, -1)[where]
 
 
 #: The attention bias of a key a query may not see: finite (a fully masked row stays a number),
 #: far below any score, and within fp16's range.
 MASKED = -30000.0
-
-
-def _padded(rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """The gathered rows back in the padded layout, zeros at the pad slots."""
-    return torch.cat((rows.new_zeros((1, *rows.shape[1:])), rows))[slots]
 
 
 class _MultiHeadAttention(torch.autograd.Function):

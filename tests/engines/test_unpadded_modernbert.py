@@ -89,3 +89,33 @@ def test_fp16_builds_keep_the_rotary_angles_in_fp32(pooled, tmp_path: Path, grap
     for value in got:
         value = np.asarray(value, dtype=np.float64).reshape(seq, dim)
         assert min(np.abs(value - truth).max() for truth in truths) < 1e-3
+
+
+def test_a_cast_to_fp16_and_back_is_skipped(tmp_path: Path) -> None:
+    """fp32 → fp16 → fp32 between two fp32-kept nodes loses the integers above 2,048 (and the
+    rotary angles with them); the rewired graph keeps 4,001 exact."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from vecq.engines.export import skip_round_trips
+
+    nodes = [
+        helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16, name="down"),
+        helper.make_node("Cast", ["h"], ["y"], to=TensorProto.FLOAT, name="up"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.array([4001.0], dtype=np.float32)
+
+    def run(m: onnx.ModelProto) -> float:
+        onnx.save(m, str(tmp_path / "m.onnx"))
+        session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+        return float(session.run(None, {"x": x})[0][0])
+
+    assert run(model) == 4000.0  # fp16 holds every other integer there
+    assert skip_round_trips(model.graph) == 1
+    assert run(model) == 4001.0
