@@ -108,7 +108,7 @@ def test_a_cast_to_fp16_and_back_is_skipped(tmp_path: Path) -> None:
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     x = np.array([4001.0], dtype=np.float32)
 
     def run(m: onnx.ModelProto) -> float:
