@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 
+#: Seconds the main thread yields, at most, after handing a batch to an idle asynchronous engine,
+#: until the engine thread has started it (`EngineRunner.offer`).
+LAUNCH_WAIT_S = 0.002
+
 
 @dataclass(frozen=True)
 class Done:
@@ -79,6 +83,9 @@ class EngineRunner:
         self._warm = threading.Event()
         self._warm_error: BaseException | None = None
         self._last_end = 0.0  # perf_counter when the engine thread last reported a batch
+        #: set once the engine thread has started the batch `offer` handed to it while idle
+        self.launched = threading.Event()
+        self.asynchronous = getattr(engine, "start", None) is not None
 
     def start(self) -> None:
         """Start the thread and wait while it warms the engine up.
@@ -94,10 +101,23 @@ class EngineRunner:
             raise self._warm_error
 
     def offer(self, planned: Planned) -> bool:
-        """Hand `planned` over if the hand-off slot is free; False if the engine is still behind."""
+        """Hand `planned` over if the hand-off slot is free; False if the engine is still behind.
+
+        Handed to an idle engine that runs asynchronously, the batch is started before this
+        returns (up to `LAUNCH_WAIT_S`): `engine.start` is ~0.2 ms of Python (pack, copies,
+        replay) that needs the GIL, and the caller's next ~0.3 ms of its pass (the take ahead,
+        bookkeeping) would hold it meanwhile -- on the H200 a lone query's start waited ~0.3 ms
+        for it that way (BENCHMARKS.md, eighth session).  Blocked here, the caller lets the device
+        begin first; an engine already busy is not waited for.
+        """
+        idle = self.in_flight == 0
+        if idle:
+            self.launched.clear()
         if not self.handoff.put(planned):
             return False
         self.in_flight += 1
+        if idle and self.asynchronous:
+            self.launched.wait(LAUNCH_WAIT_S)
         return True
 
     def offer_first(self, planned: PackedPlan) -> tuple[bool, Planned | None]:
@@ -162,6 +182,7 @@ class EngineRunner:
             if begun is None:
                 self.busy_since = time.monotonic()
             started = self._start(planned)  # type: ignore[arg-type]
+            self.launched.set()
             if begun is not None:
                 self._finish(begun)
             if isinstance(started, Done):  # it failed before reaching the device

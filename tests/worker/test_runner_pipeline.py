@@ -3,6 +3,7 @@ collected, results come back in order and exact, and a batch that fails to start
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -111,3 +112,43 @@ def test_busy_seconds_never_count_an_instant_twice(tiny_bert_dir: Path) -> None:
     seconds = sum(d.seconds for d in done)  # type: ignore[union-attr]
     assert 0.5 <= busy <= wall, (busy, wall)
     assert seconds >= 0.85, seconds  # the first four each spanned the run of the next one
+
+
+class GatedNull(AsyncNull):
+    """`AsyncNull` whose batch 23 starts only once `gate` is set."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.gate = threading.Event()
+
+    def start(self, batch: Batch):
+        if int(batch.input_ids[0, 1]) == 23:
+            assert self.gate.wait(10)
+        return super().start(batch)
+
+
+def test_an_idle_engine_starts_the_batch_before_offer_returns(tiny_bert_dir: Path, monkeypatch) -> None:
+    """Issue 14's idle latency: handed to an idle asynchronous engine, a batch is started by the
+    engine thread before `offer` returns (the caller's pass would otherwise hold the GIL while
+    the engine thread waits to start it); handed to a busy engine, `offer` does not wait."""
+    from vecq.worker import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "LAUNCH_WAIT_S", 10.0)  # no timing in the test: wait for it
+    shapes = ShapeSet.grid((1,), (16,), max_seq_len=16)
+    engine = GatedNull(shapes=shapes, dim=8)
+    runner = EngineRunner(engine, TextTokenizer.from_dir(tiny_bert_dir, max_seq_len=16))
+    runner.start()
+    shape = next(iter(shapes))
+    assert runner.offer(_planned(21, shape))
+    assert engine.log[0] == ("start", 21)  # started on the engine thread before offer returned
+    assert isinstance(runner.wait(10), Done)
+    assert runner.offer(_planned(22, shape))  # idle again: started before offer returned
+    assert ("start", 22) in engine.log
+    before = time.monotonic()
+    while not runner.offer(_planned(23, shape)):  # 22 not collected yet: the engine is busy
+        time.sleep(0.001)
+    assert time.monotonic() - before < 5  # not waited for: 23's start is held until the gate opens
+    assert ("start", 23) not in engine.log
+    engine.gate.set()
+    assert [isinstance(runner.wait(10), Done) for _ in range(2)] == [True, True]
+    runner.stop()
