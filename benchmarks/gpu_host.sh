@@ -21,6 +21,7 @@
 #   bash benchmarks/gpu_host.sh longattn   # packed attention tiles vs flash at 53 ... 8,192-token texts
 #   bash benchmarks/gpu_host.sh gil        # a lone query's path at GIL switch intervals of 0.5 / 0.2 / 0.1 ms
 #   bash benchmarks/gpu_host.sh startcost  # each step of a lone query's engine.start (probes/start_cost.py)
+#   bash benchmarks/gpu_host.sh latency    # a lone query's steps (probes/latency_path.py), idle and under bulk
 #   bash benchmarks/gpu_host.sh long       # vecq bench long: XLM-R base at 512 and 8,192 (ARCH=modernbert:
 #     ModernBERT base; LENGTHS=512,8192)
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
@@ -113,6 +114,14 @@ long() {  # issue 16: a base-size long-input model, engine / Embedder / bulk / S
   timeout 540 python3 -m vecq.worker bench long --device cuda --lengths "${LENGTHS:-512,8192}" \
     --architecture "${ARCH:-xlm-roberta}" 2>&1 | grep -v "Writing model\|Loading weights" | tee -a "$out/long-${ARCH:-xlm-roberta}.txt"
 }
+latency() {  # issue 14's idle p50: where a lone query's time goes, idle and beside bulk
+  head | tee "$out/latency.txt"
+  for run in "" "--under-bulk"; do
+    echo "== latency_path torch ${run}" | tee -a "$out/latency.txt"
+    timeout 150 python3 benchmarks/probes/latency_path.py --backend torch --requests 300 $run 2>&1 |
+      grep -v "Writing model" | tee -a "$out/latency.txt"
+  done
+}
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
   timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile 2>&1 |
@@ -123,6 +132,7 @@ for mode in ${@:-all}; do
 case "$mode" in
 rerank) rerank ;;
 gil) gil ;;
+latency) latency ;;
 longattn) longattn ;;
 startcost) startcost ;;
 long) long ;;

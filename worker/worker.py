@@ -15,6 +15,7 @@ by the other workers.  SIGTERM/SIGINT: stop taking, finish and write everything 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -291,9 +292,15 @@ class BatchWorker(SimpleWorker):
         """rq's, with the pub/sub thread told to stop *before* the UNSUBSCRIBE goes out, so that
         the reply ends its wait.  rq stops it after, and when the reply came first the thread
         went back to a 60 s wait and the join gave up after 1 s: a second added to every stop
-        about half the time (every embedded `vecq embed` run)."""
+        about half the time (every embedded `vecq embed` run).  redis-py 8's `stop()` also joins
+        the thread, which waited out that 60 s before the UNSUBSCRIBE could go (every burst
+        worker hung on it): told `timeout=0`, it only trips the flag, as earlier versions did."""
         if self.pubsub_thread:
-            self.pubsub_thread.stop()
+            thread = self.pubsub_thread
+            if "timeout" in inspect.signature(thread.stop).parameters:
+                thread.stop(timeout=0)
+            else:
+                thread.stop()
             self.pubsub.unsubscribe()
             self.pubsub_thread.join(timeout=1)
             self.pubsub.close()
