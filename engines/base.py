@@ -102,9 +102,17 @@ def token_slices(lengths: np.ndarray, *, budget: int, max_rows: int) -> list[sli
 
 
 class Pending(Protocol):
-    """A batch an engine has begun: `result()` waits for its vectors."""
+    """A batch an engine has begun: `result()` waits for its vectors.  An asynchronous engine's
+    also has `ready()`, true once `result()` would not wait (`is_ready` asks either kind)."""
 
     def result(self) -> np.ndarray: ...
+
+
+def is_ready(pending: Pending) -> bool:
+    """Whether `pending.result()` would return at once (a `Pending` without `ready()` is
+    treated as ready: it ran to the end when it was started, or it cannot say)."""
+    ready = getattr(pending, "ready", None)
+    return True if ready is None else bool(ready())
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ hand-off slot holds exactly one batch, so while batch k runs, batch k+1 is ready
 thread is already tokenizing and writing back around it; an interactive batch may take the slot
 from a bulk one that has not started (`offer_first`).  On an engine that runs asynchronously
 (`vecq.engines.base.start`), batch k+1 is prepared and started before batch k is collected, so
-the device never waits for the host between them.
+the device never waits for the host between them.  A lone small batch may instead run on the
+caller's thread while this one is idle (`run_here`): a query then crosses no thread at all.
 Nothing here can die silently: an engine error becomes that batch's `Done.error`, and anything
 else that escapes is reported as `Crashed` on the results queue before the thread ends.
 """
@@ -22,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vecq.engines.base import Batch, Engine, Pending, TokenBatch, start
+from vecq.engines.base import Batch, Engine, Pending, TokenBatch, is_ready, start
 from vecq.engines.tokenizer import TextTokenizer
 
-from .errors import error_line
+from .errors import WorkerCrashed, error_line
 from .packing import PackedPlan
 from .planner import PlannedBatch
 
@@ -86,6 +87,10 @@ class EngineRunner:
         #: set once the engine thread has started the batch `offer` handed to it while idle
         self.launched = threading.Event()
         self.asynchronous = getattr(engine, "start", None) is not None
+        #: `run_here` may run batches off the engine thread: an asynchronous engine (its call is
+        #: a fraction of a millisecond of host work) that is not tied to the thread that warmed
+        #: it up (`thread_bound`: ONNX Runtime's CUDA graphs are per thread)
+        self.runs_anywhere = self.asynchronous and not getattr(engine, "thread_bound", False)
 
     def start(self) -> None:
         """Start the thread and wait while it warms the engine up.
@@ -119,6 +124,31 @@ class EngineRunner:
         if idle and self.asynchronous:
             self.launched.wait(LAUNCH_WAIT_S)
         return True
+
+    def run_here(self, planned: Planned, *, limit: float) -> Done:
+        """Run `planned` on the calling thread, now, and return its result.
+
+        Only while the engine thread holds nothing (`in_flight == 0`: no batch waits in the slot
+        or runs on the device, and only the caller hands batches over), and only where
+        `runs_anywhere`.  A lone query handed over crossed two threads, each woken from sleep:
+        on the H200 host ~0.1 ms to reach the engine thread and ~0.2 ms back before its write
+        (BENCHMARKS.md, twelfth session).  The device is waited for by polling, so a call that
+        never returns still ends the worker after `limit` seconds, as the watchdog would."""
+        assert self.in_flight == 0 and self.runs_anywhere, "run_here beside a busy engine (vecq bug)"
+        self.busy_since = since = time.monotonic()
+        try:
+            begun = self._start(planned)
+            if isinstance(begun, Done):  # it failed before reaching the device
+                return begun
+            while not is_ready(begun.pending):
+                if time.monotonic() - since > limit:
+                    raise WorkerCrashed(
+                        f"engine call running for {time.monotonic() - since:.0f}s, over "
+                        f"engine_timeout={limit:g}s; exiting so that its job(s) are retried by other workers"
+                    )
+            return self._collect(begun)
+        finally:
+            self.busy_since = None
 
     def offer_first(self, planned: PackedPlan) -> tuple[bool, Planned | None]:
         """Hand over an interactive batch ahead of a bulk one waiting in the slot: (whether it

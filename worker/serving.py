@@ -6,7 +6,8 @@
 - `Tokenizing` tokenizes each take on its own thread (or in tokenizer processes), `Planner`
   (the one owner of pending texts; `TokenPlanner` for an engine that packs) cuts batches,
   `EngineRunner` (the one owner of the model) runs them with one batch waiting in its hand-off
-  slot, which an interactive batch may take from a bulk one (`_preempt`);
+  slot, which an interactive batch may take from a bulk one (`_preempt`); a lone query on an
+  idle worker runs on this thread instead and is written at once (`_runs_here`);
 - finished jobs go to the `Finisher` thread, failures and refusals to the `FailureWriter`;
 - `LaneWatch` wakes the pass when a query lands on the interactive lane while bulk runs.
 Redis I/O happens on this thread except the finishing writes of bulk results; work crosses
@@ -58,6 +59,9 @@ IDLE_WAIT_S = 1.0
 TOKENIZED_WAIT_S = 0.002
 #: Executions heartbeated per script call.
 HEARTBEAT_CHUNK = 2048
+#: An interactive batch of at most this many texts, cut while nothing else is waiting, tokenizing
+#: or running, runs on this thread and is written at once (`EngineRunner.run_here`).
+RUN_HERE_TEXTS = 8
 
 
 def _admission(
@@ -119,6 +123,7 @@ class Serving:
         else:
             self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer, wake=self.wake)
+        self.engine_timeout = settings.engine_timeout
         #: wakes the main thread when a query lands while bulk keeps it busy (both lanes served)
         self.lane_watch = LaneWatch.for_lanes(connection, queue_names, settings.lanes, self.wake)
         self.finisher = Finisher(store)
@@ -223,8 +228,22 @@ class Serving:
             planned = self.planner.next_batch(now, flush=self.policy.stopping or idle_engine)
             if planned is None:
                 return
+            if idle_engine and self._runs_here(planned):
+                self._on_done(self.runner.run_here(planned, limit=self.engine_timeout))
+                self._write()  # before anything else this pass: the client is waiting on it
+                continue
             self.runner.offer(planned)
         self._preempt()
+
+    def _runs_here(self, planned: Planned) -> bool:
+        """A lone query on an idle worker: run on this thread, crossing no other (`run_here`)."""
+        return (
+            self.runner.runs_anywhere
+            and getattr(planned, "interactive", False)
+            and planned.texts <= RUN_HERE_TEXTS
+            and self.planner.pending == 0
+            and not self.tokenizing
+        )
 
     def _preempt(self) -> None:
         """An interactive text waiting while a bulk batch holds the hand-off slot takes the slot

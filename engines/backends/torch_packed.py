@@ -94,6 +94,9 @@ class _Started:
     done: Any
     out: Any  # pinned rows the device-to-host copy fills
 
+    def ready(self) -> bool:
+        return bool(self.done.query())
+
     def result(self) -> np.ndarray:
         self.done.synchronize()
         return self.out.numpy().copy()

@@ -340,3 +340,62 @@ def test_packing_worker_poison_text_fails_only_its_job(redis_conn, make_worker, 
     assert res is not None and res.type == Result.Type.FAILED
     assert res.exc_string == "EngineError: RuntimeError: device-side assert triggered"
     assert worker.finished_jobs == 29 and worker.failed_jobs == 1
+
+
+class _Ready:
+    """A started batch that is already done, and says so (`ready()`), as the GPU engine's do."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def ready(self) -> bool:
+        return True
+
+    def result(self) -> np.ndarray:
+        return self.vectors
+
+
+class AsyncPackingNull(PoisonNull):
+    """The packing null engine with `start`, as the GPU engine has, noting the thread each
+    batch started on."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.threads: list[int] = []
+
+    def start(self, batch):
+        import threading
+
+        self.threads.append(threading.get_ident())
+        return _Ready(self.run(batch))
+
+
+def test_lone_queries_run_on_the_main_thread_and_a_bad_one_fails_alone(
+    redis_conn, make_worker, null_embedder
+) -> None:
+    """Issue 14's idle latency: on an idle worker a lone interactive batch runs on the main
+    thread (`EngineRunner.run_here`), not crossing to the engine thread; three queries taken
+    together, one of them poisoned, run there as one batch, then each alone (through the engine
+    thread while others wait), and only the bad one fails; a bulk job goes through the engine
+    thread, with exact vectors."""
+    emb = packing_embedder(AsyncPackingNull)
+    emb.engine.poison_id = int(null_embedder.tokenizer.encode(["xylophone"]).ids[0][1])
+    queries = [["a lone query"], ["a xylophone query"], ["another query"]]
+    jobs = enqueue(redis_conn, queries, retries=None)
+    worker = make_worker(emb)
+    run(worker)
+    engine_thread = worker.serving.runner._thread.ident
+    assert len(emb.engine.threads) == 4 and emb.engine.threads[0] != engine_thread  # the three: main thread
+    for i in (0, 2):
+        np.testing.assert_array_equal(vectors_of(redis_conn, jobs[i].id), null_embedder.embed(queries[i]))
+    res = result_of(redis_conn, jobs[1].id)
+    assert res is not None and res.type == Result.Type.FAILED
+    assert res.exc_string == "EngineError: RuntimeError: device-side assert triggered"
+    assert worker.finished_jobs == 2 and worker.failed_jobs == 1
+    texts = [f"bulk text {i}" for i in range(40)]
+    bulk = enqueue(redis_conn, [texts], queue=BULK, lane="bulk")
+    emb.engine.threads.clear()
+    worker = make_worker(emb)
+    run(worker)
+    np.testing.assert_array_equal(vectors_of(redis_conn, bulk[0].id), null_embedder.embed(texts))
+    assert set(emb.engine.threads) == {worker.serving.runner._thread.ident}

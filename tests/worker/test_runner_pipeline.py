@@ -152,3 +152,53 @@ def test_an_idle_engine_starts_the_batch_before_offer_returns(tiny_bert_dir: Pat
     engine.gate.set()
     assert [isinstance(runner.wait(10), Done) for _ in range(2)] == [True, True]
     runner.stop()
+
+
+class PollingNull(AsyncNull):
+    """`AsyncNull` whose pending batches say whether they are ready (as the GPU engine's do),
+    noting the thread each batch started on; batch 31 never becomes ready (a hung device)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.threads: dict[int, int] = {}
+
+    def start(self, batch: Batch):
+        key = int(batch.input_ids[0, 1])
+        self.threads[key] = threading.get_ident()
+        pending = super().start(batch)
+        pending.ready = lambda: key != 31  # type: ignore[attr-defined]
+        return pending
+
+
+def test_run_here_runs_on_the_callers_thread_and_a_hung_call_still_ends(tiny_bert_dir: Path) -> None:
+    """Issue 14's idle latency: a lone batch run with `run_here` starts, is waited for and is
+    collected on the calling thread, with the same vectors as through the engine thread; a
+    call that never finishes raises `WorkerCrashed` after the limit (the watchdog's promise),
+    and the engine is idle again afterwards."""
+    import pytest
+
+    from vecq.worker.errors import WorkerCrashed
+
+    shapes = ShapeSet.grid((1,), (16,), max_seq_len=16)
+    engine = PollingNull(shapes=shapes, dim=8)
+    tokenizer = TextTokenizer.from_dir(tiny_bert_dir, max_seq_len=16)
+    runner = EngineRunner(engine, tokenizer)
+    runner.start()
+    shape = next(iter(shapes))
+    assert runner.runs_anywhere
+    here = runner.run_here(_planned(30, shape), limit=10)
+    assert engine.threads[30] == threading.get_ident()
+    assert here.error is None and runner.busy_since is None
+    assert runner.offer(_planned(32, shape))  # the same batch through the engine thread
+    there = runner.wait(10)
+    assert isinstance(there, Done) and there.error is None
+    assert engine.threads[32] != threading.get_ident()
+    batch = tokenizer.make_batch([_planned(30, shape).rows[0].ids], shape)
+    want = null_vectors(batch.input_ids, batch.attention_mask, engine._freqs)
+    np.testing.assert_array_equal(here.vectors, want)
+    with pytest.raises(WorkerCrashed, match=r"engine_timeout=0\.05"):
+        runner.run_here(_planned(31, shape), limit=0.05)
+    assert runner.busy_since is None
+    engine.thread_bound = True  # an engine tied to its thread (ORT's CUDA graphs) never runs here
+    assert not EngineRunner(engine, tokenizer).runs_anywhere
+    runner.stop()
