@@ -22,6 +22,8 @@
 #   bash benchmarks/gpu_host.sh gil        # a lone query's path at GIL switch intervals of 0.5 / 0.2 / 0.1 ms
 #   bash benchmarks/gpu_host.sh startcost  # each step of a lone query's engine.start (probes/start_cost.py)
 #   bash benchmarks/gpu_host.sh latency    # a lone query's steps (probes/latency_path.py), idle and under bulk
+#   bash benchmarks/gpu_host.sh ablatency  # the same idle, this tree and .ab/old.tar in turn, twice (carry .ab:
+#     git archive -o .ab/old.tar <commit>)
 #   bash benchmarks/gpu_host.sh long       # vecq bench long: XLM-R base at 512 and 8,192 (ARCH=modernbert:
 #     ModernBERT base; LENGTHS=512,8192)
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
@@ -122,6 +124,22 @@ latency() {  # issue 14's idle p50: where a lone query's time goes, idle and bes
       grep -v "Writing model" | tee -a "$out/latency.txt"
   done
 }
+ablatency() {  # a lone query's path, this tree against .ab/old.tar (git archive of an earlier commit), in turn
+  head | tee "$out/ablatency.txt"
+  if [ ! -d /tmp/vecq-old ]; then
+    mkdir -p /tmp/vecq-old && tar -C /tmp/vecq-old -xf .ab/old.tar &&
+      python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/vecq-site-old /tmp/vecq-old \
+        >/dev/null 2>&1 || return 1
+  fi
+  for round in 1 2; do
+    for tree in old new; do
+      echo "== round $round, $tree tree: latency_path torch" | tee -a "$out/ablatency.txt"
+      if [ "$tree" = old ]; then dir=/tmp/vecq-old; path=/tmp/vecq-site-old:$site; else dir=.; path=$site; fi
+      (cd "$dir" && PYTHONPATH=$path timeout 150 python3 benchmarks/probes/latency_path.py --backend torch \
+        --requests "${REQUESTS:-400}" 2>&1 | grep -v "Writing model" | tee -a "$out/ablatency.txt")
+    done
+  done
+}
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
   timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile 2>&1 |
@@ -133,6 +151,7 @@ case "$mode" in
 rerank) rerank ;;
 gil) gil ;;
 latency) latency ;;
+ablatency) ablatency ;;
 longattn) longattn ;;
 startcost) startcost ;;
 long) long ;;
