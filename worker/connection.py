@@ -1,4 +1,5 @@
-"""Reaching Redis from a worker at start: wait for it, rather than die before it is up.
+"""Reaching Redis from a worker at start: wait for it, rather than die before it is up; and
+waiting for a reply without giving the core up (`spin_until_readable`).
 
 Workers are started by supervisors (systemd, Kubernetes) that may start them before Redis, or
 while Redis restarts.  A worker that exits then only turns into a restart loop with a
@@ -44,3 +45,18 @@ def wait_for_redis(connection: redis.Redis, url: str, *, cap: float = 30.0) -> f
         if since is not None:
             log.info("Redis at %s answered after %.1fs", mask_url(url), waited)
         return waited
+
+
+def spin_until_readable(connection: redis.connection.Connection, seconds: float) -> bool:
+    """Poll `connection` until a reply is there or `seconds` pass, without blocking the thread;
+    True if one is there.  A thread that blocks gives its core up, and what it runs next runs
+    cold: on the H200 host each step of a lone query's path cost two to six times its
+    back-to-back time after a wait (BENCHMARKS.md, issue 14).  A short spin after each job keeps
+    the worker's core, and its caches, for the next one; the price is that core while it spins."""
+    if seconds <= 0:
+        return False
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if connection.can_read(timeout=0):
+            return True
+    return False

@@ -34,6 +34,7 @@ from redis.exceptions import NoScriptError
 from vecq.producer.contract import SHAPE_FIELD, TEXTS_FIELD, VECTORS_FIELD
 from vecq.producer.keys import intermediate_key, queue_key, rq_keys
 
+from .connection import spin_until_readable
 from .luatime import UTC_ISO
 
 #: Job-hash fields a worker needs to validate and run a job (their order in `Taken.fields`).
@@ -310,10 +311,12 @@ class JobStore:
             raise
         return pending
 
-    def read_take(self, pending: PendingTake) -> list[Taken]:
-        """The jobs of a take sent by `send_take` (waits for Redis if it is still running it)."""
+    def read_take(self, pending: PendingTake, *, spin_s: float = 0.0) -> list[Taken]:
+        """The jobs of a take sent by `send_take` (waits for Redis if it is still running it);
+        a take behind a wait is polled for up to `spin_s` before the thread blocks (`spin_until_readable`)."""
         try:
             if pending.waits:
+                spin_until_readable(pending.connection, spin_s)
                 pending.connection.read_response()  # the wait's: a job landed, or it timed out
             try:
                 reply = pending.connection.read_response()

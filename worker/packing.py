@@ -23,14 +23,21 @@ import bisect
 from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vecq.engines.base import TokenBatch
+from vecq.engines.base import TokenBatch, packs
 from vecq.engines.tokenizer import TextTokenizer, Tokenized
 from vecq.producer.keys import LANES
 
-from .planner import Encoded, Placement, by_owner
+from .planner import Encoded, Placement, Planner, by_owner
+
+if TYPE_CHECKING:
+    from vecq.engines import Embedder
+    from vecq.engines.reranker import Reranker
+
+    from .settings import WorkerSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,3 +304,17 @@ def take_parts(
             taken.append(first)
         break
     return taken, gone
+
+
+def planner_for(embedder: Embedder | Reranker, settings: WorkerSettings) -> Planner | TokenPlanner:
+    """The planner of this engine: token batches for one that packs (texts end to end, cut at the
+    token budget: no padding to plan), padded shapes otherwise."""
+    engine = embedder.engine
+    if packs(engine):
+        return TokenPlanner(
+            budget=min(engine.token_budget, settings.max_batch_tokens),  # type: ignore[attr-defined]
+            max_rows=engine.max_rows,  # type: ignore[attr-defined]
+            max_wait_s=settings.max_wait_s,
+            buckets=getattr(engine, "buckets", None),
+        )
+    return Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)

@@ -41,8 +41,7 @@ from .jobstore import JobStore
 from .lanewatch import LaneWatch
 from .metrics import WorkerMetrics
 from .openjobs import OpenJobs
-from .packing import TokenPlanner
-from .planner import Planner
+from .packing import TokenPlanner, planner_for
 from .prefetch import PrefetchBudget
 from .recovery import Recovery
 from .runner import Crashed, Done, EngineRunner, Planned
@@ -87,6 +86,7 @@ class Serving:
         queue_names: list[str],
     ) -> None:
         engine = embedder.engine
+        self.settings = settings
         largest = engine.max_rows if packs(engine) else max(shape.batch for shape in embedder.shapes)
         self.metrics = metrics
         self.store = store
@@ -97,8 +97,14 @@ class Serving:
             prefetch=PrefetchBudget(cap=settings.prefetch_texts, largest_batch=largest),
             idle_wait_s=IDLE_WAIT_S,
         )
+        spin = settings.idle_spin_ms / 1000
         self.intake = Intake(
-            connection, store, queue_names, model=model, heartbeat_ttl=settings.heartbeat_ttl
+            connection,
+            store,
+            queue_names,
+            model=model,
+            heartbeat_ttl=settings.heartbeat_ttl,
+            idle_spin_s=spin,
         )
         self.admission = _admission(embedder, settings, model, queue_names)
         #: set by the engine thread with each result and by each finished tokenizing task: the
@@ -112,18 +118,8 @@ class Serving:
             threads=settings.tokenizer_threads(),
             wake=self.wake,
         )
-        self.planner: Planner | TokenPlanner
-        if packs(engine):  # texts end to end, cut at the token budget: no padding to plan
-            self.planner = TokenPlanner(
-                budget=min(engine.token_budget, settings.max_batch_tokens),  # type: ignore[attr-defined]
-                max_rows=engine.max_rows,  # type: ignore[attr-defined]
-                max_wait_s=settings.max_wait_s,
-                buckets=getattr(engine, "buckets", None),
-            )
-        else:
-            self.planner = Planner(embedder.shapes, embedder.tokenizer, max_wait_s=settings.max_wait_s)
+        self.planner = planner_for(embedder, settings)
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer, wake=self.wake)
-        self.engine_timeout = settings.engine_timeout
         #: wakes the main thread when a query lands while bulk keeps it busy (both lanes served)
         self.lane_watch = LaneWatch.for_lanes(connection, queue_names, settings.lanes, self.wake)
         self.finisher = Finisher(store)
@@ -229,7 +225,7 @@ class Serving:
             if planned is None:
                 return
             if idle_engine and self._runs_here(planned):
-                self._on_done(self.runner.run_here(planned, limit=self.engine_timeout))
+                self._on_done(self.runner.run_here(planned, limit=self.settings.engine_timeout))
                 self._write()  # before anything else this pass: the client is waiting on it
                 continue
             self.runner.offer(planned)
