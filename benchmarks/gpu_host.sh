@@ -143,7 +143,7 @@ ablatency() {  # a lone query's path, this tree against .ab/old.tar (git archive
 }
 spin() {  # issue 14's idle p50: a lone query's path with the worker's idle spin off and on, in turn
   head | tee "$out/spin.txt"
-  for round in 1 2; do
+  for round in $(seq "${ROUNDS:-2}"); do
     for ms in 0 ${SPIN_MS:-2}; do
       echo "== round $round, idle_spin_ms $ms: latency_path torch" | tee -a "$out/spin.txt"
       timeout 150 python3 benchmarks/probes/latency_path.py --backend torch --requests "${REQUESTS:-400}" \
