@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from vecq.producer.connection import is_transient, mask_url, unavailable
 
@@ -60,3 +62,25 @@ def spin_until_readable(connection: redis.connection.Connection, seconds: float)
         if connection.can_read(timeout=0):
             return True
     return False
+
+
+def run_script_spinning(
+    connection: redis.Redis, script: Script, args: list[object], spin_s: float
+) -> Any:  # fmt: skip
+    """`script(keys=[], args=args)`, its reply polled for up to `spin_s` before the thread blocks."""
+    pool = connection.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_command("EVALSHA", script.sha, 0, *args)
+        spin_until_readable(conn, spin_s)
+        try:
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:  # the server lost its scripts (a restart): load, send again
+            script.sha = connection.script_load(script.script)
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            return conn.read_response()
+    except BaseException:
+        conn.disconnect()  # a reply may still be on its way: never reuse it
+        raise
+    finally:
+        pool.release(conn)

@@ -122,7 +122,7 @@ class Serving:
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer, wake=self.wake)
         #: wakes the main thread when a query lands while bulk keeps it busy (both lanes served)
         self.lane_watch = LaneWatch.for_lanes(connection, queue_names, settings.lanes, self.wake)
-        self.finisher = Finisher(store)
+        self.finisher = Finisher(store, spin_s=spin)
         self.failures = FailureWriter(connection, store, counter_key=queued_texts_key(model))
         self.recovery = Recovery(
             connection,

@@ -1,6 +1,7 @@
 """The idle spin (issue 14's idle latency): a worker waiting for jobs may poll its connection
 for `idle_spin_ms` before its thread sleeps.  The poll returns as soon as a reply is there and
-gives up after the time set; a spinning worker serves what lands meanwhile exactly."""
+gives up after the time set; a script's reply is polled for the same way (the finish write of
+a query's result); a spinning worker serves what lands meanwhile exactly."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import redis
 
-from vecq.worker.connection import spin_until_readable
+from vecq.worker.connection import run_script_spinning, spin_until_readable
 
 from .conftest import enqueue, vectors_of
 
@@ -29,6 +30,14 @@ def test_spin_returns_when_the_reply_lands_and_gives_up_after_its_time(redis_url
         assert not spin_until_readable(conn, 0.0)  # off: never polls
     finally:
         pool.release(conn)
+
+
+def test_a_script_run_spinning_answers_and_reloads_a_lost_script(redis_conn) -> None:
+    script = redis_conn.register_script("return {ARGV[1], ARGV[2]}")
+    assert run_script_spinning(redis_conn, script, ["a", "b"], 0.01) == [b"a", b"b"]
+    redis_conn.script_flush()  # as after a restart: EVALSHA meets NOSCRIPT, and loads it again
+    assert run_script_spinning(redis_conn, script, ["c", "d"], 0.01) == [b"c", b"d"]
+    assert redis_conn.script_exists(script.sha) == [True]
 
 
 def test_a_spinning_worker_serves_jobs_that_land_while_it_spins(
