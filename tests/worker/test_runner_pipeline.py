@@ -47,13 +47,18 @@ def _planned(key: int, shape) -> PlannedBatch:
     return PlannedBatch(shape, [Row(owner=key, index=0, ids=ids, since=0.0)])
 
 
-def test_batches_overlap_in_order_and_a_failed_start_fails_alone(tiny_bert_dir: Path) -> None:
+def _started(engine_class, tiny_bert_dir: Path):  # type: ignore[no-untyped-def]
+    """(engine, tokenizer, started runner, its one shape) for a 1 x 16 null engine class."""
     shapes = ShapeSet.grid((1,), (16,), max_seq_len=16)
-    engine = AsyncNull(shapes=shapes, dim=8)
+    engine = engine_class(shapes=shapes, dim=8)
     tokenizer = TextTokenizer.from_dir(tiny_bert_dir, max_seq_len=16)
     runner = EngineRunner(engine, tokenizer)
     runner.start()
-    shape = next(iter(shapes))
+    return engine, tokenizer, runner, next(iter(shapes))
+
+
+def test_batches_overlap_in_order_and_a_failed_start_fails_alone(tiny_bert_dir: Path) -> None:
+    engine, tokenizer, runner, shape = _started(AsyncNull, tiny_bert_dir)
     keys = [11, 12, 666, 13, 14]
     for key in keys:
         deadline = time.monotonic() + 10
@@ -179,12 +184,7 @@ def test_run_here_runs_on_the_callers_thread_and_a_hung_call_still_ends(tiny_ber
 
     from vecq.worker.errors import WorkerCrashed
 
-    shapes = ShapeSet.grid((1,), (16,), max_seq_len=16)
-    engine = PollingNull(shapes=shapes, dim=8)
-    tokenizer = TextTokenizer.from_dir(tiny_bert_dir, max_seq_len=16)
-    runner = EngineRunner(engine, tokenizer)
-    runner.start()
-    shape = next(iter(shapes))
+    engine, tokenizer, runner, shape = _started(PollingNull, tiny_bert_dir)
     assert runner.runs_anywhere
     here = runner.run_here(_planned(30, shape), limit=10)
     assert engine.threads[30] == threading.get_ident()
