@@ -24,7 +24,6 @@
 #   bash benchmarks/gpu_host.sh latency    # a lone query's steps (probes/latency_path.py), idle and under bulk
 #   bash benchmarks/gpu_host.sh ablatency  # the same idle, this tree and .ab/old.tar in turn, twice (carry .ab:
 #     git archive -o .ab/old.tar <commit>)
-#   bash benchmarks/gpu_host.sh spin       # the same with the worker's idle_spin_ms 0 and SPIN_MS (2), in turn
 #   bash benchmarks/gpu_host.sh long       # vecq bench long: XLM-R base at 512 and 8,192 (ARCH=modernbert:
 #     ModernBERT base; LENGTHS=512,8192)
 # Writes its logs under $OUT (the device tool's output folder), else /tmp/vecq-out.
@@ -141,16 +140,6 @@ ablatency() {  # a lone query's path, this tree against .ab/old.tar (git archive
     done
   done
 }
-spin() {  # issue 14's idle p50: a lone query's path with the worker's idle spin off and on, in turn
-  head | tee "$out/spin.txt"
-  for round in $(seq "${ROUNDS:-2}"); do
-    for ms in 0 ${SPIN_MS:-2}; do
-      echo "== round $round, idle_spin_ms $ms: latency_path torch" | tee -a "$out/spin.txt"
-      timeout 150 python3 benchmarks/probes/latency_path.py --backend torch --requests "${REQUESTS:-400}" \
-        --idle-spin-ms "$ms" 2>&1 | grep -v "Writing model" | tee -a "$out/spin.txt"
-    done
-  done
-}
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
   timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile 2>&1 |
@@ -163,7 +152,6 @@ rerank) rerank ;;
 gil) gil ;;
 latency) latency ;;
 ablatency) ablatency ;;
-spin) spin ;;
 longattn) longattn ;;
 startcost) startcost ;;
 long) long ;;

@@ -95,11 +95,8 @@ class Finisher:
     k+1.  Redis being away is retried with capped backoff; anything else is reported as
     `WriterCrashed`, never swallowed."""
 
-    def __init__(self, store: JobStore, *, spin_s: float = 0.0) -> None:
+    def __init__(self, store: JobStore) -> None:
         self.store = store
-        #: the calling thread's writes poll for their reply that long before blocking
-        #: (`WorkerSettings.idle_spin_ms`); the finishing thread's never do
-        self.spin_s = spin_s
         #: (priority, order, texts, chunk): interactive chunks (0) are written before bulk ones
         #: (1) already waiting, so a lone interactive result never queues behind megabytes of
         #: bulk results; the stop marker (2) comes after everything.
@@ -147,7 +144,7 @@ class Finisher:
         """Write `chunk` on this thread, reported through `poll` as the thread's writes are;
         with Redis away it goes to the thread, which retries with backoff."""
         try:
-            skipped = self._finish_once(chunk, spin_s=self.spin_s)
+            skipped = self._finish_once(chunk)
         except CONNECTION_LOST:
             self.inbox.put((0, next(self._order), texts, chunk))
             return
@@ -197,9 +194,9 @@ class Finisher:
                 time.sleep(wait)
                 wait = min(wait * 2, 30.0)
 
-    def _finish_once(self, done: list[tuple[WorkItem, np.ndarray]], spin_s: float = 0.0) -> list[str]:
+    def _finish_once(self, done: list[tuple[WorkItem, np.ndarray]]) -> list[str]:
         records = [finished(i, v) for i, v in done]
-        skipped = self.store.finish(records, now=time.time(), now_iso=utcformat(rq_now()), spin_s=spin_s)
+        skipped = self.store.finish(records, now=time.time(), now_iso=utcformat(rq_now()))
         if skipped:
             log.warning(
                 "%d job(s) finished here after recovery gave them to another worker; result dropped: %s",

@@ -22,7 +22,6 @@ from rq.utils import utcformat
 from vecq.producer.connection import CONNECTION_LOST
 from vecq.producer.keys import queue_key, queued_texts_key
 
-from .connection import spin_until_readable
 from .jobstore import JobStore, PendingTake, Taken
 from .takepolicy import Take
 from .validation import WorkItem
@@ -34,12 +33,9 @@ class Intake:
     """Takes (and starts) jobs of one model's queues, priority order."""
 
     def __init__(
-        self, connection: Redis, store: JobStore, queue_names: list[str], *, model: str, heartbeat_ttl: int,
-        idle_spin_s: float = 0.0,
-    ) -> None:  # fmt: skip
+        self, connection: Redis, store: JobStore, queue_names: list[str], *, model: str, heartbeat_ttl: int
+    ) -> None:
         self.connection = connection
-        #: seconds a wait for jobs polls its connection before it blocks (`spin_until_readable`)
-        self.idle_spin_s = idle_spin_s
         self.store = store
         self.queue_names = queue_names
         self.model = model
@@ -161,7 +157,6 @@ class Intake:
         try:
             conn.send_command("CLIENT", "ID")
             try:
-                spin_until_readable(conn, self.idle_spin_s)
                 self._waiter = conn.read_response()
             except redis.ResponseError:  # CLIENT ID refused by an ACL: this wait cannot be woken
                 self._waiter = None
@@ -181,8 +176,7 @@ class Intake:
                 connection=conn,
                 **self._options(budget_texts, when_run=True),  # type: ignore[arg-type]
             )
-            # gives the connection back, or closes it
-            return self.store.read_take(pending, spin_s=self.idle_spin_s)
+            return self.store.read_take(pending)  # gives the connection back, or closes it
         finally:
             self._waiter = None
 

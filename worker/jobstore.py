@@ -34,7 +34,6 @@ from redis.exceptions import NoScriptError
 from vecq.producer.contract import SHAPE_FIELD, TEXTS_FIELD, VECTORS_FIELD
 from vecq.producer.keys import intermediate_key, queue_key, rq_keys
 
-from .connection import run_script_spinning, spin_until_readable
 from .luatime import UTC_ISO
 
 #: Job-hash fields a worker needs to validate and run a job (their order in `Taken.fields`).
@@ -311,12 +310,10 @@ class JobStore:
             raise
         return pending
 
-    def read_take(self, pending: PendingTake, *, spin_s: float = 0.0) -> list[Taken]:
-        """The jobs of a take sent by `send_take` (waits for Redis if it is still running it);
-        a take behind a wait is polled for up to `spin_s` before the thread blocks (`spin_until_readable`)."""
+    def read_take(self, pending: PendingTake) -> list[Taken]:
+        """The jobs of a take sent by `send_take` (waits for Redis if it is still running it)."""
         try:
             if pending.waits:
-                spin_until_readable(pending.connection, spin_s)
                 pending.connection.read_response()  # the wait's: a job landed, or it timed out
             try:
                 reply = pending.connection.read_response()
@@ -355,9 +352,8 @@ class JobStore:
         keys, args = pending.keys, pending.args
         return ("EVALSHA", self._take_sha, len(keys), *keys, *args)
 
-    def finish(self, done: list[Finished], *, now: float, now_iso: str, spin_s: float = 0.0) -> list[str]:
-        """Write results and end executions; returns ids skipped as no longer this worker's.
-        `spin_s`: poll for the reply that long before the thread blocks (`spin_until_readable`)."""
+    def finish(self, done: list[Finished], *, now: float, now_iso: str) -> list[str]:
+        """Write results and end executions; returns ids skipped as no longer this worker's."""
         k = self.keys
         by_queue: dict[str, list[object]] = {}
         for f in done:
@@ -371,8 +367,6 @@ class JobStore:
         args = [k.job, k.started, k.finished, k.results, self.worker_key, self.worker_name, now, now_iso]
         # raw bytes packed as msgpack "raw" strings: the Lua cmsgpack of Valkey rejects bin types
         args += [VECTORS_FIELD, SHAPE_FIELD, msgpack.packb(groups, use_bin_type=False)]
-        if spin_s > 0:
-            return [s.decode() for s in run_script_spinning(self.connection, self._finish, args, spin_s)]
         return [s.decode() for s in self._finish(keys=[], args=args)]
 
     def heartbeat(self, runs: list[Running], *, ttl: int, now: float) -> list[str]:

@@ -97,14 +97,8 @@ class Serving:
             prefetch=PrefetchBudget(cap=settings.prefetch_texts, largest_batch=largest),
             idle_wait_s=IDLE_WAIT_S,
         )
-        spin = settings.idle_spin_ms / 1000
         self.intake = Intake(
-            connection,
-            store,
-            queue_names,
-            model=model,
-            heartbeat_ttl=settings.heartbeat_ttl,
-            idle_spin_s=spin,
+            connection, store, queue_names, model=model, heartbeat_ttl=settings.heartbeat_ttl
         )
         self.admission = _admission(embedder, settings, model, queue_names)
         #: set by the engine thread with each result and by each finished tokenizing task: the
@@ -122,7 +116,7 @@ class Serving:
         self.runner = EngineRunner(embedder.engine, embedder.tokenizer, wake=self.wake)
         #: wakes the main thread when a query lands while bulk keeps it busy (both lanes served)
         self.lane_watch = LaneWatch.for_lanes(connection, queue_names, settings.lanes, self.wake)
-        self.finisher = Finisher(store, spin_s=spin)
+        self.finisher = Finisher(store)
         self.failures = FailureWriter(connection, store, counter_key=queued_texts_key(model))
         self.recovery = Recovery(
             connection,

@@ -131,13 +131,6 @@ class WorkerSettings(CommonSettings):
         description="GIL switch interval of the worker process (how soon a thread that waits for "
         "the GIL gets it from one running Python).",
     )
-    idle_spin_ms: float = Field(
-        default=0.0,
-        ge=0,
-        description="Milliseconds an idle worker polls Redis for the next job before its thread "
-        "sleeps: a query arriving meanwhile runs on a warm core (lower latency), for a core kept "
-        "busy that long after each job.",
-    )
     burst: bool = Field(default=False, description="Exit when the queues are empty.")
 
     def engine_backend(self) -> str | None:

@@ -11,7 +11,7 @@ stamps compare), and the report gives the median time from each stamp to the nex
     collected → handed to the finisher → written → client has the vectors
 
     python3 benchmarks/probes/latency_path.py [--backend null|torch] [--device cuda] [--requests 300]
-        [--under-bulk] [--profile] [--gil-switch-ms MS] [--idle-spin-ms MS]
+        [--under-bulk] [--profile] [--gil-switch-ms MS]
 """
 
 from __future__ import annotations
@@ -145,7 +145,6 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile the main thread (adds its overhead)")
     ap.add_argument("--under-bulk", action="store_true", help="while a bulk producer keeps the worker busy")
     ap.add_argument("--gil-switch-ms", type=float, default=0.5, help="the worker's gil_switch_ms")
-    ap.add_argument("--idle-spin-ms", type=float, default=None, help="the worker's idle_spin_ms")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, embedded_redis() as url:
         emb = bench_embedder(Path(tmp), args.backend, args.device)
@@ -156,7 +155,6 @@ def main() -> None:
             name="probe",
             device=device,
             gil_switch_ms=args.gil_switch_ms,
-            **({} if args.idle_spin_ms is None else {"idle_spin_ms": args.idle_spin_ms}),
         )
         worker = BatchWorker(emb, settings=settings)
         stamps = Stamps()

@@ -25,7 +25,7 @@ class Store:
         self.calls: list[tuple[str, list[str]]] = []
         self.failures = failures
 
-    def finish(self, records, *, now: float, now_iso: str, spin_s: float = 0.0) -> list[str]:  # type: ignore[no-untyped-def]
+    def finish(self, records, *, now: float, now_iso: str) -> list[str]:  # type: ignore[no-untyped-def]
         if self.failures:
             self.failures -= 1
             raise redis.ConnectionError("Redis went away (test)")
