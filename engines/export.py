@@ -28,11 +28,13 @@ INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAME = "embedding"
 
 
-def export_onnx(module, path: Path, *, opset: int = OPSET) -> Path:
+def export_onnx(module, path: Path, *, opset: int = OPSET, contrib_ops: bool = False) -> Path:
     """Trace `module` (a `PooledEncoder` on the CPU, eager attention) into `path` and check it.
 
     Batch and sequence axes are dynamic; the example input is 2 × 16 so that neither axis is 1,
-    which the tracer would otherwise be tempted to specialize.
+    which the tracer would otherwise be tempted to specialize.  `contrib_ops`: the module emits
+    ORT's `com.microsoft` ops (ModernBERT's padding-free twin); declared for every export, the
+    domain made the exporter warn on every `vecq embed` of a plain model.
     """
     import onnx
     import torch
@@ -53,7 +55,7 @@ def export_onnx(module, path: Path, *, opset: int = OPSET) -> Path:
             output_names=[OUTPUT_NAME],
             dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, OUTPUT_NAME: {0: "batch"}},
             opset_version=opset,
-            custom_opsets={"com.microsoft": 1},  # ModernBERT's twin: ORT's MultiHeadAttention
+            custom_opsets={"com.microsoft": 1} if contrib_ops else None,
             do_constant_folding=True,
             dynamo=False,
         )

@@ -117,7 +117,10 @@ def _cuda_graph(module, exported, work, bundle, spec, precision, say, parity) ->
 
         say("exporting ModernBERT's padding-free twin (its linear layers over the real tokens only)")
         twin, label = (
-            optimized(export_onnx(unpadded_twin(module), work / "unpadded.onnx"), work / PACKED_FILE),
+            optimized(
+                export_onnx(unpadded_twin(module), work / "unpadded.onnx", contrib_ops=True),
+                work / PACKED_FILE,
+            ),
             "unpadded",
         )
     else:
