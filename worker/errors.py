@@ -16,6 +16,14 @@ class WorkerCrashed(RuntimeError):
     serve through: the process exits non-zero and recovery gives its jobs to other workers."""
 
 
+def engine_hung(seconds: float, limit: float, jobs: str) -> WorkerCrashed:
+    """The watchdog's verdict on an engine call past `engine_timeout` (`jobs`: what is retried)."""
+    return WorkerCrashed(
+        f"engine call running for {seconds:.0f}s, over engine_timeout={limit:g}s; exiting "
+        f"so that {jobs} are retried by other workers"
+    )
+
+
 class JobRefused(Exception):
     """Why a taken job cannot run (`kind` is its metrics label; the message is one line)."""
 

@@ -26,7 +26,7 @@ import numpy as np
 from vecq.engines.base import Batch, Engine, Pending, TokenBatch, is_ready, start
 from vecq.engines.tokenizer import TextTokenizer
 
-from .errors import WorkerCrashed, error_line
+from .errors import engine_hung, error_line
 from .packing import PackedPlan
 from .planner import PlannedBatch
 
@@ -142,10 +142,7 @@ class EngineRunner:
                 return begun
             while not is_ready(begun.pending):
                 if time.monotonic() - since > limit:
-                    raise WorkerCrashed(
-                        f"engine call running for {time.monotonic() - since:.0f}s, over "
-                        f"engine_timeout={limit:g}s; exiting so that its job(s) are retried by other workers"
-                    )
+                    raise engine_hung(time.monotonic() - since, limit, "its job(s)")
             return self._collect(begun)
         finally:
             self.busy_since = None

@@ -33,7 +33,7 @@ from vecq.engines.reranker import Reranker
 from vecq.producer.keys import LANES, queued_texts_key
 
 from .capacity import MovingRate
-from .errors import WorkerCrashed
+from .errors import WorkerCrashed, engine_hung
 from .failures import FailureWriter
 from .finisher import Finisher, WriterCrashed
 from .intake import Intake
@@ -47,7 +47,7 @@ from .recovery import Recovery
 from .runner import Crashed, Done, EngineRunner, Planned
 from .settings import WorkerSettings
 from .takepolicy import Load, Take, TakePolicy
-from .tokenizing import Tokenizing
+from .tokenizing import INLINE_TEXTS, Tokenizing
 from .validation import Admission, WorkItem
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,10 @@ IDLE_WAIT_S = 1.0
 TOKENIZED_WAIT_S = 0.002
 #: Executions heartbeated per script call.
 HEARTBEAT_CHUNK = 2048
-#: An interactive batch of at most this many texts, cut while nothing else is waiting, tokenizing
-#: or running, runs on this thread and is written at once (`EngineRunner.run_here`).
-RUN_HERE_TEXTS = 8
+#: An interactive batch of at most this many texts (the take a query makes, tokenized on this
+#: thread too), cut while nothing else is waiting, tokenizing or running, runs on this thread and
+#: is written at once (`EngineRunner.run_here`).
+RUN_HERE_TEXTS = INLINE_TEXTS
 
 
 def _admission(
@@ -316,10 +317,7 @@ class Serving:
         ends failed instead of looping."""
         since = self.runner.busy_since
         if since is not None and now - since > limit:
-            raise WorkerCrashed(
-                f"engine call running for {now - since:.0f}s, over engine_timeout={limit:g}s; exiting "
-                f"so that its {len(self.jobs)} job(s) are retried by other workers"
-            )
+            raise engine_hung(now - since, limit, f"its {len(self.jobs)} job(s)")
 
     def heartbeat(self, *, ttl: int, now: float) -> None:
         """Extend the started-registry entry of every job held (recovery's deadline), drop those

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from rq.results import Result
@@ -364,8 +366,6 @@ class AsyncPackingNull(PoisonNull):
         self.threads: list[int] = []
 
     def start(self, batch):
-        import threading
-
         self.threads.append(threading.get_ident())
         return _Ready(self.run(batch))
 
