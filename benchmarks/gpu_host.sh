@@ -12,6 +12,7 @@
 #   bash benchmarks/gpu_host.sh all        # all three
 #   bash benchmarks/gpu_host.sh quick      # one worker's host probe and the pipeline
 #   bash benchmarks/gpu_host.sh kernels    # where the engine's time goes (PARTS=sustained,...)
+#   bash benchmarks/gpu_host.sh levers     # two streams, cuBLAS vs cuBLASLt, in-graph copies (probes/engine_levers.py)
 #   bash benchmarks/gpu_host.sh gateway    # vecq bench gateway, BERT-base (random-bert-base-en) on the
 #     GPU, with fastapi starlette uvicorn h11 anyio sniffio idna httpx httpcore certifi orjson
 #     opentelemetry-api annotated-doc added to .whl/ (PROCESSES=N: the gateway's --processes)
@@ -140,6 +141,11 @@ ablatency() {  # a lone query's path, this tree against .ab/old.tar (git archive
     done
   done
 }
+levers() {  # issue 14: two streams, cuBLAS vs cuBLASLt, a lone query's copies in its graph
+  head | tee "$out/levers.txt"
+  timeout 420 python3 benchmarks/probes/engine_levers.py ${PARTS:+--parts $PARTS} 2>&1 |
+    grep -v "Writing model" | tee -a "$out/levers.txt"
+}
 quick() {  # one worker's host probe, then the pipeline
   head | tee "$out/probes.txt"
   timeout 200 python3 benchmarks/probes/worker_host.py --backend torch --texts 50000 --no-profile 2>&1 |
@@ -158,6 +164,7 @@ long) long ;;
 twomodels) twomodels ;;
 serve) serve ;;
 kernels) kernels ;;
+levers) levers ;;
 gateway) gateway ;;
 quick) quick ;;
 probes) probes ;;

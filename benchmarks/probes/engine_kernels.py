@@ -90,7 +90,7 @@ def sustained(engine, batches, n_texts: int, n_tokens: int) -> None:  # type: ig
             )
     # graph time per batch from events: the device's own view
     times = []
-    graph = engine._graphs[engine.buckets[-1]]
+    graph = engine._graphs[engine.buckets[-1], False]
     for _ in range(60):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()

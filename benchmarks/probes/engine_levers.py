@@ -1,0 +1,304 @@
+"""Probe (issue 14, thirteenth session): three levers on the packed torch engine, each measured
+against what is served, in one run on one CUDA device.
+
+- `streams`: the engine alone over the corpus in 32k-token buffers, one stream (as served)
+  against two engines on two streams taking batches in turn.  A power-limited card whose time is
+  74 % GEMMs may still have watts to spare while attention and LayerNorm run; a second buffer's
+  GEMMs beside them would spend it.
+- `blas`: cuBLAS against cuBLASLt (`torch.backends.cuda.preferred_blas_library`) for the four
+  GEMMs at 16 … 32k rows (each in a CUDA graph of 20 calls), and whole-buffer graph replays.
+- `small`: a lone query's 128-token buffer: its kernels one by one (eager, profiled), and a
+  graph that also holds the copies in and out (inputs from one pinned block) against
+  `engine.run`, back to back and after 2 ms asleep.
+
+    python3 benchmarks/probes/engine_levers.py [--parts streams,blas,small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vecq.engines import backends
+from vecq.engines.backends.torch import served_shapes
+from vecq.engines.backends.torch_packed import PackedGraphEngine, pack_into
+from vecq.engines.base import TokenBatch, run_in_turn
+from vecq.engines.batching import token_batches
+from vecq.engines.spec import read_spec
+from vecq.engines.tokenizer import TextTokenizer
+from vecq.worker.bench.corpus import make_corpus
+from vecq.worker.bench.models import RANDOM_BERT_BASE_EN, model_dir
+
+
+def setup(tmp: Path):  # type: ignore[no-untyped-def]
+    root = model_dir(RANDOM_BERT_BASE_EN, tmp)
+    spec = read_spec(root)
+    shapes = served_shapes(root, spec, "cuda")
+    engine = backends.for_model_dir("torch", root, spec=spec, shapes=shapes, device="cuda", precision="fp16")
+    engine.warmup()
+    tok = TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len)
+    texts = make_corpus(50000, seed=7)
+    encoded = tok.encode(texts)
+    batches = token_batches(encoded, budget=32768, max_rows=engine.max_rows)
+    return engine, batches, len(texts), int(encoded.lengths.sum())
+
+
+class Smi:
+    """nvidia-smi sampled every 100 ms while the block runs: SM clock and power medians."""
+
+    def __enter__(self) -> Smi:
+        self.p = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+             "-lms", "100"], stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.p.terminate()
+        rows = [r.split(", ") for r in self.p.communicate()[0].splitlines() if r.strip()]
+        rows = rows[3:] or rows  # the first samples precede the load
+        try:
+            self.text = (
+                f"SM {statistics.median(float(r[0]) for r in rows):.0f} MHz, "
+                f"{statistics.median(float(r[1]) for r in rows):.0f} W"
+            )
+        except (ValueError, IndexError, statistics.StatisticsError):
+            self.text = "nvidia-smi: no samples"
+
+
+def two_streams(engines: list[PackedGraphEngine], batches: list[TokenBatch]) -> None:
+    streams = [torch.cuda.Stream() for _ in engines]
+    pending = []
+    for i, b in enumerate(batches):
+        k = i % len(engines)
+        with torch.cuda.stream(streams[k]):
+            pending.append(engines[k].start(b))
+        if len(pending) > 2 * len(engines) - 1:
+            pending.pop(0).result()
+    for p in pending:
+        p.result()
+
+
+def streams(engine, batches, n_texts: int, n_tokens: int) -> None:  # type: ignore[no-untyped-def]
+    lanes = [
+        PackedGraphEngine(engine.module, shapes=engine.shapes, dim=engine.dim, buckets=(16384, 32768))
+        for _ in range(3)
+    ]
+    for e in lanes:
+        e.warmup()
+    for _ in run_in_turn(engine, batches[:20]):
+        pass
+    # first a parity check: the same batches on two streams give the same vectors
+    want = np.concatenate(list(run_in_turn(lanes[0], batches[:6])))
+    got = []
+    s = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for i in range(0, 6, 2):
+        with torch.cuda.stream(s[0]):
+            a = lanes[0].start(batches[i])
+        with torch.cuda.stream(s[1]):
+            b = lanes[1].start(batches[i + 1])
+        got += [a.result(), b.result()]
+    diff = np.abs(np.concatenate(got) - want).max()
+    print(f"streams: two-stream vectors = one-stream: max |diff| {diff:.2e}")
+    for r in range(2):
+        for label, fn in (
+            ("one stream (served)", lambda: [None for _ in run_in_turn(engine, batches)]),
+            ("two engines, two streams", lambda: two_streams(lanes[:2], batches)),
+            ("three engines, three streams", lambda: two_streams(lanes, batches)),
+        ):
+            torch.cuda.synchronize()
+            with Smi() as smi:
+                t0 = time.perf_counter()
+                fn()
+                torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+            print(
+                f"streams round {r} {label}: {n_texts / dt:,.0f} texts/s, {n_tokens / dt / 1e6:.2f}M tok/s "
+                f"({dt:.3f} s; {smi.text})"
+            )
+
+
+def graphed(fn, reps: int = 20) -> float:  # type: ignore[no-untyped-def]
+    """µs per call of `fn`, from a CUDA graph of `reps` calls replayed 10 times."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    g.replay()
+    a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(10):
+        g.replay()
+    e.record()
+    e.synchronize()
+    return a.elapsed_time(e) * 1000 / (10 * reps)
+
+
+def blas(engine) -> None:  # type: ignore[no-untyped-def]
+    H, FF = 768, 3072
+    half = {"device": "cuda", "dtype": torch.float16}
+    w = {n: (torch.randn(o, i, **half) * 0.02, torch.zeros(o, **half)) for n, (o, i) in
+         {"qkv": (3 * H, H), "out": (H, H), "ffn_in": (FF, H), "ffn_out": (H, FF)}.items()}  # fmt: skip
+    libs = ["cublas", "cublaslt"]
+    for M in (16, 64, 128, 256, 1024, 32768):
+        x = torch.randn(M, H, **half)
+        h = torch.randn(M, FF, **half)
+        cases = {
+            "qkv": lambda x=x: F.linear(x, *w["qkv"]),
+            "out": lambda x=x: F.linear(x, *w["out"]),
+            "ffn_in+gelu": lambda x=x: torch._addmm_activation(
+                w["ffn_in"][1], x, w["ffn_in"][0].t(), use_gelu=True
+            ),
+            "ffn_out": lambda h=h: F.linear(h, *w["ffn_out"]),
+        }
+        line = []
+        for name, fn in cases.items():
+            got = []
+            for lib in libs:
+                torch.backends.cuda.preferred_blas_library(lib)
+                got.append(graphed(fn, reps=20 if M <= 1024 else 5))
+            line.append(f"{name} {got[0]:.1f}/{got[1]:.1f}")
+        torch.backends.cuda.preferred_blas_library("cublas")
+        print(f"blas M={M}: us cublas/cublaslt: " + ", ".join(line))
+    for lib in libs:
+        torch.backends.cuda.preferred_blas_library(lib)
+        e = PackedGraphEngine(engine.module, shapes=engine.shapes, dim=engine.dim, buckets=(128, 256, 32768))
+        e.warmup()
+        e._n.fill_(32768 - 200)
+        e._cu[1:].fill_(32768 - 200)
+        times = {}
+        for T in (128, 256, 32768):
+            g = e._graphs[T, False].graph
+            g.replay()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            reps = 200 if T < 1000 else 30
+            a.record()
+            for _ in range(reps):
+                g.replay()
+            b.record()
+            b.synchronize()
+            times[T] = a.elapsed_time(b) * 1000 / reps
+        line = ", ".join(f"{T}: {t:.0f}" for T, t in times.items())
+        print(f"blas {lib}: graph replay us per buffer: {line}")
+    torch.backends.cuda.preferred_blas_library("cublas")
+
+
+class InGraph:
+    """The 128-token buffer's graph with its copies inside: one pinned int32 block [n, cu, ids]
+    in, the pooled rows out to a pinned block."""
+
+    def __init__(self, engine: PackedGraphEngine, T: int = 128) -> None:
+        self.e, self.T = engine, T
+        slots = engine.slots
+        self.off = -(-(slots + 2) // 32) * 32
+        self.host = torch.zeros(self.off + T, dtype=torch.int32, pin_memory=True)
+        self.dev = torch.zeros(self.off + T, dtype=torch.int32, device="cuda")
+        self.out = torch.zeros((slots, engine.dim), dtype=torch.float32, pin_memory=True)
+        self.done = torch.cuda.Event()
+        n, cu, ids = self.dev[0:1], self.dev[1 : slots + 2], self.dev[self.off :]
+        self.host[0] = 2
+        self.host[2 : slots + 2] = 2
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(s):
+            for _ in range(2):
+                self.dev.copy_(self.host, non_blocking=True)
+                engine.module(ids, cu, n)
+        torch.cuda.current_stream().wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self.graph):
+            self.dev.copy_(self.host, non_blocking=True)
+            y = engine.module(ids, cu, n)
+            self.out.copy_(y, non_blocking=True)
+
+    def run(self, batch: TokenBatch) -> np.ndarray:
+        h = self.host.numpy()
+        n = pack_into(batch, h[self.off :], h[1 : self.e.slots + 2])
+        h[0] = n
+        self.graph.replay()
+        self.done.record()
+        self.done.synchronize()
+        return self.out.numpy()[: batch.rows].copy()
+
+
+def small(engine) -> None:  # type: ignore[no-untyped-def]
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    one = TokenBatch(np.array([101, 7592, 2088, 2003, 1037, 3231, 102], dtype=np.int64), np.array([7]))
+    engine.run(one)  # leaves this batch in the engine's inputs
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(3):
+            engine.module(engine._ids[:128], engine._cu, engine._n)
+        torch.cuda.synchronize()
+    kernels = [e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by: dict[str, list[float]] = collections.defaultdict(list)
+    for k in kernels:
+        by[k.name[:70]].append(k.device_time_total if hasattr(k, "device_time_total") else k.cuda_time_total)
+    total = sum(sum(v) for v in by.values()) / 3
+    print(f"small: 128 buffer, {len(kernels) // 3} kernels, {total:.0f} us of kernel time per forward")
+    for name, v in sorted(by.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {sum(v) / 3:7.1f} us  {len(v) // 3:3d}x  {statistics.median(v):5.1f} us each  {name}")
+    g = engine._graphs[128, False].graph
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(200):
+        g.replay()
+    b.record()
+    b.synchronize()
+    print(f"small: graph replay of the 128 buffer back to back: {a.elapsed_time(b) * 5:.0f} us")
+    try:
+        ing = InGraph(engine)
+    except Exception as exc:  # capture of the copies refused
+        print(f"small: copies inside the graph: {type(exc).__name__}: {str(exc)[:200]}")
+        return
+    want, got = engine.run(one), ing.run(one)
+    print(f"small: in-graph copies vs served: max |diff| {np.abs(want - got).max():.2e}")
+    for gap in (0.0, 0.002):
+        for label, fn in (("engine.run (served)", engine.run), ("in-graph copies", ing.run)):
+            t = []
+            for _ in range(600):
+                if gap:
+                    time.sleep(gap)
+                t0 = time.perf_counter()
+                fn(one)
+                t.append(time.perf_counter() - t0)
+            print(f"small: gap {gap * 1e3:.0f} ms, {label}: p50 {statistics.median(t) * 1e6:.0f} us")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="small,blas,streams")
+    parts = ap.parse_args().parts.split(",")
+    print(torch.cuda.get_device_name(), torch.__version__)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, batches, n_texts, n_tokens = setup(Path(tmp))
+        with torch.inference_mode():
+            for part in parts:
+                t0 = time.perf_counter()
+                if part == "streams":
+                    streams(engine, batches, n_texts, n_tokens)
+                elif part == "blas":
+                    blas(engine)
+                elif part == "small":
+                    small(engine)
+                print(f"[{part}: {time.perf_counter() - t0:.0f} s]")
+
+
+if __name__ == "__main__":
+    main()
