@@ -67,24 +67,45 @@ def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet
 
 @dataclass
 class _Staging:
-    """Pinned host buffers of one batch in flight, and the event its last copy records."""
+    """Pinned host buffers of one batch in flight, and the event its last copy records.
 
-    ids: Any
-    cu: Any
-    n: Any
+    The inputs are one int32 block laid out as the device's (`_Inputs`): n, cu, then the ids, so
+    that a batch goes up in one copy, not three: each copy call cost a lone query 8-60 µs of
+    host time on the H200 (BENCHMARKS.md, issue 14, tenth session)."""
+
+    block: Any
     out: Any
     done: Any  # torch.cuda.Event
 
     @classmethod
-    def make(cls, torch: Any, tokens: int, slots: int, dim: int) -> _Staging:
+    def make(cls, torch: Any, layout: _Inputs, dim: int) -> _Staging:
         pinned = {"pin_memory": True}
         return cls(
-            torch.zeros(tokens, dtype=torch.long, **pinned),
-            torch.zeros(slots + 1, dtype=torch.int32, **pinned),
-            torch.zeros(1, dtype=torch.int32, **pinned),
-            torch.empty((slots, dim), dtype=torch.float32, **pinned),
+            torch.zeros(layout.size, dtype=torch.int32, **pinned),
+            torch.empty((layout.slots, dim), dtype=torch.float32, **pinned),
             torch.cuda.Event(),
         )
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Where n (1), cu (slots + 1) and the ids (tokens) lie in one int32 block; the ids start
+    on a 128-byte boundary."""
+
+    slots: int
+    tokens: int
+
+    @property
+    def ids_at(self) -> int:
+        return _round_up_to(self.slots + 2, 32)
+
+    @property
+    def size(self) -> int:
+        return self.ids_at + self.tokens
+
+    def views(self, block: Any) -> tuple[Any, Any, Any]:
+        """(ids, cu, n) of `block` (a torch tensor or a numpy array)."""
+        return block[self.ids_at :], block[1 : self.slots + 2], block[0:1]
 
 
 @dataclass
@@ -134,12 +155,12 @@ class PackedGraphEngine:
         #: What one `TokenBatch` may hold (`vecq.engines.base.packs`).
         self.token_budget, self.max_rows = T_max, self.slots
         # Inputs every graph reads (a graph of T tokens reads the first T of `ids`).
-        self._ids = torch.zeros(T_max, dtype=torch.long, device=self.device)
-        self._cu = torch.zeros(self.slots + 1, dtype=torch.int32, device=self.device)
-        self._n = torch.zeros(1, dtype=torch.int32, device=self.device)
+        self._layout = _Inputs(self.slots, T_max)
+        self._inputs = torch.zeros(self._layout.size, dtype=torch.int32, device=self.device)
+        self._ids, self._cu, self._n = self._layout.views(self._inputs)
         # Two sets of pinned staging buffers: batch k+1 is packed into one while batch k's
         # copies still read (and write) the other.
-        self._staging = [_Staging.make(torch, T_max, self.slots, dim) for _ in range(2)]
+        self._staging = [_Staging.make(torch, self._layout, dim) for _ in range(2)]
         self._turn = 0
         self._pool = torch.cuda.graph_pool_handle()
         self._stream = torch.cuda.Stream(device=self.device)
@@ -202,17 +223,16 @@ class PackedGraphEngine:
         stage = self._staging[self._turn]
         self._turn ^= 1
         stage.done.synchronize()  # the batch before last has left this set
-        cu = stage.cu.numpy()
-        n = pack_into(batch, stage.ids.numpy(), cu)
-        stage.n.numpy()[0] = n
+        ids, cu, n_real = self._layout.views(stage.block.numpy())
+        n = pack_into(batch, ids, cu)
+        n_real[0] = n
         T = self.buckets[bisect.bisect_left(self.buckets, n)]
         long = n >= LONG_TEXTS_FROM and T in self.long_buckets and _long_texts(cu, batch.rows, n)
         buf = self._graphs.get((T, long))
         if buf is None:
             buf = self._graphs[T, long] = self._capture(T, long)  # only if warmup was skipped
-        self._ids[:n].copy_(stage.ids[:n], non_blocking=True)
-        self._cu.copy_(stage.cu, non_blocking=True)
-        self._n.copy_(stage.n, non_blocking=True)
+        used = self._layout.ids_at + n
+        self._inputs[:used].copy_(stage.block[:used], non_blocking=True)
         buf.graph.replay()
         self.runs_by_bucket[T] += 1
         self.long_runs += long
@@ -272,4 +292,8 @@ def attention_tile(module: Any, *, long: bool) -> Iterator[None]:
 
 
 def _round_up(tokens: int) -> int:
-    return -(-tokens // BUFFER_MULTIPLE) * BUFFER_MULTIPLE
+    return _round_up_to(tokens, BUFFER_MULTIPLE)
+
+
+def _round_up_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
