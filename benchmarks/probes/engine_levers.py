@@ -282,7 +282,7 @@ def blas(engine) -> None:  # type: ignore[no-untyped-def]
 
 class InGraph:
     """The 128-token buffer's graph with its copies inside: one pinned int32 block [n, cu, ids]
-    in, the pooled rows out to a pinned block."""
+    in, the pooled output's first 16 rows out to a pinned block (batches of up to 16 texts)."""
 
     def __init__(self, engine: PackedGraphEngine, T: int = 128, inside: bool = True) -> None:
         self.e, self.T, self.inside = engine, T, inside
@@ -307,8 +307,8 @@ class InGraph:
             if inside:
                 self.dev.copy_(self.host, non_blocking=True)
             self.y = engine.module(ids, cu, n)
-            if inside:
-                self.out.copy_(self.y, non_blocking=True)
+            if inside:  # a lone query's rows: the first 16 of the pooled output
+                self.out[:16].copy_(self.y[:16], non_blocking=True)
 
     def run(self, batch: TokenBatch) -> np.ndarray:
         h = self.host.numpy()
