@@ -7,9 +7,11 @@ against what is served, in one run on one CUDA device.
   GEMMs beside them would spend it.
 - `blas`: cuBLAS against cuBLASLt (`torch.backends.cuda.preferred_blas_library`) for the four
   GEMMs at 16 … 32k rows (each in a CUDA graph of 20 calls), and whole-buffer graph replays.
-- `small`: a lone query's 128-token buffer: its kernels one by one (eager, profiled), and a
-  graph that also holds the copies in and out (inputs from one pinned block) against
-  `engine.run`, back to back and after 2 ms asleep.
+- `small`: a lone query's 128-token buffer: its kernels one by one (eager, profiled), and
+  `engine.run` through the graph that holds its own copies against one copy call per batch,
+  back to back and after 2 ms asleep.
+- `skinny`: a small-M Triton linear that skips the row blocks past the real tokens, against
+  cuBLAS, on the 128-token buffer's four GEMMs.
 
     python3 benchmarks/probes/engine_levers.py [--parts streams,blas,small]
 """
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 
 from vecq.engines import backends
 from vecq.engines.backends.torch import served_shapes
-from vecq.engines.backends.torch_packed import PackedGraphEngine, pack_into
+from vecq.engines.backends.torch_packed import PackedGraphEngine
 from vecq.engines.base import TokenBatch, run_in_turn
 from vecq.engines.batching import token_batches
 from vecq.engines.spec import read_spec
@@ -280,51 +282,6 @@ def blas(engine) -> None:  # type: ignore[no-untyped-def]
     torch.backends.cuda.preferred_blas_library("cublas")
 
 
-class InGraph:
-    """The 128-token buffer's graph with its copies inside: one pinned int32 block [n, cu, ids]
-    in, the pooled output's first 16 rows out to a pinned block (batches of up to 16 texts)."""
-
-    def __init__(self, engine: PackedGraphEngine, T: int = 128, inside: bool = True) -> None:
-        self.e, self.T, self.inside = engine, T, inside
-        slots = engine.slots
-        self.off = -(-(slots + 2) // 32) * 32
-        self.host = torch.zeros(self.off + T, dtype=torch.int32, pin_memory=True)
-        self.dev = torch.zeros(self.off + T, dtype=torch.int32, device="cuda")
-        self.out = torch.zeros((slots, engine.dim), dtype=torch.float32, pin_memory=True)
-        self.done = torch.cuda.Event()
-        n, cu, ids = self.dev[0:1], self.dev[1 : slots + 2], self.dev[self.off :]
-        self.host[0] = 2
-        self.host[2 : slots + 2] = 2
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.inference_mode(), torch.cuda.stream(s):
-            for _ in range(2):
-                self.dev.copy_(self.host, non_blocking=True)
-                engine.module(ids, cu, n)
-        torch.cuda.current_stream().wait_stream(s)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
-            if inside:
-                self.dev.copy_(self.host, non_blocking=True)
-            self.y = engine.module(ids, cu, n)
-            if inside:  # a lone query's rows: the first 16 of the pooled output
-                self.out[:16].copy_(self.y[:16], non_blocking=True)
-
-    def run(self, batch: TokenBatch) -> np.ndarray:
-        h = self.host.numpy()
-        n = pack_into(batch, h[self.off :], h[1 : self.e.slots + 2])
-        h[0] = n
-        if not self.inside:  # one copy in, the rows out
-            self.dev[: self.off + n].copy_(self.host[: self.off + n], non_blocking=True)
-            self.graph.replay()
-            self.out[: batch.rows].copy_(self.y[: batch.rows], non_blocking=True)
-        else:
-            self.graph.replay()
-        self.done.record()
-        self.done.synchronize()
-        return self.out.numpy()[: batch.rows].copy()
-
-
 def small(engine) -> None:  # type: ignore[no-untyped-def]
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
@@ -351,15 +308,18 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
     b.record()
     b.synchronize()
     print(f"small: graph replay of the 128 buffer back to back: {a.elapsed_time(b) * 5:.0f} us")
-    variants = {"engine.run (served)": engine.run}
-    for label, inside in (("one block, one copy", False), ("in-graph copies", True)):
+    few = dict(engine._few)
+
+    def one_copy(batch: TokenBatch) -> np.ndarray:  # the copy calls, as before the few-row graphs
+        engine._few = {}
         try:
-            variants[label] = InGraph(engine, inside=inside).run
-        except Exception as exc:  # capture of the copies refused
-            print(f"small: {label}: {type(exc).__name__}: {str(exc)[:200]}")
-            continue
-        diff = np.abs(engine.run(one) - variants[label](one)).max()
-        print(f"small: {label} vs served: max |diff| {diff:.2e}")
+            return engine.run(batch)
+        finally:
+            engine._few = few
+
+    print(f"small: few-row graphs {sorted(few)}; vs one copy per batch: max |diff| "
+          f"{np.abs(engine.run(one) - one_copy(one)).max():.2e}")  # fmt: skip
+    variants = {"engine.run (served: copies in the graph)": engine.run, "one copy call per batch": one_copy}
     for gap in (0.0, 0.002):
         for label, fn in variants.items():
             t = []

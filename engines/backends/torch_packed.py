@@ -47,6 +47,13 @@ MAX_TOKENS = TOKEN_BUCKETS[-1]
 #: issue 16).  Only models that read more than this many tokens get the second graphs: at 512 the
 #: whole buffer gains 1 %, not worth twice the captures.
 LONG_TEXTS_FROM = 512
+#: Buffers up to this size get two more graphs each (one per staging set) that hold their own
+#: copies: the inputs up from that set's pinned block, and the first `FEW_ROWS` vectors back.  A
+#: batch of at most that many texts (a lone query) then starts with one replay and no copy
+#: calls, each of which cost the host 8-60 µs beside the ~0.35 ms the small buffer's kernels
+#: take (BENCHMARKS.md, issue 14, tenth and thirteenth sessions).
+COPIES_IN_GRAPH_UP_TO = 1024
+FEW_ROWS = 16
 
 
 def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet:
@@ -168,9 +175,12 @@ class PackedGraphEngine:
         long_texts = max(s.seq_len for s in shapes) > LONG_TEXTS_FROM and has_tiles(module)
         self.long_buckets = tuple(T for T in self.buckets if T >= LONG_TEXTS_FROM) if long_texts else ()
         self._graphs: dict[tuple[int, bool], _Buffer] = {}
+        #: (T, staging set) -> the graph that copies its own inputs and first rows (`FEW_ROWS`)
+        self._few: dict[tuple[int, int], _Buffer] = {}
         self.captures = 0
         self.runs_by_bucket: dict[int, int] = dict.fromkeys(self.buckets, 0)
         self.long_runs = 0  # batches that replayed a long-text graph
+        self.few_runs = 0  # batches that replayed a graph holding its own copies
 
     def _capture(self, T: int, long: bool = False) -> _Buffer:
         torch = self._torch
@@ -190,6 +200,30 @@ class PackedGraphEngine:
         self.captures += 1
         return _Buffer(graph, out)
 
+    def _capture_few(self, T: int, turn: int) -> _Buffer:
+        """`T`'s graph with the copies of a few-row batch inside, for staging set `turn` (its
+        main graph was captured first, so Triton has compiled)."""
+        torch = self._torch
+        stage, used = self._staging[turn], self._layout.ids_at + T
+        with torch.inference_mode(), attention_tile(self.module, long=False):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._inputs[:used].copy_(stage.block[:used], non_blocking=True)
+                out = self.module(self._ids[:T], self._cu, self._n)
+                stage.out[:FEW_ROWS].copy_(out[:FEW_ROWS], non_blocking=True)
+        return _Buffer(graph, out)
+
+    def _capture_all_few(self) -> None:
+        if self.slots < FEW_ROWS:  # an engine of fewer slots keeps the copy calls
+            return
+        try:
+            for T in sorted((T for T in self.buckets if T <= COPIES_IN_GRAPH_UP_TO), reverse=True):
+                for turn in (0, 1):
+                    self._few[T, turn] = self._capture_few(T, turn)
+        except RuntimeError as exc:  # this torch cannot capture pinned copies: the calls stay
+            self._few.clear()
+            log.warning("torch packed: copies inside graphs refused (%s); copying per batch", exc)
+
     def warmup(self) -> None:
         """Capture every token buffer (and its long-text graph), largest first so the shared
         memory pool is sized once."""
@@ -197,6 +231,8 @@ class PackedGraphEngine:
             for long in (False, True) if T in self.long_buckets else (False,):
                 if (T, long) not in self._graphs:
                     self._graphs[T, long] = self._capture(T, long)
+        if not self._few:
+            self._capture_all_few()
         self._torch.cuda.synchronize(self.device)
         log.info(
             "torch packed: %d graphs captured (%d token buffers up to %d tokens, %d with a long-text tile)",
@@ -220,7 +256,8 @@ class PackedGraphEngine:
                 )
         elif batch.shape not in self.shapes:
             raise ShapeError(f"batch shape {batch.shape} is not one of the engine's shapes (vecq bug)")
-        stage = self._staging[self._turn]
+        turn = self._turn
+        stage = self._staging[turn]
         self._turn ^= 1
         stage.done.synchronize()  # the batch before last has left this set
         ids, cu, n_real = self._layout.views(stage.block.numpy())
@@ -231,13 +268,18 @@ class PackedGraphEngine:
         buf = self._graphs.get((T, long))
         if buf is None:
             buf = self._graphs[T, long] = self._capture(T, long)  # only if warmup was skipped
-        used = self._layout.ids_at + n
-        self._inputs[:used].copy_(stage.block[:used], non_blocking=True)
-        buf.graph.replay()
+        few = self._few.get((T, turn)) if batch.rows <= FEW_ROWS and not long else None
+        out = stage.out[: batch.rows]
+        if few is not None:  # copies in and out inside the graph
+            few.graph.replay()
+            self.few_runs += 1
+        else:
+            used = self._layout.ids_at + n
+            self._inputs[:used].copy_(stage.block[:used], non_blocking=True)
+            buf.graph.replay()
+            out.copy_(buf.out[: batch.rows], non_blocking=True)
         self.runs_by_bucket[T] += 1
         self.long_runs += long
-        out = stage.out[: batch.rows]
-        out.copy_(buf.out[: batch.rows], non_blocking=True)
         stage.done.record()
         return _Started(stage.done, out)
 
