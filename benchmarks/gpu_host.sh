@@ -132,7 +132,7 @@ ablatency() {  # a lone query's path, this tree against .ab/old.tar (git archive
       python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/vecq-site-old /tmp/vecq-old \
         >/dev/null 2>&1 || return 1
   fi
-  for round in 1 2; do
+  for round in $(seq "${ROUNDS:-2}"); do
     for tree in old new; do
       echo "== round $round, $tree tree: latency_path torch" | tee -a "$out/ablatency.txt"
       if [ "$tree" = old ]; then dir=/tmp/vecq-old; path=/tmp/vecq-site-old:$site; else dir=.; path=$site; fi
