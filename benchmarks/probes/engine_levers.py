@@ -30,29 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from engine_kernels import engine_and_batches  # this folder's probe: the same model, corpus and engine
 
-from vecq.engines import backends
-from vecq.engines.backends.torch import served_shapes
 from vecq.engines.backends.torch_packed import PackedGraphEngine
 from vecq.engines.base import TokenBatch, run_in_turn
-from vecq.engines.batching import token_batches
-from vecq.engines.spec import read_spec
-from vecq.engines.tokenizer import TextTokenizer
-from vecq.worker.bench.corpus import make_corpus
-from vecq.worker.bench.models import RANDOM_BERT_BASE_EN, model_dir
-
-
-def setup(tmp: Path):  # type: ignore[no-untyped-def]
-    root = model_dir(RANDOM_BERT_BASE_EN, tmp)
-    spec = read_spec(root)
-    shapes = served_shapes(root, spec, "cuda")
-    engine = backends.for_model_dir("torch", root, spec=spec, shapes=shapes, device="cuda", precision="fp16")
-    engine.warmup()
-    tok = TextTokenizer.from_dir(root, max_seq_len=spec.max_seq_len)
-    texts = make_corpus(50000, seed=7)
-    encoded = tok.encode(texts)
-    batches = token_batches(encoded, budget=32768, max_rows=engine.max_rows)
-    return engine, batches, len(texts), int(encoded.lengths.sum())
 
 
 class Smi:
@@ -211,6 +192,17 @@ def skinny_vs_cublas() -> None:
             print(f"skinny {real:3d} real rows, {name}: us " + ", ".join(line))
 
 
+def replay_us(graph, reps: int) -> float:  # type: ignore[no-untyped-def]
+    """µs per replay of `graph`, `reps` back to back, by CUDA events."""
+    a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(reps):
+        graph.replay()
+    e.record()
+    e.synchronize()
+    return a.elapsed_time(e) * 1000 / reps
+
+
 def graphed(fn, reps: int = 20) -> float:  # type: ignore[no-untyped-def]
     """µs per call of `fn`, from a CUDA graph of `reps` calls replayed 10 times."""
     s = torch.cuda.Stream()
@@ -224,13 +216,7 @@ def graphed(fn, reps: int = 20) -> float:  # type: ignore[no-untyped-def]
         for _ in range(reps):
             fn()
     g.replay()
-    a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(10):
-        g.replay()
-    e.record()
-    e.synchronize()
-    return a.elapsed_time(e) * 1000 / (10 * reps)
+    return replay_us(g, 10) / reps
 
 
 def blas(engine) -> None:  # type: ignore[no-untyped-def]
@@ -269,14 +255,7 @@ def blas(engine) -> None:  # type: ignore[no-untyped-def]
         for T in (128, 256, 32768):
             g = e._graphs[T, False].graph
             g.replay()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            reps = 200 if T < 1000 else 30
-            a.record()
-            for _ in range(reps):
-                g.replay()
-            b.record()
-            b.synchronize()
-            times[T] = a.elapsed_time(b) * 1000 / reps
+            times[T] = replay_us(g, 200 if T < 1000 else 30)
         line = ", ".join(f"{T}: {t:.0f}" for T, t in times.items())
         print(f"blas {lib}: graph replay us per buffer: {line}")
     torch.backends.cuda.preferred_blas_library("cublas")
@@ -300,14 +279,8 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
     print(f"small: 128 buffer, {len(kernels) // 3} kernels, {total:.0f} us of kernel time per forward")
     for name, v in sorted(by.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {sum(v) / 3:7.1f} us  {len(v) // 3:3d}x  {statistics.median(v):5.1f} us each  {name}")
-    g = engine._graphs[128, False].graph
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(200):
-        g.replay()
-    b.record()
-    b.synchronize()
-    print(f"small: graph replay of the 128 buffer back to back: {a.elapsed_time(b) * 5:.0f} us")
+    us = replay_us(engine._graphs[128, False].graph, 200)
+    print(f"small: graph replay of the 128 buffer back to back: {us:.0f} us")
     few = dict(engine._few)
 
     def one_copy(batch: TokenBatch) -> np.ndarray:  # the copy calls, as before the few-row graphs
@@ -338,7 +311,7 @@ def main() -> None:
     parts = ap.parse_args().parts.split(",")
     print(torch.cuda.get_device_name(), torch.__version__)
     with tempfile.TemporaryDirectory() as tmp:
-        engine, batches, n_texts, n_tokens = setup(Path(tmp))
+        engine, batches, n_texts, n_tokens = engine_and_batches(Path(tmp), 32768)
         with torch.inference_mode():
             for part in parts:
                 t0 = time.perf_counter()
