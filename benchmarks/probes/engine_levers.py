@@ -281,7 +281,7 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
         print(f"  {sum(v) / 3:7.1f} us  {len(v) // 3:3d}x  {statistics.median(v):5.1f} us each  {name}")
     us = replay_us(engine._graphs[128, False].graph, 200)
     print(f"small: graph replay of the 128 buffer back to back: {us:.0f} us")
-    few = dict(engine._few)
+    few = dict(getattr(engine, "_few", {}))  # graphs holding their own copies (work in progress)
 
     def one_copy(batch: TokenBatch) -> np.ndarray:  # the copy calls, as before the few-row graphs
         engine._few = {}
