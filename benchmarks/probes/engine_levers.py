@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -192,6 +194,57 @@ def skinny_vs_cublas() -> None:
             print(f"skinny {real:3d} real rows, {name}: us " + ", ".join(line))
 
 
+@contextlib.contextmanager
+def skinny_gemms(n_real: torch.Tensor, tile: tuple[int, int, int, int, int]):  # type: ignore[no-untyped-def]
+    """While open, the packed encoder's linears (F.linear, and the FFN-in's GELU epilogue) run
+    `skinny` over the rows below `n_real`: what a capture inside it bakes into its graph."""
+    bm, bn, bk, warps, stages = tile
+    kw = {"bm": bm, "bn": bn, "bk": bk, "warps": warps, "stages": stages}
+
+    def linear(x, w, b=None):  # type: ignore[no-untyped-def]
+        return skinny(x, w, b, n_real, gelu=False, **kw)
+
+    def addmm_act(bias, x, wt, use_gelu=False):  # type: ignore[no-untyped-def]
+        return skinny(x, wt.t(), bias, n_real, gelu=use_gelu, **kw)
+
+    with mock.patch.object(F, "linear", linear), mock.patch.object(torch, "_addmm_activation", addmm_act):
+        yield
+
+
+def skinny_buffers(engine, batches) -> None:  # type: ignore[no-untyped-def]
+    """Whole small buffers with every linear in `skinny` (tile `SKINNY_TILE`), against the
+    served engine (cuBLAS): vectors' cosine, device µs per replay, and `engine.run` of one query."""
+    from vecq.engines.parity import cosines
+
+    sk = PackedGraphEngine(engine.module, shapes=engine.shapes, dim=engine.dim, buckets=(128, 256, 512, 1024))
+    with skinny_gemms(sk._n, SKINNY_TILE):
+        sk.warmup()
+    one = TokenBatch(np.array([101, 7592, 2088, 2003, 1037, 3231, 102], dtype=np.int64), np.array([7]))
+    sample = [one, TokenBatch(batches[3].ids[: batches[3].lengths[:16].sum()], batches[3].lengths[:16])]
+    for b in sample:
+        print(f"skinny buffers: {b.rows} texts, {b.real_tokens} tokens: cosine to served "
+              f"{cosines(sk.run(b), engine.run(b)).min():.6f}")  # fmt: skip
+    for T in (128, 256, 512, 1024):
+        fill = TokenBatch(batches[5].ids[: T - 40], np.array([T - 40]))
+        line = []
+        for e in (engine, sk):
+            e.run(fill)
+            line.append(replay_us(e._graphs[T, False].graph, 200))
+        print(f"skinny buffers: {T}-token buffer, {T - 40} real tokens: device us served {line[0]:.0f}, "
+              f"skinny {line[1]:.0f}")  # fmt: skip
+    for label, e in (("served", engine), ("skinny", sk)):
+        t = []
+        for _ in range(600):
+            t0 = time.perf_counter()
+            e.run(one)
+            t.append(time.perf_counter() - t0)
+        print(f"skinny buffers: engine.run of one query, {label}: p50 {statistics.median(t) * 1e6:.0f} us")
+
+
+#: The tile `skinny_buffers` serves with (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages).
+SKINNY_TILE = (16, 32, 128, 4, 3)
+
+
 def replay_us(graph, reps: int) -> float:  # type: ignore[no-untyped-def]
     """µs per replay of `graph`, `reps` back to back, by CUDA events."""
     a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -323,6 +376,7 @@ def main() -> None:
                     small(engine)
                 elif part == "skinny":
                     skinny_vs_cublas()
+                    skinny_buffers(engine, batches)
                 print(f"[{part}: {time.perf_counter() - t0:.0f} s]")
 
 
