@@ -32,7 +32,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 #: Statuses of an earlier run's job that will still produce a result: adopt it, don't redo it.
 _ALIVE = {b"queued", b"started", b"finished", b"scheduled", b"deferred"}
 #: Chunks in the first submit of a run; each later submit may hold twice as many as the last.
-#: A whole first window in one MULTI (32k texts) kept a GPU worker idle ~0.1 s while the
+#: A whole first window in one write (32k texts) kept a GPU worker idle ~0.1 s while the
 #: producer built it -- 5-9 % of a 50k-text run on the H200 (BENCHMARKS.md, issue 14).
 FIRST_SUBMIT_CHUNKS = 2
 
@@ -185,7 +185,7 @@ class BulkSubmitter:
         return waiting
 
     def _submit(self, batch: list[tuple[int, list[str]]], flight: _InFlight) -> None:
-        """One round trip to see which chunks an earlier run left, one MULTI for the rest."""
+        """One round trip to see which chunks an earlier run left, one atomic write for the rest."""
         conn = self.client.connection
         ids = [self.job_id(index) for index, _ in batch]
 

@@ -5,7 +5,7 @@ service (`redis+sentinel://[user:password@]host:26379[,host:port...]/service_nam
 `rediss+sentinel://` for TLS): then the pool asks the sentinels for the current primary on
 every new connection, so a failover is one more lost connection to retry.
 
-redis-py retries every command, MULTI/EXEC included, 10 times by default.  Repeating an EXEC
+redis-py retries every command, writes included, 10 times by default.  Repeating an enqueue
 whose reply was lost enqueues a job twice, so vecq opens its connections with redis-py's retries
 off and decides itself: reads are repeated with capped, growing waits (`call` / `acall`);
 enqueues are repeated only after checking that the first write did not land (see `enqueue.py`).

@@ -5,7 +5,7 @@ function `JOB_FUNCTION`, args `[texts]`, kwargs the request options, serialized 
 `MsgpackSerializer`, on queue `keys.queue_name(model, lane)`.  Its result is a float32 array of shape
 (len(texts), dim).
 
-What a producer writes, per job (all through rq's own enqueue, in one MULTI/EXEC):
+What a producer writes, per job (all chosen by rq's own enqueue, run as one script):
 `rq:job:<id>` (rq's hash: meta `{META_KEY: WIRE_VERSION}`, rq `Retry`, result/failure TTLs),
 an RPUSH of the id onto `rq:queue:<queue_name>`, SADD `rq:queues`, and INCRBY
 `keys.queued_texts_key(model)` by len(texts).  It reads results from `rq:results:<id>` (rq's
@@ -44,7 +44,7 @@ MAX_PROMPT_CHARS = 10_000
 MAX_QUERY_CHARS = 10_000
 
 # The queued-texts counter, `keys.queued_texts_key(model)`: texts waiting in a model's queue
-# lists (both lanes).  Producers INCRBY it by len(texts) in the same MULTI/EXEC as the enqueue; a
+# lists (both lanes).  Producers INCRBY it by len(texts) in the same atomic write as the enqueue; a
 # worker DECRBYs it by len(texts) for each job it moves out of a queue list, and INCRBYs it when
 # it pushes a job back (retry, requeue).  A counter rather than LLEN because a job holds
 # 1..MAX_TEXTS_PER_JOB texts, so LLEN alone is off by up to 4096x; and it is O(1) to read.

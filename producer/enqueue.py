@@ -1,11 +1,15 @@
 """Writing vecq jobs into Redis through rq's own enqueue path, many per round trip.
 
-rq builds and writes the jobs (`Queue.prepare_data` + `Queue.enqueue_many` on a pipeline), so
-stock rq tools (`rq info`, `rq requeue`, dashboards) see ordinary jobs and an rq upgrade changes
-vecq's writes with it.  vecq adds only the queued-texts counter, in the same MULTI/EXEC.
+rq builds the jobs and chooses their writes (`Queue.prepare_data` + `Queue.enqueue_many` on a
+pipeline), so stock rq tools (`rq info`, `rq requeue`, dashboards) see ordinary jobs and an rq
+upgrade changes vecq's writes with it.  vecq adds only the queued-texts counter.  What it
+changes is how the pipeline's commands travel: not as MULTI, each command, EXEC (eight commands
+and eight replies for one interactive job, which cost redis-py ~80 µs of packing and parsing
+beyond the round trip), but as one script that runs them in order (`_RUN_QUEUED`): as atomic as
+the transaction, one command, one reply (BENCHMARKS.md, issue 14, thirteenth session).
 
-A MULTI/EXEC either lands whole or not at all, and every job id is chosen before the write, so
-after a connection error the enqueuer asks Redis whether the first job carries this attempt's
+The script runs whole or not at all, and every job id is chosen before the write, so after a
+connection error the enqueuer asks Redis whether the first job carries this attempt's
 `enqueued_at`: if so the write landed and is not repeated (no job is ever enqueued twice).
 """
 
@@ -16,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgpack
 import redis
 from rq import Queue, Retry
 from rq.job import Job
@@ -70,13 +75,22 @@ class VecqJob(Job):
         return obj
 
 
+#: The commands rq queued on a pipeline, run in order by one script: ARGV[1] is their msgpack
+#: array of arrays of strings (raw strings: Valkey's cmsgpack rejects msgpack's bin type).
+_RUN_QUEUED = """
+local commands = cmsgpack.unpack(ARGV[1])
+for i = 1, #commands do redis.call(unpack(commands[i])) end
+return #commands
+"""
+
+
 def new_job_id() -> str:
     """A fresh job id, known before the write so a retried write can be checked for."""
     return str(uuid.uuid4())
 
 
 class Enqueuer:
-    """Writes batches of (request, job id) as rq jobs, one MULTI/EXEC per batch."""
+    """Writes batches of (request, job id) as rq jobs, one atomic script call per batch."""
 
     def __init__(
         self, connection: redis.Redis, *, url: str, options: JobOptions, policy: RetryPolicy
@@ -86,6 +100,8 @@ class Enqueuer:
         self.options = options
         self.policy = policy
         self._queues: dict[str, Queue] = {}
+        self._run_queued = connection.register_script(_RUN_QUEUED)
+        self._encode = connection.get_encoder().encode
 
     def queue(self, name: str) -> Queue:
         """One rq Queue per name, kept so rq asks the server version once, not per job."""
@@ -106,7 +122,7 @@ class Enqueuer:
         while True:
             jobs, pipe = call(self.policy, self.url, lambda: self._prepare(items, deadline))
             try:
-                pipe.execute()
+                self._write(pipe)
                 return jobs
             except Exception as exc:
                 if not is_transient(exc):
@@ -123,10 +139,19 @@ class Enqueuer:
             finally:
                 pipe.reset()
 
+    def _write(self, pipe: redis.client.Pipeline) -> None:
+        """Run the commands queued on `pipe` (never executed itself) as one script."""
+        encode = self._encode  # numbers as redis-py sends them; text and bytes go as they are
+        commands = [
+            [arg if isinstance(arg, str | bytes) else encode(arg) for arg in args]
+            for args, _ in pipe.command_stack
+        ]
+        self._run_queued(args=[msgpack.packb(commands, use_bin_type=False)])
+
     def _prepare(
         self, items: Sequence[tuple[EmbedRequest, str]], deadline: float | None
     ) -> tuple[list[Job], redis.client.Pipeline]:
-        pipe = self.connection.pipeline(transaction=True)
+        pipe = self.connection.pipeline(transaction=False)  # a recorder: `_write` sends it
         jobs: list[Job] = []
         texts_per_model: dict[str, int] = {}
         for queue_name, group in _by_queue(items).items():

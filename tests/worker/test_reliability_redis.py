@@ -224,7 +224,7 @@ def test_a_connection_cut_at_any_reply_loses_no_job_and_does_none_twice(
 
 @pytest.mark.slow
 def test_a_bulk_run_cut_at_any_reply_yields_every_chunk_once(tmp_path, redis_url, null_embedder) -> None:
-    """The producer's side: a `BulkSubmitter` run (statuses, enqueue MULTI, XREAD of results,
+    """The producer's side: a `BulkSubmitter` run (statuses, the enqueue script, XREAD of results,
     deletes) whose connection is cut at each reply in turn still yields every chunk exactly once
     with its own vectors, and leaves none of its jobs or results behind."""
     from vecq.producer import ProducerSettings
