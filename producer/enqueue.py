@@ -8,7 +8,9 @@ and eight replies for one interactive job, which cost redis-py ~80 µs of packin
 beyond the round trip), but as one script that runs them in order (`_RUN_QUEUED`): as atomic as
 the transaction, one command, one reply (BENCHMARKS.md, issue 14, thirteenth session).
 
-The script runs whole or not at all, and every job id is chosen before the write, so after a
+The script's writes run back to back, no other client's command between them, and a write
+Redis refuses (a replica's READONLY, maxmemory's OOM) refuses the first of them (SADD), so it
+lands whole or not at all.  Every job id is chosen before the write, so after a
 connection error the enqueuer asks Redis whether the first job carries this attempt's
 `enqueued_at`: if so the write landed and is not repeated (no job is ever enqueued twice).
 """
