@@ -47,6 +47,9 @@ MAX_TOKENS = TOKEN_BUCKETS[-1]
 #: issue 16).  Only models that read more than this many tokens get the second graphs: at 512 the
 #: whole buffer gains 1 %, not worth twice the captures.
 LONG_TEXTS_FROM = 512
+#: Buffers up to this size are captured with every linear in `kernels.small_linear`, which
+#: computes only the rows holding real tokens (`attention_tile` sets it at capture).
+SMALL_LINEARS_UP_TO = 256
 
 
 def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet:
@@ -154,7 +157,7 @@ class PackedGraphEngine:
     def _capture(self, T: int, long: bool = False) -> _Buffer:
         torch = self._torch
         ids = self._ids[:T]
-        with torch.inference_mode(), attention_tile(self.module, long=long):
+        with torch.inference_mode(), attention_tile(self.module, long=long, small=T <= SMALL_LINEARS_UP_TO):
             self._cu.fill_(0)
             self._cu[1:].fill_(min(T, 2))  # one 2-token text: a valid batch to warm on
             self._n.fill_(min(T, 2))
@@ -257,18 +260,23 @@ def has_tiles(module: Any) -> bool:
 
 
 @contextmanager
-def attention_tile(module: Any, *, long: bool) -> Iterator[None]:
-    """Capture `module` with the long-text attention tile (`long`) or the default one."""
+def attention_tile(module: Any, *, long: bool, small: bool = False) -> Iterator[None]:
+    """Capture `module` with the long-text attention tile (`long`) or the default one, and with
+    its linears over the real rows only (`small`: `kernels.small_linear`)."""
     from ..kernels import ATTENTION_CONFIG, LONG_ATTENTION_CONFIG
 
     encoders = [m for m in module.modules() if hasattr(m, "attention_config")]
     for e in encoders:
         e.attention_config = LONG_ATTENTION_CONFIG if long else ATTENTION_CONFIG
+        if hasattr(e, "small_linears"):
+            e.small_linears = small
     try:
         yield
     finally:
         for e in encoders:
             e.attention_config = ATTENTION_CONFIG
+            if hasattr(e, "small_linears"):
+                e.small_linears = False
 
 
 def _round_up(tokens: int) -> int:
