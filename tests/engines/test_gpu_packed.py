@@ -6,6 +6,8 @@
   every text, and a text's vector does not depend on its batch-mates;
 - every token buffer is captured once, at warmup; batches of every declared shape then run
   without a new capture, and each batch ran in the smallest buffer that holds its tokens;
+- a lone text runs in a small buffer's graph that holds its own copies, with the vector it gets
+  among others.
 - `small_linear` (small buffers' linears, real rows only) equals F.linear on those rows.
 """
 
@@ -166,8 +168,11 @@ def test_packed_fp16_matches_fp32_for_every_text(packed_embedder, varied_texts, 
     assert cosines(got, reference).min() >= 0.999
     # served by replaying the token buffers captured at warmup: no capture since
     assert sum(engine.runs_by_bucket.values()) > replays and engine.captures == len(engine.buckets)
+    few = engine.few_runs
     alone = np.stack([packed_embedder.embed([t])[0] for t in varied_texts[:16]])
     assert cosines(alone, got[:16]).min() >= 0.99999  # independent of batch-mates
+    # each lone text ran in a graph that copies its own inputs and rows (one per staging set)
+    assert engine.few_runs == few + 16 and {turn for _, turn in engine._few} == {0, 1}
 
 
 @pytest.fixture(scope="module")
