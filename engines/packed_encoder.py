@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import ATTENTION_CONFIG, add_layer_norm, packed_attention, packed_embed, packed_pool
-from .small_linear import small_linear
 
 #: model_type → offset of the first position id (RoBERTa counts from padding_idx + 1).
 ARCHITECTURES = {"bert": 0, "roberta": None, "xlm-roberta": None, "distilbert": 0}
@@ -87,9 +86,6 @@ class PackedEncoder(nn.Module):
         self.max_position = config.max_position_embeddings - 1
         #: the attention kernel's tile, read at capture (`torch_packed.attention_tile` sets it)
         self.attention_config = ATTENTION_CONFIG
-        #: every linear in `kernels.small_linear` (real rows only), set at capture for small
-        #: buffers (`torch_packed.SMALL_LINEARS_UP_TO`)
-        self.small_linears = False
         self.word = e.word_embeddings.weight
         self.position = e.position_embeddings.weight
         types = getattr(e, "token_type_embeddings", None)
@@ -124,26 +120,15 @@ class PackedEncoder(nn.Module):
         )  # fmt: skip
         T = ids.shape[0]
         for layer in self.layers:
-            qkv = self._linear(x, layer["wqkv"], layer["bqkv"], n_real).view(T, 3, self.heads, -1)
+            qkv = F.linear(x, layer["wqkv"], layer["bqkv"]).view(T, 3, self.heads, -1)
             att = packed_attention(qkv, seq, cu, n_real, heads=self.heads, config=self.attention_config)
-            x = add_layer_norm(x, self._linear(att, layer["wo"], layer["bo"], n_real), *layer["norm1"])
-            h = self._linear(x, layer["w1"], layer["b1"], n_real, gelu=True)
-            x = add_layer_norm(x, self._linear(h, layer["w2"], layer["b2"], n_real), *layer["norm2"])
+            x = add_layer_norm(x, F.linear(att, layer["wo"], layer["bo"]), *layer["norm1"])
+            if self.gelu_epilogue:
+                h = torch._addmm_activation(layer["b1"], x, layer["w1"].t(), use_gelu=True)
+            else:
+                h = F.gelu(F.linear(x, layer["w1"], layer["b1"]), approximate=self.gelu)
+            x = add_layer_norm(x, F.linear(h, layer["w2"], layer["b2"]), *layer["norm2"])
         return packed_pool(x, seq, cu, mean=self.pooling != "cls", normalize=self.normalize)
-
-    def _linear(
-        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_real: torch.Tensor, *, gelu: bool = False
-    ) -> torch.Tensor:
-        if (
-            self.small_linears
-        ):  # GELU in the epilogue's (tanh) form: a text's vector is the same in any buffer
-            form = "tanh" if self.gelu_epilogue or self.gelu == "tanh" else "exact"
-            return small_linear(x, w, b, n_real, gelu=form if gelu else None)
-        if not gelu:
-            return F.linear(x, w, b)
-        if self.gelu_epilogue:
-            return torch._addmm_activation(b, x, w.t(), use_gelu=True)
-        return F.gelu(F.linear(x, w, b), approximate=self.gelu)
 
 
 def _segments(ids: torch.Tensor, cu: torch.Tensor, n_real: torch.Tensor, sep_id: int | None) -> torch.Tensor:

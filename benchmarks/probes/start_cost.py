@@ -46,15 +46,18 @@ def _steps(engine, batch, calls: int, gap_s: float = 0.0) -> dict[str, list[floa
         engine._turn ^= 1
         stage.done.synchronize()
         t = stamp("event sync (previous batch)", t)
-        ids, cu, n_real = engine._layout.views(stage.block.numpy())
-        n = pack_into(batch, ids, cu)
-        n_real[0] = n
+        cu = stage.cu.numpy()
+        n = pack_into(batch, stage.ids.numpy(), cu)
+        stage.n.numpy()[0] = n
         T = engine.buckets[bisect.bisect_left(engine.buckets, n)]
         buf = engine._graphs[T, False]
         t = stamp("pack_into + bucket", t)
-        used = engine._layout.ids_at + n
-        engine._inputs[:used].copy_(stage.block[:used], non_blocking=True)
-        t = stamp("H2D inputs (one block)", t)
+        engine._ids[:n].copy_(stage.ids[:n], non_blocking=True)
+        t = stamp("H2D ids", t)
+        engine._cu.copy_(stage.cu, non_blocking=True)
+        t = stamp("H2D cu", t)
+        engine._n.copy_(stage.n, non_blocking=True)
+        t = stamp("H2D n", t)
         buf.graph.replay()
         t = stamp("graph.replay()", t)
         out = stage.out[: batch.rows]

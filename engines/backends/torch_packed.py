@@ -47,16 +47,6 @@ MAX_TOKENS = TOKEN_BUCKETS[-1]
 #: issue 16).  Only models that read more than this many tokens get the second graphs: at 512 the
 #: whole buffer gains 1 %, not worth twice the captures.
 LONG_TEXTS_FROM = 512
-#: Buffers up to this size are captured with every linear in `small_linear.small_linear`, which
-#: computes only the rows holding real tokens (`attention_tile` sets it at capture).
-SMALL_LINEARS_UP_TO = 256
-#: Buffers up to this size get two more graphs each (one per staging set) that hold their own
-#: copies: the inputs up from that set's pinned block, and the first `FEW_ROWS` vectors back.  A
-#: batch of at most that many texts (a lone query) then starts with one replay and no copy
-#: calls, each of which cost the host 8-60 µs beside the ~0.35 ms the small buffer's kernels
-#: take (BENCHMARKS.md, issue 14, tenth and thirteenth sessions).
-COPIES_IN_GRAPH_UP_TO = 1024
-FEW_ROWS = 16
 
 
 def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet:
@@ -77,45 +67,24 @@ def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet
 
 @dataclass
 class _Staging:
-    """Pinned host buffers of one batch in flight, and the event its last copy records.
+    """Pinned host buffers of one batch in flight, and the event its last copy records."""
 
-    The inputs are one int32 block laid out as the device's (`_Inputs`): n, cu, then the ids, so
-    that a batch goes up in one copy, not three: each copy call cost a lone query 8-60 µs of
-    host time on the H200 (BENCHMARKS.md, issue 14, tenth session)."""
-
-    block: Any
+    ids: Any
+    cu: Any
+    n: Any
     out: Any
     done: Any  # torch.cuda.Event
 
     @classmethod
-    def make(cls, torch: Any, layout: _Inputs, dim: int) -> _Staging:
+    def make(cls, torch: Any, tokens: int, slots: int, dim: int) -> _Staging:
         pinned = {"pin_memory": True}
         return cls(
-            torch.zeros(layout.size, dtype=torch.int32, **pinned),
-            torch.empty((layout.slots, dim), dtype=torch.float32, **pinned),
+            torch.zeros(tokens, dtype=torch.long, **pinned),
+            torch.zeros(slots + 1, dtype=torch.int32, **pinned),
+            torch.zeros(1, dtype=torch.int32, **pinned),
+            torch.empty((slots, dim), dtype=torch.float32, **pinned),
             torch.cuda.Event(),
         )
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """Where n (1), cu (slots + 1) and the ids (tokens) lie in one int32 block; the ids start
-    on a 128-byte boundary."""
-
-    slots: int
-    tokens: int
-
-    @property
-    def ids_at(self) -> int:
-        return _round_up_to(self.slots + 2, 32)
-
-    @property
-    def size(self) -> int:
-        return self.ids_at + self.tokens
-
-    def views(self, block: Any) -> tuple[Any, Any, Any]:
-        """(ids, cu, n) of `block` (a torch tensor or a numpy array)."""
-        return block[self.ids_at :], block[1 : self.slots + 2], block[0:1]
 
 
 @dataclass
@@ -165,12 +134,12 @@ class PackedGraphEngine:
         #: What one `TokenBatch` may hold (`vecq.engines.base.packs`).
         self.token_budget, self.max_rows = T_max, self.slots
         # Inputs every graph reads (a graph of T tokens reads the first T of `ids`).
-        self._layout = _Inputs(self.slots, T_max)
-        self._inputs = torch.zeros(self._layout.size, dtype=torch.int32, device=self.device)
-        self._ids, self._cu, self._n = self._layout.views(self._inputs)
+        self._ids = torch.zeros(T_max, dtype=torch.long, device=self.device)
+        self._cu = torch.zeros(self.slots + 1, dtype=torch.int32, device=self.device)
+        self._n = torch.zeros(1, dtype=torch.int32, device=self.device)
         # Two sets of pinned staging buffers: batch k+1 is packed into one while batch k's
         # copies still read (and write) the other.
-        self._staging = [_Staging.make(torch, self._layout, dim) for _ in range(2)]
+        self._staging = [_Staging.make(torch, T_max, self.slots, dim) for _ in range(2)]
         self._turn = 0
         self._pool = torch.cuda.graph_pool_handle()
         self._stream = torch.cuda.Stream(device=self.device)
@@ -178,17 +147,14 @@ class PackedGraphEngine:
         long_texts = max(s.seq_len for s in shapes) > LONG_TEXTS_FROM and has_tiles(module)
         self.long_buckets = tuple(T for T in self.buckets if T >= LONG_TEXTS_FROM) if long_texts else ()
         self._graphs: dict[tuple[int, bool], _Buffer] = {}
-        #: (T, staging set) -> the graph that copies its own inputs and first rows (`FEW_ROWS`)
-        self._few: dict[tuple[int, int], _Buffer] = {}
         self.captures = 0
         self.runs_by_bucket: dict[int, int] = dict.fromkeys(self.buckets, 0)
         self.long_runs = 0  # batches that replayed a long-text graph
-        self.few_runs = 0  # batches that replayed a graph holding its own copies
 
     def _capture(self, T: int, long: bool = False) -> _Buffer:
         torch = self._torch
         ids = self._ids[:T]
-        with torch.inference_mode(), attention_tile(self.module, long=long, small=T <= SMALL_LINEARS_UP_TO):
+        with torch.inference_mode(), attention_tile(self.module, long=long):
             self._cu.fill_(0)
             self._cu[1:].fill_(min(T, 2))  # one 2-token text: a valid batch to warm on
             self._n.fill_(min(T, 2))
@@ -203,30 +169,6 @@ class PackedGraphEngine:
         self.captures += 1
         return _Buffer(graph, out)
 
-    def _capture_few(self, T: int, turn: int) -> _Buffer:
-        """`T`'s graph with the copies of a few-row batch inside, for staging set `turn` (its
-        main graph was captured first, so Triton has compiled)."""
-        torch = self._torch
-        stage, used = self._staging[turn], self._layout.ids_at + T
-        with torch.inference_mode(), attention_tile(self.module, long=False, small=T <= SMALL_LINEARS_UP_TO):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                self._inputs[:used].copy_(stage.block[:used], non_blocking=True)
-                out = self.module(self._ids[:T], self._cu, self._n)
-                stage.out[:FEW_ROWS].copy_(out[:FEW_ROWS], non_blocking=True)
-        return _Buffer(graph, out)
-
-    def _capture_all_few(self) -> None:
-        if self.slots < FEW_ROWS:  # an engine of fewer slots keeps the copy calls
-            return
-        try:
-            for T in sorted((T for T in self.buckets if T <= COPIES_IN_GRAPH_UP_TO), reverse=True):
-                for turn in (0, 1):
-                    self._few[T, turn] = self._capture_few(T, turn)
-        except RuntimeError as exc:  # this torch cannot capture pinned copies: the calls stay
-            self._few.clear()
-            log.warning("torch packed: copies inside graphs refused (%s); copying per batch", exc)
-
     def warmup(self) -> None:
         """Capture every token buffer (and its long-text graph), largest first so the shared
         memory pool is sized once."""
@@ -234,8 +176,6 @@ class PackedGraphEngine:
             for long in (False, True) if T in self.long_buckets else (False,):
                 if (T, long) not in self._graphs:
                     self._graphs[T, long] = self._capture(T, long)
-        if not self._few:
-            self._capture_all_few()
         self._torch.cuda.synchronize(self.device)
         log.info(
             "torch packed: %d graphs captured (%d token buffers up to %d tokens, %d with a long-text tile)",
@@ -259,30 +199,25 @@ class PackedGraphEngine:
                 )
         elif batch.shape not in self.shapes:
             raise ShapeError(f"batch shape {batch.shape} is not one of the engine's shapes (vecq bug)")
-        turn = self._turn
-        stage = self._staging[turn]
+        stage = self._staging[self._turn]
         self._turn ^= 1
         stage.done.synchronize()  # the batch before last has left this set
-        ids, cu, n_real = self._layout.views(stage.block.numpy())
-        n = pack_into(batch, ids, cu)
-        n_real[0] = n
+        cu = stage.cu.numpy()
+        n = pack_into(batch, stage.ids.numpy(), cu)
+        stage.n.numpy()[0] = n
         T = self.buckets[bisect.bisect_left(self.buckets, n)]
         long = n >= LONG_TEXTS_FROM and T in self.long_buckets and _long_texts(cu, batch.rows, n)
         buf = self._graphs.get((T, long))
         if buf is None:
             buf = self._graphs[T, long] = self._capture(T, long)  # only if warmup was skipped
-        few = self._few.get((T, turn)) if batch.rows <= FEW_ROWS and not long else None
-        out = stage.out[: batch.rows]
-        if few is not None:  # copies in and out inside the graph
-            few.graph.replay()
-            self.few_runs += 1
-        else:
-            used = self._layout.ids_at + n
-            self._inputs[:used].copy_(stage.block[:used], non_blocking=True)
-            buf.graph.replay()
-            out.copy_(buf.out[: batch.rows], non_blocking=True)
+        self._ids[:n].copy_(stage.ids[:n], non_blocking=True)
+        self._cu.copy_(stage.cu, non_blocking=True)
+        self._n.copy_(stage.n, non_blocking=True)
+        buf.graph.replay()
         self.runs_by_bucket[T] += 1
         self.long_runs += long
+        out = stage.out[: batch.rows]
+        out.copy_(buf.out[: batch.rows], non_blocking=True)
         stage.done.record()
         return _Started(stage.done, out)
 
@@ -322,28 +257,19 @@ def has_tiles(module: Any) -> bool:
 
 
 @contextmanager
-def attention_tile(module: Any, *, long: bool, small: bool = False) -> Iterator[None]:
-    """Capture `module` with the long-text attention tile (`long`) or the default one, and with
-    its linears over the real rows only (`small`: `kernels.small_linear`)."""
+def attention_tile(module: Any, *, long: bool) -> Iterator[None]:
+    """Capture `module` with the long-text attention tile (`long`) or the default one."""
     from ..kernels import ATTENTION_CONFIG, LONG_ATTENTION_CONFIG
 
     encoders = [m for m in module.modules() if hasattr(m, "attention_config")]
     for e in encoders:
         e.attention_config = LONG_ATTENTION_CONFIG if long else ATTENTION_CONFIG
-        if hasattr(e, "small_linears"):
-            e.small_linears = small
     try:
         yield
     finally:
         for e in encoders:
             e.attention_config = ATTENTION_CONFIG
-            if hasattr(e, "small_linears"):
-                e.small_linears = False
 
 
 def _round_up(tokens: int) -> int:
-    return _round_up_to(tokens, BUFFER_MULTIPLE)
-
-
-def _round_up_to(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+    return -(-tokens // BUFFER_MULTIPLE) * BUFFER_MULTIPLE
