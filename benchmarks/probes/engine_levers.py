@@ -1,4 +1,4 @@
-"""Probe (issue 14, thirteenth session): three levers on the packed torch engine, each measured
+"""Probe (issue 14, thirteenth session): four levers on the packed torch engine, each measured
 against what is served, in one run on one CUDA device.
 
 - `streams`: the engine alone over the corpus in 32k-token buffers, one stream (as served)
@@ -8,12 +8,12 @@ against what is served, in one run on one CUDA device.
 - `blas`: cuBLAS against cuBLASLt (`torch.backends.cuda.preferred_blas_library`) for the four
   GEMMs at 16 … 32k rows (each in a CUDA graph of 20 calls), and whole-buffer graph replays.
 - `small`: a lone query's 128-token buffer: its kernels one by one (eager, profiled), and
-  `engine.run` through the graph that holds its own copies against one copy call per batch,
-  back to back and after 2 ms asleep.
+  `engine.run` back to back and after 2 ms asleep -- with an engine whose small graphs hold
+  their own copies (32fcb57, pending its GPU tests) also against one copy call per batch.
 - `skinny`: a small-M Triton linear that skips the row blocks past the real tokens, against
-  cuBLAS, on the 128-token buffer's four GEMMs.
+  cuBLAS, on the 128-token buffer's four GEMMs, then whole small buffers with every linear in it.
 
-    python3 benchmarks/probes/engine_levers.py [--parts streams,blas,small]
+    python3 benchmarks/probes/engine_levers.py [--parts small,skinny,blas,streams]
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def skinny_buffers(engine, batches) -> None:  # type: ignore[no-untyped-def]
     sk = PackedGraphEngine(engine.module, shapes=engine.shapes, dim=engine.dim, buckets=(128, 256, 512, 1024))
     with skinny_gemms(sk._n, SKINNY_TILE):
         sk.warmup()
-    one = TokenBatch(np.array([101, 7592, 2088, 2003, 1037, 3231, 102], dtype=np.int64), np.array([7]))
+    one = one_query()
     sample = [one, TokenBatch(batches[3].ids[: batches[3].lengths[:16].sum()], batches[3].lengths[:16])]
     for b in sample:
         print(f"skinny buffers: {b.rows} texts, {b.real_tokens} tokens: cosine to served "
@@ -244,6 +244,11 @@ def skinny_buffers(engine, batches) -> None:  # type: ignore[no-untyped-def]
 
 #: The tile `skinny_buffers` serves with (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages).
 SKINNY_TILE = (16, 32, 128, 4, 3)
+
+
+def one_query() -> TokenBatch:
+    """A lone 7-token query ("[CLS] hello world is a test [SEP]" in the English vocab)."""
+    return TokenBatch(np.array([101, 7592, 2088, 2003, 1037, 3231, 102], dtype=np.int64), np.array([7]))
 
 
 def replay_us(graph, reps: int) -> float:  # type: ignore[no-untyped-def]
@@ -319,7 +324,7 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
 
-    one = TokenBatch(np.array([101, 7592, 2088, 2003, 1037, 3231, 102], dtype=np.int64), np.array([7]))
+    one = one_query()
     engine.run(one)  # leaves this batch in the engine's inputs
     with prof(activities=[ProfilerActivity.CUDA]) as p:
         for _ in range(3):

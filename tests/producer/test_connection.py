@@ -272,7 +272,7 @@ def test_unreachable_sentinels_are_one_masked_line() -> None:
     assert "data-pw" not in message and "sent-pw" not in message and "\n" not in message
 
 
-def _transactions(admin: redis.Redis) -> int:
+def _enqueue_attempts(admin: redis.Redis) -> int:
     """Enqueue scripts the server has run (`enqueue._RUN_QUEUED`): one per attempt of an enqueue.
     The first EVALSHA finds no script and is sent again after a SCRIPT LOAD, so loads don't count."""
     stats = admin.info("commandstats")
@@ -284,7 +284,7 @@ def _promote_after_a_refusal(admin: redis.Redis, seen: int, promoted: threading.
     """`REPLICAOF NO ONE` (a failover) once the server has refused one more enqueue attempt."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if _transactions(admin) > seen:
+        if _enqueue_attempts(admin) > seen:
             admin.replicaof("NO", "ONE")
             promoted.set()
             return
@@ -311,14 +311,14 @@ def test_read_only_replica_is_retried_then_named(tmp_path) -> None:  # type: ign
                 time.sleep(0.02)
             with pytest.raises(RedisUnavailable) as info:
                 c.submit(["x"])
-        assert _transactions(admin) == 3 and admin.dbsize() == 0  # three attempts, each refused
+        assert _enqueue_attempts(admin) == 3 and admin.dbsize() == 0  # three attempts, each refused
         promoted = threading.Event()
         promote = threading.Thread(target=_promote_after_a_refusal, args=(admin, 3, promoted))
         with Client(url, settings=fast_settings(connect_attempts=100, retry_backoff_cap=0.1)) as c:
             promote.start()
             job = c.submit(["after the promotion"])
         promote.join(20)
-        assert promoted.is_set() and _transactions(admin) >= 5  # refused, then retried and landed
+        assert promoted.is_set() and _enqueue_attempts(admin) >= 5  # refused, then retried and landed
         queue = f"rq:queue:{queue_name('all-minilm-l6-v2', 'interactive')}"
         assert admin.lrange(queue, 0, -1) == [job.id.encode()]
     finally:
