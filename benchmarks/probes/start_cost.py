@@ -28,8 +28,9 @@ from vecq.engines.base import TokenBatch
 
 
 def _steps(engine, batch, calls: int, gap_s: float = 0.0) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
-    """µs of each step of start() + result(), spelled out as torch_packed.py runs them; `gap_s`
-    asleep before each call, as a worker's engine thread sleeps between lone queries."""
+    """µs of each step of start() + result(), spelled out as torch_packed.py runs them (with
+    copy calls, not the few-row graph); `gap_s` asleep before each call, as a worker's engine
+    thread sleeps between lone queries."""
     took: dict[str, list[float]] = {}
 
     def stamp(name: str, since: float) -> float:
@@ -42,29 +43,28 @@ def _steps(engine, batch, calls: int, gap_s: float = 0.0) -> dict[str, list[floa
         if gap_s:
             time.sleep(gap_s)
         t0 = t = time.perf_counter()
-        stage = engine._staging[engine._turn]
-        engine._turn ^= 1
-        stage.done.synchronize()
+        lane = engine.lanes[engine._pick_lane()]
+        t = stamp("pick a lane", t)
+        _, stage = lane.next_staging()
         t = stamp("event sync (previous batch)", t)
-        cu = stage.cu.numpy()
-        n = pack_into(batch, stage.ids.numpy(), cu)
-        stage.n.numpy()[0] = n
+        ids, cu, n_real = lane.layout.views(stage.block.numpy())
+        n = pack_into(batch, ids, cu)
+        n_real[0] = n
         T = engine.buckets[bisect.bisect_left(engine.buckets, n)]
-        buf = engine._graphs[T, False]
+        buf = lane.graphs[T, False]
         t = stamp("pack_into + bucket", t)
-        engine._ids[:n].copy_(stage.ids[:n], non_blocking=True)
-        t = stamp("H2D ids", t)
-        engine._cu.copy_(stage.cu, non_blocking=True)
-        t = stamp("H2D cu", t)
-        engine._n.copy_(stage.n, non_blocking=True)
-        t = stamp("H2D n", t)
-        buf.graph.replay()
-        t = stamp("graph.replay()", t)
-        out = stage.out[: batch.rows]
-        out.copy_(buf.out[: batch.rows], non_blocking=True)
-        t = stamp("D2H out", t)
-        stage.done.record()
-        t = stamp("event record", t)
+        with torch.cuda.stream(lane.stream):
+            t = stamp("enter the lane's stream", t)
+            used = lane.layout.ids_at + n
+            lane.inputs[:used].copy_(stage.block[:used], non_blocking=True)
+            t = stamp("H2D inputs (one block)", t)
+            buf.graph.replay()
+            t = stamp("graph.replay()", t)
+            out = stage.out[: batch.rows]
+            out.copy_(buf.out[: batch.rows], non_blocking=True)
+            t = stamp("D2H out", t)
+            stage.done.record()
+            t = stamp("event record", t)
         stamp("start() total", t0)
         stage.done.synchronize()
         t = stamp("device wait (result)", t)
@@ -74,7 +74,7 @@ def _steps(engine, batch, calls: int, gap_s: float = 0.0) -> dict[str, list[floa
 
 
 def _replay_alone(engine, T: int, calls: int) -> list[float]:  # type: ignore[no-untyped-def]
-    graph = engine._graphs[T, False].graph
+    graph = engine.lanes[0].graphs[T, False].graph
     took = []
     for _ in range(calls):
         torch.cuda.synchronize()

@@ -20,7 +20,6 @@ import bisect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from ..base import Batch, TokenBatch
 from ..errors import ShapeError
 from ..kernels import BUFFER_MULTIPLE
 from ..shapes import DEFAULT_SEQ_LENS, Shape, ShapeSet
+from .graph_lane import FEW_ROWS, GraphLane, Inputs, Started
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,15 @@ MAX_TOKENS = TOKEN_BUCKETS[-1]
 #: issue 16).  Only models that read more than this many tokens get the second graphs: at 512 the
 #: whole buffer gains 1 %, not worth twice the captures.
 LONG_TEXTS_FROM = 512
+#: Buffers up to this size get one more graph per staging set that holds its own copies: the
+#: inputs up from that set's pinned block, and the first `graph_lane.FEW_ROWS` vectors back.  A
+#: batch of that few texts (a lone query) then starts with one replay and no copy calls, each of
+#: which cost the host 8-60 µs beside the ~0.35 ms the small buffer's kernels take
+#: (BENCHMARKS.md, issue 14, tenth and fourteenth sessions).
+COPIES_IN_GRAPH_UP_TO = 1024
+#: Batches that run side by side, each on a lane of its own (`graph_lane`): the engine thread
+#: keeps two in flight (batch k+1 starts before k is collected), so two lanes overlap them.
+LANES = 2
 
 
 def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet:
@@ -65,62 +74,20 @@ def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet
     return ShapeSet(shapes)
 
 
-@dataclass
-class _Staging:
-    """Pinned host buffers of one batch in flight, and the event its last copy records."""
-
-    ids: Any
-    cu: Any
-    n: Any
-    out: Any
-    done: Any  # torch.cuda.Event
-
-    @classmethod
-    def make(cls, torch: Any, tokens: int, slots: int, dim: int) -> _Staging:
-        pinned = {"pin_memory": True}
-        return cls(
-            torch.zeros(tokens, dtype=torch.long, **pinned),
-            torch.zeros(slots + 1, dtype=torch.int32, **pinned),
-            torch.zeros(1, dtype=torch.int32, **pinned),
-            torch.empty((slots, dim), dtype=torch.float32, **pinned),
-            torch.cuda.Event(),
-        )
-
-
-@dataclass
-class _Started:
-    """A packed batch on its way through the GPU."""
-
-    done: Any
-    out: Any  # pinned rows the device-to-host copy fills
-
-    def ready(self) -> bool:
-        return bool(self.done.query())
-
-    def result(self) -> np.ndarray:
-        self.done.synchronize()
-        return self.out.numpy().copy()
-
-
-@dataclass
-class _Buffer:
-    """One token buffer size's graph and the output tensor it writes."""
-
-    graph: Any
-    out: Any
-
-
 class PackedGraphEngine:
-    """Serves `PackedEncoder` through one CUDA graph per token buffer size."""
+    """Serves `PackedEncoder` through one CUDA graph per token buffer size, in each of `lanes`
+    lanes that run side by side."""
 
     def __init__(
         self, module: Any, *, shapes: ShapeSet, dim: int, device: str = "cuda",
-        buckets: Sequence[int] = TOKEN_BUCKETS,
+        buckets: Sequence[int] = TOKEN_BUCKETS, lanes: int = LANES,
     ) -> None:  # fmt: skip
         import torch
 
         if any(T % BUFFER_MULTIPLE for T in buckets):
             raise ValueError(f"token buckets must be multiples of {BUFFER_MULTIPLE}")
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, not {lanes}")
         self._torch = torch
         self.module = module
         self.shapes, self.dim = shapes, dim
@@ -130,66 +97,62 @@ class PackedGraphEngine:
         ladder = sorted(buckets)
         top = next((T for T in ladder if largest <= T), _round_up(largest))
         self.buckets = (*[T for T in ladder if top > T], top)
-        T_max = self.buckets[-1]
         #: What one `TokenBatch` may hold (`vecq.engines.base.packs`).
-        self.token_budget, self.max_rows = T_max, self.slots
-        # Inputs every graph reads (a graph of T tokens reads the first T of `ids`).
-        self._ids = torch.zeros(T_max, dtype=torch.long, device=self.device)
-        self._cu = torch.zeros(self.slots + 1, dtype=torch.int32, device=self.device)
-        self._n = torch.zeros(1, dtype=torch.int32, device=self.device)
-        # Two sets of pinned staging buffers: batch k+1 is packed into one while batch k's
-        # copies still read (and write) the other.
-        self._staging = [_Staging.make(torch, T_max, self.slots, dim) for _ in range(2)]
-        self._turn = 0
-        self._pool = torch.cuda.graph_pool_handle()
-        self._stream = torch.cuda.Stream(device=self.device)
+        self.token_budget, self.max_rows = self.buckets[-1], self.slots
+        self._layout = Inputs(self.slots, self.buckets[-1])
+        self.lanes = [GraphLane(torch, self._layout, dim=dim, device=self.device) for _ in range(lanes)]
+        self._next = 0  # the lane the next batch goes to, unless another is idle
         #: Buffers that also have a long-text graph (empty unless the model reads > 512 tokens).
         long_texts = max(s.seq_len for s in shapes) > LONG_TEXTS_FROM and has_tiles(module)
         self.long_buckets = tuple(T for T in self.buckets if T >= LONG_TEXTS_FROM) if long_texts else ()
-        self._graphs: dict[tuple[int, bool], _Buffer] = {}
-        self.captures = 0
+        self.captures = 0  # graphs captured, every lane's
         self.runs_by_bucket: dict[int, int] = dict.fromkeys(self.buckets, 0)
+        self.runs_by_lane = [0] * lanes
         self.long_runs = 0  # batches that replayed a long-text graph
+        self.few_runs = 0  # batches that replayed a graph holding its own copies
 
-    def _capture(self, T: int, long: bool = False) -> _Buffer:
-        torch = self._torch
-        ids = self._ids[:T]
-        with torch.inference_mode(), attention_tile(self.module, long=long):
-            self._cu.fill_(0)
-            self._cu[1:].fill_(min(T, 2))  # one 2-token text: a valid batch to warm on
-            self._n.fill_(min(T, 2))
-            self._stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self._stream):
-                for _ in range(2):  # Triton compiles and autotunes outside the capture
-                    self.module(ids, self._cu, self._n)
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = self.module(ids, self._cu, self._n)
+    def _capture(self, lane: GraphLane, T: int, long: bool = False) -> None:
+        with attention_tile(self.module, long=long):
+            lane.graphs[T, long] = lane.capture(self.module, T)
         self.captures += 1
-        return _Buffer(graph, out)
+
+    def _capture_few(self, lane: GraphLane) -> None:
+        if self.slots < FEW_ROWS:  # an engine of fewer slots keeps the copy calls
+            return
+        try:
+            with attention_tile(self.module, long=False):
+                for T in sorted((T for T in self.buckets if T <= COPIES_IN_GRAPH_UP_TO), reverse=True):
+                    for turn in (0, 1):
+                        lane.few[T, turn] = lane.capture_few(self.module, T, turn)
+        except RuntimeError as exc:  # this torch cannot capture pinned copies: the calls stay
+            lane.few.clear()
+            log.warning("torch packed: copies inside graphs refused (%s); copying per batch", exc)
 
     def warmup(self) -> None:
-        """Capture every token buffer (and its long-text graph), largest first so the shared
-        memory pool is sized once."""
-        for T in sorted(self.buckets, reverse=True):
-            for long in (False, True) if T in self.long_buckets else (False,):
-                if (T, long) not in self._graphs:
-                    self._graphs[T, long] = self._capture(T, long)
+        """Capture every lane's token buffers (and long-text graphs), largest first so each
+        lane's memory pool is sized once."""
+        for lane in self.lanes:
+            for T in sorted(self.buckets, reverse=True):
+                for long in (False, True) if T in self.long_buckets else (False,):
+                    if (T, long) not in lane.graphs:
+                        self._capture(lane, T, long)
+            if not lane.few:
+                self._capture_few(lane)
         self._torch.cuda.synchronize(self.device)
         log.info(
-            "torch packed: %d graphs captured (%d token buffers up to %d tokens, %d with a long-text tile)",
-            self.captures, len(self.buckets), self.buckets[-1], len(self.long_buckets),
+            "torch packed: %d graphs captured (%d lanes of %d token buffers up to %d tokens, %d with "
+            "a long-text tile)", self.captures, len(self.lanes), len(self.buckets), self.buckets[-1],
+            len(self.long_buckets),
         )  # fmt: skip
 
     def run(self, batch: Batch | TokenBatch) -> np.ndarray:
         return self.start(batch).result()
 
-    def start(self, batch: Batch | TokenBatch) -> _Started:
-        """Pack `batch`, queue its copies and graph replay on the GPU, and return at once.
+    def start(self, batch: Batch | TokenBatch) -> Started:
+        """Pack `batch`, queue its copies and graph replay on a lane, and return at once.
 
-        Batches are finished (`result()`) in the order they were started, at most two apart:
-        the staging set a batch used is reused by the batch after next.
+        Batches are finished (`result()`) in the order they were started, at most two per lane
+        apart: the staging set a batch used is reused by its lane's batch after next.
         """
         if isinstance(batch, TokenBatch):
             if batch.real_tokens > self.token_budget or batch.rows > self.max_rows:
@@ -199,30 +162,35 @@ class PackedGraphEngine:
                 )
         elif batch.shape not in self.shapes:
             raise ShapeError(f"batch shape {batch.shape} is not one of the engine's shapes (vecq bug)")
-        stage = self._staging[self._turn]
-        self._turn ^= 1
-        stage.done.synchronize()  # the batch before last has left this set
-        cu = stage.cu.numpy()
-        n = pack_into(batch, stage.ids.numpy(), cu)
-        stage.n.numpy()[0] = n
+        k = self._pick_lane()
+        lane = self.lanes[k]
+        turn, stage = lane.next_staging()
+        ids, cu, n_real = self._layout.views(stage.block.numpy())
+        n = pack_into(batch, ids, cu)
+        n_real[0] = n
         T = self.buckets[bisect.bisect_left(self.buckets, n)]
         long = n >= LONG_TEXTS_FROM and T in self.long_buckets and _long_texts(cu, batch.rows, n)
-        buf = self._graphs.get((T, long))
-        if buf is None:
-            buf = self._graphs[T, long] = self._capture(T, long)  # only if warmup was skipped
-        self._ids[:n].copy_(stage.ids[:n], non_blocking=True)
-        self._cu.copy_(stage.cu, non_blocking=True)
-        self._n.copy_(stage.n, non_blocking=True)
-        buf.graph.replay()
+        if (T, long) not in lane.graphs:
+            self._capture(lane, T, long)  # only if warmup was skipped
+        started, few = lane.launch(turn, T, long=long, n=n, rows=batch.rows)
         self.runs_by_bucket[T] += 1
+        self.runs_by_lane[k] += 1
         self.long_runs += long
-        out = stage.out[: batch.rows]
-        out.copy_(buf.out[: batch.rows], non_blocking=True)
-        stage.done.record()
-        return _Started(stage.done, out)
+        self.few_runs += few
+        return started
+
+    def _pick_lane(self) -> int:
+        """The next lane in turn, or the first idle one after it: a query that comes while a
+        lane runs a bulk batch goes beside that batch, not behind it."""
+        L = len(self.lanes)
+        k = next((i % L for i in range(self._next, self._next + L) if self.lanes[i % L].idle()), self._next)
+        self._next = (k + 1) % L
+        return k
 
     def close(self) -> None:
-        self._graphs.clear()
+        for lane in self.lanes:
+            lane.graphs.clear()
+            lane.few.clear()
 
 
 def pack_into(batch: Batch | TokenBatch, ids: np.ndarray, cu: np.ndarray) -> int:
@@ -272,4 +240,8 @@ def attention_tile(module: Any, *, long: bool) -> Iterator[None]:
 
 
 def _round_up(tokens: int) -> int:
-    return -(-tokens // BUFFER_MULTIPLE) * BUFFER_MULTIPLE
+    return _round_up_to(tokens, BUFFER_MULTIPLE)
+
+
+def _round_up_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

@@ -5,7 +5,10 @@
 - served vectors (fp16, packed token buffers, graphs) are within cosine 0.999 of torch fp32 for
   every text, and a text's vector does not depend on its batch-mates;
 - every token buffer is captured once, at warmup; batches of every declared shape then run
-  without a new capture, and each batch ran in the smallest buffer that holds its tokens.
+  without a new capture, and each batch ran in the smallest buffer that holds its tokens;
+- a lone text runs in a small buffer's graph that holds its own copies, with the vector it gets
+  among others;
+- batches run side by side on the engine's lanes get the vectors one lane gives them.
 """
 
 from __future__ import annotations
@@ -138,9 +141,34 @@ def test_packed_fp16_matches_fp32_for_every_text(packed_embedder, varied_texts, 
     got = packed_embedder.embed(varied_texts)
     assert cosines(got, reference).min() >= 0.999
     # served by replaying the token buffers captured at warmup: no capture since
-    assert sum(engine.runs_by_bucket.values()) > replays and engine.captures == len(engine.buckets)
+    assert sum(engine.runs_by_bucket.values()) > replays
+    assert engine.captures == len(engine.buckets) * len(engine.lanes)
+    few = engine.few_runs
     alone = np.stack([packed_embedder.embed([t])[0] for t in varied_texts[:16]])
     assert cosines(alone, got[:16]).min() >= 0.99999  # independent of batch-mates
+    # each lone text ran in a graph that copies its own inputs and rows (one per staging set)
+    assert engine.few_runs == few + 16
+    assert all({turn for _, turn in lane.few} == {0, 1} for lane in engine.lanes)
+
+
+def test_batches_side_by_side_on_lanes_get_one_lanes_vectors(packed_embedder, varied_texts) -> None:
+    """Two lanes run batches at once on two streams; each batch's vectors are those the engine
+    gives it alone (a shared cuBLAS workspace between lanes' graphs changed them by up to 5.4 in
+    the thirteenth session's probe), and batches are spread over both lanes."""
+    from vecq.engines.base import run_in_turn
+    from vecq.engines.batching import token_batches
+
+    engine = packed_embedder.engine
+    assert len(engine.lanes) >= 2
+    encoded = packed_embedder.tokenizer.encode(varied_texts * 40)
+    batches = token_batches(encoded, budget=4096, max_rows=engine.max_rows)[:8]
+    assert len(batches) == 8
+    alone = [engine.run(b) for b in batches]
+    before = list(engine.runs_by_lane)
+    together = list(run_in_turn(engine, batches))  # batch k+1 starts before k is collected
+    assert all(u > b for u, b in zip(engine.runs_by_lane, before, strict=True))
+    for a, t in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, t)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +198,8 @@ def test_each_token_buffer_captured_once_and_batches_use_the_smallest(packed_emb
     from vecq.engines.parity import cosines
 
     engine = packed_embedder.engine
-    assert engine.captures == len(engine.buckets)
+    captured = engine.captures
+    assert captured == len(engine.buckets) * len(engine.lanes)
     rng = np.random.default_rng(0)
     before = dict(engine.runs_by_bucket)
     for shape in engine.shapes:
@@ -185,7 +214,7 @@ def test_each_token_buffer_captured_once_and_batches_use_the_smallest(packed_emb
         smallest = min(T for T in engine.buckets if lengths.sum() <= T)
         assert engine.runs_by_bucket[smallest] == before[smallest] + 1
         before[smallest] += 1
-    assert engine.captures == len(engine.buckets)
+    assert engine.captures == captured
 
 
 @pytest.mark.parametrize(
@@ -235,7 +264,8 @@ def test_long_texts_replay_the_long_tile_graph(tmp_path, varied_texts) -> None:
     gpu.warmup()
     engine = gpu.engine
     assert engine.long_buckets and min(engine.long_buckets) == 512
-    assert engine.captures == len(engine.buckets) + len(engine.long_buckets)
+    captured = engine.captures
+    assert captured == (len(engine.buckets) + len(engine.long_buckets)) * len(engine.lanes)
     cpu = Embedder.load(root, backend="torch", device="cpu")
     long_texts = [" ".join(varied_texts[i:] + varied_texts[:i]) * 3 for i in range(6)]
     assert min(len(t) for t in gpu.tokenizer.encode(long_texts).ids) >= 1024
@@ -245,5 +275,5 @@ def test_long_texts_replay_the_long_tile_graph(tmp_path, varied_texts) -> None:
         got = gpu.embed(texts)
         assert (engine.long_runs > runs) == long
         assert cosines(got, cpu.embed(texts)).min() >= 0.999
-    assert engine.captures == len(engine.buckets) + len(engine.long_buckets)
+    assert engine.captures == captured
     gpu.close()

@@ -64,7 +64,7 @@ def test_packed_vectors_equal_the_padded_models(kind: str, pooling: str, normali
     with torch.inference_mode():
         want = padded(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
     slots, T = 12, 256  # more slots than rows, more tokens than the batch has: filler and empties
-    ids, cu = np.zeros(T, dtype=np.int64), np.zeros(slots + 1, dtype=np.int32)
+    ids, cu = np.zeros(T, dtype=np.int32), np.zeros(slots + 1, dtype=np.int32)  # as the engine stages them
     n = pack_into(batch, ids, cu)
     assert n == sum(LENGTHS) and list(cu[: len(LENGTHS) + 1]) == [0, *np.cumsum(LENGTHS)]
     packed = PackedEncoder(encoder, pooling=pooling, normalize=normalize)
@@ -161,7 +161,7 @@ def test_packed_modernbert_equals_the_padded_model(bias: bool) -> None:
     with torch.inference_mode():
         want = padded(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
     slots, T = 12, 512
-    ids, cu = np.zeros(T, dtype=np.int64), np.zeros(slots + 1, dtype=np.int32)
+    ids, cu = np.zeros(T, dtype=np.int32), np.zeros(slots + 1, dtype=np.int32)  # as the engine stages them
     n = pack_into(batch, ids, cu)
     packed = packed_module(encoder, pooling="mean", normalize=True)
     with torch.inference_mode():

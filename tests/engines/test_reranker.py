@@ -113,7 +113,7 @@ def test_packed_scorer_equals_the_padded_model(kind, model_dirs, documents) -> N
     scoring = reranker.engine.module
     tokens = reranker.tokenizer.encode_pairs(QUERIES[1], documents[:20])
     batch = TokenBatch(ids=tokens.flat, lengths=tokens.lengths)
-    ids, cu = np.zeros(-(-batch.real_tokens // 128) * 128 + 128, dtype=np.int64), np.zeros(25, dtype=np.int32)
+    ids, cu = np.zeros(-(-batch.real_tokens // 128) * 128 + 128, dtype=np.int32), np.zeros(25, dtype=np.int32)
     n = pack_into(batch, ids, cu)
     with torch.inference_mode():
         packed = PackedScorer(scoring)(
