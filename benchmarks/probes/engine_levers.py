@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
+import pstats
 import statistics
 import subprocess
 import tempfile
@@ -165,6 +167,21 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
                 fn(one)
                 t.append(time.perf_counter() - t0)
             print(f"small: gap {gap * 1e3:.0f} ms, {label}: p50 {statistics.median(t) * 1e6:.0f} us")
+    starts = []
+    for _ in range(600):  # engine.start alone (the host's part), the device drained before each
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        engine.start(one)
+        starts.append(time.perf_counter() - t0)
+    print(f"small: engine.start of one query, device idle: p50 {statistics.median(starts) * 1e6:.0f} us")
+    profile = cProfile.Profile()
+    for _ in range(600):
+        torch.cuda.synchronize()
+        profile.enable()
+        engine.start(one)
+        profile.disable()
+    print("small: engine.start, cProfile of 600 calls (tottime, the 14 largest):")
+    pstats.Stats(profile).sort_stats("tottime").print_stats(14)
 
 
 def main() -> None:
