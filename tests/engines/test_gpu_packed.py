@@ -151,24 +151,39 @@ def test_packed_fp16_matches_fp32_for_every_text(packed_embedder, varied_texts, 
     assert all({turn for _, turn in lane.few} == {0, 1} for lane in engine.lanes)
 
 
-def test_batches_side_by_side_on_lanes_get_one_lanes_vectors(packed_embedder, varied_texts) -> None:
-    """Two lanes run batches at once on two streams; each batch's vectors are those the engine
-    gives it alone (a shared cuBLAS workspace between lanes' graphs changed them by up to 5.4 in
-    the thirteenth session's probe), and batches are spread over both lanes."""
-    from vecq.engines.base import run_in_turn
-    from vecq.engines.batching import token_batches
+def test_batches_side_by_side_on_lanes_get_one_lanes_vectors(tmp_path) -> None:
+    """Two lanes run 32k-token buffers of a BERT-base-wide model at once on two streams; each
+    batch's vectors are bit for bit those it gets alone, and batches go to both lanes.  Lanes
+    captured on torch's one capture stream shared a cuBLAS workspace and changed vectors by up to
+    5.4 (thirteenth session's probe); the served engine has the lanes this tests."""
+    import json
 
-    engine = packed_embedder.engine
-    assert len(engine.lanes) >= 2
-    encoded = packed_embedder.tokenizer.encode(varied_texts * 40)
-    batches = token_batches(encoded, budget=4096, max_rows=engine.max_rows)[:8]
-    assert len(batches) == 8
+    from vecq.engines import Embedder
+    from vecq.engines.backends.torch_packed import LANES, PackedGraphEngine
+    from vecq.engines.base import TokenBatch, run_in_turn
+    from vecq.engines.random_model import write_random_encoder
+
+    root = write_random_encoder(tmp_path / "bert", model_type="bert", hidden=768, heads=12, layers=4)
+    served = Embedder.load(root, backend="torch", device="cuda", precision="fp16").engine
+    assert isinstance(served, PackedGraphEngine) and len(served.lanes) == LANES >= 2
+    engine = PackedGraphEngine(
+        served.module, shapes=served.shapes, dim=served.dim, buckets=(16384, 32768), lanes=2
+    )
+    engine.warmup()
+    vocab = json.loads((root / "config.json").read_text())["vocab_size"]
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(6):
+        lengths = rng.integers(8, 100, size=560)
+        lengths = lengths[np.cumsum(lengths) <= engine.token_budget]
+        batches.append(TokenBatch(rng.integers(5, vocab, size=int(lengths.sum())), lengths))
     alone = [engine.run(b) for b in batches]
     before = list(engine.runs_by_lane)
     together = list(run_in_turn(engine, batches))  # batch k+1 starts before k is collected
     assert all(u > b for u, b in zip(engine.runs_by_lane, before, strict=True))
-    for a, t in zip(alone, together, strict=True):
-        np.testing.assert_array_equal(a, t)
+    for k, (a, t) in enumerate(zip(alone, together, strict=True)):
+        assert np.array_equal(a, t), f"batch {k}: max |diff| {np.abs(a - t).max():.2e} beside another lane"
+    engine.close()
 
 
 @pytest.fixture(scope="module")
