@@ -104,7 +104,7 @@ def _inherited_single_pin() -> str | None:
 
 KERNELS = "vecq/engines/kernels.py"
 TORCH_PACKED = "vecq/engines/backends/torch_packed.py"
-GRAPH_LANE = "vecq/engines/backends/graph_lane.py"
+GRAPH_TRACK = "vecq/engines/backends/graph_track.py"
 PACKED_ENCODER = "vecq/engines/packed_encoder.py"
 TORCH_GRAPHS = "vecq/engines/backends/torch_graphs.py"
 ONNX_CUDA = "vecq/engines/backends/onnx_cuda.py"
@@ -149,20 +149,20 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "packed.capture-every-run",
         TORCH_PACKED,
-        "        if (T, long) not in lane.graphs:\n            self._capture(lane, T, long)  # only if",
+        "        if (T, long) not in track.graphs:\n            self._capture(track, T, long)  # only if",
         "        if True:  # break: the buffer is captured again on every run\n"
-        "            self._capture(lane, T, long)  # only if",
+        "            self._capture(track, T, long)  # only if",
         (PACKED + "test_each_token_buffer_captured_once_and_batches_use_the_smallest",),
         timeout=300.0,
     ),
     Break(
-        "packed.lanes-share-capture-stream",
-        GRAPH_LANE,
+        "packed.tracks-share-capture-stream",
+        GRAPH_TRACK,
         "            with torch.cuda.graph(graph, pool=self._pool, stream=self.stream):\n"
         "                out = module(",
         "            with torch.cuda.graph(graph, pool=self._pool):  # break: torch's one capture stream\n"
         "                out = module(",
-        (PACKED + "test_batches_side_by_side_on_lanes_get_one_lanes_vectors",),
+        (PACKED + "test_batches_side_by_side_on_tracks_get_one_tracks_vectors",),
         note="the thirteenth session's probe saw max |diff| 5.4 this way (BERT-base, 32k-token buffers)",
     ),
     Break(

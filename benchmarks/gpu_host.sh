@@ -12,8 +12,8 @@
 #   bash benchmarks/gpu_host.sh all        # all three
 #   bash benchmarks/gpu_host.sh quick      # one worker's host probe and the pipeline
 #   bash benchmarks/gpu_host.sh kernels    # where the engine's time goes (PARTS=sustained,...)
-#   bash benchmarks/gpu_host.sh levers     # the engine's lanes side by side, a lone query's small buffer
-#     (probes/engine_levers.py; PARTS=lanes,small)
+#   bash benchmarks/gpu_host.sh levers     # the engine's tracks side by side, a lone query's small buffer
+#     (probes/engine_levers.py; PARTS=tracks,small)
 #   bash benchmarks/gpu_host.sh gateway    # vecq bench gateway, BERT-base (random-bert-base-en) on the
 #     GPU, with fastapi starlette uvicorn h11 anyio sniffio idna httpx httpcore certifi orjson
 #     opentelemetry-api annotated-doc added to .whl/ (PROCESSES=N: the gateway's --processes)
@@ -142,7 +142,7 @@ ablatency() {  # a lone query's path, this tree against .ab/old.tar (git archive
     done
   done
 }
-levers() {  # issue 14: lanes, and a lone query's buffer (probes/engine_levers.py)
+levers() {  # issue 14: tracks, and a lone query's buffer (probes/engine_levers.py)
   head | tee "$out/levers.txt"
   timeout 420 python3 benchmarks/probes/engine_levers.py ${PARTS:+--parts $PARTS} 2>&1 |
     grep -v "Writing model" | tee -a "$out/levers.txt"

@@ -90,7 +90,7 @@ def sustained(engine, batches, n_texts: int, n_tokens: int) -> None:  # type: ig
             )
     # graph time per batch from events: the device's own view
     times = []
-    graph = engine.lanes[0].graphs[engine.buckets[-1], False]
+    graph = engine.tracks[0].graphs[engine.buckets[-1], False]
     for _ in range(60):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
@@ -98,7 +98,7 @@ def sustained(engine, batches, n_texts: int, n_tokens: int) -> None:  # type: ig
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
-    full = engine.lanes[0].n.item()
+    full = engine.tracks[0].n.item()
     print(f"graph replay of the 32k buffer back to back (last batch's {full} tokens): median "
           f"{statistics.median(times):.2f} ms, first {times[0]:.2f}, last {times[-1]:.2f}")  # fmt: skip
     # the whole corpus with one event pair per batch
@@ -244,7 +244,7 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
         t.append(time.perf_counter() - t0)
     print(f"small: engine.run of one 16-token text: median {statistics.median(t) * 1e3:.3f} ms on the host")
     for T in engine.buckets[:3]:
-        g = engine.lanes[0].graphs[T, False]
+        g = engine.tracks[0].graphs[T, False]
         a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         for _ in range(50):
@@ -258,10 +258,10 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
 
-    lane = engine.lanes[0]
-    ids = lane.ids[:256]
+    track = engine.tracks[0]
+    ids = track.ids[:256]
     with torch.inference_mode(), prof(activities=[ProfilerActivity.CUDA]) as p:
-        engine.module(ids, lane.cu, lane.n)
+        engine.module(ids, track.cu, track.n)
         torch.cuda.synchronize()
     kernels = [e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     names = collections.Counter(e.name.split("<")[0][:60] for e in kernels)

@@ -1,9 +1,9 @@
-"""Probe (issue 14, fourteenth session): the packed torch engine's lanes, and a lone query's
+"""Probe (issue 14, fourteenth session): the packed torch engine's tracks, and a lone query's
 small buffer, each measured against what is served, in one run on one CUDA device.
 
-- `lanes`: the engine alone over the corpus with 1, 2 and 3 lanes (`PackedGraphEngine(lanes=)`,
-  each batch on a lane of its own stream) and 2 to 4 batches in flight; first, that the vectors
-  of batches run side by side on two lanes are those of one lane.  The thirteenth session's two
+- `tracks`: the engine alone over the corpus with 1, 2 and 3 tracks (`PackedGraphEngine(tracks=)`,
+  each batch on a track of its own stream) and 2 to 4 batches in flight; first, that the vectors
+  of batches run side by side on two tracks are those of one track.  The thirteenth session's two
   engines on two streams ran 15-18 % faster than one, but gave other vectors: every graph had
   been captured on torch's one shared capture stream, so all of them wrote one cuBLAS workspace.
 - `small`: a lone query's 128-token buffer: its kernels one by one (eager, profiled), and
@@ -14,7 +14,7 @@ The thirteenth session's `skinny` (a small-M Triton linear over the real rows) a
 (cuBLAS against cuBLASLt) parts found nothing to gain and are gone (BENCHMARKS.md, raw numbers
 in benchmarks/results/2026-12-08-fourteenth-session.txt).
 
-    python3 benchmarks/probes/engine_levers.py [--parts lanes,small]
+    python3 benchmarks/probes/engine_levers.py [--parts tracks,small]
 """
 
 from __future__ import annotations
@@ -72,21 +72,21 @@ def drive(engine: PackedGraphEngine, batches: list[TokenBatch], depth: int) -> l
     return out
 
 
-def lanes(engine, batches, n_texts: int, n_tokens: int) -> None:  # type: ignore[no-untyped-def]
+def tracks(engine, batches, n_texts: int, n_tokens: int) -> None:  # type: ignore[no-untyped-def]
     engines = {}
     for L in (1, 2, 3):
         t0 = time.perf_counter()
-        e = engines[L] = PackedGraphEngine(engine.module, shapes=engine.shapes, dim=engine.dim, lanes=L)
+        e = engines[L] = PackedGraphEngine(engine.module, shapes=engine.shapes, dim=engine.dim, tracks=L)
         e.warmup()
-        print(f"lanes {L}: warmup {time.perf_counter() - t0:.1f} s, {e.captures} graphs, "
+        print(f"tracks {L}: warmup {time.perf_counter() - t0:.1f} s, {e.captures} graphs, "
               f"{torch.cuda.memory_reserved() / 2**30:.1f} GiB reserved")  # fmt: skip
     want = np.concatenate(drive(engines[1], batches[:12], 2))
     for L, depth in ((2, 2), (3, 3)):
-        before = list(engines[L].runs_by_lane)
+        before = list(engines[L].runs_by_track)
         got = np.concatenate(drive(engines[L], batches[:12], depth))
-        used = [a - b for a, b in zip(engines[L].runs_by_lane, before, strict=True)]
-        print(f"lanes {L}, {depth} in flight: vectors = one lane's: max |diff| "
-              f"{np.abs(got - want).max():.2e}; batches per lane {used}")  # fmt: skip
+        used = [a - b for a, b in zip(engines[L].runs_by_track, before, strict=True)]
+        print(f"tracks {L}, {depth} in flight: vectors = one track's: max |diff| "
+              f"{np.abs(got - want).max():.2e}; batches per track {used}")  # fmt: skip
     for r in range(2):
         for L, depth in ((1, 2), (2, 2), (2, 3), (2, 4), (3, 3), (3, 4)):
             drive(engines[L], batches[:10], depth)
@@ -96,7 +96,7 @@ def lanes(engine, batches, n_texts: int, n_tokens: int) -> None:  # type: ignore
                 drive(engines[L], batches, depth)
                 dt = time.perf_counter() - t0
             print(
-                f"lanes round {r}: {L} lanes, {depth} in flight: {n_texts / dt:,.0f} texts/s, "
+                f"tracks round {r}: {L} tracks, {depth} in flight: {n_texts / dt:,.0f} texts/s, "
                 f"{n_tokens / dt / 1e6:.2f}M tok/s ({dt:.3f} s; {smi.text})"
             )
     for e in engines.values():
@@ -127,11 +127,11 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
 
     one = one_query()
     torch.cuda.synchronize()
-    lane = engine.lanes[engine._next]  # every lane is idle: the next in turn takes it
-    engine.run(one)  # leaves this batch in that lane's inputs
+    track = engine.tracks[engine._next]  # every track is idle: the next in turn takes it
+    engine.run(one)  # leaves this batch in that track's inputs
     with prof(activities=[ProfilerActivity.CUDA]) as p:
         for _ in range(3):
-            engine.module(lane.ids[:128], lane.cu, lane.n)
+            engine.module(track.ids[:128], track.cu, track.n)
         torch.cuda.synchronize()
     kernels = [e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     by: dict[str, list[float]] = collections.defaultdict(list)
@@ -141,20 +141,20 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
     print(f"small: 128 buffer, {len(kernels) // 3} kernels, {total:.0f} us of kernel time per forward")
     for name, v in sorted(by.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {sum(v) / 3:7.1f} us  {len(v) // 3:3d}x  {statistics.median(v):5.1f} us each  {name}")
-    us = replay_us(lane.graphs[128, False].graph, 200)
+    us = replay_us(track.graphs[128, False].graph, 200)
     print(f"small: graph replay of the 128 buffer back to back: {us:.0f} us")
-    few = [dict(x.few) for x in engine.lanes]  # the graphs holding their own copies
+    few = [dict(x.few) for x in engine.tracks]  # the graphs holding their own copies
 
     def one_copy(batch: TokenBatch) -> np.ndarray:  # the copy calls, as before the few-row graphs
-        for x in engine.lanes:
+        for x in engine.tracks:
             x.few = {}
         try:
             return engine.run(batch)
         finally:
-            for x, f in zip(engine.lanes, few, strict=True):
+            for x, f in zip(engine.tracks, few, strict=True):
                 x.few = f
 
-    print(f"small: few-row graphs {sorted(few[0])} per lane; vs one copy per batch: max |diff| "
+    print(f"small: few-row graphs {sorted(few[0])} per track; vs one copy per batch: max |diff| "
           f"{np.abs(engine.run(one) - one_copy(one)).max():.2e}")  # fmt: skip
     variants = {"engine.run (served: copies in the graph)": engine.run, "one copy call per batch": one_copy}
     for gap in (0.0, 0.002):
@@ -186,7 +186,7 @@ def small(engine) -> None:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="lanes,small")
+    ap.add_argument("--parts", default="tracks,small")
     parts = ap.parse_args().parts.split(",")
     print(torch.cuda.get_device_name(), torch.__version__)
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,8 +196,8 @@ def main() -> None:
                 pass
             for part in parts:
                 t0 = time.perf_counter()
-                if part == "lanes":
-                    lanes(engine, batches, n_texts, n_tokens)
+                if part == "tracks":
+                    tracks(engine, batches, n_texts, n_tokens)
                 elif part == "small":
                     small(engine)
                 print(f"[{part}: {time.perf_counter() - t0:.0f} s]")

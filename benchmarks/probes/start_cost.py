@@ -43,20 +43,20 @@ def _steps(engine, batch, calls: int, gap_s: float = 0.0) -> dict[str, list[floa
         if gap_s:
             time.sleep(gap_s)
         t0 = t = time.perf_counter()
-        lane = engine.lanes[engine._pick_lane()]
-        t = stamp("pick a lane", t)
-        _, stage = lane.next_staging()
+        track = engine.tracks[engine._pick_track()]
+        t = stamp("pick a track", t)
+        _, stage = track.next_staging()
         t = stamp("event sync (previous batch)", t)
-        ids, cu, n_real = lane.layout.views(stage.block.numpy())
+        ids, cu, n_real = track.layout.views(stage.block.numpy())
         n = pack_into(batch, ids, cu)
         n_real[0] = n
         T = engine.buckets[bisect.bisect_left(engine.buckets, n)]
-        buf = lane.graphs[T, False]
+        buf = track.graphs[T, False]
         t = stamp("pack_into + bucket", t)
-        with torch.cuda.stream(lane.stream):
-            t = stamp("enter the lane's stream", t)
-            used = lane.layout.ids_at + n
-            lane.inputs[:used].copy_(stage.block[:used], non_blocking=True)
+        with torch.cuda.stream(track.stream):
+            t = stamp("enter the track's stream", t)
+            used = track.layout.ids_at + n
+            track.inputs[:used].copy_(stage.block[:used], non_blocking=True)
             t = stamp("H2D inputs (one block)", t)
             buf.graph.replay()
             t = stamp("graph.replay()", t)
@@ -74,7 +74,7 @@ def _steps(engine, batch, calls: int, gap_s: float = 0.0) -> dict[str, list[floa
 
 
 def _replay_alone(engine, T: int, calls: int) -> list[float]:  # type: ignore[no-untyped-def]
-    graph = engine.lanes[0].graphs[T, False].graph
+    graph = engine.tracks[0].graphs[T, False].graph
     took = []
     for _ in range(calls):
         torch.cuda.synchronize()

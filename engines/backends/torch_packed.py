@@ -28,7 +28,7 @@ from ..base import Batch, TokenBatch
 from ..errors import ShapeError
 from ..kernels import BUFFER_MULTIPLE
 from ..shapes import DEFAULT_SEQ_LENS, Shape, ShapeSet
-from .graph_lane import FEW_ROWS, GraphLane, Inputs, Started
+from .graph_track import FEW_ROWS, GraphTrack, Inputs, Started
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,14 @@ MAX_TOKENS = TOKEN_BUCKETS[-1]
 #: whole buffer gains 1 %, not worth twice the captures.
 LONG_TEXTS_FROM = 512
 #: Buffers up to this size get one more graph per staging set that holds its own copies: the
-#: inputs up from that set's pinned block, and the first `graph_lane.FEW_ROWS` vectors back.  A
+#: inputs up from that set's pinned block, and the first `graph_track.FEW_ROWS` vectors back.  A
 #: batch of that few texts (a lone query) then starts with one replay and no copy calls, each of
 #: which cost the host 8-60 µs beside the ~0.35 ms the small buffer's kernels take
 #: (BENCHMARKS.md, issue 14, tenth and fourteenth sessions).
 COPIES_IN_GRAPH_UP_TO = 1024
-#: Batches that run side by side, each on a lane of its own (`graph_lane`): the engine thread
-#: keeps two in flight (batch k+1 starts before k is collected), so two lanes overlap them.
-LANES = 2
+#: Batches that run side by side, each on a track of its own (`graph_track`): the engine thread
+#: keeps two in flight (batch k+1 starts before k is collected), so two tracks overlap them.
+TRACKS = 2
 
 
 def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet:
@@ -75,19 +75,19 @@ def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet
 
 
 class PackedGraphEngine:
-    """Serves `PackedEncoder` through one CUDA graph per token buffer size, in each of `lanes`
-    lanes that run side by side."""
+    """Serves `PackedEncoder` through one CUDA graph per token buffer size, in each of `tracks`
+    tracks that run side by side."""
 
     def __init__(
         self, module: Any, *, shapes: ShapeSet, dim: int, device: str = "cuda",
-        buckets: Sequence[int] = TOKEN_BUCKETS, lanes: int = LANES,
+        buckets: Sequence[int] = TOKEN_BUCKETS, tracks: int = TRACKS,
     ) -> None:  # fmt: skip
         import torch
 
         if any(T % BUFFER_MULTIPLE for T in buckets):
             raise ValueError(f"token buckets must be multiples of {BUFFER_MULTIPLE}")
-        if lanes < 1:
-            raise ValueError(f"lanes must be at least 1, not {lanes}")
+        if tracks < 1:
+            raise ValueError(f"tracks must be at least 1, not {tracks}")
         self._torch = torch
         self.module = module
         self.shapes, self.dim = shapes, dim
@@ -100,48 +100,48 @@ class PackedGraphEngine:
         #: What one `TokenBatch` may hold (`vecq.engines.base.packs`).
         self.token_budget, self.max_rows = self.buckets[-1], self.slots
         self._layout = Inputs(self.slots, self.buckets[-1])
-        self.lanes = [GraphLane(torch, self._layout, dim=dim, device=self.device) for _ in range(lanes)]
-        self._next = 0  # the lane the next batch goes to, unless another is idle
+        self.tracks = [GraphTrack(torch, self._layout, dim=dim, device=self.device) for _ in range(tracks)]
+        self._next = 0  # the track the next batch goes to, unless another is idle
         #: Buffers that also have a long-text graph (empty unless the model reads > 512 tokens).
         long_texts = max(s.seq_len for s in shapes) > LONG_TEXTS_FROM and has_tiles(module)
         self.long_buckets = tuple(T for T in self.buckets if T >= LONG_TEXTS_FROM) if long_texts else ()
-        self.captures = 0  # graphs captured, every lane's
+        self.captures = 0  # graphs captured, every track's
         self.runs_by_bucket: dict[int, int] = dict.fromkeys(self.buckets, 0)
-        self.runs_by_lane = [0] * lanes
+        self.runs_by_track = [0] * tracks
         self.long_runs = 0  # batches that replayed a long-text graph
         self.few_runs = 0  # batches that replayed a graph holding its own copies
 
-    def _capture(self, lane: GraphLane, T: int, long: bool = False) -> None:
+    def _capture(self, track: GraphTrack, T: int, long: bool = False) -> None:
         with attention_tile(self.module, long=long):
-            lane.graphs[T, long] = lane.capture(self.module, T)
+            track.graphs[T, long] = track.capture(self.module, T)
         self.captures += 1
 
-    def _capture_few(self, lane: GraphLane) -> None:
+    def _capture_few(self, track: GraphTrack) -> None:
         if self.slots < FEW_ROWS:  # an engine of fewer slots keeps the copy calls
             return
         try:
             with attention_tile(self.module, long=False):
                 for T in sorted((T for T in self.buckets if T <= COPIES_IN_GRAPH_UP_TO), reverse=True):
                     for turn in (0, 1):
-                        lane.few[T, turn] = lane.capture_few(self.module, T, turn)
+                        track.few[T, turn] = track.capture_few(self.module, T, turn)
         except RuntimeError as exc:  # this torch cannot capture pinned copies: the calls stay
-            lane.few.clear()
+            track.few.clear()
             log.warning("torch packed: copies inside graphs refused (%s); copying per batch", exc)
 
     def warmup(self) -> None:
-        """Capture every lane's token buffers (and long-text graphs), largest first so each
-        lane's memory pool is sized once."""
-        for lane in self.lanes:
+        """Capture every track's token buffers (and long-text graphs), largest first so each
+        track's memory pool is sized once."""
+        for track in self.tracks:
             for T in sorted(self.buckets, reverse=True):
                 for long in (False, True) if T in self.long_buckets else (False,):
-                    if (T, long) not in lane.graphs:
-                        self._capture(lane, T, long)
-            if not lane.few:
-                self._capture_few(lane)
+                    if (T, long) not in track.graphs:
+                        self._capture(track, T, long)
+            if not track.few:
+                self._capture_few(track)
         self._torch.cuda.synchronize(self.device)
         log.info(
-            "torch packed: %d graphs captured (%d lanes of %d token buffers up to %d tokens, %d with "
-            "a long-text tile)", self.captures, len(self.lanes), len(self.buckets), self.buckets[-1],
+            "torch packed: %d graphs captured (%d tracks of %d token buffers up to %d tokens, %d with "
+            "a long-text tile)", self.captures, len(self.tracks), len(self.buckets), self.buckets[-1],
             len(self.long_buckets),
         )  # fmt: skip
 
@@ -149,10 +149,10 @@ class PackedGraphEngine:
         return self.start(batch).result()
 
     def start(self, batch: Batch | TokenBatch) -> Started:
-        """Pack `batch`, queue its copies and graph replay on a lane, and return at once.
+        """Pack `batch`, queue its copies and graph replay on a track, and return at once.
 
-        Batches are finished (`result()`) in the order they were started, at most two per lane
-        apart: the staging set a batch used is reused by its lane's batch after next.
+        Batches are finished (`result()`) in the order they were started, at most two per track
+        apart: the staging set a batch used is reused by its track's batch after next.
         """
         if isinstance(batch, TokenBatch):
             if batch.real_tokens > self.token_budget or batch.rows > self.max_rows:
@@ -162,35 +162,35 @@ class PackedGraphEngine:
                 )
         elif batch.shape not in self.shapes:
             raise ShapeError(f"batch shape {batch.shape} is not one of the engine's shapes (vecq bug)")
-        k = self._pick_lane()
-        lane = self.lanes[k]
-        turn, stage = lane.next_staging()
+        k = self._pick_track()
+        track = self.tracks[k]
+        turn, stage = track.next_staging()
         ids, cu, n_real = self._layout.views(stage.block.numpy())
         n = pack_into(batch, ids, cu)
         n_real[0] = n
         T = self.buckets[bisect.bisect_left(self.buckets, n)]
         long = n >= LONG_TEXTS_FROM and T in self.long_buckets and _long_texts(cu, batch.rows, n)
-        if (T, long) not in lane.graphs:
-            self._capture(lane, T, long)  # only if warmup was skipped
-        started, few = lane.launch(turn, T, long=long, n=n, rows=batch.rows)
+        if (T, long) not in track.graphs:
+            self._capture(track, T, long)  # only if warmup was skipped
+        started, few = track.launch(turn, T, long=long, n=n, rows=batch.rows)
         self.runs_by_bucket[T] += 1
-        self.runs_by_lane[k] += 1
+        self.runs_by_track[k] += 1
         self.long_runs += long
         self.few_runs += few
         return started
 
-    def _pick_lane(self) -> int:
-        """The next lane in turn, or the first idle one after it: a query that comes while a
-        lane runs a bulk batch goes beside that batch, not behind it."""
-        L = len(self.lanes)
-        k = next((i % L for i in range(self._next, self._next + L) if self.lanes[i % L].idle()), self._next)
+    def _pick_track(self) -> int:
+        """The next track in turn, or the first idle one after it: a query that comes while a
+        track runs a bulk batch goes beside that batch, not behind it."""
+        L = len(self.tracks)
+        k = next((i % L for i in range(self._next, self._next + L) if self.tracks[i % L].idle()), self._next)
         self._next = (k + 1) % L
         return k
 
     def close(self) -> None:
-        for lane in self.lanes:
-            lane.graphs.clear()
-            lane.few.clear()
+        for track in self.tracks:
+            track.graphs.clear()
+            track.few.clear()
 
 
 def pack_into(batch: Batch | TokenBatch, ids: np.ndarray, cu: np.ndarray) -> int:

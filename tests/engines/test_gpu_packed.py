@@ -8,7 +8,7 @@
   without a new capture, and each batch ran in the smallest buffer that holds its tokens;
 - a lone text runs in a small buffer's graph that holds its own copies, with the vector it gets
   among others;
-- batches run side by side on the engine's lanes get the vectors one lane gives them.
+- batches run side by side on the engine's tracks get the vectors one track gives them.
 """
 
 from __future__ import annotations
@@ -142,32 +142,32 @@ def test_packed_fp16_matches_fp32_for_every_text(packed_embedder, varied_texts, 
     assert cosines(got, reference).min() >= 0.999
     # served by replaying the token buffers captured at warmup: no capture since
     assert sum(engine.runs_by_bucket.values()) > replays
-    assert engine.captures == len(engine.buckets) * len(engine.lanes)
+    assert engine.captures == len(engine.buckets) * len(engine.tracks)
     few = engine.few_runs
     alone = np.stack([packed_embedder.embed([t])[0] for t in varied_texts[:16]])
     assert cosines(alone, got[:16]).min() >= 0.99999  # independent of batch-mates
     # each lone text ran in a graph that copies its own inputs and rows (one per staging set)
     assert engine.few_runs == few + 16
-    assert all({turn for _, turn in lane.few} == {0, 1} for lane in engine.lanes)
+    assert all({turn for _, turn in track.few} == {0, 1} for track in engine.tracks)
 
 
-def test_batches_side_by_side_on_lanes_get_one_lanes_vectors(tmp_path) -> None:
-    """Two lanes run 32k-token buffers of a BERT-base-wide model at once on two streams; each
-    batch's vectors are bit for bit those it gets alone, and batches go to both lanes.  Lanes
+def test_batches_side_by_side_on_tracks_get_one_tracks_vectors(tmp_path) -> None:
+    """Two tracks run 32k-token buffers of a BERT-base-wide model at once on two streams; each
+    batch's vectors are bit for bit those it gets alone, and batches go to both tracks.  Tracks
     captured on torch's one capture stream shared a cuBLAS workspace and changed vectors by up to
-    5.4 (thirteenth session's probe); the served engine has the lanes this tests."""
+    5.4 (thirteenth session's probe); the served engine has the tracks this tests."""
     import json
 
     from vecq.engines import Embedder
-    from vecq.engines.backends.torch_packed import LANES, PackedGraphEngine
+    from vecq.engines.backends.torch_packed import TRACKS, PackedGraphEngine
     from vecq.engines.base import TokenBatch, run_in_turn
     from vecq.engines.random_model import write_random_encoder
 
     root = write_random_encoder(tmp_path / "bert", model_type="bert", hidden=768, heads=12, layers=4)
     served = Embedder.load(root, backend="torch", device="cuda", precision="fp16").engine
-    assert isinstance(served, PackedGraphEngine) and len(served.lanes) == LANES >= 2
+    assert isinstance(served, PackedGraphEngine) and len(served.tracks) == TRACKS >= 2
     engine = PackedGraphEngine(
-        served.module, shapes=served.shapes, dim=served.dim, buckets=(16384, 32768), lanes=2
+        served.module, shapes=served.shapes, dim=served.dim, buckets=(16384, 32768), tracks=2
     )
     engine.warmup()
     vocab = json.loads((root / "config.json").read_text())["vocab_size"]
@@ -178,11 +178,11 @@ def test_batches_side_by_side_on_lanes_get_one_lanes_vectors(tmp_path) -> None:
         lengths = lengths[np.cumsum(lengths) <= engine.token_budget]
         batches.append(TokenBatch(rng.integers(5, vocab, size=int(lengths.sum())), lengths))
     alone = [engine.run(b) for b in batches]
-    before = list(engine.runs_by_lane)
+    before = list(engine.runs_by_track)
     together = list(run_in_turn(engine, batches))  # batch k+1 starts before k is collected
-    assert all(u > b for u, b in zip(engine.runs_by_lane, before, strict=True))
+    assert all(u > b for u, b in zip(engine.runs_by_track, before, strict=True))
     for k, (a, t) in enumerate(zip(alone, together, strict=True)):
-        assert np.array_equal(a, t), f"batch {k}: max |diff| {np.abs(a - t).max():.2e} beside another lane"
+        assert np.array_equal(a, t), f"batch {k}: max |diff| {np.abs(a - t).max():.2e} beside another track"
     engine.close()
 
 
@@ -214,7 +214,7 @@ def test_each_token_buffer_captured_once_and_batches_use_the_smallest(packed_emb
 
     engine = packed_embedder.engine
     captured = engine.captures
-    assert captured == len(engine.buckets) * len(engine.lanes)
+    assert captured == len(engine.buckets) * len(engine.tracks)
     rng = np.random.default_rng(0)
     before = dict(engine.runs_by_bucket)
     for shape in engine.shapes:
@@ -280,7 +280,7 @@ def test_long_texts_replay_the_long_tile_graph(tmp_path, varied_texts) -> None:
     engine = gpu.engine
     assert engine.long_buckets and min(engine.long_buckets) == 512
     captured = engine.captures
-    assert captured == (len(engine.buckets) + len(engine.long_buckets)) * len(engine.lanes)
+    assert captured == (len(engine.buckets) + len(engine.long_buckets)) * len(engine.tracks)
     cpu = Embedder.load(root, backend="torch", device="cpu")
     long_texts = [" ".join(varied_texts[i:] + varied_texts[:i]) * 3 for i in range(6)]
     assert min(len(t) for t in gpu.tokenizer.encode(long_texts).ids) >= 1024

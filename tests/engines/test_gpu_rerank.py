@@ -55,8 +55,8 @@ def test_cuda_reranker_matches_cross_encoder(kind: str, packed: bool, model_dirs
     assert isinstance(reranker.engine, PackedGraphEngine if packed else TorchGraphEngine)
     reranker.warmup()
     captured = reranker.engine.captures
-    lanes = len(reranker.engine.lanes) if packed else 1
-    assert captured == len(reranker.engine.buckets if packed else reranker.shapes) * lanes
+    tracks = len(reranker.engine.tracks) if packed else 1
+    assert captured == len(reranker.engine.buckets if packed else reranker.shapes) * tracks
     for query in QUERIES:
         got = reranker.score(query, varied_texts)
         want = reference.predict([(query, d) for d in varied_texts], show_progress_bar=False)

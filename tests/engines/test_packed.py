@@ -171,7 +171,7 @@ def test_packed_modernbert_equals_the_padded_model(bias: bool) -> None:
     assert torch.isfinite(got).all()
 
 
-class _Lane:
+class _Track:
     def __init__(self) -> None:
         self.busy = False
 
@@ -179,19 +179,19 @@ class _Lane:
         return not self.busy
 
 
-def test_batches_go_to_lanes_in_turn_and_a_query_to_an_idle_one() -> None:
-    """Bulk batches alternate lanes (each lane's two staging sets then rest a batch apart); a
-    batch that comes while the next lane in turn is busy takes an idle one, so a query does not
-    queue behind a bulk buffer another lane could run it beside.  (The lanes' CUDA work is in
+def test_batches_go_to_tracks_in_turn_and_a_query_to_an_idle_one() -> None:
+    """Bulk batches alternate tracks (each track's two staging sets then rest a batch apart); a
+    batch that comes while the next track in turn is busy takes an idle one, so a query does not
+    queue behind a bulk buffer another track could run it beside.  (The tracks' CUDA work is in
     tests/engines/test_gpu_packed.py.)"""
     from vecq.engines.backends.torch_packed import PackedGraphEngine
 
-    engine = object.__new__(PackedGraphEngine)  # the lane choice alone: no CUDA here
-    engine.lanes, engine._next = [_Lane(), _Lane(), _Lane()], 0
-    assert [engine._pick_lane() for _ in range(4)] == [0, 1, 2, 0]
-    engine.lanes[1].busy = True  # lane 1, next in turn, still runs a bulk batch
-    assert engine._pick_lane() == 2
-    assert engine._pick_lane() == 0
-    for lane in engine.lanes:
-        lane.busy = True  # all busy: in turn again
-    assert [engine._pick_lane() for _ in range(3)] == [1, 2, 0]
+    engine = object.__new__(PackedGraphEngine)  # the track choice alone: no CUDA here
+    engine.tracks, engine._next = [_Track(), _Track(), _Track()], 0
+    assert [engine._pick_track() for _ in range(4)] == [0, 1, 2, 0]
+    engine.tracks[1].busy = True  # track 1, next in turn, still runs a bulk batch
+    assert engine._pick_track() == 2
+    assert engine._pick_track() == 0
+    for track in engine.tracks:
+        track.busy = True  # all busy: in turn again
+    assert [engine._pick_track() for _ in range(3)] == [1, 2, 0]

@@ -1,15 +1,16 @@
-"""One lane of the packed engine: its own graphs, device inputs, staging buffers and stream.
+"""One track of the packed engine: its own graphs, device inputs, staging buffers and stream.
 
 A bulk token buffer alone leaves part of the GPU idle: its LayerNorms, attention and each GEMM's
 last wave cannot fill every SM, and the next kernel waits for the slowest block.  Two batches
 in flight on two streams fill those gaps with each other's kernels (BENCHMARKS.md, issue 14,
 fourteenth session).  They cannot share graphs: a captured graph reads and writes fixed
 addresses (its inputs, its memory pool, cuBLAS's workspace), so two replays of one graph at
-once would trample each other.  A lane is therefore everything one batch in flight needs, and
-`torch_packed.PackedGraphEngine` hands each batch to one of its lanes.
+once would trample each other.  A track is therefore everything one batch in flight needs, and
+`torch_packed.PackedGraphEngine` hands each batch to one of its tracks (no relation to the
+worker's queue lanes, interactive and bulk).
 
-Each lane captures on its own stream, not torch's shared capture stream: cuBLAS keeps one
-workspace per (handle, stream) and bakes its address into the graph, so lanes captured on one
+Each track captures on its own stream, not torch's shared capture stream: cuBLAS keeps one
+workspace per (handle, stream) and bakes its address into the graph, so tracks captured on one
 stream would share it and corrupt each other's GEMMs when they run side by side.
 """
 
@@ -80,10 +81,10 @@ class Buffer:
     out: Any
 
 
-class GraphLane:
+class GraphTrack:
     """Graphs and buffers for one batch in flight at a time, on a stream of their own.
 
-    Two staging sets let the host pack the lane's next batch while its last one still copies."""
+    Two staging sets let the host pack the track's next batch while its last one still copies."""
 
     def __init__(self, torch: Any, layout: Inputs, *, dim: int, device: Any) -> None:
         self._torch = torch
@@ -109,12 +110,12 @@ class GraphLane:
         self._last: Any = None  # the event of the batch started last
 
     def idle(self) -> bool:
-        """Whether everything this lane was given has left the device."""
+        """Whether everything this track was given has left the device."""
         return self._last is None or bool(self._last.query())
 
     def capture(self, module: Any, T: int) -> Buffer:
         """`module` over the first `T` ids, warmed (Triton compiles and autotunes) and captured
-        on this lane's stream, in its own pool; the caller sets the attention tile."""
+        on this track's stream, in its own pool; the caller sets the attention tile."""
         torch = self._torch
         with torch.inference_mode():
             self.cu.fill_(0)
@@ -151,7 +152,7 @@ class GraphLane:
         return turn, stage
 
     def launch(self, turn: int, T: int, *, long: bool, n: int, rows: int) -> tuple[Started, bool]:
-        """Queue the batch packed in staging set `turn` (n tokens, rows texts) on this lane's
+        """Queue the batch packed in staging set `turn` (n tokens, rows texts) on this track's
         stream: its copies and buffer `T`'s replay, or one replay of the graph that holds both
         where it has one; also whether it did that."""
         stage = self.staging[turn]
