@@ -145,7 +145,7 @@ def seed_workload(
         emb = seed_embedder(model_dir, device, kind, work)
         emb.warmup()
         rates = {b: per_second(rotating(emb.embed, [t])) for b, t in batches.items()}
-        rows.append(Row(f"vecq {kind} (bucketed, tokenizer incl.)", rates))
+        rows.append(Row(f"vecq {kind} (as served, tokenizer incl.)", rates))
         emb.close()
     return rows
 
