@@ -2,8 +2,9 @@
 
 A bulk token buffer alone leaves part of the GPU idle: its LayerNorms, attention and each GEMM's
 last wave cannot fill every SM, and the next kernel waits for the slowest block.  Two batches
-in flight on two streams fill those gaps with each other's kernels (BENCHMARKS.md, issue 14,
-fourteenth session).  They cannot share graphs: a captured graph reads and writes fixed
+in flight on two streams can fill those gaps with each other's kernels: two engines so ran 15-18 %
+faster than one on the H100, in a probe whose graphs still shared a cuBLAS workspace (BENCHMARKS.md,
+issue 14, fourteenth session).  They cannot share graphs: a captured graph reads and writes fixed
 addresses (its inputs, its memory pool, cuBLAS's workspace), so two replays of one graph at
 once would trample each other.  A track is therefore everything one batch in flight needs, and
 `torch_packed.PackedGraphEngine` hands each batch to one of its tracks (no relation to the

@@ -54,8 +54,11 @@ LONG_TEXTS_FROM = 512
 #: (BENCHMARKS.md, issue 14, tenth and fourteenth sessions).
 COPIES_IN_GRAPH_UP_TO = 1024
 #: Batches that run side by side, each on a track of its own (`graph_track`): the engine thread
-#: keeps two in flight (batch k+1 starts before k is collected), so two tracks overlap them.
-TRACKS = 2
+#: keeps two in flight (batch k+1 starts before k is collected), so two tracks would overlap
+#: them.  One until two have passed the GPU tests on a card: two engines on two streams ran
+#: 15-18 % faster than one on the H100 (BENCHMARKS.md, issue 14, fourteenth session), but that
+#: probe shared a cuBLAS workspace, which tracks do not, and no device could be had to rerun it.
+TRACKS = 1
 
 
 def packed_shapes(max_seq_len: int, *, max_tokens: int = MAX_TOKENS) -> ShapeSet:
