@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BatchWorker", "NameTaken", "WorkerCrashed"]
 
+#: rq's worker state (`rq info`, `vecq status`) says busy once the worker has held work this
+#: long: each state write is a round trip on the main thread, and a lone query's busy and idle
+#: flips were two of them inside its ~1.2 ms on the sandbox (BENCHMARKS.md, issue 14, fourteenth
+#: session).  Idle is written as soon as the work is done.
+BUSY_AFTER_S = 0.05
+
 
 class BatchWorker(SimpleWorker):
     """One process, one model, loaded once; many jobs per Redis round trip."""
@@ -88,6 +94,7 @@ class BatchWorker(SimpleWorker):
             queue_names=self.queue_names(),
         )
         self._next_beat = 0.0
+        self._busy_since: float | None = None  # monotonic: since when the worker holds work
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **kwargs: Any) -> BatchWorker:
@@ -202,9 +209,17 @@ class BatchWorker(SimpleWorker):
         )
 
     def _set_busy(self, busy: bool) -> None:
-        state = WorkerStatus.BUSY if busy else WorkerStatus.IDLE
-        if self.get_state() != state:
-            self.set_state(state)
+        """Write rq's state when it changes, busy only after `BUSY_AFTER_S` of work."""
+        if not busy:
+            self._busy_since = None
+            if self.get_state() != WorkerStatus.IDLE:
+                self.set_state(WorkerStatus.IDLE)
+            return
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        if self.get_state() != WorkerStatus.BUSY and now - self._busy_since >= BUSY_AFTER_S:
+            self.set_state(WorkerStatus.BUSY)
 
     # --- registration, start and stop --------------------------------------------------------
     def register_birth(self) -> None:

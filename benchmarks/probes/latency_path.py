@@ -12,6 +12,8 @@ stamps compare), and the report gives the median time from each stamp to the nex
 
     python3 benchmarks/probes/latency_path.py [--backend null|torch] [--device cuda] [--requests 300]
         [--under-bulk] [--profile] [--gil-switch-ms MS]
+
+`--profile` sorts by PROFILE_SORT (default tottime) and prints PROFILE_ROWS (30) rows.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import contextlib
 import cProfile
 import json
+import os
 import pstats
 import subprocess
 import sys
@@ -203,7 +206,8 @@ def main() -> None:
             f"{np.median(cpu):.3f} ms of the engine thread's CPU"
         )
     if args.profile:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        order, rows = os.environ.get("PROFILE_SORT", "tottime"), int(os.environ.get("PROFILE_ROWS", "30"))
+        pstats.Stats(prof).sort_stats(order).print_stats(rows)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,27 @@ def test_rq_info_lists_vecq_queues_workers_and_failures(redis_url: str, tmp_path
     finally:
         assert stop_process(worker) == 0
     assert not [x for x in _rq_info(redis_url, "--raw") if x.startswith("worker ")]  # deregistered
+
+
+def test_rq_state_says_busy_through_a_bulk_run_and_idle_after(redis_url: str, tmp_path: Path) -> None:
+    """rq's worker state (`rq info`, `vecq status`): busy while a bulk run holds the worker (it
+    is written after `BUSY_AFTER_S` of work, so a lone query's few milliseconds cost no write),
+    idle again once the run is done."""
+    conn = redis.Redis.from_url(redis_url)
+    worker = spawn_worker(redis_url, tmp_path / "w.log", "--worker-name", "state-worker")
+    key = "rq:worker:state-worker"
+    try:
+        until(lambda: conn.hget(key, "state") == b"idle", 60, "the worker, idle")
+        client = Client(redis_url)
+        assert client.embed(["a lone query"], timeout=30).shape == (1, 384)
+        jobs = [client.submit([f"bulk {i} text {j}" for j in range(2000)], lane="bulk") for i in range(40)]
+        seen = set()
+        for job in jobs:
+            while job.get_status(refresh=True) not in ("finished", "failed"):
+                seen.add(conn.hget(key, "state"))
+                time.sleep(0.002)
+        assert all(client.result(job).shape == (2000, 384) for job in jobs)
+        assert b"busy" in seen, seen
+        until(lambda: conn.hget(key, "state") == b"idle", 10, "idle after the run")
+    finally:
+        assert stop_process(worker) == 0
