@@ -84,7 +84,7 @@ class Client:
             texts, model=model, lane=lane, truncate=truncate, result_dtype=result_dtype,
             prompt_name=prompt_name, prompt=prompt, dimensions=dimensions,
         )  # fmt: skip
-        return self.result(job, timeout=timeout)
+        return wait(self.connection, job.id, timeout, policy=self.policy, url=self.url, just_sent=True)
 
     def rerank(
         self,

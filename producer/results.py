@@ -147,9 +147,19 @@ class ResultWait:
 
 
 def wait(
-    conn: redis.Redis, job_id: str, timeout: float | None, *, policy: RetryPolicy, url: str
+    conn: redis.Redis,
+    job_id: str,
+    timeout: float | None,
+    *,
+    policy: RetryPolicy,
+    url: str,
+    just_sent: bool = False,
 ) -> np.ndarray:
-    """Block until the job's outcome: vectors, `JobFailed`, `JobNotFound` or `JobTimeout`."""
+    """Block until the job's outcome: vectors, `JobFailed`, `JobNotFound` or `JobTimeout`.
+
+    `just_sent`: the caller enqueued the job a moment ago, so it exists and the first read may
+    block at once (from the stream's start, which returns an entry already there): the looking
+    read with its EXISTS is one round trip less beside a query's ~1.6 ms."""
     w = ResultWait(job_id, timeout)
 
     def first() -> tuple[Any, Any]:
@@ -158,7 +168,7 @@ def wait(
         pipe.exists(job_key(job_id))
         return tuple(pipe.execute())
 
-    vectors = w.first(*call(policy, url, first))
+    vectors = None if just_sent else w.first(*call(policy, url, first))
     while vectors is None:
         block = w.block_ms()
         vectors = w.read(call(policy, url, lambda b=block: conn.xread({w.key: w.cursor}, block=b)))  # type: ignore[misc]
