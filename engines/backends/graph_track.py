@@ -119,11 +119,12 @@ class GraphTrack:
         on this track's stream, in its own pool; the caller sets the attention tile."""
         torch = self._torch
         with torch.inference_mode():
-            self.cu.fill_(0)
-            self.cu[1:].fill_(min(T, 2))  # one 2-token text: a valid batch to warm on
-            self.n.fill_(min(T, 2))
+            # on the track's stream, behind whatever it still runs (a capture a batch asked for)
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self.stream):
+                self.cu.fill_(0)
+                self.cu[1:].fill_(min(T, 2))  # one 2-token text: a valid batch to warm on
+                self.n.fill_(min(T, 2))
                 for _ in range(2):
                     module(self.ids[:T], self.cu, self.n)
             graph = torch.cuda.CUDAGraph()
