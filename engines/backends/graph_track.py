@@ -52,26 +52,31 @@ class Inputs:
 
 @dataclass
 class Staging:
-    """Pinned host buffers of one batch in flight, and the event its last copy records."""
+    """Pinned host buffers of one batch in flight, and the event its last copy records;
+    `held` until that batch's vectors have been read out of `out`."""
 
     block: Any
     out: Any
     done: Any  # torch.cuda.Event
+    held: bool = False
 
 
 @dataclass
 class Started:
     """A packed batch on its way through the GPU."""
 
-    done: Any
-    out: Any  # pinned rows the device-to-host copy fills
+    stage: Staging
+    out: Any  # its pinned rows, which the device-to-host copy fills
 
     def ready(self) -> bool:
-        return bool(self.done.query())
+        return bool(self.stage.done.query())
 
     def result(self) -> np.ndarray:
-        self.done.synchronize()
-        return self.out.numpy().copy()
+        try:
+            self.stage.done.synchronize()
+            return self.out.numpy().copy()
+        finally:  # read out, or failed for good: either way the set may take the next batch
+            self.stage.held = False
 
 
 @dataclass
@@ -113,6 +118,10 @@ class GraphTrack:
     def idle(self) -> bool:
         """Whether everything this track was given has left the device."""
         return self._last is None or bool(self._last.query())
+
+    def free(self) -> bool:
+        """Whether the staging set the next batch would use has been read out."""
+        return not self.staging[self.turn].held
 
     def capture(self, module: Any, T: int) -> Buffer:
         """`module` over the first `T` ids, warmed (Triton compiles and autotunes) and captured
@@ -170,5 +179,5 @@ class GraphTrack:
                 buf.graph.replay()
                 out.copy_(buf.out[:rows], non_blocking=True)
             stage.done.record()
-        self._last = stage.done
-        return Started(stage.done, out), few is not None
+        self._last, stage.held = stage.done, True
+        return Started(stage, out), few is not None

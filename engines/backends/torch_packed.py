@@ -184,9 +184,16 @@ class PackedGraphEngine:
 
     def _pick_track(self) -> int:
         """The next track in turn, or the first idle one after it: a query that comes while a
-        track runs a bulk batch goes beside that batch, not behind it."""
+        track runs a bulk batch goes beside that batch, not behind it.  Only a track whose next
+        staging set has been read out can take a batch (its pinned rows would be overwritten)."""
         L = len(self.tracks)
-        k = next((i % L for i in range(self._next, self._next + L) if self.tracks[i % L].idle()), self._next)
+        order = [i % L for i in range(self._next, self._next + L)]
+        free = [k for k in order if self.tracks[k].free()]
+        if not free:
+            raise RuntimeError(
+                f"{2 * L} batches started and none collected: the engine holds at most that many (vecq bug)"
+            )
+        k = next((k for k in free if self.tracks[k].idle()), free[0])
         self._next = (k + 1) % L
         return k
 

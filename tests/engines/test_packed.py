@@ -174,15 +174,20 @@ def test_packed_modernbert_equals_the_padded_model(bias: bool) -> None:
 class _Track:
     def __init__(self) -> None:
         self.busy = False
+        self.held = False  # its next staging set not yet read out
 
     def idle(self) -> bool:
         return not self.busy
+
+    def free(self) -> bool:
+        return not self.held
 
 
 def test_batches_go_to_tracks_in_turn_and_a_query_to_an_idle_one() -> None:
     """Bulk batches alternate tracks (each track's two staging sets then rest a batch apart); a
     batch that comes while the next track in turn is busy takes an idle one, so a query does not
-    queue behind a bulk buffer another track could run it beside.  (The tracks' CUDA work is in
+    queue behind a bulk buffer another track could run it beside; a track whose next staging set
+    still holds an uncollected batch's rows takes none.  (The tracks' CUDA work is in
     tests/engines/test_gpu_packed.py.)"""
     from vecq.engines.backends.torch_packed import PackedGraphEngine
 
@@ -195,3 +200,9 @@ def test_batches_go_to_tracks_in_turn_and_a_query_to_an_idle_one() -> None:
     for track in engine.tracks:
         track.busy = True  # all busy: in turn again
     assert [engine._pick_track() for _ in range(3)] == [1, 2, 0]
+    engine.tracks[1].held = True  # its next set's batch not collected yet: skipped
+    assert engine._pick_track() == 2
+    for track in engine.tracks:
+        track.held = True
+    with pytest.raises(RuntimeError, match="none collected"):
+        engine._pick_track()
