@@ -3,12 +3,13 @@ small buffer, each measured against what is served, in one run on one CUDA devic
 
 - `tracks`: the engine alone over the corpus with 1, 2 and 3 tracks (`PackedGraphEngine(tracks=)`,
   each batch on a track of its own stream) and 2 to 4 batches in flight; first, that the vectors
-  of batches run side by side on two tracks are those of one track.  The thirteenth session's two
-  engines on two streams ran 15-18 % faster than one, but gave other vectors: every graph had
-  been captured on torch's one shared capture stream, so all of them wrote one cuBLAS workspace.
+  of batches run side by side on two tracks are those of one track.  Two engines on two streams
+  (this probe's first version, run this session) ran 15-18 % faster than one but gave other
+  vectors: every graph had been captured on torch's one shared capture stream, so all of them
+  wrote one cuBLAS workspace.
 - `small`: a lone query's 128-token buffer: its kernels one by one (eager, profiled), and
   `engine.run` through the graph that holds its own copies against one copy call per batch,
-  back to back and after 2 ms asleep.
+  back to back and after 2 ms asleep; then `engine.start` alone and a cProfile of it.
 
 The thirteenth session's `skinny` (a small-M Triton linear over the real rows) and `blas`
 (cuBLAS against cuBLASLt) parts found nothing to gain and are gone (BENCHMARKS.md, raw numbers
