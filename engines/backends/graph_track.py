@@ -113,11 +113,11 @@ class GraphTrack:
         self.graphs: dict[tuple[int, bool], Buffer] = {}
         #: (T, staging set) -> the graph that copies its own inputs and first `FEW_ROWS` rows
         self.few: dict[tuple[int, int], Buffer] = {}
-        self._last: Any = None  # the event of the batch started last
 
     def idle(self) -> bool:
-        """Whether everything this track was given has left the device."""
-        return self._last is None or bool(self._last.query())
+        """Whether everything this track was given has left the device: its last batch, in the
+        set before `turn` (an event never recorded counts as done), ran after all the others."""
+        return bool(self.staging[self.turn ^ 1].done.query())
 
     def free(self) -> bool:
         """Whether the staging set the next batch would use has been read out."""
@@ -179,5 +179,5 @@ class GraphTrack:
                 buf.graph.replay()
                 out.copy_(buf.out[:rows], non_blocking=True)
             stage.done.record()
-        self._last, stage.held = stage.done, True
+        stage.held = True
         return Started(stage, out), few is not None

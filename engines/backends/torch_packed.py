@@ -250,8 +250,4 @@ def attention_tile(module: Any, *, long: bool) -> Iterator[None]:
 
 
 def _round_up(tokens: int) -> int:
-    return _round_up_to(tokens, BUFFER_MULTIPLE)
-
-
-def _round_up_to(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+    return -(-tokens // BUFFER_MULTIPLE) * BUFFER_MULTIPLE
